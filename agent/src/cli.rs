@@ -1,0 +1,230 @@
+//! Command-line interface. Doc comments are the `--help` text.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+use tollgate_common::{IPPROTO_TCP, IPPROTO_UDP};
+
+/// Default directory for pinned maps and links on the BPF filesystem.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/tollgate";
+
+/// tollgate: stops SIP toll fraud at the network edge with XDP.
+///
+/// The XDP program drops traffic from blocked source addresses at the NIC,
+/// before netfilter and conntrack, and counts every packet it sees. Every
+/// block is temporary unless explicitly made permanent.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load and attach the XDP program, enforce blocks, serve metrics.
+    ///
+    /// The program and its maps are pinned under --pin-path, so enforcement
+    /// (including the expiry of blocks) goes on if the agent dies, and a
+    /// restarted agent adopts them. SIGINT/SIGTERM detach and remove
+    /// everything unless --keep-attached-on-exit is given.
+    Run(RunArgs),
+    /// Show attachments, blocklist, allowlist and verdict counters from the
+    /// pinned maps (works while `run` is active or after it died).
+    Status(PinArgs),
+    /// Detach the program from every interface and remove all pinned state.
+    Detach(PinArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// Directory on the BPF filesystem holding tollgate's pinned maps and links.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Interface to attach to (repeat for several).
+    #[arg(long = "iface", value_name = "IF", required = true)]
+    pub ifaces: Vec<String>,
+
+    /// XDP attach mode: `auto` tries driver (native) mode and falls back to
+    /// generic (skb) mode with a warning.
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    pub xdp_mode: XdpModeArg,
+
+    /// Block a source prefix, e.g. `203.0.113.0/24=2h`, `2001:db8::7=30m`.
+    /// Without `=DURATION` the block lasts --block-duration; `=permanent`
+    /// never lapses by itself. Repeat for several.
+    #[arg(long = "block", value_name = "CIDR[=DURATION]", value_parser = parse_block)]
+    pub blocks: Vec<BlockSpec>,
+
+    /// How long a --block without an explicit duration lasts.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub block_duration: Duration,
+
+    /// Never drop traffic from this prefix (own SBCs, PBXs, upstream peers);
+    /// checked before the blocklist. Repeat for several.
+    #[arg(long = "allow", value_name = "CIDR", value_parser = parse_cidr)]
+    pub allows: Vec<IpNet>,
+
+    /// A SIP port: `N` for UDP and TCP, or `udp/N`, `tcp/N`. Repeat for
+    /// several; replaces the default.
+    #[arg(
+        long = "sip-port",
+        value_name = "[udp/|tcp/]N",
+        default_values = ["5060", "5080"],
+        value_parser = parse_sip_port
+    )]
+    pub sip_ports: Vec<SipPort>,
+
+    /// Drop blocked sources on every port, not only on SIP ports.
+    #[arg(long)]
+    pub block_all_ports: bool,
+
+    /// Address for the Prometheus /metrics endpoint.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9465")]
+    pub metrics_addr: SocketAddr,
+
+    #[command(flatten)]
+    pub pin: PinArgs,
+
+    /// On SIGINT/SIGTERM leave the program attached and the maps pinned
+    /// (enforcement continues; the next `run` adopts them). Use it for
+    /// restarts and upgrades without an enforcement gap.
+    #[arg(long)]
+    pub keep_attached_on_exit: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum XdpModeArg {
+    Auto,
+    Driver,
+    Skb,
+}
+
+/// How long a block lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockDuration {
+    /// Use --block-duration.
+    Default,
+    For(Duration),
+    Permanent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockSpec {
+    pub net: IpNet,
+    pub duration: BlockDuration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SipPort {
+    /// `IPPROTO_UDP`, `IPPROTO_TCP`, or both when `None`.
+    pub proto: Option<u8>,
+    pub port: u16,
+}
+
+impl SipPort {
+    /// The (protocol, port) pairs this spec covers.
+    pub fn keys(&self) -> impl Iterator<Item = (u8, u16)> + '_ {
+        [IPPROTO_UDP, IPPROTO_TCP]
+            .into_iter()
+            .filter(|p| self.proto.is_none_or(|q| q == *p))
+            .map(|p| (p, self.port))
+    }
+}
+
+/// Parses `CIDR` or a bare address (a /32 or /128). Host bits are cleared.
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    let net = match s.parse::<IpNet>() {
+        Ok(net) => net,
+        Err(_) => match s.parse::<std::net::IpAddr>() {
+            Ok(addr) => IpNet::from(addr),
+            Err(_) => {
+                return Err(format!(
+                    "{s:?} is not an IP prefix (expected e.g. 203.0.113.0/24, 2001:db8::/48 or 198.51.100.7)"
+                ));
+            }
+        },
+    };
+    Ok(net.trunc())
+}
+
+/// Parses a positive duration such as `90s`, `30m`, `2h`, `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration (expected e.g. 90s, 30m, 2h): {e}"))?;
+    if d.is_zero() {
+        return Err("a duration must be greater than zero".to_owned());
+    }
+    Ok(d)
+}
+
+pub fn parse_block(s: &str) -> Result<BlockSpec, String> {
+    let (cidr, duration) = match s.split_once('=') {
+        None => (s, BlockDuration::Default),
+        Some((cidr, "permanent")) => (cidr, BlockDuration::Permanent),
+        Some((cidr, d)) => (cidr, BlockDuration::For(parse_duration(d)?)),
+    };
+    Ok(BlockSpec { net: parse_cidr(cidr)?, duration })
+}
+
+pub fn parse_sip_port(s: &str) -> Result<SipPort, String> {
+    let (proto, port) = match s.split_once('/') {
+        None => (None, s),
+        Some(("udp", p)) => (Some(IPPROTO_UDP), p),
+        Some(("tcp", p)) => (Some(IPPROTO_TCP), p),
+        Some((other, _)) => return Err(format!("unknown transport {other:?} (use udp or tcp)")),
+    };
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!("{port:?} is not a port number (1-65535)")),
+        Ok(port) => Ok(SipPort { proto, port }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn cidrs() {
+        assert_eq!(parse_cidr("203.0.113.9/24").unwrap().to_string(), "203.0.113.0/24");
+        assert_eq!(parse_cidr("198.51.100.7").unwrap().to_string(), "198.51.100.7/32");
+        assert_eq!(parse_cidr("2001:db8::1").unwrap().to_string(), "2001:db8::1/128");
+        assert!(parse_cidr("203.0.113.0/33").is_err());
+        assert!(parse_cidr("example.com").is_err());
+    }
+
+    #[test]
+    fn blocks_and_durations() {
+        let b = parse_block("203.0.113.0/24=2h").unwrap();
+        assert_eq!(b.duration, BlockDuration::For(Duration::from_secs(7200)));
+        assert_eq!(parse_block("2001:db8::/48").unwrap().duration, BlockDuration::Default);
+        assert_eq!(parse_block("192.0.2.1=permanent").unwrap().duration, BlockDuration::Permanent);
+        assert!(parse_block("192.0.2.1=0s").is_err());
+        assert!(parse_block("192.0.2.1=-5s").is_err());
+        assert!(parse_block("192.0.2.1=soon").is_err());
+    }
+
+    #[test]
+    fn sip_ports() {
+        let both = parse_sip_port("5060").unwrap();
+        assert_eq!(both.keys().count(), 2);
+        let udp = parse_sip_port("udp/5062").unwrap();
+        assert_eq!(udp.keys().collect::<Vec<_>>(), vec![(IPPROTO_UDP, 5062)]);
+        assert!(parse_sip_port("0").is_err());
+        assert!(parse_sip_port("sctp/5060").is_err());
+        assert!(parse_sip_port("70000").is_err());
+    }
+}

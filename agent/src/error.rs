@@ -1,0 +1,69 @@
+//! Errors an operator can act on. Each renders as one line.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "`tollgate {command}` must run as root (it loads XDP programs and pins maps under the BPF filesystem)"
+    )]
+    NotRoot { command: &'static str },
+
+    #[error("interface {name:?} does not exist")]
+    UnknownInterface { name: String },
+
+    #[error("interface {name:?} is given more than once")]
+    DuplicateInterface { name: String },
+
+    #[error(
+        "{} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` or choose another --pin-path",
+        path.display()
+    )]
+    NotBpfFs { path: PathBuf },
+
+    #[error("loading the eBPF object failed: {source}{hint}")]
+    Load {
+        source: aya::EbpfError,
+        /// Extra advice, e.g. when pinned maps from another version are in the way.
+        hint: String,
+    },
+
+    #[error("the kernel rejected the XDP program: {0}")]
+    Verifier(#[source] aya::programs::ProgramError),
+
+    #[error("attaching to {iface} in {mode} mode failed: {source}")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        source: aya::programs::ProgramError,
+    },
+
+    #[error("no tollgate state under {}", path.display())]
+    NothingPinned { path: PathBuf },
+
+    #[error("{context}: {source}")]
+    Map {
+        context: String,
+        source: aya::maps::MapError,
+    },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn map(context: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> Self {
+        let context = context.into();
+        move |source| Self::Map { context, source }
+    }
+
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

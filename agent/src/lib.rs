@@ -1,0 +1,13 @@
+//! The tollgate agent as a library: the binary (`main.rs`) is a thin shell
+//! over it, and the integration tests and benchmarks use the same loader and
+//! map wrappers.
+
+pub mod cli;
+pub mod clock;
+pub mod error;
+pub mod loader;
+pub mod maps;
+pub mod metrics;
+pub mod run;
+
+pub use loader::EBPF_OBJECT;

@@ -1,0 +1,219 @@
+//! Loading the embedded object, attaching it to interfaces, and the pinned
+//! state that lets enforcement outlive the agent.
+//!
+//! Layout under the pin directory (default /sys/fs/bpf/tollgate):
+//! - one file per map (`BLOCKLIST`, `ALLOWLIST`, ...), re-used by the next
+//!   agent so no block is lost when it restarts or dies;
+//! - `link-<interface>`: the pinned XDP link; while it exists the program
+//!   stays attached, with or without an agent. A restarted agent replaces the
+//!   program inside the existing link atomically (no enforcement gap).
+
+use std::{
+    ffi::CString,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
+};
+use log::{info, warn};
+use tollgate_common::{PINNED_MAPS, PROG_ENFORCE};
+
+use crate::{
+    cli::XdpModeArg,
+    error::{Error, Result},
+};
+
+/// The XDP object built by build.rs, embedded so the binary and the kernel
+/// program always match.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tollgate"));
+
+const LINK_PREFIX: &str = "link-";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+pub fn require_root(command: &'static str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(Error::NotRoot { command });
+    }
+    Ok(())
+}
+
+/// The interface index of `name` in this network namespace.
+pub fn if_index(name: &str) -> Result<u32> {
+    let c = CString::new(name).map_err(|_| Error::UnknownInterface { name: name.to_owned() })?;
+    // SAFETY: valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(Error::UnknownInterface { name: name.to_owned() }),
+        i => Ok(i),
+    }
+}
+
+/// Checks that `dir` (or, if it does not exist yet, its parent) is on bpffs.
+pub fn check_bpffs(dir: &Path) -> Result<()> {
+    let probe = if dir.exists() { dir } else { dir.parent().unwrap_or(dir) };
+    let c = CString::new(probe.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::NotBpfFs { path: dir.to_owned() })?;
+    // SAFETY: statfs is plain data; the pointers are valid for the call.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    if rc != 0 || st.f_type as i64 != BPF_FS_MAGIC {
+        return Err(Error::NotBpfFs { path: dir.to_owned() });
+    }
+    Ok(())
+}
+
+/// Loads the embedded object. With `pin_dir`, every map is pinned there, or
+/// re-used if a previous agent already pinned it.
+pub fn load(pin_dir: Option<&Path>) -> Result<Ebpf> {
+    raise_memlock_limit();
+    let mut loader = EbpfLoader::new();
+    let paths: Vec<(&str, PathBuf)> = match pin_dir {
+        Some(dir) => PINNED_MAPS.iter().map(|m| (*m, dir.join(m))).collect(),
+        None => Vec::new(),
+    };
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    loader.load(EBPF_OBJECT).map_err(|source| {
+        let hint = match pin_dir {
+            Some(dir) if dir.exists() => format!(
+                " (if the maps pinned in {} come from an incompatible tollgate version, remove them with `tollgate detach --pin-path {}`)",
+                dir.display(),
+                dir.display()
+            ),
+            _ => String::new(),
+        };
+        Error::Load { source, hint }
+    })
+}
+
+/// Loads (verifies) the enforcement program.
+pub fn enforcement_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(PROG_ENFORCE)
+        .expect("the object always contains the enforcement program")
+        .try_into()
+        .expect("the enforcement program is XDP");
+    prog.load().map_err(Error::Verifier)?;
+    Ok(prog)
+}
+
+fn link_pin(dir: &Path, iface: &str) -> PathBuf {
+    dir.join(format!("{LINK_PREFIX}{iface}"))
+}
+
+/// How the program ended up on an interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attachment {
+    /// Newly attached in this mode and pinned.
+    Attached { mode: &'static str },
+    /// A pinned link from a previous agent now runs this program.
+    Adopted,
+}
+
+/// Attaches `prog` to `iface`, or adopts the link a previous agent pinned
+/// there, replacing its program atomically.
+pub fn attach(prog: &mut Xdp, iface: &str, mode: XdpModeArg, pin_dir: &Path) -> Result<Attachment> {
+    let pin = link_pin(pin_dir, iface);
+    if pin.exists() {
+        match adopt(prog, &pin) {
+            Ok(_) => return Ok(Attachment::Adopted),
+            Err(e) => {
+                warn!("cannot adopt the pinned link {} ({e}); attaching afresh", pin.display());
+                let _ = fs::remove_file(&pin);
+            }
+        }
+    }
+    let (id, mode) = attach_in_mode(prog, iface, mode)?;
+    let link = prog.take_link(id).map_err(|source| Error::Attach { iface: iface.to_owned(), mode, source })?;
+    // A bpf_link (Linux >= 5.9) is what can be pinned; without one the
+    // program would detach whenever the agent exits, silently ending
+    // enforcement, so refuse instead.
+    let fd_link = FdLink::try_from(link).map_err(|_| Error::Io {
+        context: format!("{iface}: the kernel attached XDP without a bpf_link"),
+        source: std::io::Error::other("tollgate needs Linux 5.9 or newer"),
+    })?;
+    fd_link.pin(&pin).map_err(|e| Error::Io {
+        context: format!("pinning the XDP link at {}", pin.display()),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(Attachment::Attached { mode })
+}
+
+fn adopt(prog: &mut Xdp, pin: &Path) -> std::result::Result<XdpLinkId, String> {
+    let pinned = PinnedLink::from_pin(pin).map_err(|e| e.to_string())?;
+    let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())?;
+    prog.attach_to_link(link).map_err(|e| e.to_string())
+}
+
+fn attach_in_mode(prog: &mut Xdp, iface: &str, mode: XdpModeArg) -> Result<(XdpLinkId, &'static str)> {
+    let try_mode = |prog: &mut Xdp, m: XdpMode, name: &'static str| {
+        prog.attach(iface, m)
+            .map(|id| (id, name))
+            .map_err(|source| Error::Attach { iface: iface.to_owned(), mode: name, source })
+    };
+    match mode {
+        XdpModeArg::Driver => try_mode(prog, XdpMode::Driver, "driver"),
+        XdpModeArg::Skb => try_mode(prog, XdpMode::Skb, "skb"),
+        XdpModeArg::Auto => try_mode(prog, XdpMode::Driver, "driver").or_else(|e| {
+            warn!("{e}; falling back to generic (skb) mode, which is slower");
+            try_mode(prog, XdpMode::Skb, "skb")
+        }),
+    }
+}
+
+/// Interfaces with a pinned link in `dir`.
+pub fn pinned_links(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix(LINK_PREFIX).map(str::to_owned))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Removes the pinned link for `iface`: the program detaches from it once no
+/// process holds the link any more.
+pub fn unpin_link(dir: &Path, iface: &str) -> Result<()> {
+    let pin = link_pin(dir, iface);
+    fs::remove_file(&pin).map_err(Error::io(format!("removing {}", pin.display())))
+}
+
+/// Removes every pinned link and map under `dir`, and `dir` itself.
+/// Returns the interfaces that were detached.
+pub fn remove_pinned_state(dir: &Path) -> Result<Vec<String>> {
+    if !dir.exists() {
+        return Err(Error::NothingPinned { path: dir.to_owned() });
+    }
+    let ifaces = pinned_links(dir);
+    for iface in &ifaces {
+        unpin_link(dir, iface)?;
+        info!("detached from {iface}");
+    }
+    for map in PINNED_MAPS {
+        let p = dir.join(map);
+        if p.exists() {
+            fs::remove_file(&p).map_err(Error::io(format!("removing {}", p.display())))?;
+        }
+    }
+    fs::remove_dir(dir).map_err(Error::io(format!("removing {}", dir.display())))?;
+    Ok(ifaces)
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: valid pointer to an rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        log::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    }
+}

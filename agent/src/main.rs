@@ -1,0 +1,26 @@
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use tollgate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let result = match cli.command {
+        Command::Run(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(tollgate::run::run(args))),
+        Command::Status(args) => tollgate::run::status(args),
+        Command::Detach(args) => tollgate::run::detach(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, no backtrace: the operator's next step is in the text.
+            eprintln!("tollgate: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

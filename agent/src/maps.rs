@@ -1,0 +1,215 @@
+//! Typed access to the XDP program's maps.
+//!
+//! [`Maps`] owns the map handles, whether they come from a freshly loaded
+//! object (`tollgate run`) or from the pins of a running or dead agent
+//! (`tollgate status`).
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
+};
+use ipnet::IpNet;
+use tollgate_common::{
+    AddrKey, AllowEntry, BlockEntry, Config, Counter, MAP_ALLOWLIST, MAP_BLOCKLIST, MAP_CONFIG,
+    MAP_SIP_PORTS, MAP_STATS, V4_MAPPED_PREFIX_LEN, port_key, v4_mapped, v4_unmapped, verdict,
+};
+
+use crate::error::{Error, Result};
+
+pub struct Maps {
+    pub blocklist: Blocklist,
+    pub allowlist: Allowlist,
+    sip_ports: HashMap<MapData, u32, u8>,
+    config: Array<MapData, Config>,
+    stats: PerCpuArray<MapData, Counter>,
+}
+
+/// The LPM key of a prefix (IPv4 is mapped into `::ffff:0:0/96`).
+pub fn prefix_key(net: &IpNet) -> Key<AddrKey> {
+    match net {
+        IpNet::V4(n) => Key::new(
+            V4_MAPPED_PREFIX_LEN + u32::from(n.prefix_len()),
+            v4_mapped(n.network().octets()),
+        ),
+        IpNet::V6(n) => Key::new(u32::from(n.prefix_len()), n.network().octets()),
+    }
+}
+
+/// The prefix an LPM key stands for.
+pub fn key_prefix(key: &Key<AddrKey>) -> IpNet {
+    let data = key.data();
+    let len = key.prefix_len();
+    match v4_unmapped(&data) {
+        Some(v4) if len >= V4_MAPPED_PREFIX_LEN => {
+            IpNet::new(IpAddr::V4(Ipv4Addr::from(v4)), (len - V4_MAPPED_PREFIX_LEN) as u8)
+        }
+        _ => IpNet::new(IpAddr::V6(Ipv6Addr::from(data)), len.min(128) as u8),
+    }
+    .expect("prefix lengths from the map are in range")
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| Error::Map {
+        context: format!("map {name} missing from the eBPF object"),
+        source: aya::maps::MapError::InvalidName { name: name.to_owned() },
+    })?;
+    T::try_from(map).map_err(Error::map(format!("map {name}")))
+}
+
+fn open<T>(dir: &Path, name: &str) -> Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).map_err(Error::map(format!("opening {}", path.display())))?;
+    T::try_from(Map::from_map_data(data).map_err(Error::map(format!("map {name}")))?)
+        .map_err(Error::map(format!("map {name}")))
+}
+
+impl Maps {
+    /// Takes the maps out of a loaded object.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(Self {
+            blocklist: Blocklist(take(ebpf, MAP_BLOCKLIST)?),
+            allowlist: Allowlist(take(ebpf, MAP_ALLOWLIST)?),
+            sip_ports: take(ebpf, MAP_SIP_PORTS)?,
+            config: take(ebpf, MAP_CONFIG)?,
+            stats: take(ebpf, MAP_STATS)?,
+        })
+    }
+
+    /// Opens the maps pinned in `dir` by `tollgate run`.
+    pub fn open_pinned(dir: &Path) -> Result<Self> {
+        Ok(Self {
+            blocklist: Blocklist(open(dir, MAP_BLOCKLIST)?),
+            allowlist: Allowlist(open(dir, MAP_ALLOWLIST)?),
+            sip_ports: open(dir, MAP_SIP_PORTS)?,
+            config: open(dir, MAP_CONFIG)?,
+            stats: open(dir, MAP_STATS)?,
+        })
+    }
+
+    pub fn set_config(&mut self, config: Config) -> Result<()> {
+        self.config.set(0, config, 0).map_err(Error::map("writing CONFIG"))
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        self.config.get(&0, 0).map_err(Error::map("reading CONFIG"))
+    }
+
+    /// Makes the set of SIP (protocol, port) pairs exactly `ports`.
+    pub fn set_sip_ports(&mut self, ports: &[(u8, u16)]) -> Result<()> {
+        let wanted: Vec<u32> = ports.iter().map(|(p, n)| port_key(*p, *n)).collect();
+        let stale: Vec<u32> = self
+            .sip_ports
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        for k in stale {
+            self.sip_ports.remove(&k).map_err(Error::map("updating SIP_PORTS"))?;
+        }
+        for k in wanted {
+            self.sip_ports.insert(k, 1, 0).map_err(Error::map("updating SIP_PORTS"))?;
+        }
+        Ok(())
+    }
+
+    /// The configured SIP ports as (protocol, port), sorted.
+    pub fn sip_ports(&self) -> Vec<(u8, u16)> {
+        let mut v: Vec<_> = self
+            .sip_ports
+            .keys()
+            .filter_map(|k| k.ok())
+            .map(|k| ((k >> 16) as u8, k as u16))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Packet and byte totals per verdict code, summed over CPUs.
+    pub fn verdict_totals(&self) -> Result<[Counter; verdict::COUNT as usize]> {
+        let mut totals = [Counter::default(); verdict::COUNT as usize];
+        for (code, total) in totals.iter_mut().enumerate() {
+            let per_cpu = self.stats.get(&(code as u32), 0).map_err(Error::map("reading STATS"))?;
+            for c in per_cpu.iter() {
+                total.packets = total.packets.wrapping_add(c.packets);
+                total.bytes = total.bytes.wrapping_add(c.bytes);
+            }
+        }
+        Ok(totals)
+    }
+}
+
+pub struct Blocklist(LpmTrie<MapData, AddrKey, BlockEntry>);
+
+impl Blocklist {
+    pub fn insert(&mut self, net: &IpNet, entry: BlockEntry) -> Result<()> {
+        self.0
+            .insert(&prefix_key(net), entry, 0)
+            .map_err(Error::map(format!("blocking {net}")))
+    }
+
+    pub fn remove(&mut self, net: &IpNet) -> Result<()> {
+        self.0.remove(&prefix_key(net)).map_err(Error::map(format!("unblocking {net}")))
+    }
+
+    /// Every entry (active or expired), sorted by prefix.
+    pub fn entries(&self) -> Vec<(IpNet, BlockEntry)> {
+        let mut v: Vec<_> = self
+            .0
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, e)| (key_prefix(&k), e))
+            .collect();
+        v.sort_unstable_by_key(|(net, _)| *net);
+        v
+    }
+}
+
+pub struct Allowlist(LpmTrie<MapData, AddrKey, AllowEntry>);
+
+impl Allowlist {
+    /// Makes the allowlist exactly `nets`.
+    pub fn replace(&mut self, nets: &[IpNet]) -> Result<()> {
+        for old in self.prefixes() {
+            if !nets.contains(&old) {
+                self.0.remove(&prefix_key(&old)).map_err(Error::map(format!("removing allow {old}")))?;
+            }
+        }
+        for net in nets {
+            self.0
+                .insert(&prefix_key(net), AllowEntry::default(), 0)
+                .map_err(Error::map(format!("allowing {net}")))?;
+        }
+        Ok(())
+    }
+
+    pub fn prefixes(&self) -> Vec<IpNet> {
+        let mut v: Vec<_> = self.0.keys().filter_map(|k| k.ok()).map(|k| key_prefix(&k)).collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_keys_round_trip() {
+        for s in ["203.0.113.0/24", "198.51.100.7/32", "0.0.0.0/0", "2001:db8::/32", "2001:db8::1/128", "::/0"] {
+            let net: IpNet = s.parse().unwrap();
+            assert_eq!(key_prefix(&prefix_key(&net)), net, "{s}");
+        }
+        assert_eq!(prefix_key(&"203.0.113.0/24".parse().unwrap()).prefix_len(), 120);
+    }
+}

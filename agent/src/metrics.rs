@@ -1,0 +1,254 @@
+//! Prometheus metrics, read from the kernel's maps at scrape time (no second
+//! copy of the counters in the agent), served over plain HTTP.
+//!
+//! Labels are bounded: verdict codes, interface names from the command line.
+//! No address, number or user name ever becomes a label.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use log::{debug, warn};
+use prometheus::{
+    Encoder as _, Registry, TextEncoder,
+    core::{Collector, Desc},
+    proto::{self, LabelPair, MetricFamily, MetricType},
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
+use tollgate_common::{BLOCKLIST_CAPACITY, verdict};
+
+use crate::{clock::monotonic_now_ns, maps::Maps};
+
+/// One (name, help, type) family with its samples.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+}
+
+const PACKETS: Family = Family {
+    name: "tollgate_xdp_packets_total",
+    help: "Packets seen by the XDP program, by action and reason.",
+    kind: MetricType::COUNTER,
+};
+const BYTES: Family = Family {
+    name: "tollgate_xdp_bytes_total",
+    help: "Bytes seen by the XDP program, by action and reason.",
+    kind: MetricType::COUNTER,
+};
+const BLOCKLIST: Family = Family {
+    name: "tollgate_blocklist_entries",
+    help: "Blocklist entries; expired ones no longer drop and are removed within seconds.",
+    kind: MetricType::GAUGE,
+};
+const BLOCKLIST_CAP: Family = Family {
+    name: "tollgate_blocklist_capacity_entries",
+    help: "Maximum number of blocklist entries the kernel map holds.",
+    kind: MetricType::GAUGE,
+};
+const ALLOWLIST: Family = Family {
+    name: "tollgate_allowlist_entries",
+    help: "Prefixes in the allowlist.",
+    kind: MetricType::GAUGE,
+};
+const ATTACHED: Family = Family {
+    name: "tollgate_xdp_attached",
+    help: "1 for each interface the XDP program is attached to, with its mode.",
+    kind: MetricType::GAUGE,
+};
+const SCRAPE_ERRORS: Family = Family {
+    name: "tollgate_map_read_errors_total",
+    help: "Scrapes during which a kernel map could not be read.",
+    kind: MetricType::COUNTER,
+};
+
+const FAMILIES: [&Family; 7] =
+    [&PACKETS, &BYTES, &BLOCKLIST, &BLOCKLIST_CAP, &ALLOWLIST, &ATTACHED, &SCRAPE_ERRORS];
+
+fn sample(labels: &[(&str, &str)], value: f64, kind: MetricType) -> proto::Metric {
+    let mut m = proto::Metric::default();
+    let pairs: Vec<LabelPair> = labels
+        .iter()
+        .map(|(k, v)| {
+            let mut p = LabelPair::default();
+            p.set_name((*k).to_owned());
+            p.set_value((*v).to_owned());
+            p
+        })
+        .collect();
+    m.set_label(pairs.into());
+    match kind {
+        MetricType::COUNTER => {
+            let mut c = proto::Counter::default();
+            c.set_value(value);
+            m.set_counter(c);
+        }
+        _ => {
+            let mut g = proto::Gauge::default();
+            g.set_value(value);
+            m.set_gauge(g);
+        }
+    }
+    m
+}
+
+fn family(f: &Family, samples: Vec<proto::Metric>) -> MetricFamily {
+    let mut mf = MetricFamily::default();
+    mf.set_name(f.name.to_owned());
+    mf.set_help(f.help.to_owned());
+    mf.set_field_type(f.kind);
+    mf.set_metric(samples.into());
+    mf
+}
+
+/// Collects kernel state on every scrape.
+pub struct KernelCollector {
+    maps: Arc<Mutex<Maps>>,
+    attached: Vec<(String, String)>,
+    descs: Vec<Desc>,
+    read_errors: std::sync::atomic::AtomicU64,
+}
+
+impl KernelCollector {
+    pub fn new(maps: Arc<Mutex<Maps>>, attached: Vec<(String, String)>) -> Self {
+        let descs = FAMILIES
+            .iter()
+            .map(|f| Desc::new(f.name.to_owned(), f.help.to_owned(), vec![], Default::default()))
+            .collect::<Result<_, _>>()
+            .expect("metric names are valid");
+        Self { maps, attached, descs, read_errors: Default::default() }
+    }
+}
+
+impl Collector for KernelCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        match maps.verdict_totals() {
+            Ok(totals) => {
+                let (mut packets, mut bytes) = (Vec::new(), Vec::new());
+                for (code, action, reason) in verdict::ALL {
+                    let c = totals[code as usize];
+                    let labels = [("action", action), ("reason", reason)];
+                    packets.push(sample(&labels, c.packets as f64, MetricType::COUNTER));
+                    bytes.push(sample(&labels, c.bytes as f64, MetricType::COUNTER));
+                }
+                out.push(family(&PACKETS, packets));
+                out.push(family(&BYTES, bytes));
+            }
+            Err(e) => {
+                warn!("metrics: {e}");
+                self.read_errors.fetch_add(1, Relaxed);
+            }
+        }
+        let now = monotonic_now_ns();
+        let entries = maps.blocklist.entries();
+        let active = entries.iter().filter(|(_, e)| e.is_active(now)).count();
+        out.push(family(
+            &BLOCKLIST,
+            vec![
+                sample(&[("state", "active")], active as f64, MetricType::GAUGE),
+                sample(&[("state", "expired")], (entries.len() - active) as f64, MetricType::GAUGE),
+            ],
+        ));
+        out.push(family(&BLOCKLIST_CAP, vec![sample(&[], BLOCKLIST_CAPACITY as f64, MetricType::GAUGE)]));
+        out.push(family(
+            &ALLOWLIST,
+            vec![sample(&[], maps.allowlist.prefixes().len() as f64, MetricType::GAUGE)],
+        ));
+        out.push(family(
+            &ATTACHED,
+            self.attached
+                .iter()
+                .map(|(iface, mode)| sample(&[("interface", iface), ("mode", mode)], 1.0, MetricType::GAUGE))
+                .collect(),
+        ));
+        out.push(family(
+            &SCRAPE_ERRORS,
+            vec![sample(&[], self.read_errors.load(Relaxed) as f64, MetricType::COUNTER)],
+        ));
+        out
+    }
+}
+
+/// Renders every registered collector in the Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut buf)
+        .expect("encoding to a Vec cannot fail");
+    String::from_utf8(buf).expect("the text format is UTF-8")
+}
+
+/// Binds the metrics endpoint; errors surface before the agent reports ready.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves `GET /metrics` until the task is dropped.
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let registry = Arc::clone(&registry);
+                tokio::spawn(async move {
+                    if let Err(e) = handle(stream, &registry).await {
+                        debug!("metrics connection from {peer}: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                warn!("metrics: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// A deliberately small HTTP/1.x responder: one request per connection,
+/// bounded request size and time.
+async fn handle(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
+    const MAX_REQUEST: usize = 8192;
+    let mut buf = Vec::with_capacity(1024);
+    let read = async {
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_REQUEST {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))??;
+    let line = buf.split(|b| *b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|b| *b == b' ');
+    let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let path = path.split(|b| *b == b'?').next().unwrap_or_default();
+    let (status, ctype, body) = match (method, path) {
+        (b"GET", b"/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(registry)),
+        (b"GET", b"/") => ("200 OK", "text/plain; charset=utf-8", "tollgate: metrics at /metrics\n".to_owned()),
+        (b"GET", _) => ("404 Not Found", "text/plain; charset=utf-8", "not found\n".to_owned()),
+        _ => ("405 Method Not Allowed", "text/plain; charset=utf-8", "only GET\n".to_owned()),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}

@@ -1,0 +1,271 @@
+//! `tollgate run`, `tollgate status` and `tollgate detach`.
+
+use std::{
+    fs,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use aya::Ebpf;
+use ipnet::IpNet;
+use log::{info, warn};
+use tokio::signal::unix::{SignalKind, signal};
+use tollgate_common::{BlockEntry, CONFIG_BLOCK_ALL_PORTS, Config, NO_EXPIRY, reason, verdict};
+
+use crate::{
+    cli::{BlockDuration, BlockSpec, PinArgs, RunArgs},
+    clock::{expiry_after, monotonic_now_ns},
+    error::Error,
+    loader::{self, Attachment},
+    maps::Maps,
+    metrics,
+};
+
+/// How often expired blocks are removed from the map. The kernel already
+/// ignores them once expired; this only keeps the map and the audit tidy.
+const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    loader::require_root("run")?;
+    for (i, iface) in args.ifaces.iter().enumerate() {
+        if args.ifaces[..i].contains(iface) {
+            return Err(Error::DuplicateInterface { name: iface.clone() }.into());
+        }
+        loader::if_index(iface)?;
+    }
+    let pin_dir = args.pin.pin_path.as_path();
+    loader::check_bpffs(pin_dir)?;
+    // Bind before touching the kernel, so a busy port fails cleanly.
+    let listener = metrics::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
+
+    let fresh = !pin_dir.exists();
+    fs::create_dir_all(pin_dir).map_err(Error::io(format!("creating {}", pin_dir.display())))?;
+    let started = start(&args, pin_dir);
+    let (ebpf, maps, attached) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            // Leave no half-configured program behind on a fresh start; an
+            // adopted state keeps enforcing as before.
+            if fresh {
+                let _ = loader::remove_pinned_state(pin_dir);
+            }
+            return Err(e);
+        }
+    };
+    let maps = Arc::new(Mutex::new(maps));
+    let registry = Arc::new(prometheus::Registry::new());
+    registry
+        .register(Box::new(metrics::KernelCollector::new(Arc::clone(&maps), attached.clone())))
+        .expect("collector registers once");
+    let server = tokio::spawn(metrics::serve(listener, Arc::clone(&registry)));
+    info!(
+        "enforcing on {}; metrics on http://{}/metrics; state pinned in {}",
+        attached.iter().map(|(i, m)| format!("{i} ({m})")).collect::<Vec<_>>().join(", "),
+        args.metrics_addr,
+        pin_dir.display()
+    );
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sweep = tokio::time::interval(EXPIRY_SWEEP);
+    let signame = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sigint.recv() => break "SIGINT",
+            _ = sweep.tick() => {
+                let mut m = maps.lock().unwrap_or_else(|p| p.into_inner());
+                remove_expired(&mut m);
+            }
+        }
+    };
+    server.abort();
+    if args.keep_attached_on_exit {
+        info!(
+            "{signame}: leaving the program attached and its state pinned in {} (--keep-attached-on-exit); `tollgate detach` removes it",
+            pin_dir.display()
+        );
+    } else {
+        let detached = loader::remove_pinned_state(pin_dir)?;
+        info!("{signame}: detached from {} and removed {}", detached.join(", "), pin_dir.display());
+    }
+    // Dropping the object closes our link and map descriptors; with the pins
+    // gone that detaches the program.
+    drop(ebpf);
+    Ok(())
+}
+
+type Started = (Ebpf, Maps, Vec<(String, String)>);
+
+fn start(args: &RunArgs, pin_dir: &Path) -> anyhow::Result<Started> {
+    let mut ebpf = loader::load(Some(pin_dir))?;
+    forward_kernel_logs(&mut ebpf);
+    // Configure the maps before attaching anything new, so the program never
+    // runs with an empty configuration.
+    let mut maps = Maps::take(&mut ebpf)?;
+    configure(&mut maps, args)?;
+
+    let prog = loader::enforcement_program(&mut ebpf)?;
+    let mut attached = Vec::new();
+    for iface in &args.ifaces {
+        let mode = match loader::attach(prog, iface, args.xdp_mode, pin_dir)? {
+            Attachment::Attached { mode } => {
+                info!("attached to {iface} in {mode} mode");
+                mode
+            }
+            Attachment::Adopted => {
+                info!("{iface}: took over the link left by a previous agent; program replaced in place");
+                "adopted"
+            }
+        };
+        attached.push((iface.clone(), mode.to_owned()));
+    }
+    for stale in loader::pinned_links(pin_dir) {
+        if !args.ifaces.contains(&stale) {
+            loader::unpin_link(pin_dir, &stale)?;
+            info!("detached from {stale}: no longer given with --iface");
+        }
+    }
+    Ok((ebpf, maps, attached))
+}
+
+fn configure(maps: &mut Maps, args: &RunArgs) -> anyhow::Result<()> {
+    let flags = if args.block_all_ports { CONFIG_BLOCK_ALL_PORTS } else { 0 };
+    maps.set_config(Config { flags, _reserved: 0 })?;
+    let ports: Vec<(u8, u16)> = args.sip_ports.iter().flat_map(|p| p.keys()).collect();
+    maps.set_sip_ports(&ports)?;
+    maps.allowlist.replace(&args.allows)?;
+    apply_cli_blocks(maps, &args.blocks, args.block_duration, &args.allows)
+}
+
+/// Makes the CLI-given blocks exactly `specs`: new entries are written before
+/// stale ones are removed, so a prefix blocked before and after a restart is
+/// never momentarily unblocked. Blocks imposed by other means are kept.
+fn apply_cli_blocks(
+    maps: &mut Maps,
+    specs: &[BlockSpec],
+    default: Duration,
+    allows: &[IpNet],
+) -> anyhow::Result<()> {
+    let now = monotonic_now_ns();
+    for spec in specs {
+        let (expires_at_ns, lasts) = match spec.duration {
+            BlockDuration::Permanent => (NO_EXPIRY, "until removed".to_owned()),
+            BlockDuration::Default => (expiry_after(now, default), humantime::format_duration(default).to_string()),
+            BlockDuration::For(d) => (expiry_after(now, d), humantime::format_duration(d).to_string()),
+        };
+        maps.blocklist.insert(&spec.net, BlockEntry { expires_at_ns, reason: reason::CLI, _reserved: 0 })?;
+        info!("block {} (reason cli), lasts {lasts}", spec.net);
+        if spec.duration == BlockDuration::Permanent {
+            warn!("block {} is permanent: it never lapses by itself", spec.net);
+        }
+        for allow in allows {
+            if allow.contains(&spec.net) || spec.net.contains(allow) {
+                warn!("block {} overlaps allow {allow}: the allowlist wins for {allow}", spec.net);
+            }
+        }
+    }
+    for (net, entry) in maps.blocklist.entries() {
+        if entry.reason == reason::CLI && !specs.iter().any(|s| s.net == net) {
+            maps.blocklist.remove(&net)?;
+            info!("unblock {net}: no longer given with --block");
+        }
+    }
+    Ok(())
+}
+
+fn remove_expired(maps: &mut Maps) {
+    let now = monotonic_now_ns();
+    for (net, entry) in maps.blocklist.entries() {
+        if !entry.is_active(now) {
+            match maps.blocklist.remove(&net) {
+                Ok(()) => info!("block {net} (reason {}) expired and was lifted", reason::name(entry.reason)),
+                Err(e) => warn!("removing expired block {net}: {e}"),
+            }
+        }
+    }
+}
+
+/// Forwards aya-log records from the kernel program to our logger.
+fn forward_kernel_logs(ebpf: &mut Ebpf) {
+    match aya_log::EbpfLogger::init(ebpf) {
+        // SAFETY: the logger owns its ring-buffer descriptor and moves into
+        // the AsyncFd, so the descriptor outlives the registration.
+        Ok(logger) => match unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+        } {
+            Ok(mut fd) => {
+                tokio::spawn(async move {
+                    loop {
+                        let Ok(mut guard) = fd.readable_mut().await else { break };
+                        guard.get_inner_mut().flush();
+                        guard.clear_ready();
+                    }
+                });
+            }
+            Err(e) => warn!("kernel log forwarding unavailable: {e}"),
+        },
+        Err(e) => warn!("kernel log forwarding unavailable: {e}"),
+    }
+}
+
+pub fn status(args: PinArgs) -> anyhow::Result<()> {
+    loader::require_root("status")?;
+    let dir = args.pin_path.as_path();
+    if !dir.exists() {
+        return Err(Error::NothingPinned { path: dir.to_owned() }.into());
+    }
+    let maps = Maps::open_pinned(dir)?;
+    let now = monotonic_now_ns();
+    let links = loader::pinned_links(dir);
+    println!("state:        {}", dir.display());
+    println!("attached to:  {}", if links.is_empty() { "nothing".to_owned() } else { links.join(", ") });
+    let config = maps.config()?;
+    println!("block scope:  {}", if config.flags & CONFIG_BLOCK_ALL_PORTS != 0 { "all ports" } else { "SIP ports" });
+    let ports: Vec<String> = maps
+        .sip_ports()
+        .iter()
+        .map(|(p, n)| format!("{}/{n}", if *p == tollgate_common::IPPROTO_UDP { "udp" } else { "tcp" }))
+        .collect();
+    println!("SIP ports:    {}", ports.join(" "));
+    let allows = maps.allowlist.prefixes();
+    println!("allowlist:    {}", if allows.is_empty() { "empty".to_owned() } else { allows.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" ") });
+    let blocks = maps.blocklist.entries();
+    println!("blocklist:    {} entries", blocks.len());
+    for (net, e) in blocks {
+        let left = if e.expires_at_ns == NO_EXPIRY {
+            "permanent".to_owned()
+        } else if e.is_active(now) {
+            format!("expires in {}", humantime::format_duration(Duration::from_secs((e.expires_at_ns - now) / 1_000_000_000)))
+        } else {
+            "expired".to_owned()
+        };
+        println!("  {net:<43} reason={:<8} {left}", reason::name(e.reason));
+    }
+    println!("verdicts:");
+    let totals = maps.verdict_totals()?;
+    for (code, action, why) in verdict::ALL {
+        let c = totals[code as usize];
+        println!("  {action:<5} {why:<14} {:>14} packets {:>16} bytes", c.packets, c.bytes);
+    }
+    Ok(())
+}
+
+pub fn detach(args: PinArgs) -> anyhow::Result<()> {
+    loader::require_root("detach")?;
+    let dir = args.pin_path.as_path();
+    if !dir.exists() {
+        println!("nothing to detach: {} does not exist", dir.display());
+        return Ok(());
+    }
+    let ifaces = loader::remove_pinned_state(dir)?;
+    if ifaces.is_empty() {
+        println!("removed {} (no interface was attached)", dir.display());
+    } else {
+        println!("detached from {} and removed {}", ifaces.join(", "), dir.display());
+    }
+    Ok(())
+}
