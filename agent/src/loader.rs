@@ -55,18 +55,38 @@ pub fn if_index(name: &str) -> Result<u32> {
     }
 }
 
-/// Checks that `dir` (or, if it does not exist yet, its parent) is on bpffs.
-pub fn check_bpffs(dir: &Path) -> Result<()> {
-    let probe = if dir.exists() { dir } else { dir.parent().unwrap_or(dir) };
-    let c = CString::new(probe.as_os_str().as_encoded_bytes())
-        .map_err(|_| Error::NotBpfFs { path: dir.to_owned() })?;
+const BPF_FS_ROOT: &str = "/sys/fs/bpf";
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
     // SAFETY: statfs is plain data; the pointers are valid for the call.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    if rc != 0 || st.f_type as i64 != BPF_FS_MAGIC {
-        return Err(Error::NotBpfFs { path: dir.to_owned() });
+    rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// Makes sure `dir` will be on a BPF filesystem: its closest existing
+/// ancestor must be on bpffs. When the standard /sys/fs/bpf is not mounted
+/// (hosts without systemd), it is mounted, as other BPF daemons do.
+pub fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let existing = dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    if is_bpffs(existing) {
+        return Ok(());
     }
-    Ok(())
+    let root = Path::new(BPF_FS_ROOT);
+    if dir.starts_with(root) && root.is_dir() {
+        let src = CString::new("bpf").expect("no NUL");
+        let target = CString::new(BPF_FS_ROOT).expect("no NUL");
+        // SAFETY: valid NUL-terminated strings; no mount data.
+        let rc = unsafe {
+            libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+        };
+        if rc == 0 && is_bpffs(dir.ancestors().find(|p| p.exists()).unwrap_or(root)) {
+            info!("mounted a BPF filesystem on {BPF_FS_ROOT}");
+            return Ok(());
+        }
+    }
+    Err(Error::NotBpfFs { path: dir.to_owned() })
 }
 
 /// Loads the embedded object. With `pin_dir`, every map is pinned there, or

@@ -36,7 +36,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         loader::if_index(iface)?;
     }
     let pin_dir = args.pin.pin_path.as_path();
-    loader::check_bpffs(pin_dir)?;
+    loader::ensure_bpffs(pin_dir)?;
     // Bind before touching the kernel, so a busy port fails cleanly.
     let listener = metrics::bind(args.metrics_addr)
         .await

@@ -1,1 +1,77 @@
+//! Test harness: throw-away network namespaces joined by a veth, the agent
+//! running inside one of them, real UDP/TCP traffic between them, and
+//! readers for the agent's pinned maps and metrics.
+//!
+//! Everything is named after this process's PID and a counter, uses only
+//! documentation address ranges, and is removed on drop, including when a
+//! test panics. Debris left by a killed earlier run is swept on first use.
 
+pub mod netns;
+pub mod topology;
+pub mod traffic;
+
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+/// Name prefix of everything the harness creates.
+pub const PREFIX: &str = "tgt";
+
+/// A name unique to this process and call, short enough for an interface.
+pub fn unique(kind: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{PREFIX}{}{kind}{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Whether privileged tests can run. When they cannot, says so loudly; with
+/// TOLLGATE_REQUIRE_PRIVILEGED=1 (set by `cargo xtask test`) it fails instead,
+/// so CI can never pass by skipping.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        netns::sweep_stale();
+        return true;
+    }
+    let msg = format!(
+        "{test}: needs root (network namespaces, XDP); run it through `cargo xtask test` as root"
+    );
+    if std::env::var_os("TOLLGATE_REQUIRE_PRIVILEGED").is_some_and(|v| v == "1") {
+        panic!("{msg}");
+    }
+    eprintln!("\n!!!!! SKIPPED {msg} !!!!!\n");
+    false
+}
+
+/// Path of the `tollgate` binary under test: $TOLLGATE_BIN, or the debug
+/// build in this workspace's target directory.
+pub fn tollgate_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TOLLGATE_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/tollgate");
+    assert!(
+        bin.exists(),
+        "{} not found: build it with `cargo build -p tollgate` (cargo xtask test does) or set TOLLGATE_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,252 @@
+//! The standard test topology and the agent running in it.
+//!
+//! ```text
+//!  peer netns                                edge netns (tollgate, XDP on veth)
+//!  192.0.2.2/24  2001:db8:ffff::2/64  <-->   192.0.2.1/24  2001:db8:ffff::1/64
+//!  attacker  203.0.113.10   2001:db8:1::10   (blocked in most tests)
+//!  trusted   203.0.113.20   2001:db8:1::20   (inside the blocked prefix, allowlisted)
+//!  customer  198.51.100.10  2001:db8:2::10
+//! ```
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    os::unix::process::CommandExt as _,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use tollgate_common::Counter;
+
+use crate::{
+    netns::{NetNs, PIN_ROOT, enter, ip},
+    unique, wait_for,
+};
+
+pub const EDGE_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+pub const EDGE_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1));
+pub const ATTACKER_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10));
+pub const ATTACKER_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10));
+pub const TRUSTED_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 20));
+pub const TRUSTED_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x20));
+pub const CUSTOMER_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
+pub const CUSTOMER_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x10));
+
+/// The edge address of the same family as `src`.
+pub fn edge_for(src: IpAddr) -> IpAddr {
+    if src.is_ipv4() { EDGE_V4 } else { EDGE_V6 }
+}
+
+pub struct Topology {
+    // Field order is drop order: namespaces go last.
+    pub edge_if: String,
+    pub edge: NetNs,
+    pub peer: NetNs,
+}
+
+impl Topology {
+    pub fn new() -> Self {
+        let edge = NetNs::new(unique("e"));
+        let peer = NetNs::new(unique("p"));
+        let edge_if = unique("v");
+        let peer_if = format!("{edge_if}p");
+        ip(&["link", "add", &edge_if, "netns", edge.name(), "type", "veth", "peer", "name", &peer_if, "netns", peer.name()]);
+        for (ns, ifname, v4, v6) in [
+            (&edge, &edge_if, "192.0.2.1/24", "2001:db8:ffff::1/64"),
+            (&peer, &peer_if, "192.0.2.2/24", "2001:db8:ffff::2/64"),
+        ] {
+            ns.exec(&["ip", "addr", "add", v4, "dev", ifname]);
+            ns.exec(&["ip", "addr", "add", v6, "dev", ifname, "nodad"]);
+            ns.exec(&["ip", "link", "set", ifname, "up"]);
+        }
+        for a in ["203.0.113.10/32", "203.0.113.20/32", "198.51.100.10/32"] {
+            peer.exec(&["ip", "addr", "add", a, "dev", &peer_if]);
+        }
+        for a in ["2001:db8:1::10/128", "2001:db8:1::20/128", "2001:db8:2::10/128"] {
+            peer.exec(&["ip", "addr", "add", a, "dev", &peer_if, "nodad"]);
+        }
+        for r in ["203.0.113.0/24", "198.51.100.0/24", "2001:db8:1::/48", "2001:db8:2::/48"] {
+            edge.exec(&["ip", "route", "add", r, "dev", &edge_if]);
+        }
+        Self { edge_if, edge, peer }
+    }
+
+    /// Gives the peer a permanent neighbour entry for the edge's IPv6
+    /// address. With --block-all-ports a blocked IPv6 source's own neighbour
+    /// solicitations are dropped (as intended), so without this the peer
+    /// would never send the packets a test wants to see dropped.
+    pub fn static_neighbours(&self) {
+        let out = self.edge.exec(&["cat", &format!("/sys/class/net/{}/address", self.edge_if)]);
+        let mac = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let peer_if = format!("{}p", self.edge_if);
+        self.peer.exec(&["ip", "neigh", "replace", "2001:db8:ffff::1", "lladdr", &mac, "dev", &peer_if, "nud", "permanent"]);
+    }
+
+    /// Whether an XDP program is attached to the edge interface.
+    pub fn xdp_attached(&self) -> bool {
+        let out = self.edge.exec(&["ip", "link", "show", "dev", &self.edge_if]);
+        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+    }
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `tollgate run` inside the edge namespace, with its own pin directory.
+pub struct Agent {
+    child: Option<Child>,
+    pub pin_dir: PathBuf,
+    log: PathBuf,
+    edge_ns: String,
+    iface: String,
+    args: Vec<String>,
+}
+
+pub const METRICS_ADDR: &str = "127.0.0.1:9465";
+
+impl Agent {
+    /// Starts the agent on the edge interface with extra `args` and waits
+    /// until its metrics endpoint reports the interface attached.
+    pub fn start(topo: &Topology, args: &[&str]) -> Self {
+        let pin_dir = PathBuf::from(PIN_ROOT).join(unique("pin"));
+        let log = std::env::temp_dir().join(format!("{}.log", unique("agent")));
+        let mut agent = Self {
+            child: None,
+            pin_dir,
+            log,
+            edge_ns: topo.edge.path(),
+            iface: topo.edge_if.clone(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// Starts the agent again with the same arguments and pin directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "agent still running");
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("agent log");
+        let mut cmd = Command::new(crate::tollgate_bin());
+        cmd.args(["run", "--iface", &self.iface, "--metrics-addr", METRICS_ADDR, "--pin-path"])
+            .arg(&self.pin_dir)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log);
+        let ns = self.edge_ns.clone();
+        // SAFETY: only async-signal-safe work (open + setns) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let f = std::fs::File::open(&ns)?;
+                if libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self.child = Some(cmd.spawn().expect("spawning tollgate"));
+        let want = format!("tollgate_xdp_attached{{interface=\"{}\"", self.iface);
+        let ready = wait_for(Duration::from_secs(20), || {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("tollgate exited during start-up ({status}):\n{}", self.log_text());
+            }
+            self.metrics().filter(|m| m.contains(&want))
+        });
+        assert!(ready.is_some(), "tollgate did not become ready:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal and waits for the agent to exit; returns its exit code.
+    pub fn stop(&mut self, signal: i32) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let status = wait_for(Duration::from_secs(10), || child.try_wait().ok().flatten());
+        match status {
+            Some(s) => s.code(),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("tollgate did not exit after signal {signal}:\n{}", self.log_text());
+            }
+        }
+    }
+
+    /// Kills the agent without giving it a chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The metrics page, fetched from inside the edge namespace.
+    pub fn metrics(&self) -> Option<String> {
+        let ns = self.edge_ns.clone();
+        std::thread::spawn(move || {
+            enter(&ns);
+            let addr: SocketAddr = METRICS_ADDR.parse().expect("valid");
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+            let mut body = String::new();
+            s.read_to_string(&mut body).ok()?;
+            body.starts_with("HTTP/1.1 200").then_some(body)
+        })
+        .join()
+        .ok()
+        .flatten()
+    }
+
+    /// Packet/byte totals per verdict, read from the pinned kernel map.
+    pub fn verdicts(&self) -> Vec<Counter> {
+        tollgate::maps::Maps::open_pinned(&self.pin_dir)
+            .expect("open pinned maps")
+            .verdict_totals()
+            .expect("read STATS")
+            .to_vec()
+    }
+
+    /// Packets counted under one verdict code.
+    pub fn packets(&self, verdict: u32) -> u64 {
+        self.verdicts()[verdict as usize].packets
+    }
+}
+
+/// The value of one sample in a Prometheus text page, e.g.
+/// `tollgate_xdp_packets_total{action="drop",reason="blocklist"}`.
+pub fn metric_value(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.kill();
+        }
+        // Whatever the test did, leave no pinned program or map behind.
+        if self.pin_dir.exists()
+            && let Err(e) = fs::remove_dir_all(&self.pin_dir)
+        {
+            eprintln!("warning: removing {}: {e}", self.pin_dir.display());
+        }
+        if std::thread::panicking() {
+            eprintln!("--- tollgate log ---\n{}", self.log_text());
+        }
+        let _ = fs::remove_file(&self.log);
+    }
+}
