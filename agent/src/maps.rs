@@ -152,9 +152,12 @@ impl Maps {
 pub struct Blocklist(LpmTrie<MapData, AddrKey, BlockEntry>);
 
 impl Blocklist {
+    /// Inserts or replaces the entry for `net` (its `prefix_len` is set here).
     pub fn insert(&mut self, net: &IpNet, entry: BlockEntry) -> Result<()> {
+        let key = prefix_key(net);
+        let entry = BlockEntry { prefix_len: key.prefix_len(), ..entry };
         self.0
-            .insert(&prefix_key(net), entry, 0)
+            .insert(&key, entry, 0)
             .map_err(Error::map(format!("blocking {net}")))
     }
 

@@ -157,7 +157,7 @@ fn apply_cli_blocks(
             BlockDuration::Default => (expiry_after(now, default), humantime::format_duration(default).to_string()),
             BlockDuration::For(d) => (expiry_after(now, d), humantime::format_duration(d).to_string()),
         };
-        maps.blocklist.insert(&spec.net, BlockEntry { expires_at_ns, reason: reason::CLI, _reserved: 0 })?;
+        maps.blocklist.insert(&spec.net, BlockEntry { expires_at_ns, reason: reason::CLI, prefix_len: 0 })?;
         info!("block {} (reason cli), lasts {lasts}", spec.net);
         if spec.duration == BlockDuration::Permanent {
             warn!("block {} is permanent: it never lapses by itself", spec.net);

@@ -65,10 +65,16 @@ pub struct BlockEntry {
     pub expires_at_ns: u64,
     /// Why the entry exists (one of [`reason`]).
     pub reason: u32,
-    pub _reserved: u32,
+    /// The LPM prefix length of this entry's key. When an entry has expired
+    /// the kernel looks up the next shorter prefix with it, so an expired
+    /// narrow entry never shadows a broader active one.
+    pub prefix_len: u32,
 }
 
 pub const NO_EXPIRY: u64 = 0;
+
+/// How many nested blocklist entries the kernel walks past expired ones.
+pub const MAX_NESTED_BLOCKS: usize = 4;
 
 impl BlockEntry {
     /// Whether the entry still drops at `now_ns` (CLOCK_MONOTONIC).
@@ -195,9 +201,9 @@ mod tests {
 
     #[test]
     fn expiry_semantics() {
-        let forever = BlockEntry { expires_at_ns: NO_EXPIRY, reason: reason::CLI, _reserved: 0 };
+        let forever = BlockEntry { expires_at_ns: NO_EXPIRY, reason: reason::CLI, prefix_len: 128 };
         assert!(forever.is_active(u64::MAX));
-        let timed = BlockEntry { expires_at_ns: 100, reason: reason::CLI, _reserved: 0 };
+        let timed = BlockEntry { expires_at_ns: 100, reason: reason::CLI, prefix_len: 128 };
         assert!(timed.is_active(99));
         assert!(!timed.is_active(100));
     }

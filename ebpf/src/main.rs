@@ -17,7 +17,7 @@ use aya_ebpf::{
 use aya_log_ebpf::error;
 use tollgate_common::{
     AddrKey, AllowEntry, BLOCKLIST_CAPACITY, ALLOWLIST_CAPACITY, BlockEntry, CONFIG_BLOCK_ALL_PORTS,
-    Config, Counter, SIP_PORTS_CAPACITY, port_key,
+    Config, Counter, MAX_NESTED_BLOCKS, SIP_PORTS_CAPACITY, port_key,
     packet::{MAX_HEADER_OFFSET, PacketView, ParseError, Transport, parse_headers},
     verdict,
 };
@@ -91,15 +91,25 @@ fn evaluate(ctx: &XdpContext) -> (u32, u32) {
     if !is_sip && !block_all_ports(ctx) {
         return (PASS, verdict::PASS_NOT_SIP);
     }
-    let key = Key::new(128, headers.src);
+    let mut key = Key::new(128, headers.src);
     if ALLOWLIST.get(&key).is_some() {
         return (PASS, verdict::PASS_ALLOWLISTED);
     }
-    if let Some(entry) = BLOCKLIST.get(&key) {
+    let mut expired = false;
+    for _ in 0..MAX_NESTED_BLOCKS {
+        let Some(entry) = BLOCKLIST.get(&key) else { break };
         // Read the clock only when an entry matches.
         if entry.is_active(unsafe { bpf_ktime_get_ns() }) {
             return (xdp_action::XDP_DROP, verdict::DROP_BLOCKLIST);
         }
+        // Expired: a broader entry enclosing it may still be active.
+        expired = true;
+        if entry.prefix_len == 0 {
+            break;
+        }
+        key = Key::new(entry.prefix_len - 1, headers.src);
+    }
+    if expired {
         return (PASS, verdict::PASS_EXPIRED);
     }
     if is_sip {

@@ -113,7 +113,12 @@ impl Agent {
     /// Starts the agent on the edge interface with extra `args` and waits
     /// until its metrics endpoint reports the interface attached.
     pub fn start(topo: &Topology, args: &[&str]) -> Self {
-        let pin_dir = PathBuf::from(PIN_ROOT).join(unique("pin"));
+        Self::start_with_pin(topo, &PathBuf::from(PIN_ROOT).join(unique("pin")), args)
+    }
+
+    /// Like [`Agent::start`], with the pin directory of an earlier agent.
+    pub fn start_with_pin(topo: &Topology, pin_dir: &std::path::Path, args: &[&str]) -> Self {
+        let pin_dir = pin_dir.to_owned();
         let log = std::env::temp_dir().join(format!("{}.log", unique("agent")));
         let mut agent = Self {
             child: None,

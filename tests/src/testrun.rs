@@ -1,0 +1,91 @@
+//! Runs hand-built frames through the loaded XDP program with
+//! BPF_PROG_TEST_RUN: exact verdicts and counters, no interface needed.
+
+use std::time::Duration;
+
+use aya::{
+    Ebpf, TestRunOptions,
+    programs::{TestRun as _, Xdp},
+};
+use ipnet::IpNet;
+use tollgate::maps::Maps;
+use tollgate_common::{BlockEntry, CONFIG_BLOCK_ALL_PORTS, Config, IPPROTO_TCP, IPPROTO_UDP, PROG_BASELINE, PROG_ENFORCE, reason};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// The object loaded without pins, with the default SIP ports configured.
+pub struct Loaded {
+    ebpf: Ebpf,
+    pub maps: Maps,
+}
+
+impl Loaded {
+    pub fn new() -> Self {
+        let mut ebpf = tollgate::loader::load(None).expect("load the embedded object");
+        let mut maps = Maps::take(&mut ebpf).expect("maps");
+        maps.set_sip_ports(&[(IPPROTO_UDP, 5060), (IPPROTO_TCP, 5060), (IPPROTO_UDP, 5080), (IPPROTO_TCP, 5080)])
+            .expect("ports");
+        maps.set_config(Config::default()).expect("config");
+        for name in [PROG_ENFORCE, PROG_BASELINE] {
+            let prog: &mut Xdp = ebpf.program_mut(name).expect("program").try_into().expect("xdp");
+            prog.load().expect("verifier accepts the program");
+        }
+        Self { ebpf, maps }
+    }
+
+    pub fn block(&mut self, net: &str, expires_at_ns: u64) {
+        let net: IpNet = net.parse().expect("prefix");
+        self.maps
+            .blocklist
+            .insert(&net, BlockEntry { expires_at_ns, reason: reason::OPERATOR, prefix_len: 0 })
+            .expect("block");
+    }
+
+    pub fn allow(&mut self, nets: &[&str]) {
+        let nets: Vec<IpNet> = nets.iter().map(|n| n.parse().expect("prefix")).collect();
+        self.maps.allowlist.replace(&nets).expect("allow");
+    }
+
+    pub fn block_all_ports(&mut self, on: bool) {
+        let flags = if on { CONFIG_BLOCK_ALL_PORTS } else { 0 };
+        self.maps.set_config(Config { flags, _reserved: 0 }).expect("config");
+    }
+
+    fn program(&self, name: &str) -> &Xdp {
+        self.ebpf.program(name).expect("program").try_into().expect("xdp")
+    }
+
+    /// Runs `frame` once through the enforcement program; returns the XDP
+    /// action and the verdict code whose counter moved.
+    pub fn run(&self, frame: &[u8]) -> (u32, u32) {
+        let before = self.maps.verdict_totals().expect("stats");
+        let action = self.run_program(PROG_ENFORCE, frame, 1).0;
+        let after = self.maps.verdict_totals().expect("stats");
+        let moved: Vec<u32> = (0..before.len() as u32)
+            .filter(|i| after[*i as usize].packets != before[*i as usize].packets)
+            .collect();
+        assert_eq!(moved.len(), 1, "exactly one verdict counter must move, moved: {moved:?}");
+        let code = moved[0];
+        assert_eq!(after[code as usize].packets, before[code as usize].packets + 1);
+        assert_eq!(after[code as usize].bytes, before[code as usize].bytes + frame.len() as u64);
+        (action, code)
+    }
+
+    /// Runs a program `repeat` times in the kernel; returns the action and
+    /// the kernel-measured average time per run.
+    pub fn run_program(&self, name: &str, frame: &[u8], repeat: u32) -> (u32, Duration) {
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = self
+            .program(name)
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat, ..Default::default() })
+            .expect("BPF_PROG_TEST_RUN");
+        (result.return_value, result.duration)
+    }
+}
+
+impl Default for Loaded {
+    fn default() -> Self {
+        Self::new()
+    }
+}

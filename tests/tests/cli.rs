@@ -1,0 +1,71 @@
+//! Bad input gets one clear line and a non-zero exit, never a panic.
+
+use std::process::{Command, Output};
+
+use tollgate_tests::{privileged, tollgate_bin};
+
+fn tollgate(args: &[&str]) -> Output {
+    Command::new(tollgate_bin()).args(args).output().expect("run tollgate")
+}
+
+fn assert_clean_failure(out: &Output, expect: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail: {stderr}");
+    assert!(stderr.contains(expect), "expected {expect:?} in: {stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+}
+
+#[test]
+fn malformed_flags_are_rejected_by_the_parser() {
+    for (args, expect) in [
+        (&["run", "--iface", "lo", "--block", "203.0.113.0/33"][..], "not an IP prefix"),
+        (&["run", "--iface", "lo", "--block", "203.0.113.7=0s"], "greater than zero"),
+        (&["run", "--iface", "lo", "--block", "203.0.113.7=-5m"], "not a duration"),
+        (&["run", "--iface", "lo", "--allow", "not-an-address"], "not an IP prefix"),
+        (&["run", "--iface", "lo", "--sip-port", "0"], "not a port number"),
+        (&["run", "--iface", "lo", "--xdp-mode", "turbo"], "invalid value"),
+        (&["run", "--iface", "lo", "--metrics-addr", "nowhere"], "invalid value"),
+        (&["run"], "--iface"),
+    ] {
+        let out = tollgate(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_clean_failure(&out, expect);
+    }
+}
+
+#[test]
+fn unknown_interface_and_duplicates_fail_before_touching_the_kernel() {
+    if !privileged("unknown_interface_and_duplicates_fail_before_touching_the_kernel") {
+        return;
+    }
+    let out = tollgate(&["run", "--iface", "tgt-no-such-if", "--pin-path", "/sys/fs/bpf/tgt-never-created"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_clean_failure(&out, "interface \"tgt-no-such-if\" does not exist");
+    let out = tollgate(&["run", "--iface", "lo", "--iface", "lo", "--pin-path", "/sys/fs/bpf/tgt-never-created"]);
+    assert_clean_failure(&out, "given more than once");
+    assert!(!std::path::Path::new("/sys/fs/bpf/tgt-never-created").exists());
+}
+
+#[test]
+fn a_pin_path_off_bpffs_is_refused() {
+    if !privileged("a_pin_path_off_bpffs_is_refused") {
+        return;
+    }
+    let out = tollgate(&["run", "--iface", "lo", "--pin-path", "/tmp/tgt-not-bpffs"]);
+    assert_clean_failure(&out, "not on a BPF filesystem");
+}
+
+#[test]
+fn not_root_is_one_clear_line() {
+    if !privileged("not_root_is_one_clear_line (needs root to drop to nobody)") {
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(tollgate_bin())
+        .args(["run", "--iface", "lo"])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert_clean_failure(&out, "must run as root");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim().lines().count(), 1);
+}

@@ -1,0 +1,151 @@
+//! What happens over time and across agent deaths and restarts
+//! (foundation issue, acceptance items c and 6).
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use tollgate_common::verdict;
+use tollgate_tests::{
+    privileged,
+    topology::*,
+    traffic::{UdpSink, udp_burst},
+    wait_for,
+};
+
+fn attacker_sip() -> SocketAddr {
+    SocketAddr::new(EDGE_V4, 5060)
+}
+
+/// Whether one datagram from the attacker currently gets through.
+fn one_gets_through(topo: &Topology, sink: &UdpSink) -> bool {
+    udp_burst(&topo.peer, ATTACKER_V4, attacker_sip(), 1);
+    sink.drain() == 1
+}
+
+/// Polls until the attacker's datagrams pass; returns how long that took.
+fn wait_until_passing(topo: &Topology, sink: &UdpSink, limit: Duration) -> Duration {
+    let start = Instant::now();
+    let ok = wait_for(limit, || one_gets_through(topo, sink).then_some(()));
+    assert!(ok.is_some(), "block did not lapse within {limit:?}");
+    start.elapsed()
+}
+
+#[test]
+fn a_block_expires_on_time_with_the_agent_running() {
+    if !privileged("a_block_expires_on_time_with_the_agent_running") {
+        return;
+    }
+    let topo = Topology::new();
+    let sink = UdpSink::bind(&topo.edge, attacker_sip());
+    let agent = Agent::start(&topo, &["--block", "203.0.113.10=2s"]);
+    assert!(!one_gets_through(&topo, &sink), "blocked right after start");
+    assert!(agent.packets(verdict::DROP_BLOCKLIST) >= 1);
+    wait_until_passing(&topo, &sink, Duration::from_secs(10));
+    // The agent sweeps the expired entry and says so.
+    let swept = wait_for(Duration::from_secs(5), || agent.log_text().contains("expired and was lifted").then_some(()));
+    assert!(swept.is_some(), "no expiry record in the log:\n{}", agent.log_text());
+}
+
+#[test]
+fn a_block_keeps_dropping_and_then_expires_with_the_agent_killed() {
+    if !privileged("a_block_keeps_dropping_and_then_expires_with_the_agent_killed") {
+        return;
+    }
+    let topo = Topology::new();
+    let sink = UdpSink::bind(&topo.edge, attacker_sip());
+    let mut agent = Agent::start(&topo, &["--block", "203.0.113.10=3s"]);
+    agent.kill();
+    assert!(topo.xdp_attached(), "the pinned link keeps the program attached");
+    let drops = agent.packets(verdict::DROP_BLOCKLIST);
+    assert!(!one_gets_through(&topo, &sink), "still blocked with no agent");
+    assert_eq!(agent.packets(verdict::DROP_BLOCKLIST), drops + 1, "dropped by XDP, not lost elsewhere");
+    // Nobody removes the entry now: the kernel's own clock lifts the block.
+    wait_until_passing(&topo, &sink, Duration::from_secs(10));
+    assert!(agent.packets(verdict::PASS_EXPIRED) >= 1, "passed as an expired block");
+}
+
+#[test]
+fn a_restarted_agent_adopts_the_pinned_program_maps_and_counters() {
+    if !privileged("a_restarted_agent_adopts_the_pinned_program_maps_and_counters") {
+        return;
+    }
+    let topo = Topology::new();
+    let sink = UdpSink::bind(&topo.edge, attacker_sip());
+    let mut agent = Agent::start(&topo, &["--block", "203.0.113.10=10m"]);
+    udp_burst(&topo.peer, ATTACKER_V4, attacker_sip(), 25);
+    let dropped = wait_for(Duration::from_secs(5), || {
+        let n = agent.packets(verdict::DROP_BLOCKLIST);
+        (n >= 25).then_some(n)
+    })
+    .expect("25 drops counted");
+    agent.kill();
+    agent.restart();
+    assert!(agent.log_text().contains("took over the link"), "{}", agent.log_text());
+    assert_eq!(tollgate::loader::pinned_links(&agent.pin_dir), vec![topo.edge_if.clone()]);
+    assert!(agent.packets(verdict::DROP_BLOCKLIST) >= dropped, "counters survive the restart");
+    assert!(!one_gets_through(&topo, &sink), "still blocked after the restart");
+    assert_eq!(sink.drain(), 0);
+
+    // A graceful stop detaches and removes every pin.
+    assert_eq!(agent.stop(libc::SIGTERM), Some(0));
+    assert!(!topo.xdp_attached(), "detached on SIGTERM");
+    assert!(!agent.pin_dir.exists(), "pins removed on SIGTERM");
+    assert!(one_gets_through(&topo, &sink), "no enforcement once detached");
+}
+
+#[test]
+fn keep_attached_on_exit_leaves_enforcement_for_detach_to_remove() {
+    if !privileged("keep_attached_on_exit_leaves_enforcement_for_detach_to_remove") {
+        return;
+    }
+    let topo = Topology::new();
+    let sink = UdpSink::bind(&topo.edge, attacker_sip());
+    let mut agent = Agent::start(&topo, &["--block", "203.0.113.10=10m", "--keep-attached-on-exit"]);
+    assert_eq!(agent.stop(libc::SIGINT), Some(0));
+    assert!(topo.xdp_attached());
+    assert!(!one_gets_through(&topo, &sink), "still enforcing after a kept exit");
+
+    let status = std::process::Command::new(tollgate_tests::tollgate_bin())
+        .args(["status", "--pin-path"])
+        .arg(&agent.pin_dir)
+        .output()
+        .expect("tollgate status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{text}");
+    assert!(text.contains("203.0.113.10/32") && text.contains(&topo.edge_if), "{text}");
+
+    let detach = std::process::Command::new(tollgate_tests::tollgate_bin())
+        .args(["detach", "--pin-path"])
+        .arg(&agent.pin_dir)
+        .output()
+        .expect("tollgate detach");
+    assert!(detach.status.success(), "{}", String::from_utf8_lossy(&detach.stderr));
+    assert!(!topo.xdp_attached());
+    assert!(!agent.pin_dir.exists());
+    assert!(one_gets_through(&topo, &sink));
+}
+
+#[test]
+fn restart_with_different_flags_reconciles_blocks_and_interfaces() {
+    if !privileged("restart_with_different_flags_reconciles_blocks_and_interfaces") {
+        return;
+    }
+    let topo = Topology::new();
+    let sink = UdpSink::bind(&topo.edge, attacker_sip());
+    let mut agent = Agent::start(&topo, &["--block", "203.0.113.10=10m", "--block", "198.51.100.0/24=10m"]);
+    agent.kill();
+    // Same pin directory, the attacker's block no longer given: it is lifted,
+    // the other one is kept.
+    let mut again = Agent::start_with_pin(&topo, &agent.pin_dir, &["--block", "198.51.100.0/24=10m"]);
+    assert!(one_gets_through(&topo, &sink), "a --block removed from the flags is lifted");
+    let status = std::process::Command::new(tollgate_tests::tollgate_bin())
+        .args(["status", "--pin-path"])
+        .arg(&again.pin_dir)
+        .output()
+        .expect("tollgate status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("198.51.100.0/24") && !text.contains("203.0.113.10"), "{text}");
+    assert_eq!(again.stop(libc::SIGTERM), Some(0));
+}

@@ -1,0 +1,124 @@
+//! Exact verdicts for hand-built frames, through the loaded program with
+//! BPF_PROG_TEST_RUN. Covers the header shapes a veth test cannot easily
+//! produce: VLAN/QinQ, IPv4 options, IPv6 extension chains, fragments,
+//! truncation.
+
+use std::net::IpAddr;
+
+use tollgate::clock::monotonic_now_ns;
+use tollgate_common::{
+    frames::FrameBuilder,
+    packet::{ETH_P_8021AD, ETH_P_8021Q, MAX_IPV6_EXT_HEADERS},
+    verdict::*,
+};
+use tollgate_tests::{
+    privileged,
+    testrun::{Loaded, XDP_DROP, XDP_PASS},
+    topology::*,
+};
+
+const SIP: &[u8] = b"REGISTER sip:edge.example SIP/2.0\r\nCSeq: 1 REGISTER\r\n\r\n";
+
+fn udp(src: IpAddr, dport: u16) -> FrameBuilder {
+    FrameBuilder::udp(src, edge_for(src), 40000, dport).payload(SIP)
+}
+
+fn tcp(src: IpAddr, dport: u16) -> FrameBuilder {
+    FrameBuilder::tcp(src, edge_for(src), 40000, dport).payload(SIP)
+}
+
+fn loaded() -> Loaded {
+    let mut l = Loaded::new();
+    l.block("203.0.113.0/24", 0);
+    l.block("2001:db8:1::/48", 0);
+    l.allow(&["203.0.113.20/32", "2001:db8:1::20/128"]);
+    l
+}
+
+#[test]
+fn verdicts_for_header_shapes() {
+    if !privileged("verdicts_for_header_shapes") {
+        return;
+    }
+    let l = loaded();
+    let mut too_long_v6 = udp(ATTACKER_V6, 5999);
+    for _ in 0..=MAX_IPV6_EXT_HEADERS {
+        too_long_v6 = too_long_v6.ipv6_ext(60);
+    }
+    let mut arp = udp(CUSTOMER_V4, 5060).build();
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    let mut bad_ihl = udp(ATTACKER_V4, 5060).build();
+    bad_ihl[14] = 0x43;
+    let cases: Vec<(&str, Vec<u8>, u32, u32)> = vec![
+        ("v4 udp blocked", udp(ATTACKER_V4, 5060).build(), XDP_DROP, DROP_BLOCKLIST),
+        ("v4 udp blocked, second SIP port", udp(ATTACKER_V4, 5080).build(), XDP_DROP, DROP_BLOCKLIST),
+        ("v4 tcp blocked", tcp(ATTACKER_V4, 5060).build(), XDP_DROP, DROP_BLOCKLIST),
+        ("v6 udp blocked", udp(ATTACKER_V6, 5060).build(), XDP_DROP, DROP_BLOCKLIST),
+        ("v6 tcp blocked", tcp(ATTACKER_V6, 5080).build(), XDP_DROP, DROP_BLOCKLIST),
+        ("v4 blocked, from SIP source port", FrameBuilder::udp(ATTACKER_V4, EDGE_V4, 5060, 40000).build(), XDP_DROP, DROP_BLOCKLIST),
+        ("v4 blocked non-SIP port", udp(ATTACKER_V4, 5999).build(), XDP_PASS, PASS_NOT_SIP),
+        ("v6 blocked non-SIP port", tcp(ATTACKER_V6, 443).build(), XDP_PASS, PASS_NOT_SIP),
+        ("v4 customer", udp(CUSTOMER_V4, 5060).build(), XDP_PASS, PASS_SIP),
+        ("v6 customer", tcp(CUSTOMER_V6, 5060).build(), XDP_PASS, PASS_SIP),
+        ("v4 allowlisted in blocked prefix", udp(TRUSTED_V4, 5060).build(), XDP_PASS, PASS_ALLOWLISTED),
+        ("v6 allowlisted in blocked prefix", udp(TRUSTED_V6, 5060).build(), XDP_PASS, PASS_ALLOWLISTED),
+        ("802.1Q v4 blocked", udp(ATTACKER_V4, 5060).vlan(ETH_P_8021Q).build(), XDP_DROP, DROP_BLOCKLIST),
+        ("QinQ v6 blocked", udp(ATTACKER_V6, 5060).vlan(ETH_P_8021AD).vlan(ETH_P_8021Q).build(), XDP_DROP, DROP_BLOCKLIST),
+        ("QinQ v4 customer", udp(CUSTOMER_V4, 5060).vlan(ETH_P_8021AD).vlan(ETH_P_8021Q).build(), XDP_PASS, PASS_SIP),
+        ("three VLAN tags", udp(ATTACKER_V4, 5060).vlan(ETH_P_8021AD).vlan(ETH_P_8021Q).vlan(ETH_P_8021Q).build(), XDP_PASS, PASS_MALFORMED),
+        ("v4 options blocked", tcp(ATTACKER_V4, 5060).ipv4_options(10).build(), XDP_DROP, DROP_BLOCKLIST),
+        ("v6 ext headers blocked", udp(ATTACKER_V6, 5060).ipv6_ext(0).ipv6_ext(43).ipv6_ext(44).ipv6_ext(60).build(), XDP_DROP, DROP_BLOCKLIST),
+        ("v6 too many ext headers blocked", too_long_v6.build(), XDP_DROP, DROP_BLOCKLIST),
+        ("v4 non-first fragment blocked", udp(ATTACKER_V4, 5060).ipv4_fragment(185).build(), XDP_PASS, PASS_NOT_SIP),
+        ("icmp from blocked", FrameBuilder::other(1, ATTACKER_V4, EDGE_V4).payload(&[8, 0, 0, 0]).build(), XDP_PASS, PASS_NOT_SIP),
+        ("arp", arp, XDP_PASS, PASS_NOT_IP),
+        ("bad ihl", bad_ihl, XDP_PASS, PASS_MALFORMED),
+        ("truncated udp header", udp(ATTACKER_V4, 5060).build()[..14 + 20 + 4].to_vec(), XDP_PASS, PASS_MALFORMED),
+        ("truncated v6 header", udp(ATTACKER_V6, 5060).build()[..14 + 30].to_vec(), XDP_PASS, PASS_MALFORMED),
+        ("truncated vlan tag", udp(ATTACKER_V4, 5060).vlan(ETH_P_8021Q).build()[..16].to_vec(), XDP_PASS, PASS_MALFORMED),
+    ];
+    for (name, frame, action, code) in cases {
+        assert_eq!(l.run(&frame), (action, code), "{name}");
+    }
+}
+
+#[test]
+fn expiry_is_judged_by_the_kernel_clock() {
+    if !privileged("expiry_is_judged_by_the_kernel_clock") {
+        return;
+    }
+    let mut l = Loaded::new();
+    let now = monotonic_now_ns();
+    l.block("203.0.113.10/32", now - 1);
+    l.block("2001:db8:1::10/128", now + 3_600_000_000_000);
+    assert_eq!(l.run(&udp(ATTACKER_V4, 5060).build()), (XDP_PASS, PASS_EXPIRED));
+    assert_eq!(l.run(&udp(ATTACKER_V6, 5060).build()), (XDP_DROP, DROP_BLOCKLIST));
+}
+
+#[test]
+fn expired_entries_never_shadow_active_ones_and_block_all_ports_widens_scope() {
+    if !privileged("expired_entries_never_shadow_active_ones_and_block_all_ports_widens_scope") {
+        return;
+    }
+    let mut l = Loaded::new();
+    let now = monotonic_now_ns();
+    // An expired narrow entry inside an active broad block must not open a
+    // hole in it (the agent may be dead and not sweeping).
+    l.block("203.0.113.0/24", 0);
+    l.block("203.0.113.10/32", now - 1);
+    assert_eq!(l.run(&udp(ATTACKER_V4, 5060).build()), (XDP_DROP, DROP_BLOCKLIST));
+    // Expired at every level: passes, counted as expired.
+    l.block("198.51.100.0/24", now - 1);
+    l.block("198.51.100.10/32", now - 1);
+    assert_eq!(l.run(&udp(CUSTOMER_V4, 5060).build()), (XDP_PASS, PASS_EXPIRED));
+    // An active narrow entry inside an expired broad one still drops.
+    l.block("2001:db8:1::/48", now - 1);
+    l.block("2001:db8:1::10/128", 0);
+    assert_eq!(l.run(&udp(ATTACKER_V6, 5060).build()), (XDP_DROP, DROP_BLOCKLIST));
+    assert_eq!(l.run(&udp(TRUSTED_V6, 5060).build()), (XDP_PASS, PASS_EXPIRED));
+    assert_eq!(l.run(&udp(TRUSTED_V4, 5060).build()), (XDP_DROP, DROP_BLOCKLIST));
+    l.block_all_ports(true);
+    assert_eq!(l.run(&udp(TRUSTED_V4, 5999).build()), (XDP_DROP, DROP_BLOCKLIST));
+    assert_eq!(l.run(&FrameBuilder::other(1, TRUSTED_V4, EDGE_V4).build()), (XDP_DROP, DROP_BLOCKLIST));
+    assert_eq!(l.run(&udp(CUSTOMER_V6, 5999).build()), (XDP_PASS, PASS_NOT_SIP));
+}
