@@ -6,8 +6,8 @@ use which::which;
 fn main() {
     match which("bpf-linker") {
         Ok(path) => println!("cargo:rerun-if-changed={}", path.display()),
-        Err(_) => println!(
-            "cargo:warning=bpf-linker not found in PATH; run `cargo xtask setup` to install it"
-        ),
+        Err(_) => {
+            println!("cargo:warning=bpf-linker not found in PATH; run `cargo xtask setup` to install it")
+        }
     }
 }

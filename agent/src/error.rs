@@ -23,35 +23,25 @@ pub enum Error {
 
     #[error("loading the eBPF object failed: {source}{hint}")]
     Load {
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
         /// Extra advice, e.g. when pinned maps from another version are in the way.
         hint: String,
     },
 
     #[error("the kernel rejected the XDP program: {0}")]
-    Verifier(#[source] aya::programs::ProgramError),
+    Verifier(#[source] Box<aya::programs::ProgramError>),
 
     #[error("attaching to {iface} in {mode} mode failed: {source}")]
-    Attach {
-        iface: String,
-        mode: &'static str,
-        source: aya::programs::ProgramError,
-    },
+    Attach { iface: String, mode: &'static str, source: Box<aya::programs::ProgramError> },
 
     #[error("no tollgate state under {}", path.display())]
     NothingPinned { path: PathBuf },
 
     #[error("{context}: {source}")]
-    Map {
-        context: String,
-        source: aya::maps::MapError,
-    },
+    Map { context: String, source: aya::maps::MapError },
 
     #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    Io { context: String, source: std::io::Error },
 }
 
 impl Error {

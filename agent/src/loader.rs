@@ -78,9 +78,7 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
         let src = CString::new("bpf").expect("no NUL");
         let target = CString::new(BPF_FS_ROOT).expect("no NUL");
         // SAFETY: valid NUL-terminated strings; no mount data.
-        let rc = unsafe {
-            libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null())
-        };
+        let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
         if rc == 0 && is_bpffs(dir.ancestors().find(|p| p.exists()).unwrap_or(root)) {
             info!("mounted a BPF filesystem on {BPF_FS_ROOT}");
             return Ok(());
@@ -110,7 +108,7 @@ pub fn load(pin_dir: Option<&Path>) -> Result<Ebpf> {
             ),
             _ => String::new(),
         };
-        Error::Load { source, hint }
+        Error::Load { source: Box::new(source), hint }
     })
 }
 
@@ -121,7 +119,7 @@ pub fn enforcement_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
         .expect("the object always contains the enforcement program")
         .try_into()
         .expect("the enforcement program is XDP");
-    prog.load().map_err(Error::Verifier)?;
+    prog.load().map_err(|e| Error::Verifier(Box::new(e)))?;
     Ok(prog)
 }
 
@@ -152,7 +150,11 @@ pub fn attach(prog: &mut Xdp, iface: &str, mode: XdpModeArg, pin_dir: &Path) -> 
         }
     }
     let (id, mode) = attach_in_mode(prog, iface, mode)?;
-    let link = prog.take_link(id).map_err(|source| Error::Attach { iface: iface.to_owned(), mode, source })?;
+    let link = prog.take_link(id).map_err(|source| Error::Attach {
+        iface: iface.to_owned(),
+        mode,
+        source: Box::new(source),
+    })?;
     // A bpf_link (Linux >= 5.9) is what can be pinned; without one the
     // program would detach whenever the agent exits, silently ending
     // enforcement, so refuse instead.
@@ -175,9 +177,11 @@ fn adopt(prog: &mut Xdp, pin: &Path) -> std::result::Result<XdpLinkId, String> {
 
 fn attach_in_mode(prog: &mut Xdp, iface: &str, mode: XdpModeArg) -> Result<(XdpLinkId, &'static str)> {
     let try_mode = |prog: &mut Xdp, m: XdpMode, name: &'static str| {
-        prog.attach(iface, m)
-            .map(|id| (id, name))
-            .map_err(|source| Error::Attach { iface: iface.to_owned(), mode: name, source })
+        prog.attach(iface, m).map(|id| (id, name)).map_err(|source| Error::Attach {
+            iface: iface.to_owned(),
+            mode: name,
+            source: Box::new(source),
+        })
     };
     match mode {
         XdpModeArg::Driver => try_mode(prog, XdpMode::Driver, "driver"),

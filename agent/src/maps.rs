@@ -32,10 +32,9 @@ pub struct Maps {
 /// The LPM key of a prefix (IPv4 is mapped into `::ffff:0:0/96`).
 pub fn prefix_key(net: &IpNet) -> Key<AddrKey> {
     match net {
-        IpNet::V4(n) => Key::new(
-            V4_MAPPED_PREFIX_LEN + u32::from(n.prefix_len()),
-            v4_mapped(n.network().octets()),
-        ),
+        IpNet::V4(n) => {
+            Key::new(V4_MAPPED_PREFIX_LEN + u32::from(n.prefix_len()), v4_mapped(n.network().octets()))
+        }
         IpNet::V6(n) => Key::new(u32::from(n.prefix_len()), n.network().octets()),
     }
 }
@@ -108,12 +107,8 @@ impl Maps {
     /// Makes the set of SIP (protocol, port) pairs exactly `ports`.
     pub fn set_sip_ports(&mut self, ports: &[(u8, u16)]) -> Result<()> {
         let wanted: Vec<u32> = ports.iter().map(|(p, n)| port_key(*p, *n)).collect();
-        let stale: Vec<u32> = self
-            .sip_ports
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !wanted.contains(k))
-            .collect();
+        let stale: Vec<u32> =
+            self.sip_ports.keys().filter_map(|k| k.ok()).filter(|k| !wanted.contains(k)).collect();
         for k in stale {
             self.sip_ports.remove(&k).map_err(Error::map("updating SIP_PORTS"))?;
         }
@@ -125,12 +120,8 @@ impl Maps {
 
     /// The configured SIP ports as (protocol, port), sorted.
     pub fn sip_ports(&self) -> Vec<(u8, u16)> {
-        let mut v: Vec<_> = self
-            .sip_ports
-            .keys()
-            .filter_map(|k| k.ok())
-            .map(|k| ((k >> 16) as u8, k as u16))
-            .collect();
+        let mut v: Vec<_> =
+            self.sip_ports.keys().filter_map(|k| k.ok()).map(|k| ((k >> 16) as u8, k as u16)).collect();
         v.sort_unstable();
         v
     }
@@ -156,9 +147,7 @@ impl Blocklist {
     pub fn insert(&mut self, net: &IpNet, entry: BlockEntry) -> Result<()> {
         let key = prefix_key(net);
         let entry = BlockEntry { prefix_len: key.prefix_len(), ..entry };
-        self.0
-            .insert(&key, entry, 0)
-            .map_err(Error::map(format!("blocking {net}")))
+        self.0.insert(&key, entry, 0).map_err(Error::map(format!("blocking {net}")))
     }
 
     pub fn remove(&mut self, net: &IpNet) -> Result<()> {
@@ -167,12 +156,7 @@ impl Blocklist {
 
     /// Every entry (active or expired), sorted by prefix.
     pub fn entries(&self) -> Vec<(IpNet, BlockEntry)> {
-        let mut v: Vec<_> = self
-            .0
-            .iter()
-            .filter_map(|r| r.ok())
-            .map(|(k, e)| (key_prefix(&k), e))
-            .collect();
+        let mut v: Vec<_> = self.0.iter().filter_map(|r| r.ok()).map(|(k, e)| (key_prefix(&k), e)).collect();
         v.sort_unstable_by_key(|(net, _)| *net);
         v
     }
@@ -209,7 +193,9 @@ mod tests {
 
     #[test]
     fn prefix_keys_round_trip() {
-        for s in ["203.0.113.0/24", "198.51.100.7/32", "0.0.0.0/0", "2001:db8::/32", "2001:db8::1/128", "::/0"] {
+        for s in
+            ["203.0.113.0/24", "198.51.100.7/32", "0.0.0.0/0", "2001:db8::/32", "2001:db8::1/128", "::/0"]
+        {
             let net: IpNet = s.parse().unwrap();
             assert_eq!(key_prefix(&prefix_key(&net)), net, "{s}");
         }

@@ -81,7 +81,7 @@ fn sample(labels: &[(&str, &str)], value: f64, kind: MetricType) -> proto::Metri
             p
         })
         .collect();
-    m.set_label(pairs.into());
+    m.set_label(pairs);
     match kind {
         MetricType::COUNTER => {
             let mut c = proto::Counter::default();
@@ -102,7 +102,7 @@ fn family(f: &Family, samples: Vec<proto::Metric>) -> MetricFamily {
     mf.set_name(f.name.to_owned());
     mf.set_help(f.help.to_owned());
     mf.set_field_type(f.kind);
-    mf.set_metric(samples.into());
+    mf.set_metric(samples);
     mf
 }
 
@@ -184,9 +184,7 @@ impl Collector for KernelCollector {
 /// Renders every registered collector in the Prometheus text format.
 pub fn render(registry: &Registry) -> String {
     let mut buf = Vec::new();
-    TextEncoder::new()
-        .encode(&registry.gather(), &mut buf)
-        .expect("encoding to a Vec cannot fail");
+    TextEncoder::new().encode(&registry.gather(), &mut buf).expect("encoding to a Vec cannot fail");
     String::from_utf8(buf).expect("the text format is UTF-8")
 }
 
@@ -240,7 +238,9 @@ async fn handle(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
     let path = path.split(|b| *b == b'?').next().unwrap_or_default();
     let (status, ctype, body) = match (method, path) {
         (b"GET", b"/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(registry)),
-        (b"GET", b"/") => ("200 OK", "text/plain; charset=utf-8", "tollgate: metrics at /metrics\n".to_owned()),
+        (b"GET", b"/") => {
+            ("200 OK", "text/plain; charset=utf-8", "tollgate: metrics at /metrics\n".to_owned())
+        }
         (b"GET", _) => ("404 Not Found", "text/plain; charset=utf-8", "not found\n".to_owned()),
         _ => ("405 Method Not Allowed", "text/plain; charset=utf-8", "only GET\n".to_owned()),
     };

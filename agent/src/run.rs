@@ -154,7 +154,9 @@ fn apply_cli_blocks(
     for spec in specs {
         let (expires_at_ns, lasts) = match spec.duration {
             BlockDuration::Permanent => (NO_EXPIRY, "until removed".to_owned()),
-            BlockDuration::Default => (expiry_after(now, default), humantime::format_duration(default).to_string()),
+            BlockDuration::Default => {
+                (expiry_after(now, default), humantime::format_duration(default).to_string())
+            }
             BlockDuration::For(d) => (expiry_after(now, d), humantime::format_duration(d).to_string()),
         };
         maps.blocklist.insert(&spec.net, BlockEntry { expires_at_ns, reason: reason::CLI, prefix_len: 0 })?;
@@ -224,7 +226,10 @@ pub fn status(args: PinArgs) -> anyhow::Result<()> {
     println!("state:        {}", dir.display());
     println!("attached to:  {}", if links.is_empty() { "nothing".to_owned() } else { links.join(", ") });
     let config = maps.config()?;
-    println!("block scope:  {}", if config.flags & CONFIG_BLOCK_ALL_PORTS != 0 { "all ports" } else { "SIP ports" });
+    println!(
+        "block scope:  {}",
+        if config.flags & CONFIG_BLOCK_ALL_PORTS != 0 { "all ports" } else { "SIP ports" }
+    );
     let ports: Vec<String> = maps
         .sip_ports()
         .iter()
@@ -232,18 +237,28 @@ pub fn status(args: PinArgs) -> anyhow::Result<()> {
         .collect();
     println!("SIP ports:    {}", ports.join(" "));
     let allows = maps.allowlist.prefixes();
-    println!("allowlist:    {}", if allows.is_empty() { "empty".to_owned() } else { allows.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" ") });
+    println!(
+        "allowlist:    {}",
+        if allows.is_empty() {
+            "empty".to_owned()
+        } else {
+            allows.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" ")
+        }
+    );
     let blocks = maps.blocklist.entries();
     println!("blocklist:    {} entries", blocks.len());
     for (net, e) in blocks {
         let left = if e.expires_at_ns == NO_EXPIRY {
             "permanent".to_owned()
         } else if e.is_active(now) {
-            format!("expires in {}", humantime::format_duration(Duration::from_secs((e.expires_at_ns - now) / 1_000_000_000)))
+            format!(
+                "expires in {}",
+                humantime::format_duration(Duration::from_secs((e.expires_at_ns - now) / 1_000_000_000))
+            )
         } else {
             "expired".to_owned()
         };
-        println!("  {net:<43} reason={:<8} {left}", reason::name(e.reason));
+        println!("  {:<43} reason={:<8} {left}", net.to_string(), reason::name(e.reason));
     }
     println!("verdicts:");
     let totals = maps.verdict_totals()?;

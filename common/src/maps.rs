@@ -12,13 +12,7 @@ pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_STATS: &str = "STATS";
 
 /// Every map the agent pins, so a restarted agent re-uses them all.
-pub const PINNED_MAPS: [&str; 5] = [
-    MAP_BLOCKLIST,
-    MAP_ALLOWLIST,
-    MAP_SIP_PORTS,
-    MAP_CONFIG,
-    MAP_STATS,
-];
+pub const PINNED_MAPS: [&str; 5] = [MAP_BLOCKLIST, MAP_ALLOWLIST, MAP_SIP_PORTS, MAP_CONFIG, MAP_STATS];
 
 /// Name of the enforcement program in the object file.
 pub const PROG_ENFORCE: &str = "tollgate";
@@ -39,9 +33,7 @@ pub const V4_MAPPED_PREFIX_LEN: u32 = 96;
 /// Maps an IPv4 address (network byte order octets) into an [`AddrKey`].
 #[inline(always)]
 pub const fn v4_mapped(octets: [u8; 4]) -> AddrKey {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
-    ]
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]]
 }
 
 /// Returns the IPv4 octets if `key` is an IPv4-mapped address.

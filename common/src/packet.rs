@@ -134,11 +134,8 @@ fn parse_ipv4<P: PacketView + ?Sized>(p: &P, off: usize) -> Result<Headers, Pars
     let src = v4_mapped([h[12], h[13], h[14], h[15]]);
     let dst = v4_mapped([h[16], h[17], h[18], h[19]]);
     let fragment_offset = be16([h[6], h[7]]) & 0x1fff;
-    let transport = if fragment_offset != 0 {
-        Transport::Fragment
-    } else {
-        parse_transport(p, h[9], off + ihl)?
-    };
+    let transport =
+        if fragment_offset != 0 { Transport::Fragment } else { parse_transport(p, h[9], off + ihl)? };
     Ok(Headers { src, dst, is_ipv4: true, transport })
 }
 
@@ -190,11 +187,7 @@ fn parse_ipv6<P: PacketView + ?Sized>(p: &P, off: usize) -> Result<Headers, Pars
 }
 
 #[inline(always)]
-fn parse_transport<P: PacketView + ?Sized>(
-    p: &P,
-    proto: u8,
-    off: usize,
-) -> Result<Transport, ParseError> {
+fn parse_transport<P: PacketView + ?Sized>(p: &P, proto: u8, off: usize) -> Result<Transport, ParseError> {
     match proto {
         IPPROTO_UDP => {
             let h = p.read::<8>(off).ok_or(ParseError::Malformed)?;
@@ -340,11 +333,7 @@ mod tests {
                 _ => unreachable!(),
             };
             for len in 0..header_len {
-                assert_eq!(
-                    parse_headers(&f[..len]),
-                    Err(ParseError::Malformed),
-                    "truncated to {len} bytes"
-                );
+                assert_eq!(parse_headers(&f[..len]), Err(ParseError::Malformed), "truncated to {len} bytes");
             }
         }
     }

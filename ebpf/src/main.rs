@@ -16,10 +16,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::error;
 use tollgate_common::{
-    AddrKey, AllowEntry, BLOCKLIST_CAPACITY, ALLOWLIST_CAPACITY, BlockEntry, CONFIG_BLOCK_ALL_PORTS,
-    Config, Counter, MAX_NESTED_BLOCKS, SIP_PORTS_CAPACITY, port_key,
+    ALLOWLIST_CAPACITY, AddrKey, AllowEntry, BLOCKLIST_CAPACITY, BlockEntry, CONFIG_BLOCK_ALL_PORTS, Config,
+    Counter, MAX_NESTED_BLOCKS, SIP_PORTS_CAPACITY,
     packet::{MAX_HEADER_OFFSET, PacketView, ParseError, Transport, parse_headers},
-    verdict,
+    port_key, verdict,
 };
 
 #[map]
@@ -112,17 +112,13 @@ fn evaluate(ctx: &XdpContext) -> (u32, u32) {
     if expired {
         return (PASS, verdict::PASS_EXPIRED);
     }
-    if is_sip {
-        (PASS, verdict::PASS_SIP)
-    } else {
-        (PASS, verdict::PASS_NOT_SIP)
-    }
+    if is_sip { (PASS, verdict::PASS_SIP) } else { (PASS, verdict::PASS_NOT_SIP) }
 }
 
 #[inline(always)]
 fn is_sip_port(proto: u8, port: u16) -> bool {
     // SAFETY: the value is a plain u8 and is only checked for presence.
-    unsafe { SIP_PORTS.get(&port_key(proto, port)) }.is_some()
+    unsafe { SIP_PORTS.get(port_key(proto, port)) }.is_some()
 }
 
 #[inline(always)]

@@ -35,9 +35,8 @@ pub fn privileged(test: &str) -> bool {
         netns::sweep_stale();
         return true;
     }
-    let msg = format!(
-        "{test}: needs root (network namespaces, XDP); run it through `cargo xtask test` as root"
-    );
+    let msg =
+        format!("{test}: needs root (network namespaces, XDP); run it through `cargo xtask test` as root");
     if std::env::var_os("TOLLGATE_REQUIRE_PRIVILEGED").is_some_and(|v| v == "1") {
         panic!("{msg}");
     }
@@ -57,7 +56,7 @@ pub fn tollgate_bin() -> PathBuf {
     let bin = target.join("debug/tollgate");
     assert!(
         bin.exists(),
-        "{} not found: build it with `cargo build -p tollgate` (cargo xtask test does) or set TOLLGATE_BIN",
+        "{} not found: build it with `cargo build -p tollgate` (cargo xtask test/demo do) or set TOLLGATE_BIN",
         bin.display()
     );
     bin

@@ -16,12 +16,7 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf";
 /// Runs `ip ARGS`, panicking with its stderr on failure.
 pub fn ip(args: &[&str]) -> Output {
     let out = Command::new("ip").args(args).output().expect("running ip (iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     out
 }
 
@@ -89,7 +84,11 @@ impl Drop for NetNs {
         // Never panic here: we may already be unwinding from a failed test.
         match Command::new("ip").args(["netns", "del", &self.name]).output() {
             Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!("warning: ip netns del {}: {}", self.name, String::from_utf8_lossy(&o.stderr).trim()),
+            Ok(o) => eprintln!(
+                "warning: ip netns del {}: {}",
+                self.name,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
             Err(e) => eprintln!("warning: ip netns del {}: {e}", self.name),
         }
     }

@@ -9,7 +9,9 @@ use aya::{
 };
 use ipnet::IpNet;
 use tollgate::maps::Maps;
-use tollgate_common::{BlockEntry, CONFIG_BLOCK_ALL_PORTS, Config, IPPROTO_TCP, IPPROTO_UDP, PROG_BASELINE, PROG_ENFORCE, reason};
+use tollgate_common::{
+    BlockEntry, CONFIG_BLOCK_ALL_PORTS, Config, IPPROTO_TCP, IPPROTO_UDP, PROG_BASELINE, PROG_ENFORCE, reason,
+};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -24,8 +26,13 @@ impl Loaded {
     pub fn new() -> Self {
         let mut ebpf = tollgate::loader::load(None).expect("load the embedded object");
         let mut maps = Maps::take(&mut ebpf).expect("maps");
-        maps.set_sip_ports(&[(IPPROTO_UDP, 5060), (IPPROTO_TCP, 5060), (IPPROTO_UDP, 5080), (IPPROTO_TCP, 5080)])
-            .expect("ports");
+        maps.set_sip_ports(&[
+            (IPPROTO_UDP, 5060),
+            (IPPROTO_TCP, 5060),
+            (IPPROTO_UDP, 5080),
+            (IPPROTO_TCP, 5080),
+        ])
+        .expect("ports");
         maps.set_config(Config::default()).expect("config");
         for name in [PROG_ENFORCE, PROG_BASELINE] {
             let prog: &mut Xdp = ebpf.program_mut(name).expect("program").try_into().expect("xdp");
@@ -78,7 +85,12 @@ impl Loaded {
         let mut out = vec![0u8; frame.len() + 256];
         let result = self
             .program(name)
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat, ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat,
+                ..Default::default()
+            })
             .expect("BPF_PROG_TEST_RUN");
         (result.return_value, result.duration)
     }

@@ -52,7 +52,20 @@ impl Topology {
         let peer = NetNs::new(unique("p"));
         let edge_if = unique("v");
         let peer_if = format!("{edge_if}p");
-        ip(&["link", "add", &edge_if, "netns", edge.name(), "type", "veth", "peer", "name", &peer_if, "netns", peer.name()]);
+        ip(&[
+            "link",
+            "add",
+            &edge_if,
+            "netns",
+            edge.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer_if,
+            "netns",
+            peer.name(),
+        ]);
         for (ns, ifname, v4, v6) in [
             (&edge, &edge_if, "192.0.2.1/24", "2001:db8:ffff::1/64"),
             (&peer, &peer_if, "192.0.2.2/24", "2001:db8:ffff::2/64"),
@@ -81,7 +94,18 @@ impl Topology {
         let out = self.edge.exec(&["cat", &format!("/sys/class/net/{}/address", self.edge_if)]);
         let mac = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let peer_if = format!("{}p", self.edge_if);
-        self.peer.exec(&["ip", "neigh", "replace", "2001:db8:ffff::1", "lladdr", &mac, "dev", &peer_if, "nud", "permanent"]);
+        self.peer.exec(&[
+            "ip",
+            "neigh",
+            "replace",
+            "2001:db8:ffff::1",
+            "lladdr",
+            &mac,
+            "dev",
+            &peer_if,
+            "nud",
+            "permanent",
+        ]);
     }
 
     /// Whether an XDP program is attached to the edge interface.
@@ -234,8 +258,7 @@ impl Agent {
 /// The value of one sample in a Prometheus text page, e.g.
 /// `tollgate_xdp_packets_total{action="drop",reason="blocklist"}`.
 pub fn metric_value(page: &str, series: &str) -> Option<f64> {
-    page.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    page.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 impl Drop for Agent {

@@ -66,7 +66,13 @@ pub fn tcp_connects(ns: &NetNs, src: IpAddr, dst: SocketAddr) -> bool {
         let tv = libc::timeval { tv_sec: 1, tv_usec: 0 };
         // SAFETY: SO_SNDTIMEO bounds a blocking connect().
         unsafe {
-            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&raw const tv).cast(), size_of::<libc::timeval>() as u32)
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                (&raw const tv).cast(),
+                size_of::<libc::timeval>() as u32,
+            )
         };
         let (daddr, dlen) = sockaddr(dst);
         // SAFETY: daddr is a valid sockaddr of length dlen.

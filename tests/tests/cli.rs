@@ -41,7 +41,8 @@ fn unknown_interface_and_duplicates_fail_before_touching_the_kernel() {
     let out = tollgate(&["run", "--iface", "tgt-no-such-if", "--pin-path", "/sys/fs/bpf/tgt-never-created"]);
     assert_eq!(out.status.code(), Some(1));
     assert_clean_failure(&out, "interface \"tgt-no-such-if\" does not exist");
-    let out = tollgate(&["run", "--iface", "lo", "--iface", "lo", "--pin-path", "/sys/fs/bpf/tgt-never-created"]);
+    let out =
+        tollgate(&["run", "--iface", "lo", "--iface", "lo", "--pin-path", "/sys/fs/bpf/tgt-never-created"]);
     assert_clean_failure(&out, "given more than once");
     assert!(!std::path::Path::new("/sys/fs/bpf/tgt-never-created").exists());
 }

@@ -45,14 +45,22 @@ fn blocklisted_sources_are_dropped_on_sip_ports_and_pass_elsewhere() {
         assert_eq!(udp_delivered(&topo, &agent, attacker, 5060), 0, "{attacker} -> udp/5060 must be dropped");
         assert_eq!(agent.packets(verdict::DROP_BLOCKLIST), drops + N as u64);
         assert_eq!(udp_delivered(&topo, &agent, attacker, 5080), 0, "{attacker} -> udp/5080 must be dropped");
-        assert_eq!(udp_delivered(&topo, &agent, attacker, 5999), N, "{attacker} -> udp/5999 is not SIP: must pass");
+        assert_eq!(
+            udp_delivered(&topo, &agent, attacker, 5999),
+            N,
+            "{attacker} -> udp/5999 is not SIP: must pass"
+        );
     }
     for customer in [CUSTOMER_V4, CUSTOMER_V6] {
         assert_eq!(udp_delivered(&topo, &agent, customer, 5060), N, "{customer} is not blocked");
     }
     for trusted in [TRUSTED_V4, TRUSTED_V6] {
         let allowed = agent.packets(verdict::PASS_ALLOWLISTED);
-        assert_eq!(udp_delivered(&topo, &agent, trusted, 5060), N, "{trusted} is allowlisted inside a blocked prefix");
+        assert_eq!(
+            udp_delivered(&topo, &agent, trusted, 5060),
+            N,
+            "{trusted} is allowlisted inside a blocked prefix"
+        );
         assert_eq!(agent.packets(verdict::PASS_ALLOWLISTED), allowed + N as u64);
     }
 
@@ -62,8 +70,14 @@ fn blocklisted_sources_are_dropped_on_sip_ports_and_pass_elsewhere() {
         .flat_map(|ip| [tcp_listen(&topo.edge, sa(ip, 5060)), tcp_listen(&topo.edge, sa(ip, 5999))])
         .collect();
     for attacker in [ATTACKER_V4, ATTACKER_V6] {
-        assert!(!tcp_connects(&topo.peer, attacker, sa(edge_for(attacker), 5060)), "{attacker} -> tcp/5060 must be dropped");
-        assert!(tcp_connects(&topo.peer, attacker, sa(edge_for(attacker), 5999)), "{attacker} -> tcp/5999 must pass");
+        assert!(
+            !tcp_connects(&topo.peer, attacker, sa(edge_for(attacker), 5060)),
+            "{attacker} -> tcp/5060 must be dropped"
+        );
+        assert!(
+            tcp_connects(&topo.peer, attacker, sa(edge_for(attacker), 5999)),
+            "{attacker} -> tcp/5999 must pass"
+        );
     }
     for ok in [TRUSTED_V4, TRUSTED_V6, CUSTOMER_V4, CUSTOMER_V6] {
         assert!(tcp_connects(&topo.peer, ok, sa(edge_for(ok), 5060)), "{ok} -> tcp/5060 must pass");
@@ -79,7 +93,11 @@ fn block_all_ports_drops_every_port_but_still_honours_the_allowlist() {
     topo.static_neighbours();
     let agent = Agent::start(&topo, &[&BLOCKS[..], &ALLOWS[..], &["--block-all-ports"]].concat());
     for attacker in [ATTACKER_V4, ATTACKER_V6] {
-        assert_eq!(udp_delivered(&topo, &agent, attacker, 5999), 0, "{attacker} -> udp/5999 with --block-all-ports");
+        assert_eq!(
+            udp_delivered(&topo, &agent, attacker, 5999),
+            0,
+            "{attacker} -> udp/5999 with --block-all-ports"
+        );
     }
     for ok in [TRUSTED_V4, CUSTOMER_V6] {
         assert_eq!(udp_delivered(&topo, &agent, ok, 5999), N);
@@ -120,12 +138,21 @@ fn metrics_match_the_packets_sent() {
     assert!(value(r#"tollgate_xdp_packets_total{action="pass",reason="not_sip"}"#) >= n);
     assert_eq!(value(r#"tollgate_xdp_packets_total{action="pass",reason="malformed"}"#), 0.0);
     // The endpoint and the kernel map agree exactly.
-    assert_eq!(agent.packets(verdict::DROP_BLOCKLIST) as f64, value(r#"tollgate_xdp_packets_total{action="drop",reason="blocklist"}"#));
+    assert_eq!(
+        agent.packets(verdict::DROP_BLOCKLIST) as f64,
+        value(r#"tollgate_xdp_packets_total{action="drop",reason="blocklist"}"#)
+    );
     // IPv4 UDP OPTIONS frame: 14 + 20 + 8 + payload bytes each.
     let frame_v4 = (14 + 20 + 8 + tollgate_tests::traffic::OPTIONS.len()) as f64;
     let frame_v6 = frame_v4 + 20.0;
-    assert_eq!(value(r#"tollgate_xdp_bytes_total{action="drop",reason="blocklist"}"#), n * (frame_v4 + frame_v6));
+    assert_eq!(
+        value(r#"tollgate_xdp_bytes_total{action="drop",reason="blocklist"}"#),
+        n * (frame_v4 + frame_v6)
+    );
     assert_eq!(value(r#"tollgate_blocklist_entries{state="active"}"#), 2.0);
     assert_eq!(value("tollgate_allowlist_entries"), 2.0);
-    assert_eq!(value(&format!(r#"tollgate_xdp_attached{{interface="{}",mode="driver"}}"#, topo.edge_if)), 1.0);
+    assert_eq!(
+        value(&format!(r#"tollgate_xdp_attached{{interface="{}",mode="driver"}}"#, topo.edge_if)),
+        1.0
+    );
 }

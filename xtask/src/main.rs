@@ -1,1 +1,266 @@
-fn main() {}
+//! Developer tasks. Deliberately dependency-light: `setup` must build and run
+//! on a fresh machine before bpf-linker exists, so nothing here depends on
+//! the agent or the eBPF crate.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// The bpf-linker release known to work with this machine's toolchains and
+/// Debian's LLVM 22 (see ../shared/TOOLCHAIN.md).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_MAJOR: &str = "22";
+const APT_PACKAGES: &[&str] = &[
+    // bpf-linker's build against Debian's LLVM 22.
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    // Namespaces, veth, setpriv/nsenter for the tests and the demo.
+    "iproute2",
+    "util-linux",
+    // The test proving XDP blocks are not bypassed by conntrack.
+    "nftables",
+    // Inspecting attached programs and maps by hand.
+    "bpftool",
+];
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "tollgate developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install everything a fresh machine needs (apt packages, nightly
+    /// rust-src, bpf-linker). Idempotent and quiet when already done.
+    Setup,
+    /// Set up, then build the agent (which embeds the XDP program).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build, then run every test (unit, BPF_PROG_TEST_RUN and
+    /// network-namespace integration tests; needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run tollgate. Without --iface: a self-contained
+    /// demo in throw-away network namespaces. With --iface: the real agent
+    /// on that interface (remaining arguments go to `tollgate run`).
+    Demo {
+        /// Run for real on this interface instead of the demo.
+        #[arg(long)]
+        iface: Option<String>,
+        /// Extra arguments for `tollgate run` (with --iface).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks that print ratios measured side by side in one run.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// BPF_PROG_TEST_RUN ns per packet for each verdict path, next to a bare
+    /// XDP_PASS program in the same run.
+    Verdict {
+        /// Runs per measurement (the kernel reports the average).
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    match task(Cli::parse().task) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn task(task: Task) -> Result<()> {
+    match task {
+        Task::Setup => setup(),
+        Task::Build { release } => {
+            setup()?;
+            build(release)
+        }
+        Task::Test { args } => {
+            setup()?;
+            test(&args)
+        }
+        Task::Demo { iface, args } => {
+            setup()?;
+            build(true)?;
+            match iface {
+                Some(iface) => {
+                    let bin = target_dir().join("release/tollgate");
+                    run(Command::new(bin).args(["run", "--iface", &iface]).args(&args))
+                }
+                None => {
+                    let bin = target_dir().join("release/tollgate");
+                    cargo(
+                        &["run", "--release", "--quiet", "-p", "tollgate-tests", "--bin", "tollgate-demo"],
+                        &[("TOLLGATE_BIN", bin.to_str().context("non-UTF-8 target dir")?)],
+                    )
+                }
+            }
+        }
+        Task::Bench { which: Bench::Verdict { repeat } } => {
+            setup()?;
+            cargo(
+                &[
+                    "run",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "tollgate-tests",
+                    "--bin",
+                    "tollgate-bench",
+                    "--",
+                    "verdict",
+                    "--repeat",
+                    &repeat.to_string(),
+                ],
+                &[],
+            )
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_owned()
+}
+
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    run(Command::new(cargo).args(args).envs(envs.iter().copied()).current_dir(workspace_root()))
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut args = vec!["build", "-p", "tollgate"];
+    if release {
+        args.push("--release");
+    }
+    cargo(&args, &[])
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    // The integration tests run the real binary; build it first.
+    build(false)?;
+    let bin = target_dir().join("debug/tollgate");
+    // Default members: everything but the BPF-only eBPF crate.
+    let mut args = vec!["test", "--no-fail-fast"];
+    args.extend(extra.iter().map(String::as_str));
+    cargo(
+        &args,
+        &[
+            ("TOLLGATE_BIN", bin.to_str().context("non-UTF-8 target dir")?),
+            ("TOLLGATE_REQUIRE_PRIVILEGED", "1"),
+        ],
+    )
+}
+
+fn setup() -> Result<()> {
+    apt_packages()?;
+    rust_src()?;
+    bpf_linker()
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-qq"]))
+        .context("apt-get update (setup needs root and the Debian package mirror)")?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn rust_src() -> Result<()> {
+    let installed =
+        output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
+            .context("no nightly toolchain: the eBPF crate needs `rustup toolchain install nightly`")?;
+    if installed.lines().any(|l| l.trim() == "rust-src") {
+        return Ok(());
+    }
+    eprintln!("setup: adding rust-src to the nightly toolchain (needed for -Z build-std=core)");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+        .context("could not add rust-src to nightly; the eBPF program cannot be built without it")
+}
+
+/// Whether the installed bpf-linker is the pinned version linked against
+/// Debian's LLVM 22 (one built against another LLVM fails at link time).
+fn bpf_linker_ok() -> bool {
+    let Some(version) = output(Command::new("bpf-linker").arg("--version")) else { return false };
+    if !version.contains(BPF_LINKER_VERSION) {
+        return false;
+    }
+    let Some(path) = output(Command::new("sh").args(["-c", "command -v bpf-linker"])) else { return false };
+    output(Command::new("ldd").arg(path.trim()))
+        .is_some_and(|libs| libs.contains(&format!("libLLVM.so.{LLVM_MAJOR}")))
+}
+
+fn bpf_linker() -> Result<()> {
+    if bpf_linker_ok() {
+        return Ok(());
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} (about a minute)");
+    let llvm = format!("/usr/lib/llvm-{LLVM_MAJOR}");
+    let path = format!("{llvm}/bin:{}", env::var("PATH").unwrap_or_default());
+    run(Command::new("cargo")
+        .args(["install", "bpf-linker", "--force", "--locked", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features", &format!("llvm-{LLVM_MAJOR}")])
+        .env(format!("LLVM_SYS_{LLVM_MAJOR}1_PREFIX"), &llvm)
+        .env("PATH", path))
+    .context("building bpf-linker failed")?;
+    if !bpf_linker_ok() {
+        bail!(
+            "bpf-linker {BPF_LINKER_VERSION} was installed but is not the one on PATH (check ~/.cargo/bin is on PATH)"
+        );
+    }
+    Ok(())
+}

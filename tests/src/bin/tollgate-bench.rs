@@ -1,0 +1,89 @@
+//! `cargo xtask bench verdict`: cost per packet of each verdict path of the
+//! enforcement program, measured by the kernel with BPF_PROG_TEST_RUN, next
+//! to a bare XDP_PASS program in the same run, interleaved so both see the
+//! same machine conditions. Prints medians and ratios; asserts nothing.
+
+use std::{net::IpAddr, time::Duration};
+
+use clap::{Parser, Subcommand};
+use tollgate_common::{PROG_BASELINE, PROG_ENFORCE, frames::FrameBuilder, packet::ETH_P_8021Q};
+use tollgate_tests::{
+    testrun::{Loaded, XDP_DROP, XDP_PASS},
+    topology::*,
+};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    which: Which,
+}
+
+#[derive(Subcommand)]
+enum Which {
+    Verdict {
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+        /// Interleaved rounds; the median is reported.
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+    },
+}
+
+const SIP: &[u8] = b"REGISTER sip:edge.example SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.10:5060\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
+
+fn main() {
+    let Which::Verdict { repeat, rounds } = Cli::parse().which;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("the benchmark loads the XDP program: run it as root");
+        std::process::exit(1);
+    }
+    let mut l = Loaded::new();
+    // A realistically populated blocklist: 10,000 IPv6 /64s plus IPv4 entries.
+    const V6_ENTRIES: u32 = 10_000;
+    for i in 0..V6_ENTRIES {
+        l.block(&format!("2001:db8:{:x}:{:x}::/64", 0x100 + (i >> 16), i & 0xffff), 0);
+    }
+    l.block("203.0.113.0/24", 0);
+    l.allow(&["203.0.113.20/32"]);
+
+    let udp = |src: IpAddr, dport: u16| FrameBuilder::udp(src, edge_for(src), 40000, dport).payload(SIP);
+    let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+        ("SIP, passed (IPv4 UDP)", udp(CUSTOMER_V4, 5060).build(), XDP_PASS),
+        ("SIP, passed (IPv6 UDP, 802.1Q)", udp(CUSTOMER_V6, 5060).vlan(ETH_P_8021Q).build(), XDP_PASS),
+        ("SIP, blocklisted (IPv4 UDP)", udp(ATTACKER_V4, 5060).build(), XDP_DROP),
+        ("SIP, allowlisted (IPv4 UDP)", udp(TRUSTED_V4, 5060).build(), XDP_PASS),
+        ("non-SIP port (IPv4 UDP)", udp(CUSTOMER_V4, 5999).build(), XDP_PASS),
+    ];
+
+    println!("BPF_PROG_TEST_RUN, {repeat} runs per measurement, median of {rounds} interleaved rounds");
+    let entries = l.maps.blocklist.entries().len();
+    println!("blocklist: {entries} entries; the kernel reports whole ns per run\n");
+    println!(
+        "{:<34} {:>12} {:>12} {:>8} {:>10}",
+        "packet", "tollgate ns", "XDP_PASS ns", "ratio", "extra ns"
+    );
+    for (name, frame, expect) in cases {
+        let (action, _) = l.run_program(PROG_ENFORCE, &frame, 1);
+        assert_eq!(action, expect, "{name}: unexpected verdict, benchmark would be meaningless");
+        let (mut ours, mut base) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            ours.push(l.run_program(PROG_ENFORCE, &frame, repeat).1);
+            base.push(l.run_program(PROG_BASELINE, &frame, repeat).1);
+        }
+        let (o, b) = (median(&mut ours), median(&mut base));
+        let ratio = if b.is_zero() { f64::NAN } else { o.as_nanos() as f64 / b.as_nanos() as f64 };
+        println!(
+            "{name:<34} {:>12} {:>12} {:>7.2}x {:>10}",
+            o.as_nanos(),
+            b.as_nanos(),
+            ratio,
+            o.as_nanos() as i128 - b.as_nanos() as i128
+        );
+    }
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
