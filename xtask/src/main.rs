@@ -4,8 +4,9 @@
 
 use std::{
     env,
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -184,13 +185,46 @@ fn test(extra: &[String]) -> Result<()> {
     // Default members: everything but the BPF-only eBPF crate.
     let mut args = vec!["test", "--no-fail-fast"];
     args.extend(extra.iter().map(String::as_str));
-    cargo(
-        &args,
-        &[
-            ("TOLLGATE_BIN", bin.to_str().context("non-UTF-8 target dir")?),
-            ("TOLLGATE_REQUIRE_PRIVILEGED", "1"),
-        ],
-    )
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut child = Command::new(cargo)
+        .args(&args)
+        .env("TOLLGATE_BIN", &bin)
+        .env("TOLLGATE_REQUIRE_PRIVILEGED", "1")
+        .current_dir(workspace_root())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    // Pass the output through and add up every test binary's result line,
+    // so the run ends with one summary line instead of the last binary's.
+    let mut totals = [0u64; 3];
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for (i, word) in ["passed", "failed", "ignored"].iter().enumerate() {
+                totals[i] += count_before(rest, word);
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("tests: {} passed, {} failed, {} skipped", totals[0], totals[1], totals[2]);
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    if totals[0] == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+/// The number written just before `word` in "ok. 5 passed; 0 failed; ...".
+fn count_before(text: &str, word: &str) -> u64 {
+    text.split(';')
+        .find_map(|part| {
+            part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word)
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn setup() -> Result<()> {
