@@ -10,8 +10,12 @@
 extern crate std;
 
 #[cfg(any(test, feature = "frames"))]
+pub mod corpus;
+#[cfg(any(test, feature = "frames"))]
 pub mod frames;
 pub mod maps;
+pub mod number;
 pub mod packet;
+pub mod sip;
 
 pub use maps::*;

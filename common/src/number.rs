@@ -1,0 +1,196 @@
+//! Classification of dialled numbers: emergency, domestic, international
+//! (with its E.164 country code), or unknown. Only the class and the country
+//! code ever leave this module; the digits are dropped.
+
+use crate::sip::Number;
+
+/// A short digit string (ASCII digits), e.g. an access prefix or an
+/// emergency number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Digits {
+    pub len: u8,
+    pub digits: [u8; 7],
+}
+
+impl Digits {
+    pub const MAX: usize = 7;
+
+    /// From ASCII digits; `None` if empty, too long or not all digits.
+    pub fn new(s: &[u8]) -> Option<Self> {
+        if s.is_empty() || s.len() > Self::MAX || !s.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let mut d = Self { len: s.len() as u8, digits: [0; 7] };
+        d.digits[..s.len()].copy_from_slice(s);
+        Some(d)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.digits[..(self.len as usize).min(Self::MAX)]
+    }
+
+    /// Whether `n` starts with these digits (an empty `Digits` never matches).
+    #[inline(always)]
+    fn prefixes(&self, n: &Number) -> bool {
+        let len = self.len as usize;
+        if len == 0 || len > Self::MAX || len > n.len as usize {
+            return false;
+        }
+        let mut i = 0;
+        while i < Self::MAX && i < len {
+            if n.digits[i] != self.digits[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
+    /// Whether `n` is exactly these digits.
+    #[inline(always)]
+    fn equals(&self, n: &Number) -> bool {
+        self.len == n.len && self.prefixes(n)
+    }
+}
+
+pub const MAX_INTL_PREFIXES: usize = 4;
+pub const MAX_EMERGENCY_NUMBERS: usize = 8;
+
+/// How numbers are dialled in the carrier's country. Filled by the agent from
+/// its flags; element 0 of the NUMBER_PLAN map in the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NumberPlan {
+    /// The carrier's own E.164 country code (81 for Japan).
+    pub home_cc: u16,
+    pub _reserved: [u8; 6],
+    /// International access prefixes other than '+' ("00", "010", "011").
+    pub intl_prefixes: [Digits; MAX_INTL_PREFIXES],
+    /// National trunk prefix ("0").
+    pub trunk_prefix: Digits,
+    /// Emergency short numbers; never restricted by anything tollgate does.
+    pub emergency: [Digits; MAX_EMERGENCY_NUMBERS],
+}
+
+/// Number classes. `u8` constants because they cross into BPF maps.
+pub mod class {
+    /// Not a number (a user name, a feature code) or a local short number.
+    pub const UNKNOWN: u8 = 0;
+    pub const EMERGENCY: u8 = 1;
+    pub const DOMESTIC: u8 = 2;
+    pub const INTERNATIONAL: u8 = 3;
+    pub const COUNT: usize = 4;
+
+    pub const NAMES: [&str; COUNT] = ["unknown", "emergency", "domestic", "international"];
+}
+
+/// Country codes are 1 to 3 digits, so an array of this size indexes them.
+pub const COUNTRY_CODE_SLOTS: u32 = 1000;
+/// Country code of an international number whose code is not assigned.
+pub const UNASSIGNED_CC: u16 = 0;
+
+/// Which E.164 country codes are assigned.
+pub trait CountryCodes {
+    fn is_assigned(&self, cc: u16) -> bool;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Classification {
+    pub class: u8,
+    /// The E.164 country code of an international number, else 0.
+    pub cc: u16,
+}
+
+impl Classification {
+    const UNKNOWN: Self = Self { class: class::UNKNOWN, cc: 0 };
+    const DOMESTIC: Self = Self { class: class::DOMESTIC, cc: 0 };
+}
+
+#[inline(always)]
+fn digit(n: &Number, i: usize) -> u16 {
+    if i < n.len as usize && i < n.digits.len() { (n.digits[i] - b'0') as u16 } else { 0 }
+}
+
+/// The country code at the start of `n` after `skip` digits: E.164 codes are
+/// prefix-free, so at most one of the 1-, 2- and 3-digit candidates is
+/// assigned.
+#[inline(always)]
+fn country_code<C: CountryCodes + ?Sized>(n: &Number, skip: usize, codes: &C) -> u16 {
+    let avail = (n.len as usize).saturating_sub(skip);
+    let mut cc = 0u16;
+    let mut k = 0;
+    while k < 3 {
+        if k >= avail {
+            break;
+        }
+        cc = cc * 10 + digit(n, skip + k);
+        if codes.is_assigned(cc) {
+            return cc;
+        }
+        k += 1;
+    }
+    UNASSIGNED_CC
+}
+
+#[inline(always)]
+pub fn classify<C: CountryCodes + ?Sized>(n: &Number, plan: &NumberPlan, codes: &C) -> Classification {
+    if !n.valid || n.len == 0 {
+        return Classification::UNKNOWN;
+    }
+    if !n.plus {
+        let mut e = 0;
+        while e < MAX_EMERGENCY_NUMBERS {
+            if plan.emergency[e].equals(n) {
+                return Classification { class: class::EMERGENCY, cc: 0 };
+            }
+            e += 1;
+        }
+    }
+    // Where the country code starts, if the number is in international form.
+    let mut skip = if n.plus { Some(0) } else { None };
+    if skip.is_none() {
+        // The longest matching access prefix wins ("010" over "0").
+        let mut best = 0usize;
+        let mut p = 0;
+        while p < MAX_INTL_PREFIXES {
+            let prefix = &plan.intl_prefixes[p];
+            if prefix.prefixes(n) && prefix.len as usize > best {
+                best = prefix.len as usize;
+            }
+            p += 1;
+        }
+        if best > 0 {
+            skip = Some(best);
+        }
+    }
+    match skip {
+        Some(skip) => {
+            let cc = country_code(n, skip, codes);
+            if cc == plan.home_cc && cc != UNASSIGNED_CC {
+                Classification::DOMESTIC
+            } else {
+                Classification { class: class::INTERNATIONAL, cc }
+            }
+        }
+        None if plan.trunk_prefix.prefixes(n) => Classification::DOMESTIC,
+        None => Classification::UNKNOWN,
+    }
+}
+
+/// Parses the repository's `data/e164-country-codes.csv`: `(code, label)`
+/// for every data line; comments and blank lines are skipped.
+pub fn country_table(text: &str) -> impl Iterator<Item = Result<(u16, &str), &str>> {
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(|line| {
+        let mut fields = line.splitn(3, ',');
+        let code = fields.next().and_then(|c| c.parse::<u16>().ok()).filter(|c| *c > 0 && *c < 1000);
+        let label = fields.next().filter(|l| !l.is_empty());
+        match (code, label) {
+            (Some(c), Some(l)) => Ok((c, l)),
+            _ => Err(line),
+        }
+    })
+}
+
+/// The table shipped with tollgate.
+pub const COUNTRY_TABLE: &str = include_str!("../../data/e164-country-codes.csv");
