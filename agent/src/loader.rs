@@ -23,7 +23,7 @@ use aya::{
     },
 };
 use log::{info, warn};
-use tollgate_common::{PINNED_MAPS, PROG_ENFORCE};
+use tollgate_common::{PINNED_MAPS, PROG_ENFORCE, TAIL_PROGRAMS};
 
 use crate::{
     cli::XdpModeArg,
@@ -110,6 +110,37 @@ pub fn load(pin_dir: Option<&Path>) -> Result<Ebpf> {
         };
         Error::Load { source: Box::new(source), hint }
     })
+}
+
+/// Loads (verifies) the SIP parsing and counting stages and fills the jump
+/// tables the XDP and TC programs tail-call through. Done before anything is
+/// attached, so a (re)attached program never finds stale stages.
+pub fn load_sip_stages(ebpf: &mut Ebpf) -> Result<()> {
+    use aya::{
+        maps::ProgramArray,
+        programs::{Program, ProgramFd},
+    };
+    for (map, index, name) in TAIL_PROGRAMS {
+        let prog = ebpf.program_mut(name).expect("the object contains every SIP stage");
+        let fd: ProgramFd = match prog {
+            Program::Xdp(p) => {
+                p.load().map_err(|e| Error::Verifier(Box::new(e)))?;
+                p.fd()
+            }
+            Program::SchedClassifier(p) => {
+                p.load().map_err(|e| Error::Verifier(Box::new(e)))?;
+                p.fd()
+            }
+            _ => unreachable!("SIP stages are XDP or TC programs"),
+        }
+        .and_then(|fd| fd.try_clone().map_err(Into::into))
+        .map_err(|e| Error::Verifier(Box::new(e)))?;
+        let mut table: ProgramArray<_> =
+            ProgramArray::try_from(ebpf.map_mut(map).expect("the object contains the jump tables"))
+                .map_err(Error::map(format!("map {map}")))?;
+        table.set(index, &fd, 0).map_err(Error::map(format!("filling {map}[{index}] with {name}")))?;
+    }
+    Ok(())
 }
 
 /// Loads (verifies) the enforcement program.

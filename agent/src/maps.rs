@@ -16,7 +16,10 @@ use aya::{
 use ipnet::IpNet;
 use tollgate_common::{
     AddrKey, AllowEntry, BlockEntry, Config, Counter, MAP_ALLOWLIST, MAP_BLOCKLIST, MAP_CONFIG,
-    MAP_SIP_PORTS, MAP_STATS, V4_MAPPED_PREFIX_LEN, port_key, v4_mapped, v4_unmapped, verdict,
+    MAP_COUNTRY_CODES, MAP_COUNTRY_INVITES, MAP_NUMBER_PLAN, MAP_SIP_PORTS, MAP_SIP_STATS, MAP_SOURCES,
+    MAP_STATS, SourceStats, V4_MAPPED_PREFIX_LEN,
+    number::{COUNTRY_CODE_SLOTS, NumberPlan},
+    port_key, sip_stat, v4_mapped, v4_unmapped, verdict,
 };
 
 use crate::error::{Error, Result};
@@ -27,6 +30,19 @@ pub struct Maps {
     sip_ports: HashMap<MapData, u32, u8>,
     config: Array<MapData, Config>,
     stats: PerCpuArray<MapData, Counter>,
+    sources: HashMap<MapData, AddrKey, SourceStats>,
+    sip_stats: PerCpuArray<MapData, u64>,
+    country_invites: PerCpuArray<MapData, u64>,
+    country_codes: Array<MapData, u32>,
+    number_plan: Array<MapData, NumberPlan>,
+}
+
+/// The address an [`AddrKey`] stands for.
+pub fn key_addr(key: &AddrKey) -> IpAddr {
+    match v4_unmapped(key) {
+        Some(v4) => IpAddr::V4(Ipv4Addr::from(v4)),
+        None => IpAddr::V6(Ipv6Addr::from(*key)),
+    }
 }
 
 /// The LPM key of a prefix (IPv4 is mapped into `::ffff:0:0/96`).
@@ -82,6 +98,11 @@ impl Maps {
             sip_ports: take(ebpf, MAP_SIP_PORTS)?,
             config: take(ebpf, MAP_CONFIG)?,
             stats: take(ebpf, MAP_STATS)?,
+            sources: take(ebpf, MAP_SOURCES)?,
+            sip_stats: take(ebpf, MAP_SIP_STATS)?,
+            country_invites: take(ebpf, MAP_COUNTRY_INVITES)?,
+            country_codes: take(ebpf, MAP_COUNTRY_CODES)?,
+            number_plan: take(ebpf, MAP_NUMBER_PLAN)?,
         })
     }
 
@@ -93,7 +114,62 @@ impl Maps {
             sip_ports: open(dir, MAP_SIP_PORTS)?,
             config: open(dir, MAP_CONFIG)?,
             stats: open(dir, MAP_STATS)?,
+            sources: open(dir, MAP_SOURCES)?,
+            sip_stats: open(dir, MAP_SIP_STATS)?,
+            country_invites: open(dir, MAP_COUNTRY_INVITES)?,
+            country_codes: open(dir, MAP_COUNTRY_CODES)?,
+            number_plan: open(dir, MAP_NUMBER_PLAN)?,
         })
+    }
+
+    pub fn set_number_plan(&mut self, plan: NumberPlan) -> Result<()> {
+        self.number_plan.set(0, plan, 0).map_err(Error::map("writing NUMBER_PLAN"))
+    }
+
+    /// Marks exactly `codes` as assigned E.164 country codes.
+    pub fn set_country_codes(&mut self, codes: &[u16]) -> Result<()> {
+        for cc in 0..COUNTRY_CODE_SLOTS {
+            let assigned = codes.contains(&(cc as u16)) as u32;
+            self.country_codes.set(cc, assigned, 0).map_err(Error::map("writing COUNTRY_CODES"))?;
+        }
+        Ok(())
+    }
+
+    /// SIP message counters summed over CPUs, indexed by `sip_stat` codes.
+    pub fn sip_totals(&self) -> Result<Vec<u64>> {
+        (0..sip_stat::COUNT)
+            .map(|i| {
+                let per_cpu = self.sip_stats.get(&i, 0).map_err(Error::map("reading SIP_STATS"))?;
+                Ok(per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
+            })
+            .collect()
+    }
+
+    /// International INVITEs per E.164 country code, non-zero ones only.
+    pub fn country_invites(&self) -> Result<Vec<(u16, u64)>> {
+        let mut out = Vec::new();
+        for cc in 0..COUNTRY_CODE_SLOTS {
+            let per_cpu = self.country_invites.get(&cc, 0).map_err(Error::map("reading COUNTRY_INVITES"))?;
+            let n = per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v));
+            if n != 0 {
+                out.push((cc as u16, n));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every tracked source with its counters.
+    pub fn sources(&self) -> Vec<(IpAddr, SourceStats)> {
+        self.sources.iter().filter_map(|r| r.ok()).map(|(k, v)| (key_addr(&k), v)).collect()
+    }
+
+    /// One source's counters, if tracked.
+    pub fn source(&self, addr: IpAddr) -> Option<SourceStats> {
+        let key = match addr {
+            IpAddr::V4(v4) => v4_mapped(v4.octets()),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        self.sources.get(&key, 0).ok()
     }
 
     pub fn set_config(&mut self, config: Config) -> Result<()> {

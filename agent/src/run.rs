@@ -134,7 +134,7 @@ fn start(args: &RunArgs, pin_dir: &Path) -> anyhow::Result<Started> {
 
 fn configure(maps: &mut Maps, args: &RunArgs) -> anyhow::Result<()> {
     let flags = if args.block_all_ports { CONFIG_BLOCK_ALL_PORTS } else { 0 };
-    maps.set_config(Config { flags, _reserved: 0 })?;
+    maps.set_config(Config { flags, ..Config::default() })?;
     let ports: Vec<(u8, u16)> = args.sip_ports.iter().flat_map(|p| p.keys()).collect();
     maps.set_sip_ports(&ports)?;
     maps.allowlist.replace(&args.allows)?;

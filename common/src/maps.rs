@@ -11,8 +11,78 @@ pub const MAP_CONFIG: &str = "CONFIG";
 /// Per-CPU packet/byte counters, indexed by verdict code ([`Counter`]).
 pub const MAP_STATS: &str = "STATS";
 
-/// Every map the agent pins, so a restarted agent re-uses them all.
-pub const PINNED_MAPS: [&str; 5] = [MAP_BLOCKLIST, MAP_ALLOWLIST, MAP_SIP_PORTS, MAP_CONFIG, MAP_STATS];
+/// Per-source SIP counters (LRU hash, key [`AddrKey`], value [`SourceStats`]).
+pub const MAP_SOURCES: &str = "SOURCES";
+/// Per-CPU SIP message counters, indexed by [`sip_stat`] codes (`u64`).
+pub const MAP_SIP_STATS: &str = "SIP_STATS";
+/// Per-CPU international INVITEs by E.164 country code (`u64`, index = code).
+pub const MAP_COUNTRY_INVITES: &str = "COUNTRY_INVITES";
+/// Assigned E.164 country codes (`u32` 1 = assigned, index = code).
+pub const MAP_COUNTRY_CODES: &str = "COUNTRY_CODES";
+/// The dialling plan (array of one [`crate::number::NumberPlan`]).
+pub const MAP_NUMBER_PLAN: &str = "NUMBER_PLAN";
+/// Threshold crossings for the agent ([`ThresholdEvent`] records).
+pub const MAP_EVENTS: &str = "EVENTS";
+
+/// Tail-call targets of the XDP program ([`JUMP_PARSE`], [`JUMP_COUNT`]).
+pub const MAP_JUMP_XDP: &str = "JUMP_XDP";
+/// Tail-call targets of the TC egress program.
+pub const MAP_JUMP_TC: &str = "JUMP_TC";
+
+/// Every map the agent pins, so a restarted agent re-uses them all and a
+/// dead agent's program keeps working. The jump tables are pinned because
+/// the kernel empties a program array when its last user reference goes.
+/// The event ring buffer is not pinned: a new agent starts a new stream.
+pub const PINNED_MAPS: [&str; 12] = [
+    MAP_JUMP_XDP,
+    MAP_JUMP_TC,
+    MAP_BLOCKLIST,
+    MAP_ALLOWLIST,
+    MAP_SIP_PORTS,
+    MAP_CONFIG,
+    MAP_STATS,
+    MAP_SOURCES,
+    MAP_SIP_STATS,
+    MAP_COUNTRY_INVITES,
+    MAP_COUNTRY_CODES,
+    MAP_NUMBER_PLAN,
+];
+
+/// Name of the egress (TC) counting program in the object file.
+pub const PROG_EGRESS: &str = "tollgate_egress";
+
+/// SIP parsing and counting run as tail-called programs, each verified on
+/// its own (with inputs from maps), because one program doing everything
+/// exceeds the verifier's budget. `(jump table, index, program)`.
+pub const JUMP_PARSE: u32 = 0;
+pub const JUMP_COUNT: u32 = 1;
+pub const TAIL_PROGRAMS: [(&str, u32, &str); 4] = [
+    (MAP_JUMP_XDP, JUMP_PARSE, "tollgate_sip_parse"),
+    (MAP_JUMP_XDP, JUMP_COUNT, "tollgate_sip_count"),
+    (MAP_JUMP_TC, JUMP_PARSE, "tollgate_sip_parse_tc"),
+    (MAP_JUMP_TC, JUMP_COUNT, "tollgate_sip_count_tc"),
+];
+
+/// What the first program hands the SIP stages (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SipContext {
+    pub src: AddrKey,
+    pub dst: AddrKey,
+    /// Bytes of payload copied into the scratch buffer (1..=SIP_WINDOW).
+    pub len: u32,
+    /// What the stages must return (the enforcement verdict).
+    pub action: i32,
+    pub proto: u8,
+    /// Egress: only responses are counted.
+    pub responses_only: u8,
+    pub _reserved: [u8; 6],
+}
+
+/// Default size of the per-source LRU map (`--max-sources`).
+pub const SOURCES_CAPACITY: u32 = 65_536;
+/// Size of the event ring buffer in bytes.
+pub const EVENTS_BYTES: u32 = 256 * 1024;
 
 /// Name of the enforcement program in the object file.
 pub const PROG_ENFORCE: &str = "tollgate";
@@ -105,6 +175,14 @@ pub struct AllowEntry {
 pub struct Config {
     /// Bit set of `CONFIG_*` flags.
     pub flags: u32,
+    /// REGISTER authentication failures from one source within a window
+    /// that make the kernel emit an [`EVENT_AUTH_FAILURES`] (0: never).
+    pub auth_failure_threshold: u32,
+    /// Length of a source's counting window, in nanoseconds.
+    pub window_ns: u64,
+    /// International INVITEs from one source within a window that make the
+    /// kernel emit an [`EVENT_INTL_INVITES`] (0: never).
+    pub intl_invite_threshold: u32,
     pub _reserved: u32,
 }
 
@@ -118,6 +196,91 @@ pub const IPPROTO_UDP: u8 = 17;
 #[inline(always)]
 pub const fn port_key(proto: u8, port: u16) -> u32 {
     ((proto as u32) << 16) | port as u32
+}
+
+/// SIP counters of one source address. Requests count against the sender;
+/// responses against the address they are sent TO (the client).
+///
+/// Cumulative fields only grow. `win_*` fields restart when a packet arrives
+/// more than `Config::window_ns` after `window_start_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SourceStats {
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    pub window_start_ns: u64,
+    /// REGISTERs without credentials (the first leg of digest auth).
+    pub register_noauth: u64,
+    /// REGISTERs carrying Authorization or Proxy-Authorization.
+    pub register_auth: u64,
+    /// 401/407 responses to REGISTER sent to this address.
+    pub register_challenged: u64,
+    /// 403 responses to REGISTER sent to this address.
+    pub register_forbidden: u64,
+    /// 2xx responses to REGISTER sent to this address.
+    pub register_ok: u64,
+    pub invites: u64,
+    pub intl_invites: u64,
+    pub emergency_invites: u64,
+    pub win_register_noauth: u32,
+    /// 401/407/403 to REGISTER within the window.
+    pub win_register_rejected: u32,
+    pub win_intl_invites: u32,
+    /// `EVENT_*` bits already emitted in this window.
+    pub win_events: u32,
+}
+
+impl SourceStats {
+    /// REGISTER authentication failures: rejections that are not the normal
+    /// challenge of an uncredentialed first REGISTER. A phone that registers
+    /// correctly has none; with no responses visible the result is 0, so
+    /// missing visibility can never look like an attack.
+    pub const fn auth_failures(&self) -> u64 {
+        (self.register_challenged + self.register_forbidden).saturating_sub(self.register_noauth)
+    }
+
+    /// The same, within the current window.
+    pub const fn window_auth_failures(&self) -> u32 {
+        self.win_register_rejected.saturating_sub(self.win_register_noauth)
+    }
+}
+
+/// A source crossed a threshold within its window. One per kind and window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ThresholdEvent {
+    pub addr: AddrKey,
+    /// `EVENT_*`.
+    pub kind: u32,
+    /// The windowed count that crossed the threshold.
+    pub count: u32,
+    pub window_start_ns: u64,
+    pub at_ns: u64,
+}
+
+pub const EVENT_AUTH_FAILURES: u32 = 1 << 0;
+pub const EVENT_INTL_INVITES: u32 = 1 << 1;
+
+/// Indices into [`MAP_SIP_STATS`].
+pub mod sip_stat {
+    use crate::{number::class, sip::method};
+
+    /// Requests, by method: index = `method::*` (0..8).
+    pub const REQUEST_BASE: u32 = 0;
+    pub const REGISTER_WITH_AUTH: u32 = method::COUNT as u32;
+    pub const RESPONSE_REGISTER_CHALLENGE: u32 = REGISTER_WITH_AUTH + 1;
+    pub const RESPONSE_REGISTER_FORBIDDEN: u32 = REGISTER_WITH_AUTH + 2;
+    pub const RESPONSE_REGISTER_OK: u32 = REGISTER_WITH_AUTH + 3;
+    pub const RESPONSE_REGISTER_OTHER: u32 = REGISTER_WITH_AUTH + 4;
+    pub const RESPONSE_OTHER: u32 = REGISTER_WITH_AUTH + 5;
+    /// INVITEs by number class: index = INVITE_CLASS_BASE + `class::*`.
+    pub const INVITE_CLASS_BASE: u32 = REGISTER_WITH_AUTH + 6;
+    pub const KEEPALIVE: u32 = INVITE_CLASS_BASE + class::COUNT as u32;
+    pub const UNPARSED_UDP: u32 = KEEPALIVE + 1;
+    pub const UNPARSED_TCP: u32 = KEEPALIVE + 2;
+    /// Threshold events lost because the ring buffer was full.
+    pub const EVENTS_LOST: u32 = KEEPALIVE + 3;
+    pub const COUNT: u32 = KEEPALIVE + 4;
 }
 
 /// Packet and byte counter, one slot per verdict code in [`MAP_STATS`].
@@ -168,13 +331,19 @@ mod pod {
     unsafe impl aya::Pod for super::AllowEntry {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::SourceStats {}
+    unsafe impl aya::Pod for super::ThresholdEvent {}
+    unsafe impl aya::Pod for crate::number::NumberPlan {}
 }
 
 // The kernel and the agent must agree on these sizes; a mismatch would be
 // silently misread through the maps.
 const _: () = assert!(core::mem::size_of::<BlockEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<AllowEntry>() == 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 24);
+const _: () = assert!(core::mem::size_of::<SourceStats>() == 104);
+const _: () = assert!(core::mem::size_of::<ThresholdEvent>() == 40);
+const _: () = assert!(core::mem::size_of::<crate::number::NumberPlan>() == 216);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 
 #[cfg(test)]
@@ -198,6 +367,32 @@ mod tests {
         let timed = BlockEntry { expires_at_ns: 100, reason: reason::CLI, prefix_len: 128 };
         assert!(timed.is_active(99));
         assert!(!timed.is_active(100));
+    }
+
+    #[test]
+    fn a_phone_that_registers_correctly_has_no_failures() {
+        // Every minute: REGISTER without credentials, 401, REGISTER with
+        // credentials, 200 OK.
+        let mut s = SourceStats::default();
+        for _ in 0..60 {
+            s.register_noauth += 1;
+            s.register_challenged += 1;
+            s.register_auth += 1;
+            s.register_ok += 1;
+        }
+        assert_eq!(s.auth_failures(), 0);
+        // A wrong password: the credentialed REGISTER is rejected again.
+        s.register_noauth += 1;
+        s.register_challenged += 2;
+        assert_eq!(s.auth_failures(), 1);
+        // A brute forcer that always sends credentials.
+        let mut b = SourceStats { register_auth: 500, register_challenged: 500, ..SourceStats::default() };
+        assert_eq!(b.auth_failures(), 500);
+        b.register_forbidden = 3;
+        assert_eq!(b.auth_failures(), 503);
+        // No responses visible: never failures.
+        let blind = SourceStats { register_noauth: 10, register_auth: 10, ..SourceStats::default() };
+        assert_eq!(blind.auth_failures(), 0);
     }
 
     #[test]

@@ -2,15 +2,16 @@
 //! (with its E.164 country code), or unknown. Only the class and the country
 //! code ever leave this module; the digits are dropped.
 
-use crate::sip::Number;
+use crate::sip::{Number, pow10};
 
-/// A short digit string (ASCII digits), e.g. an access prefix or an
-/// emergency number.
+/// A short digit string, e.g. an access prefix or an emergency number, as
+/// its value and digit count (so "00" and "0" differ).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Digits {
+    pub value: u64,
     pub len: u8,
-    pub digits: [u8; 7],
+    pub _reserved: [u8; 7],
 }
 
 impl Digits {
@@ -21,36 +22,20 @@ impl Digits {
         if s.is_empty() || s.len() > Self::MAX || !s.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        let mut d = Self { len: s.len() as u8, digits: [0; 7] };
-        d.digits[..s.len()].copy_from_slice(s);
-        Some(d)
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.digits[..(self.len as usize).min(Self::MAX)]
+        let value = s.iter().fold(0u64, |v, d| v * 10 + (d - b'0') as u64);
+        Some(Self { value, len: s.len() as u8, _reserved: [0; 7] })
     }
 
     /// Whether `n` starts with these digits (an empty `Digits` never matches).
     #[inline(always)]
     fn prefixes(&self, n: &Number) -> bool {
-        let len = self.len as usize;
-        if len == 0 || len > Self::MAX || len > n.len as usize {
-            return false;
-        }
-        let mut i = 0;
-        while i < Self::MAX && i < len {
-            if n.digits[i] != self.digits[i] {
-                return false;
-            }
-            i += 1;
-        }
-        true
+        self.len != 0 && self.len <= n.len && n.leading(self.len) == self.value
     }
 
     /// Whether `n` is exactly these digits.
     #[inline(always)]
     fn equals(&self, n: &Number) -> bool {
-        self.len == n.len && self.prefixes(n)
+        self.len != 0 && self.len == n.len && n.value == self.value
     }
 }
 
@@ -107,24 +92,19 @@ impl Classification {
     const DOMESTIC: Self = Self { class: class::DOMESTIC, cc: 0 };
 }
 
-#[inline(always)]
-fn digit(n: &Number, i: usize) -> u16 {
-    if i < n.len as usize && i < n.digits.len() { (n.digits[i] - b'0') as u16 } else { 0 }
-}
-
 /// The country code at the start of `n` after `skip` digits: E.164 codes are
 /// prefix-free, so at most one of the 1-, 2- and 3-digit candidates is
 /// assigned.
 #[inline(always)]
-fn country_code<C: CountryCodes + ?Sized>(n: &Number, skip: usize, codes: &C) -> u16 {
-    let avail = (n.len as usize).saturating_sub(skip);
-    let mut cc = 0u16;
-    let mut k = 0;
-    while k < 3 {
-        if k >= avail {
+fn country_code<C: CountryCodes + ?Sized>(n: &Number, skip: u8, codes: &C) -> u16 {
+    let avail = n.len.saturating_sub(skip);
+    let rest = n.trailing_after(skip);
+    let mut k = 1u8;
+    while k <= 3 {
+        if k > avail {
             break;
         }
-        cc = cc * 10 + digit(n, skip + k);
+        let cc = rest.checked_div(pow10(avail - k)).unwrap_or(0) as u16;
         if codes.is_assigned(cc) {
             return cc;
         }
@@ -151,12 +131,12 @@ pub fn classify<C: CountryCodes + ?Sized>(n: &Number, plan: &NumberPlan, codes: 
     let mut skip = if n.plus { Some(0) } else { None };
     if skip.is_none() {
         // The longest matching access prefix wins ("010" over "0").
-        let mut best = 0usize;
+        let mut best = 0u8;
         let mut p = 0;
         while p < MAX_INTL_PREFIXES {
             let prefix = &plan.intl_prefixes[p];
-            if prefix.prefixes(n) && prefix.len as usize > best {
-                best = prefix.len as usize;
+            if prefix.prefixes(n) && prefix.len > best {
+                best = prefix.len;
             }
             p += 1;
         }

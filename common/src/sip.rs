@@ -10,16 +10,13 @@
 
 /// Bytes of a message examined. A power of two, so the kernel can mask.
 pub const SIP_WINDOW: usize = 2048;
-/// Header lines examined after the start line.
-pub const MAX_HEADER_LINES: usize = 48;
-/// Longest header line followed; a longer one ends the scan as truncated.
-pub const MAX_LINE_LEN: usize = 1024;
 /// Longest method token.
 pub const MAX_METHOD_LEN: usize = 16;
 /// Longest Request-URI user part examined.
 pub const MAX_USER_LEN: usize = 64;
-/// Most digits kept of a dialled number (E.164 allows 15, plus a prefix).
-pub const MAX_DIGITS: usize = 24;
+/// Most digits of a dialled number (E.164 allows 15, plus an access
+/// prefix); 19 digits always fit in a u64.
+pub const MAX_DIGITS: usize = 19;
 /// Leading CR/LF bytes skipped (RFC 5626 keep-alives, stray line ends).
 pub const MAX_LEADING_CRLF: usize = 4;
 
@@ -29,8 +26,43 @@ pub trait ByteWindow {
     fn len(&self) -> usize;
     /// The byte at `i`, or 0 past the end.
     fn at(&self, i: usize) -> u8;
+    /// The byte at `i` without the end check, for callers that checked the
+    /// range once already (past the end: any value, never out of bounds).
+    fn raw(&self, i: usize) -> u8 {
+        self.at(i)
+    }
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// Runs a header scan over the window, one byte per [`HeaderScan::step`].
+    /// The kernel overrides this to drive the steps with `bpf_loop`.
+    ///
+    /// Each step is given the position to examine, so nothing the verifier
+    /// must track precisely is carried from one step to the next.
+    #[inline(always)]
+    fn scan_headers(&self, mut scan: HeaderScan) -> HeaderScan {
+        let mut pos = 0;
+        while pos < SIP_WINDOW {
+            if !scan.step(self, pos) {
+                break;
+            }
+            pos += 1;
+        }
+        scan
+    }
+    /// Runs a Request-URI number scan (at most [`MAX_USER_SCAN`] bytes from
+    /// the start) to its end; the kernel overrides it with `bpf_loop` for
+    /// the same reason as [`Self::scan_headers`].
+    #[inline(always)]
+    fn scan_user(&self, mut scan: UserScan) -> UserScan {
+        let mut pos = 0;
+        while pos < MAX_USER_SCAN {
+            if !scan.step(self, pos) {
+                break;
+            }
+            pos += 1;
+        }
+        scan
     }
 }
 
@@ -81,10 +113,14 @@ pub mod scheme {
     pub const OTHER: u8 = 4;
 }
 
-/// Digits of a dialled number, visual separators removed. Transient.
+/// A dialled number, visual separators removed, as its digits' value and
+/// count (leading zeros are implied by the count). Transient. Kept as
+/// integers rather than a digit array so the kernel's verifier never sees a
+/// store at a data-dependent index.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Number {
-    pub digits: [u8; MAX_DIGITS],
+    pub value: u64,
     pub len: u8,
     /// Written with a leading '+' (global number).
     pub plus: bool,
@@ -93,14 +129,42 @@ pub struct Number {
     pub valid: bool,
 }
 
-impl Number {
-    pub const NONE: Self = Self { digits: [0; MAX_DIGITS], len: 0, plus: false, valid: false };
+const POW10: [u64; 20] = {
+    let mut t = [1u64; 20];
+    let mut i = 1;
+    while i < 20 {
+        t[i] = t[i - 1] * 10;
+        i += 1;
+    }
+    t
+};
 
-    pub fn as_digits(&self) -> &[u8] {
-        &self.digits[..(self.len as usize).min(MAX_DIGITS)]
+/// 10^e for e in 0..=19 (saturating at 10^19). A table lookup rather than a
+/// loop: a loop with a data-dependent exit multiplies the paths the kernel's
+/// verifier has to walk through everything after it.
+#[inline(always)]
+pub fn pow10(e: u8) -> u64 {
+    POW10[(e as usize).min(19)]
+}
+
+impl Number {
+    pub const NONE: Self = Self { value: 0, len: 0, plus: false, valid: false };
+
+    /// The value of the first `k` digits (`k <= len`).
+    #[inline(always)]
+    pub fn leading(&self, k: u8) -> u64 {
+        // checked_*: no panic path for the kernel (pow10 is never 0).
+        if k > self.len { 0 } else { self.value.checked_div(pow10(self.len - k)).unwrap_or(0) }
+    }
+
+    /// The value of the digits after the first `skip`.
+    #[inline(always)]
+    pub fn trailing_after(&self, skip: u8) -> u64 {
+        if skip >= self.len { 0 } else { self.value.checked_rem(pow10(self.len - skip)).unwrap_or(0) }
     }
 }
 
+#[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SipSummary {
     pub kind: u8,
@@ -164,11 +228,29 @@ fn starts_with<B: ByteWindow + ?Sized>(b: &B, at: usize, lit: &[u8]) -> bool {
     true
 }
 
+/// Whether the header name `name` (lower-case letters and '-') is at `at`,
+/// case-insensitively. Branch-free over the name: one range check, then the
+/// differences of all bytes are OR-ed together (`| 0x20` lower-cases a
+/// letter). Per-byte early exits would multiply the kernel verifier's paths.
+#[inline(always)]
+fn name_at<B: ByteWindow + ?Sized>(b: &B, at: usize, name: &[u8]) -> bool {
+    if at + name.len() > b.len() {
+        return false;
+    }
+    let mut diff = 0u8;
+    let mut i = 0;
+    while i < name.len() {
+        diff |= (b.raw(at + i) | 0x20) ^ name[i];
+        i += 1;
+    }
+    diff == 0
+}
+
 /// If a header named `name` (lower case) starts at `at`, the offset just
 /// after its colon (HCOLON allows spaces and tabs before the colon).
 #[inline(always)]
 fn header_value<B: ByteWindow + ?Sized>(b: &B, at: usize, name: &[u8]) -> Option<usize> {
-    if !starts_with_ci(b, at, name) {
+    if !name_at(b, at, name) {
         return None;
     }
     let mut i = at + name.len();
@@ -238,12 +320,13 @@ fn parse_response<B: ByteWindow + ?Sized>(b: &B, at: usize) -> SipSummary {
     if !(100..700).contains(&status) {
         return SipSummary::of_kind(kind::UNPARSED);
     }
-    let scan = scan_headers(b, at + 4, false);
-    if scan.cseq_method == method::NONE {
+    let scan = scan_headers(b, false);
+    let cseq = if scan.cseq_value == 0 { method::NONE } else { cseq_method(b, scan.cseq_value) };
+    if cseq == method::NONE {
         // Every response has a CSeq; without it we cannot attribute it.
         return SipSummary::of_kind(kind::UNPARSED);
     }
-    SipSummary { status, cseq_method: scan.cseq_method, ..SipSummary::of_kind(kind::RESPONSE) }
+    SipSummary { status, cseq_method: cseq, ..SipSummary::of_kind(kind::RESPONSE) }
 }
 
 #[inline(always)]
@@ -252,171 +335,223 @@ fn parse_request<B: ByteWindow + ?Sized>(b: &B, at: usize) -> SipSummary {
         return SipSummary::of_kind(kind::UNPARSED);
     };
     let uri = at + mlen + 1;
-    if b.at(at + mlen) != b' ' {
+    if b.at(at + mlen) != b' ' || !b.at(uri).is_ascii_alphabetic() {
         return SipSummary::of_kind(kind::UNPARSED);
     }
-    let (scheme, user) = if starts_with_ci(b, uri, b"sip:") {
-        (scheme::SIP, uri + 4)
-    } else if starts_with_ci(b, uri, b"sips:") {
-        (scheme::SIPS, uri + 5)
-    } else if starts_with_ci(b, uri, b"tel:") {
-        (scheme::TEL, uri + 4)
-    } else if b.at(uri).is_ascii_alphabetic() {
-        (scheme::OTHER, uri)
-    } else {
-        return SipSummary::of_kind(kind::UNPARSED);
-    };
-    let number = match scheme {
-        scheme::SIP | scheme::SIPS => sip_user_number(b, user),
-        scheme::TEL => number_at(b, user),
-        _ => Number::NONE,
-    };
-    let mut summary = SipSummary { method, scheme, number, ..SipSummary::of_kind(kind::REQUEST) };
-    if method == method::REGISTER {
-        let scan = scan_headers(b, uri, true);
-        if !scan.has_auth && !scan.complete {
-            // Credentials may be in the part we did not see: do not guess.
-            return SipSummary::of_kind(kind::UNPARSED);
+    let mut summary = SipSummary { method, ..SipSummary::of_kind(kind::REQUEST) };
+    match method {
+        // The dialled number only matters for INVITE.
+        method::INVITE => {
+            let scheme = if starts_with_ci(b, uri, b"sip:") {
+                scheme::SIP
+            } else if starts_with_ci(b, uri, b"sips:") {
+                scheme::SIPS
+            } else if starts_with_ci(b, uri, b"tel:") {
+                scheme::TEL
+            } else {
+                scheme::OTHER
+            };
+            summary.scheme = scheme;
+            if scheme != scheme::OTHER {
+                summary.number = uri_number(b, scheme == scheme::TEL);
+            }
         }
-        summary.has_auth = scan.has_auth;
+        // Credentials only matter for REGISTER.
+        method::REGISTER => {
+            let scan = scan_headers(b, true);
+            if !scan.has_auth && !scan.complete {
+                // Credentials may be in the part we did not see: do not guess.
+                return SipSummary::of_kind(kind::UNPARSED);
+            }
+            summary.has_auth = scan.has_auth;
+        }
+        _ => {}
     }
     summary
 }
 
-/// A sip:/sips: URI has a user part only if '@' comes before the end of
-/// the URI; the number is that user part up to any ';' parameters.
-#[inline(always)]
-fn sip_user_number<B: ByteWindow + ?Sized>(b: &B, user: usize) -> Number {
-    let mut i = 0;
-    while i < MAX_USER_LEN {
-        match b.at(user + i) {
-            b'@' => return number_at(b, user),
-            b' ' | b'>' | b'\r' | b'\n' | b'?' | 0 => return Number::NONE,
-            _ => i += 1,
-        }
-    }
-    Number::NONE
+/// Reads the dialled number of a Request-URI, one byte per
+/// [`UserScan::step`], from the start of the message: it skips any leading
+/// CR/LF, the method and the scheme itself, so the kernel passes it no
+/// offset (which keeps the verifier's work independent of the method and
+/// scheme lengths). For sip:/sips: the number is the user part, which exists
+/// only if '@' comes before the end of the URI, up to any ';' parameters;
+/// for tel: the number up to its parameters. A number is an optional leading
+/// '+', digits, and the visual separators `-`, `.`, `(`, `)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserScan {
+    /// 0: start line before the URI, 1: scheme, 2: user part.
+    pub phase: u8,
+    /// The previous byte ended the scheme (the next is the user part's first).
+    pub at_user_start: bool,
+    /// tel: URI (no '@' to wait for).
+    pub tel: bool,
+    /// Past a ';': parameters, not digits.
+    pub in_params: bool,
+    /// sip:/sips: the '@' ending the user part was seen.
+    pub has_user: bool,
+    pub done: bool,
+    pub number: Number,
 }
 
-/// Reads a telephone number at `at`: optional '+', digits and visual
-/// separators, ending at '@', ';', '?', '>' or a space.
-#[inline(always)]
-fn number_at<B: ByteWindow + ?Sized>(b: &B, at: usize) -> Number {
-    let mut n = Number { valid: true, ..Number::NONE };
-    let mut i = 0;
-    while i < MAX_USER_LEN {
-        let c = b.at(at + i);
+/// Longest start-line prefix before the user part that a scan follows.
+pub const MAX_USER_SCAN: usize = MAX_LEADING_CRLF + MAX_METHOD_LEN + 1 + 5 + MAX_USER_LEN;
+
+impl UserScan {
+    pub fn new(tel: bool) -> Self {
+        Self {
+            phase: 0,
+            at_user_start: false,
+            tel,
+            in_params: false,
+            has_user: false,
+            done: false,
+            number: Number { valid: true, ..Number::NONE },
+        }
+    }
+
+    /// Examines the byte at `pos`; steps must come in order from 0.
+    /// Returns false when the scan is over.
+    #[inline(always)]
+    pub fn step<B: ByteWindow + ?Sized>(&mut self, b: &B, pos: usize) -> bool {
+        if self.done {
+            return false;
+        }
+        let c = b.at(pos);
+        match self.phase {
+            0 => {
+                if c == b' ' {
+                    self.phase = 1;
+                } else if c == 0 {
+                    self.done = true;
+                }
+                return !self.done;
+            }
+            1 => {
+                if c == b':' {
+                    self.phase = 2;
+                    self.at_user_start = true;
+                } else if !c.is_ascii_alphabetic() {
+                    self.done = true;
+                }
+                return !self.done;
+            }
+            _ => {}
+        }
+        let first = self.at_user_start;
+        self.at_user_start = false;
         match c {
-            b'+' if i == 0 => n.plus = true,
+            // The end of the URI (or of the window: a number cut off there
+            // may be incomplete, so it is not a number).
+            b' ' | b'>' | b'\r' | b'\n' | b'?' | 0 => {
+                self.done = true;
+                if c == 0 {
+                    self.number.valid = false;
+                }
+            }
+            b'@' if !self.tel => {
+                self.has_user = true;
+                self.done = true;
+            }
+            b';' => {
+                self.in_params = true;
+                if self.tel {
+                    self.done = true;
+                }
+            }
+            _ if self.in_params => {}
+            b'+' if first => self.number.plus = true,
             b'0'..=b'9' => {
-                if (n.len as usize) < MAX_DIGITS {
-                    n.digits[n.len as usize] = c;
-                    n.len += 1;
+                if (self.number.len as usize) < MAX_DIGITS {
+                    self.number.value = self.number.value * 10 + (c - b'0') as u64;
+                    self.number.len += 1;
                 } else {
-                    n.valid = false;
+                    self.number.valid = false;
                 }
             }
             b'-' | b'.' | b'(' | b')' => {}
-            b'@' | b';' | b'?' | b'>' | b' ' | b'\r' | b'\n' => break,
-            _ => {
-                n.valid = false;
-                break;
-            }
+            _ => self.number.valid = false,
         }
-        i += 1;
+        !self.done
     }
-    if n.len == 0 || i == MAX_USER_LEN {
-        n.valid = false;
+
+    /// The number, if the user part was one.
+    pub fn finish(&self) -> Number {
+        let n = self.number;
+        if !self.done || self.phase != 2 || !n.valid || n.len == 0 || (!self.tel && !self.has_user) {
+            return Number::NONE;
+        }
+        n
     }
-    if !n.valid {
-        return Number::NONE;
-    }
-    n
 }
 
-/// State of a header scan: one [`HeaderScan::step`] per line, so the kernel
-/// can drive it with a bounded loop or `bpf_loop`.
+/// The dialled number of the request whose start line begins the window.
+#[inline(always)]
+fn uri_number<B: ByteWindow + ?Sized>(b: &B, tel: bool) -> Number {
+    b.scan_user(UserScan::new(tel)).finish()
+}
+
+/// State of a header scan: one [`HeaderScan::step`] per byte. Header names
+/// are only looked at where a line starts after the start line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HeaderScan {
-    /// Offset of the current line's first byte.
-    pub pos: usize,
+    /// The previous byte ended a line.
+    pub line_start: bool,
     pub has_auth: bool,
-    pub cseq_method: u8,
+    /// Offset of the CSeq header's value (0: not found). Only the position
+    /// is recorded here, so each step stays small for the verifier.
+    pub cseq_value: usize,
     /// The empty line ending the headers was seen.
     pub complete: bool,
-    /// Stop: done, or the window/line limits were reached.
+    /// Stop: found what was wanted, or the headers ended.
     pub stop: bool,
     /// Looking for credentials (REGISTER) rather than CSeq (responses).
     pub want_auth: bool,
 }
 
 impl HeaderScan {
-    /// Starts scanning at the line after the one containing `from`.
-    pub fn new<B: ByteWindow + ?Sized>(b: &B, from: usize, want_auth: bool) -> Self {
-        let mut s = Self { pos: from, want_auth, ..Self::default() };
-        s.pos = s.next_line(b);
-        s
+    pub fn new(want_auth: bool) -> Self {
+        Self { want_auth, ..Self::default() }
     }
 
-    /// Offset of the line after the one at `self.pos`, or past the window.
+    /// Examines the byte at `pos`; steps must come in order from 0.
+    /// Returns false when the scan is over.
     #[inline(always)]
-    fn next_line<B: ByteWindow + ?Sized>(&self, b: &B) -> usize {
-        let mut i = 0;
-        while i < MAX_LINE_LEN {
-            let p = self.pos + i;
-            if p >= b.len() {
-                return SIP_WINDOW;
-            }
-            if b.at(p) == b'\n' {
-                return p + 1;
-            }
-            i += 1;
-        }
-        SIP_WINDOW
-    }
-
-    /// Examines one header line. Returns false when the scan is over.
-    #[inline(always)]
-    pub fn step<B: ByteWindow + ?Sized>(&mut self, b: &B) -> bool {
-        if self.stop || self.pos >= b.len() {
+    pub fn step<B: ByteWindow + ?Sized>(&mut self, b: &B, pos: usize) -> bool {
+        if self.stop || pos >= b.len() {
             self.stop = true;
             return false;
         }
-        let p = self.pos;
-        let c = b.at(p);
-        if c == b'\r' || c == b'\n' {
-            self.complete = true;
-            self.stop = true;
-            return false;
-        }
-        if self.want_auth {
-            if header_value(b, p, b"authorization").is_some()
-                || header_value(b, p, b"proxy-authorization").is_some()
-            {
-                self.has_auth = true;
+        let c = b.at(pos);
+        if self.line_start {
+            if c == b'\r' || c == b'\n' {
+                self.complete = true;
                 self.stop = true;
                 return false;
             }
-        } else if let Some(v) = header_value(b, p, b"cseq") {
-            self.cseq_method = cseq_method(b, v);
-            self.stop = true;
-            return false;
+            if self.want_auth {
+                if header_value(b, pos, b"authorization").is_some()
+                    || header_value(b, pos, b"proxy-authorization").is_some()
+                {
+                    self.has_auth = true;
+                    self.stop = true;
+                    return false;
+                }
+            } else if let Some(v) = header_value(b, pos, b"cseq") {
+                self.cseq_value = v;
+                self.stop = true;
+                return false;
+            }
         }
-        self.pos = self.next_line(b);
+        self.line_start = c == b'\n';
         true
     }
 }
 
-/// Scans headers starting after the line containing `from`.
+/// Scans the headers for credentials or for CSeq.
 #[inline(always)]
-fn scan_headers<B: ByteWindow + ?Sized>(b: &B, from: usize, want_auth: bool) -> HeaderScan {
-    let mut scan = HeaderScan::new(b, from, want_auth);
-    for _ in 0..MAX_HEADER_LINES {
-        if !scan.step(b) {
-            break;
-        }
-    }
-    scan
+fn scan_headers<B: ByteWindow + ?Sized>(b: &B, want_auth: bool) -> HeaderScan {
+    b.scan_headers(HeaderScan::new(want_auth))
 }
 
 /// The method in a CSeq value (`1 REGISTER`), or NONE.
@@ -459,27 +594,35 @@ mod tests {
         number::{class, classify},
     };
 
-    /// The number in a Request-URI-like context (terminated by a space).
+    /// The number of a tel: URI (terminated by a space).
     fn number(s: &str) -> Number {
-        number_at(std::format!("{s} ").as_bytes(), 0)
+        uri_number(std::format!("INVITE tel:{s} SIP/2.0").as_bytes(), true)
     }
 
     #[test]
     fn a_number_cut_off_by_the_window_is_not_a_number() {
-        assert!(!number_at(b"+2327612".as_slice(), 0).valid);
+        assert!(!uri_number(b"INVITE tel:+2327612".as_slice(), true).valid);
+        assert!(uri_number(b"INVITE sip:+2327612@".as_slice(), false).valid);
+        assert_eq!(
+            uri_number(b"INVITE sip:2327612 SIP/2.0".as_slice(), false),
+            Number::NONE,
+            "no '@': a host, not a user"
+        );
     }
 
     #[test]
     fn numbers_and_separators() {
         let n = number("+1-(876)-555.0100");
         assert!(n.valid && n.plus);
-        assert_eq!(n.as_digits(), b"18765550100");
+        assert_eq!((n.value, n.len), (18765550100, 11));
         assert!(!number("alice").valid);
         assert!(!number("*67").valid);
         assert!(!number("+").valid, "a lone plus is not a number");
         assert!(!number("12+34").valid, "plus only first");
         assert!(!number(&"9".repeat(MAX_DIGITS + 1)).valid, "too many digits");
-        assert_eq!(number("0312345678;phone-context=x").as_digits(), b"0312345678");
+        let n = number("0312345678;phone-context=x");
+        assert_eq!((n.value, n.len), (312345678, 10), "the leading zero is kept in the count");
+        assert_eq!((n.leading(1), n.leading(3), n.trailing_after(2)), (0, 31, 12345678));
     }
 
     #[test]

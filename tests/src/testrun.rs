@@ -25,7 +25,13 @@ pub struct Loaded {
 impl Loaded {
     pub fn new() -> Self {
         let mut ebpf = tollgate::loader::load(None).expect("load the embedded object");
+        tollgate::loader::load_sip_stages(&mut ebpf).expect("verifier accepts the SIP stages");
         let mut maps = Maps::take(&mut ebpf).expect("maps");
+        maps.set_number_plan(tollgate_common::corpus::japan()).expect("plan");
+        let codes: Vec<u16> = tollgate_common::number::country_table(tollgate_common::number::COUNTRY_TABLE)
+            .map(|r| r.expect("valid table").0)
+            .collect();
+        maps.set_country_codes(&codes).expect("country codes");
         maps.set_sip_ports(&[
             (IPPROTO_UDP, 5060),
             (IPPROTO_TCP, 5060),
@@ -56,7 +62,8 @@ impl Loaded {
 
     pub fn block_all_ports(&mut self, on: bool) {
         let flags = if on { CONFIG_BLOCK_ALL_PORTS } else { 0 };
-        self.maps.set_config(Config { flags, _reserved: 0 }).expect("config");
+        let cfg = self.maps.config().expect("config");
+        self.maps.set_config(Config { flags, ..cfg }).expect("config");
     }
 
     fn program(&self, name: &str) -> &Xdp {

@@ -1,0 +1,399 @@
+//! SIP counting, shared by the XDP (ingress) and TC (egress) programs, in
+//! three stages joined by tail calls:
+//!
+//! 1. [`stage`], in the first program: copy the payload into a per-CPU
+//!    scratch buffer and note addresses and verdict in [`SIP_CTX`];
+//! 2. [`parse_stage`]: parse it with `tollgate_common::sip` (reading
+//!    through a masked index, so every access is provably inside the
+//!    buffer) into [`SUMMARY`];
+//! 3. [`count_stage`]: update the counters.
+//!
+//! Each stage is a program of its own whose inputs come from maps, so the
+//! verifier checks it once, instead of once per path through everything
+//! before it, which together exceeds its budget. Counters are updated with
+//! atomic adds: the same source can be seen on several CPUs at once.
+
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering::Relaxed, atomic_xadd},
+};
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_ktime_get_ns, generated::bpf_loop},
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+};
+use aya_log_ebpf::warn;
+use tollgate_common::{
+    AddrKey, Config, EVENT_AUTH_FAILURES, EVENT_INTL_INVITES, EVENTS_BYTES, IPPROTO_TCP, SOURCES_CAPACITY,
+    SipContext, SourceStats, ThresholdEvent,
+    number::{COUNTRY_CODE_SLOTS, CountryCodes, NumberPlan, class, classify},
+    packet::{Headers, Ports},
+    sip::{self, ByteWindow, HeaderScan, MAX_USER_SCAN, SIP_WINDOW, UserScan, kind, method},
+    sip_stat,
+};
+
+use crate::{CONFIG, Packet};
+
+#[map]
+static SOURCES: LruHashMap<AddrKey, SourceStats> = LruHashMap::with_max_entries(SOURCES_CAPACITY, 0);
+
+#[map]
+static SIP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(sip_stat::COUNT, 0);
+
+#[map]
+static COUNTRY_INVITES: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTRY_CODE_SLOTS, 0);
+
+#[map]
+static COUNTRY_CODES: Array<u32> = Array::with_max_entries(COUNTRY_CODE_SLOTS, 0);
+
+#[map]
+static NUMBER_PLAN: Array<NumberPlan> = Array::with_max_entries(1, 0);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// The parse result, from stage 2 to stage 3.
+#[map]
+static SUMMARY: PerCpuArray<sip::SipSummary> = PerCpuArray::with_max_entries(1, 0);
+
+/// Addresses, payload length and verdict, from the first program to the
+/// stages.
+#[map]
+static SIP_CTX: PerCpuArray<SipContext> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where the payload window is copied; per CPU, so no locking.
+#[map]
+static SCRATCH: PerCpuArray<[u8; SIP_WINDOW]> = PerCpuArray::with_max_entries(1, 0);
+
+/// The copied payload. Reads past `len` yield 0; the mask keeps every index
+/// inside the buffer whatever the verifier knows about `i`.
+struct Window {
+    buf: *const [u8; SIP_WINDOW],
+    len: usize,
+}
+
+impl ByteWindow for Window {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline(always)]
+    fn at(&self, i: usize) -> u8 {
+        if i < self.len {
+            // SAFETY: buf is a live map value of SIP_WINDOW bytes.
+            unsafe { (*self.buf)[i & (SIP_WINDOW - 1)] }
+        } else {
+            0
+        }
+    }
+
+    #[inline(always)]
+    fn raw(&self, i: usize) -> u8 {
+        // SAFETY: buf is a live map value of SIP_WINDOW bytes.
+        unsafe { (*self.buf)[i & (SIP_WINDOW - 1)] }
+    }
+
+    /// One `bpf_loop` iteration per byte, the byte's position being the
+    /// loop index: the verifier checks the step once, with nothing it must
+    /// track precisely carried between iterations.
+    #[inline(always)]
+    fn scan_headers(&self, scan: HeaderScan) -> HeaderScan {
+        let mut ctx = HeaderCtx { len: self.len, scan };
+        // SAFETY: header_step matches bpf_loop's callback ABI and only uses
+        // ctx as the HeaderCtx passed here.
+        unsafe {
+            bpf_loop(self.len as u32, header_step as *mut c_void, (&raw mut ctx).cast(), 0);
+        }
+        ctx.scan
+    }
+
+    /// The same for the Request-URI user part.
+    #[inline(always)]
+    fn scan_user(&self, scan: UserScan) -> UserScan {
+        let mut ctx = UserCtx { len: self.len, scan };
+        // SAFETY: as above, with UserCtx.
+        unsafe {
+            bpf_loop(MAX_USER_SCAN as u32, user_step as *mut c_void, (&raw mut ctx).cast(), 0);
+        }
+        ctx.scan
+    }
+}
+
+struct HeaderCtx {
+    len: usize,
+    scan: HeaderScan,
+}
+
+#[inline(never)]
+unsafe extern "C" fn header_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer given in scan_headers.
+    let ctx = unsafe { &mut *ctx.cast::<HeaderCtx>() };
+    let Some(buf) = SCRATCH.get_ptr(0) else { return 1 };
+    let window = Window { buf, len: ctx.len };
+    if ctx.scan.step(&window, index as usize) { 0 } else { 1 }
+}
+
+struct UserCtx {
+    len: usize,
+    scan: UserScan,
+}
+
+#[inline(never)]
+unsafe extern "C" fn user_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer given in scan_user.
+    let ctx = unsafe { &mut *ctx.cast::<UserCtx>() };
+    let Some(buf) = SCRATCH.get_ptr(0) else { return 1 };
+    let window = Window { buf, len: ctx.len };
+    if ctx.scan.step(&window, index as usize) { 0 } else { 1 }
+}
+
+struct KernelCountryCodes;
+
+impl CountryCodes for KernelCountryCodes {
+    #[inline(always)]
+    fn is_assigned(&self, cc: u16) -> bool {
+        COUNTRY_CODES.get(cc as u32).is_some_and(|v| *v != 0)
+    }
+}
+
+/// Stage 1: copies the payload of a SIP-port packet and notes what the
+/// later stages need. Returns false when there is nothing to parse.
+#[inline(always)]
+pub(crate) fn stage<C: Packet>(ctx: &C, h: &Headers, p: &Ports, action: i32, responses_only: bool) -> bool {
+    let off = p.payload_offset as usize;
+    let total = ctx.total_len();
+    if off >= total {
+        return false;
+    }
+    let mut len = total - off;
+    if len > SIP_WINDOW {
+        len = SIP_WINDOW;
+    }
+    // Same value for 1..=SIP_WINDOW, but in a form whose range the verifier
+    // can see is never 0 (the helper rejects zero-sized copies).
+    let len = ((len - 1) & (SIP_WINDOW - 1)) + 1;
+    let (Some(buf), Some(sc)) = (SCRATCH.get_ptr_mut(0), SIP_CTX.get_ptr_mut(0)) else { return false };
+    if !ctx.load(off, buf.cast(), len) {
+        return false;
+    }
+    // SAFETY: per-CPU map value from a successful lookup.
+    unsafe {
+        *sc = SipContext {
+            src: h.src,
+            dst: h.dst,
+            len: len as u32,
+            action,
+            proto: p.proto,
+            responses_only: responses_only as u8,
+            _reserved: [0; 6],
+        }
+    };
+    true
+}
+
+/// What the stages return: the verdict the first program decided.
+#[inline(always)]
+pub(crate) fn staged_action() -> i32 {
+    match SIP_CTX.get(0) {
+        Some(sc) => sc.action,
+        // Unreachable for a one-element array; XDP_PASS and TC_ACT_OK are
+        // both "let it through".
+        None => 2,
+    }
+}
+
+/// Stage 2: parses the copied payload into SUMMARY.
+#[inline(always)]
+pub(crate) fn parse_stage() {
+    let (Some(buf), Some(sc), Some(slot)) = (SCRATCH.get_ptr(0), SIP_CTX.get(0), SUMMARY.get_ptr_mut(0))
+    else {
+        return;
+    };
+    let len = sc.len as usize;
+    if len == 0 || len > SIP_WINDOW {
+        return;
+    }
+    // Hide len's range from LLVM: knowing i < len <= SIP_WINDOW it would
+    // drop the index mask in Window::at and fold offsets past it, producing
+    // accesses the verifier cannot prove in bounds. The verifier still
+    // tracks the value through the stack.
+    // SAFETY: reading a local.
+    let len = unsafe { core::ptr::read_volatile(&len) };
+    // SAFETY: per-CPU map value from a successful lookup.
+    unsafe { *slot = sip::parse(&Window { buf, len }) };
+}
+
+/// Stage 3: counts the parsed message.
+#[inline(always)]
+pub(crate) fn count_stage<C: EbpfContext>(ctx: &C) {
+    let (Some(s), Some(sc), Some(cfg)) = (SUMMARY.get(0), SIP_CTX.get(0), CONFIG.get(0)) else { return };
+    match s.kind {
+        kind::EMPTY => {}
+        kind::KEEPALIVE => stat(sip_stat::KEEPALIVE),
+        kind::UNPARSED => {
+            stat(if sc.proto == IPPROTO_TCP { sip_stat::UNPARSED_TCP } else { sip_stat::UNPARSED_UDP })
+        }
+        kind::REQUEST if sc.responses_only == 0 => request(ctx, &sc.src, s, cfg),
+        kind::RESPONSE => response(ctx, &sc.dst, s, cfg),
+        _ => {}
+    }
+}
+
+#[inline(always)]
+fn request<C: EbpfContext>(ctx: &C, src: &AddrKey, s: &sip::SipSummary, cfg: &Config) {
+    stat(sip_stat::REQUEST_BASE + s.method as u32);
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(e) = source(src, now, cfg) else { return };
+    match s.method {
+        method::REGISTER => {
+            if s.has_auth {
+                stat(sip_stat::REGISTER_WITH_AUTH);
+                add64(unsafe { &raw mut (*e).register_auth });
+            } else {
+                add64(unsafe { &raw mut (*e).register_noauth });
+                add32(unsafe { &raw mut (*e).win_register_noauth });
+            }
+        }
+        method::INVITE => {
+            let plan = match NUMBER_PLAN.get(0) {
+                Some(plan) => plan,
+                None => return,
+            };
+            let c = classify(&s.number, plan, &KernelCountryCodes);
+            stat(sip_stat::INVITE_CLASS_BASE + c.class as u32);
+            add64(unsafe { &raw mut (*e).invites });
+            if c.class == class::INTERNATIONAL {
+                add64(unsafe { &raw mut (*e).intl_invites });
+                add32(unsafe { &raw mut (*e).win_intl_invites });
+                if let Some(slot) = COUNTRY_INVITES.get_ptr_mut(c.cc as u32) {
+                    // SAFETY: per-CPU slot from a successful lookup.
+                    unsafe { *slot += 1 };
+                }
+            } else if c.class == class::EMERGENCY {
+                add64(unsafe { &raw mut (*e).emergency_invites });
+            }
+        }
+        _ => return,
+    }
+    check_thresholds(ctx, e, src, cfg, now);
+}
+
+#[inline(always)]
+fn response<C: EbpfContext>(ctx: &C, dst: &AddrKey, s: &sip::SipSummary, cfg: &Config) {
+    if s.cseq_method != method::REGISTER {
+        stat(sip_stat::RESPONSE_OTHER);
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    match s.status {
+        401 | 407 => stat(sip_stat::RESPONSE_REGISTER_CHALLENGE),
+        403 => stat(sip_stat::RESPONSE_REGISTER_FORBIDDEN),
+        200..=299 => stat(sip_stat::RESPONSE_REGISTER_OK),
+        _ => {
+            stat(sip_stat::RESPONSE_REGISTER_OTHER);
+            return;
+        }
+    }
+    // A response counts against the client it is sent to.
+    let Some(e) = source(dst, now, cfg) else { return };
+    match s.status {
+        401 | 407 => {
+            add64(unsafe { &raw mut (*e).register_challenged });
+            add32(unsafe { &raw mut (*e).win_register_rejected });
+        }
+        403 => {
+            add64(unsafe { &raw mut (*e).register_forbidden });
+            add32(unsafe { &raw mut (*e).win_register_rejected });
+        }
+        _ => add64(unsafe { &raw mut (*e).register_ok }),
+    }
+    check_thresholds(ctx, e, dst, cfg, now);
+}
+
+/// The entry for `addr`, created if needed, with its window rolled over if
+/// it has ended. The LRU map bounds memory under a spoofed-source flood.
+#[inline(always)]
+fn source(addr: &AddrKey, now: u64, cfg: &Config) -> Option<*mut SourceStats> {
+    let e = match SOURCES.get_ptr_mut(addr) {
+        Some(e) => e,
+        None => {
+            let fresh = SourceStats {
+                first_seen_ns: now,
+                last_seen_ns: now,
+                window_start_ns: now,
+                ..SourceStats::default()
+            };
+            // Another CPU may have created it meanwhile: then keep theirs.
+            let _ = SOURCES.insert(addr, &fresh, BPF_NOEXIST as u64);
+            SOURCES.get_ptr_mut(addr)?
+        }
+    };
+    // SAFETY: e points into a live map value. Plain stores race benignly
+    // with other CPUs here: at worst a window restarts twice.
+    unsafe {
+        (*e).last_seen_ns = now;
+        if now.wrapping_sub((*e).window_start_ns) >= cfg.window_ns && cfg.window_ns != 0 {
+            (*e).window_start_ns = now;
+            (*e).win_register_noauth = 0;
+            (*e).win_register_rejected = 0;
+            (*e).win_intl_invites = 0;
+            (*e).win_events = 0;
+        }
+    }
+    Some(e)
+}
+
+#[inline(always)]
+fn check_thresholds<C: EbpfContext>(ctx: &C, e: *mut SourceStats, addr: &AddrKey, cfg: &Config, now: u64) {
+    // SAFETY: e points into a live map value.
+    let st = unsafe { &mut *e };
+    let fails = st.window_auth_failures();
+    if cfg.auth_failure_threshold != 0
+        && fails >= cfg.auth_failure_threshold
+        && st.win_events & EVENT_AUTH_FAILURES == 0
+    {
+        st.win_events |= EVENT_AUTH_FAILURES;
+        emit(ctx, addr, EVENT_AUTH_FAILURES, fails, st.window_start_ns, now);
+    }
+    let intl = st.win_intl_invites;
+    if cfg.intl_invite_threshold != 0
+        && intl >= cfg.intl_invite_threshold
+        && st.win_events & EVENT_INTL_INVITES == 0
+    {
+        st.win_events |= EVENT_INTL_INVITES;
+        emit(ctx, addr, EVENT_INTL_INVITES, intl, st.window_start_ns, now);
+    }
+}
+
+#[inline(always)]
+fn emit<C: EbpfContext>(ctx: &C, addr: &AddrKey, kind: u32, count: u32, window_start_ns: u64, at_ns: u64) {
+    let event = ThresholdEvent { addr: *addr, kind, count, window_start_ns, at_ns };
+    if EVENTS.output::<ThresholdEvent>(&event, 0).is_err() {
+        stat(sip_stat::EVENTS_LOST);
+        warn!(ctx, "threshold event lost: the agent is not draining the ring buffer");
+    }
+}
+
+#[inline(always)]
+fn stat(index: u32) {
+    if let Some(c) = SIP_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot from a successful lookup.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn add64(p: *mut u64) {
+    // SAFETY: p points into a live map value, 8-byte aligned (repr(C)).
+    unsafe { atomic_xadd::<u64, u64, { Relaxed }>(p, 1) };
+}
+
+#[inline(always)]
+fn add32(p: *mut u32) {
+    // SAFETY: p points into a live map value, 4-byte aligned (repr(C)).
+    unsafe { atomic_xadd::<u32, u32, { Relaxed }>(p, 1) };
+}
