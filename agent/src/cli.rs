@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
-use tollgate_common::{IPPROTO_TCP, IPPROTO_UDP};
+use tollgate_common::{IPPROTO_TCP, IPPROTO_UDP, number::Digits};
 
 /// Default directory for pinned maps and links on the BPF filesystem.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/tollgate";
@@ -35,6 +35,18 @@ pub enum Command {
     Status(PinArgs),
     /// Detach the program from every interface and remove all pinned state.
     Detach(PinArgs),
+    /// Show the busiest SIP sources (auth failures, international INVITEs)
+    /// and destination countries, from the pinned maps.
+    Top(TopArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub pin: PinArgs,
+    /// How many sources and countries to show.
+    #[arg(short = 'n', long, default_value_t = 10)]
+    pub count: usize,
 }
 
 #[derive(Debug, Args)]
@@ -46,9 +58,17 @@ pub struct PinArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Interface to attach to (repeat for several).
+    /// Interface to attach the XDP program to (repeat for several). It
+    /// enforces and counts what arrives: requests from clients and, on a
+    /// router's inside interface, the registrar's responses.
     #[arg(long = "iface", value_name = "IF", required = true)]
     pub ifaces: Vec<String>,
+
+    /// Also count SIP responses leaving through this interface (TC egress,
+    /// Linux 6.6+): use it when the registrar runs on this host, whose
+    /// responses never arrive on an XDP interface. Never drops anything.
+    #[arg(long = "egress-iface", value_name = "IF")]
+    pub egress_ifaces: Vec<String>,
 
     /// XDP attach mode: `auto` tries driver (native) mode and falls back to
     /// generic (skb) mode with a warning.
@@ -91,11 +111,71 @@ pub struct RunArgs {
     #[command(flatten)]
     pub pin: PinArgs,
 
+    #[command(flatten)]
+    pub detect: DetectArgs,
+
+    #[command(flatten)]
+    pub plan: PlanArgs,
+
     /// On SIGINT/SIGTERM leave the program attached and the maps pinned
     /// (enforcement continues; the next `run` adopts them). Use it for
     /// restarts and upgrades without an enforcement gap.
     #[arg(long)]
     pub keep_attached_on_exit: bool,
+}
+
+/// Counting windows and the thresholds at which the kernel reports a source
+/// to the agent.
+#[derive(Debug, Args)]
+pub struct DetectArgs {
+    /// Length of each source's counting window.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub window: Duration,
+
+    /// REGISTER authentication failures from one source within a window
+    /// that report it (0: never). The first 401/407 of a normal digest
+    /// registration is not a failure.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub auth_failure_threshold: u32,
+
+    /// International INVITEs from one source within a window that report it
+    /// (0: never).
+    #[arg(long, value_name = "N", default_value_t = 30)]
+    pub intl_invite_threshold: u32,
+
+    /// Most source addresses tracked at once (least recently seen are
+    /// forgotten first, so a spoofed flood cannot exhaust memory).
+    #[arg(long, value_name = "N", default_value_t = tollgate_common::SOURCES_CAPACITY,
+          value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub max_sources: u32,
+}
+
+/// How dialled numbers are written in the carrier's country.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The home E.164 country code (calls to it are domestic).
+    #[arg(long, value_name = "CC", default_value_t = 81,
+          value_parser = clap::value_parser!(u16).range(1..=999))]
+    pub home_cc: u16,
+
+    /// International access prefix besides '+' (repeat; replaces the
+    /// defaults; e.g. add 011 for North America).
+    #[arg(long = "intl-prefix", value_name = "DIGITS", default_values = ["00", "010"], value_parser = parse_digits)]
+    pub intl_prefixes: Vec<Digits>,
+
+    /// National trunk prefix: numbers starting with it are domestic.
+    #[arg(long, value_name = "DIGITS", default_value = "0", value_parser = parse_digits)]
+    pub trunk_prefix: Digits,
+
+    /// Emergency short number (repeat; replaces the defaults). INVITEs to
+    /// these are counted apart and never restricted by tollgate.
+    #[arg(long = "emergency-number", value_name = "DIGITS",
+          default_values = ["110", "118", "119", "112", "911"], value_parser = parse_digits)]
+    pub emergency_numbers: Vec<Digits>,
+}
+
+pub fn parse_digits(s: &str) -> Result<Digits, String> {
+    Digits::new(s.trim().as_bytes()).ok_or_else(|| format!("{s:?} is not 1 to {} digits", Digits::MAX))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -215,6 +295,14 @@ mod tests {
         assert!(parse_block("192.0.2.1=0s").is_err());
         assert!(parse_block("192.0.2.1=-5s").is_err());
         assert!(parse_block("192.0.2.1=soon").is_err());
+    }
+
+    #[test]
+    fn digits() {
+        assert_eq!(parse_digits("010").unwrap().len, 3);
+        assert!(parse_digits("0x").is_err());
+        assert!(parse_digits("").is_err());
+        assert!(parse_digits("12345678").is_err());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 
 pub mod cli;
 pub mod clock;
+pub mod countries;
 pub mod error;
+pub mod events;
 pub mod loader;
 pub mod maps;
 pub mod metrics;

@@ -35,6 +35,7 @@ use crate::{
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tollgate"));
 
 const LINK_PREFIX: &str = "link-";
+const EGRESS_PREFIX: &str = "egress-";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 pub fn require_root(command: &'static str) -> Result<()> {
@@ -90,8 +91,14 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
 /// Loads the embedded object. With `pin_dir`, every map is pinned there, or
 /// re-used if a previous agent already pinned it.
 pub fn load(pin_dir: Option<&Path>) -> Result<Ebpf> {
+    load_with(pin_dir, tollgate_common::SOURCES_CAPACITY)
+}
+
+/// Like [`load`], with the per-source map sized to `max_sources`.
+pub fn load_with(pin_dir: Option<&Path>, max_sources: u32) -> Result<Ebpf> {
     raise_memlock_limit();
     let mut loader = EbpfLoader::new();
+    loader.map_max_entries(tollgate_common::MAP_SOURCES, max_sources);
     let paths: Vec<(&str, PathBuf)> = match pin_dir {
         Some(dir) => PINNED_MAPS.iter().map(|m| (*m, dir.join(m))).collect(),
         None => Vec::new(),
@@ -224,16 +231,72 @@ fn attach_in_mode(prog: &mut Xdp, iface: &str, mode: XdpModeArg) -> Result<(XdpL
     }
 }
 
-/// Interfaces with a pinned link in `dir`.
-pub fn pinned_links(dir: &Path) -> Vec<String> {
+/// Attaches the TC egress counting program to `iface`, or adopts the link a
+/// previous agent pinned there. Needs TCX links (Linux 6.6).
+pub fn attach_egress(ebpf: &mut Ebpf, iface: &str, pin_dir: &Path) -> Result<Attachment> {
+    use aya::programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLink};
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(tollgate_common::PROG_EGRESS)
+        .expect("the object always contains the egress program")
+        .try_into()
+        .expect("the egress program is a TC classifier");
+    if prog.fd().is_err() {
+        prog.load().map_err(|e| Error::Verifier(Box::new(e)))?;
+    }
+    let pin = pin_dir.join(format!("{EGRESS_PREFIX}{iface}"));
+    if pin.exists() {
+        let adopted = PinnedLink::from_pin(&pin)
+            .map_err(|e| e.to_string())
+            .and_then(|p| SchedClassifierLink::try_from(FdLink::from(p)).map_err(|e| e.to_string()))
+            .and_then(|link| prog.attach_to_link(link).map_err(|e| e.to_string()));
+        match adopted {
+            Ok(_) => return Ok(Attachment::Adopted),
+            Err(e) => {
+                warn!("cannot adopt the pinned egress link {} ({e}); attaching afresh", pin.display());
+                let _ = fs::remove_file(&pin);
+            }
+        }
+    }
+    let attach_err =
+        |source| Error::Attach { iface: iface.to_owned(), mode: "tc egress", source: Box::new(source) };
+    let id = prog.attach(iface, TcAttachType::Egress).map_err(attach_err)?;
+    let link = prog.take_link(id).map_err(attach_err)?;
+    let fd_link = FdLink::try_from(link).map_err(|_| Error::Io {
+        context: format!("{iface}: the kernel attached TC without a link"),
+        source: std::io::Error::other("--egress-iface needs Linux 6.6 or newer (TCX)"),
+    })?;
+    fd_link.pin(&pin).map_err(|e| Error::Io {
+        context: format!("pinning the egress link at {}", pin.display()),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(Attachment::Attached { mode: "tc egress" })
+}
+
+fn pinned_with_prefix(dir: &Path, prefix: &str) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.strip_prefix(LINK_PREFIX).map(str::to_owned))
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix(prefix).map(str::to_owned))
         .collect();
     v.sort();
     v
+}
+
+/// Interfaces with a pinned XDP link in `dir`.
+pub fn pinned_links(dir: &Path) -> Vec<String> {
+    pinned_with_prefix(dir, LINK_PREFIX)
+}
+
+/// Interfaces with a pinned TC egress link in `dir`.
+pub fn pinned_egress_links(dir: &Path) -> Vec<String> {
+    pinned_with_prefix(dir, EGRESS_PREFIX)
+}
+
+/// Removes the pinned egress link for `iface`.
+pub fn unpin_egress_link(dir: &Path, iface: &str) -> Result<()> {
+    let pin = dir.join(format!("{EGRESS_PREFIX}{iface}"));
+    fs::remove_file(&pin).map_err(Error::io(format!("removing {}", pin.display())))
 }
 
 /// Removes the pinned link for `iface`: the program detaches from it once no
@@ -253,6 +316,10 @@ pub fn remove_pinned_state(dir: &Path) -> Result<Vec<String>> {
     for iface in &ifaces {
         unpin_link(dir, iface)?;
         info!("detached from {iface}");
+    }
+    for iface in pinned_egress_links(dir) {
+        unpin_egress_link(dir, &iface)?;
+        info!("detached the egress counter from {iface}");
     }
     for map in PINNED_MAPS {
         let p = dir.join(map);

@@ -14,6 +14,7 @@ fn main() -> ExitCode {
             .and_then(|rt| rt.block_on(tollgate::run::run(args))),
         Command::Status(args) => tollgate::run::status(args),
         Command::Detach(args) => tollgate::run::detach(args),
+        Command::Top(args) => tollgate::run::top(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,9 +20,9 @@ use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
 };
-use tollgate_common::{BLOCKLIST_CAPACITY, verdict};
+use tollgate_common::{BLOCKLIST_CAPACITY, number::class, sip::method, sip_stat, verdict};
 
-use crate::{clock::monotonic_now_ns, maps::Maps};
+use crate::{clock::monotonic_now_ns, countries::Countries, events::EventCounts, maps::Maps};
 
 /// One (name, help, type) family with its samples.
 struct Family {
@@ -67,8 +67,92 @@ const SCRAPE_ERRORS: Family = Family {
     kind: MetricType::COUNTER,
 };
 
-const FAMILIES: [&Family; 7] =
-    [&PACKETS, &BYTES, &BLOCKLIST, &BLOCKLIST_CAP, &ALLOWLIST, &ATTACHED, &SCRAPE_ERRORS];
+const SIP_REQUESTS: Family = Family {
+    name: "tollgate_sip_requests_total",
+    help: "SIP requests seen, by method.",
+    kind: MetricType::COUNTER,
+};
+const REGISTERS: Family = Family {
+    name: "tollgate_sip_register_requests_total",
+    help: "REGISTER requests, by whether they carried credentials.",
+    kind: MetricType::COUNTER,
+};
+const REGISTER_RESPONSES: Family = Family {
+    name: "tollgate_sip_register_responses_total",
+    help: "Responses to REGISTER: challenge (401/407), forbidden (403), ok (2xx), other.",
+    kind: MetricType::COUNTER,
+};
+const OTHER_RESPONSES: Family = Family {
+    name: "tollgate_sip_other_responses_total",
+    help: "Responses to methods other than REGISTER.",
+    kind: MetricType::COUNTER,
+};
+const INVITES: Family = Family {
+    name: "tollgate_sip_invites_total",
+    help: "INVITEs by class of the dialled number.",
+    kind: MetricType::COUNTER,
+};
+const INTL_BY_COUNTRY: Family = Family {
+    name: "tollgate_sip_international_invites_total",
+    help: "International INVITEs by destination country (label, E.164 code).",
+    kind: MetricType::COUNTER,
+};
+const KEEPALIVES: Family = Family {
+    name: "tollgate_sip_keepalives_total",
+    help: "CRLF keep-alives on SIP ports.",
+    kind: MetricType::COUNTER,
+};
+const UNPARSED: Family = Family {
+    name: "tollgate_sip_unparsed_total",
+    help: "Payloads on SIP ports not counted as SIP (not a message start, or cut off before what is needed).",
+    kind: MetricType::COUNTER,
+};
+const EVENTS: Family = Family {
+    name: "tollgate_threshold_events_total",
+    help: "Sources reported by the kernel for crossing a per-window threshold, by kind.",
+    kind: MetricType::COUNTER,
+};
+const EVENTS_LOST: Family = Family {
+    name: "tollgate_threshold_events_lost_total",
+    help: "Threshold events the kernel could not deliver (ring buffer full).",
+    kind: MetricType::COUNTER,
+};
+const SOURCES: Family = Family {
+    name: "tollgate_sources_tracked",
+    help: "Source addresses with SIP counters in the kernel (least recently seen are evicted at capacity).",
+    kind: MetricType::GAUGE,
+};
+const SOURCES_CAP: Family = Family {
+    name: "tollgate_sources_capacity",
+    help: "Most source addresses tracked at once (--max-sources).",
+    kind: MetricType::GAUGE,
+};
+
+const FAMILIES: [&Family; 19] = [
+    &PACKETS,
+    &BYTES,
+    &BLOCKLIST,
+    &BLOCKLIST_CAP,
+    &ALLOWLIST,
+    &ATTACHED,
+    &SCRAPE_ERRORS,
+    &SIP_REQUESTS,
+    &REGISTERS,
+    &REGISTER_RESPONSES,
+    &OTHER_RESPONSES,
+    &INVITES,
+    &INTL_BY_COUNTRY,
+    &KEEPALIVES,
+    &UNPARSED,
+    &EVENTS,
+    &EVENTS_LOST,
+    &SOURCES,
+    &SOURCES_CAP,
+];
+
+fn counter(f: &Family, labels: &[(&str, &str)], v: u64) -> MetricFamily {
+    family(f, vec![sample(labels, v as f64, f.kind)])
+}
 
 fn sample(labels: &[(&str, &str)], value: f64, kind: MetricType) -> proto::Metric {
     let mut m = proto::Metric::default();
@@ -110,18 +194,27 @@ fn family(f: &Family, samples: Vec<proto::Metric>) -> MetricFamily {
 pub struct KernelCollector {
     maps: Arc<Mutex<Maps>>,
     attached: Vec<(String, String)>,
+    countries: Countries,
+    events: EventCounts,
+    max_sources: u32,
     descs: Vec<Desc>,
     read_errors: std::sync::atomic::AtomicU64,
 }
 
 impl KernelCollector {
-    pub fn new(maps: Arc<Mutex<Maps>>, attached: Vec<(String, String)>) -> Self {
+    pub fn new(
+        maps: Arc<Mutex<Maps>>,
+        attached: Vec<(String, String)>,
+        countries: Countries,
+        events: EventCounts,
+        max_sources: u32,
+    ) -> Self {
         let descs = FAMILIES
             .iter()
             .map(|f| Desc::new(f.name.to_owned(), f.help.to_owned(), vec![], Default::default()))
             .collect::<Result<_, _>>()
             .expect("metric names are valid");
-        Self { maps, attached, descs, read_errors: Default::default() }
+        Self { maps, attached, countries, events, max_sources, descs, read_errors: Default::default() }
     }
 }
 
@@ -173,11 +266,110 @@ impl Collector for KernelCollector {
                 .map(|(iface, mode)| sample(&[("interface", iface), ("mode", mode)], 1.0, MetricType::GAUGE))
                 .collect(),
         ));
+        match self.sip_families(&maps) {
+            Ok(mut sip) => out.append(&mut sip),
+            Err(e) => {
+                warn!("metrics: {e}");
+                self.read_errors.fetch_add(1, Relaxed);
+            }
+        }
+        out.push(family(
+            &EVENTS,
+            vec![
+                sample(
+                    &[("kind", "auth_failures")],
+                    self.events.auth_failures.load(Relaxed) as f64,
+                    MetricType::COUNTER,
+                ),
+                sample(
+                    &[("kind", "intl_invites")],
+                    self.events.intl_invites.load(Relaxed) as f64,
+                    MetricType::COUNTER,
+                ),
+            ],
+        ));
+        out.push(counter(&SOURCES, &[], maps.sources().len() as u64));
+        out.push(counter(&SOURCES_CAP, &[], self.max_sources as u64));
         out.push(family(
             &SCRAPE_ERRORS,
             vec![sample(&[], self.read_errors.load(Relaxed) as f64, MetricType::COUNTER)],
         ));
         out
+    }
+}
+
+impl KernelCollector {
+    fn sip_families(&self, maps: &Maps) -> crate::error::Result<Vec<MetricFamily>> {
+        let t = maps.sip_totals()?;
+        let at = |i: u32| t[i as usize];
+        let requests = (0..method::COUNT as u32)
+            .filter(|m| *m != method::NONE as u32)
+            .map(|m| {
+                sample(
+                    &[("method", method::NAMES[m as usize])],
+                    at(sip_stat::REQUEST_BASE + m) as f64,
+                    MetricType::COUNTER,
+                )
+            })
+            .collect();
+        let with_auth = at(sip_stat::REGISTER_WITH_AUTH);
+        let registers = at(sip_stat::REQUEST_BASE + method::REGISTER as u32);
+        let invites = (0..class::COUNT as u32)
+            .map(|c| {
+                sample(
+                    &[("class", class::NAMES[c as usize])],
+                    at(sip_stat::INVITE_CLASS_BASE + c) as f64,
+                    MetricType::COUNTER,
+                )
+            })
+            .collect();
+        let by_country = maps
+            .country_invites()?
+            .into_iter()
+            .map(|(cc, n)| {
+                let code = cc.to_string();
+                let label = self.countries.label(cc).unwrap_or("unassigned");
+                sample(&[("country", label), ("cc", &code)], n as f64, MetricType::COUNTER)
+            })
+            .collect();
+        Ok(vec![
+            family(&SIP_REQUESTS, requests),
+            family(
+                &REGISTERS,
+                vec![
+                    sample(&[("credentials", "present")], with_auth as f64, MetricType::COUNTER),
+                    sample(
+                        &[("credentials", "absent")],
+                        registers.saturating_sub(with_auth) as f64,
+                        MetricType::COUNTER,
+                    ),
+                ],
+            ),
+            family(
+                &REGISTER_RESPONSES,
+                [
+                    ("challenge", sip_stat::RESPONSE_REGISTER_CHALLENGE),
+                    ("forbidden", sip_stat::RESPONSE_REGISTER_FORBIDDEN),
+                    ("ok", sip_stat::RESPONSE_REGISTER_OK),
+                    ("other", sip_stat::RESPONSE_REGISTER_OTHER),
+                ]
+                .iter()
+                .map(|(r, i)| sample(&[("result", r)], at(*i) as f64, MetricType::COUNTER))
+                .collect(),
+            ),
+            counter(&OTHER_RESPONSES, &[], at(sip_stat::RESPONSE_OTHER)),
+            family(&INVITES, invites),
+            family(&INTL_BY_COUNTRY, by_country),
+            counter(&KEEPALIVES, &[], at(sip_stat::KEEPALIVE)),
+            family(
+                &UNPARSED,
+                vec![
+                    sample(&[("transport", "udp")], at(sip_stat::UNPARSED_UDP) as f64, MetricType::COUNTER),
+                    sample(&[("transport", "tcp")], at(sip_stat::UNPARSED_TCP) as f64, MetricType::COUNTER),
+                ],
+            ),
+            counter(&EVENTS_LOST, &[], at(sip_stat::EVENTS_LOST)),
+        ])
     }
 }
 

@@ -12,12 +12,18 @@ use aya::Ebpf;
 use ipnet::IpNet;
 use log::{info, warn};
 use tokio::signal::unix::{SignalKind, signal};
-use tollgate_common::{BlockEntry, CONFIG_BLOCK_ALL_PORTS, Config, NO_EXPIRY, reason, verdict};
+use tollgate_common::{
+    BlockEntry, CONFIG_BLOCK_ALL_PORTS, Config, NO_EXPIRY,
+    number::{MAX_EMERGENCY_NUMBERS, MAX_INTL_PREFIXES, NumberPlan},
+    reason, verdict,
+};
 
 use crate::{
-    cli::{BlockDuration, BlockSpec, PinArgs, RunArgs},
+    cli::{BlockDuration, BlockSpec, PinArgs, PlanArgs, RunArgs, TopArgs},
     clock::{expiry_after, monotonic_now_ns},
+    countries::Countries,
     error::Error,
+    events,
     loader::{self, Attachment},
     maps::Maps,
     metrics,
@@ -29,12 +35,16 @@ const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     loader::require_root("run")?;
-    for (i, iface) in args.ifaces.iter().enumerate() {
-        if args.ifaces[..i].contains(iface) {
-            return Err(Error::DuplicateInterface { name: iface.clone() }.into());
+    for list in [&args.ifaces, &args.egress_ifaces] {
+        for (i, iface) in list.iter().enumerate() {
+            if list[..i].contains(iface) {
+                return Err(Error::DuplicateInterface { name: iface.clone() }.into());
+            }
+            loader::if_index(iface)?;
         }
-        loader::if_index(iface)?;
     }
+    let countries = Countries::shipped();
+    let plan = number_plan(&args.plan, &countries)?;
     let pin_dir = args.pin.pin_path.as_path();
     loader::ensure_bpffs(pin_dir)?;
     // Bind before touching the kernel, so a busy port fails cleanly.
@@ -44,8 +54,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let fresh = !pin_dir.exists();
     fs::create_dir_all(pin_dir).map_err(Error::io(format!("creating {}", pin_dir.display())))?;
-    let started = start(&args, pin_dir);
-    let (ebpf, maps, attached) = match started {
+    let started = start(&args, pin_dir, &plan, &countries);
+    let (mut ebpf, maps, attached) = match started {
         Ok(s) => s,
         Err(e) => {
             // Leave no half-configured program behind on a fresh start; an
@@ -57,9 +67,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     let maps = Arc::new(Mutex::new(maps));
+    let event_counts = events::EventCounts::default();
+    events::spawn(
+        &mut ebpf,
+        event_counts.clone(),
+        args.detect.auth_failure_threshold,
+        args.detect.intl_invite_threshold,
+    )?;
     let registry = Arc::new(prometheus::Registry::new());
     registry
-        .register(Box::new(metrics::KernelCollector::new(Arc::clone(&maps), attached.clone())))
+        .register(Box::new(metrics::KernelCollector::new(
+            Arc::clone(&maps),
+            attached.clone(),
+            countries,
+            event_counts,
+            args.detect.max_sources,
+        )))
         .expect("collector registers once");
     let server = tokio::spawn(metrics::serve(listener, Arc::clone(&registry)));
     info!(
@@ -100,13 +123,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 type Started = (Ebpf, Maps, Vec<(String, String)>);
 
-fn start(args: &RunArgs, pin_dir: &Path) -> anyhow::Result<Started> {
-    let mut ebpf = loader::load(Some(pin_dir))?;
+fn start(
+    args: &RunArgs,
+    pin_dir: &Path,
+    plan: &NumberPlan,
+    countries: &Countries,
+) -> anyhow::Result<Started> {
+    let mut ebpf = loader::load_with(Some(pin_dir), args.detect.max_sources)?;
     forward_kernel_logs(&mut ebpf);
-    // Configure the maps before attaching anything new, so the program never
-    // runs with an empty configuration.
+    // Configure the maps and the SIP stages before attaching anything new,
+    // so the program never runs with an empty configuration.
+    loader::load_sip_stages(&mut ebpf)?;
     let mut maps = Maps::take(&mut ebpf)?;
     configure(&mut maps, args)?;
+    maps.set_number_plan(*plan)?;
+    maps.set_country_codes(&countries.codes())?;
 
     let prog = loader::enforcement_program(&mut ebpf)?;
     let mut attached = Vec::new();
@@ -123,18 +154,55 @@ fn start(args: &RunArgs, pin_dir: &Path) -> anyhow::Result<Started> {
         };
         attached.push((iface.clone(), mode.to_owned()));
     }
+    for iface in &args.egress_ifaces {
+        match loader::attach_egress(&mut ebpf, iface, pin_dir)? {
+            Attachment::Attached { .. } => info!("counting SIP responses leaving {iface} (tc egress)"),
+            Attachment::Adopted => info!("{iface}: took over the egress counter left by a previous agent"),
+        }
+        attached.push((iface.clone(), "tc-egress".to_owned()));
+    }
     for stale in loader::pinned_links(pin_dir) {
         if !args.ifaces.contains(&stale) {
             loader::unpin_link(pin_dir, &stale)?;
             info!("detached from {stale}: no longer given with --iface");
         }
     }
+    for stale in loader::pinned_egress_links(pin_dir) {
+        if !args.egress_ifaces.contains(&stale) {
+            loader::unpin_egress_link(pin_dir, &stale)?;
+            info!("detached the egress counter from {stale}: no longer given with --egress-iface");
+        }
+    }
     Ok((ebpf, maps, attached))
+}
+
+/// The dialling plan from the flags, checked against the country table.
+fn number_plan(args: &PlanArgs, countries: &Countries) -> anyhow::Result<NumberPlan> {
+    if countries.label(args.home_cc).is_none() {
+        anyhow::bail!("--home-cc {} is not an assigned E.164 country code", args.home_cc);
+    }
+    if args.intl_prefixes.len() > MAX_INTL_PREFIXES {
+        anyhow::bail!("at most {MAX_INTL_PREFIXES} --intl-prefix values");
+    }
+    if args.emergency_numbers.len() > MAX_EMERGENCY_NUMBERS {
+        anyhow::bail!("at most {MAX_EMERGENCY_NUMBERS} --emergency-number values");
+    }
+    let mut plan =
+        NumberPlan { home_cc: args.home_cc, trunk_prefix: args.trunk_prefix, ..NumberPlan::default() };
+    plan.intl_prefixes[..args.intl_prefixes.len()].copy_from_slice(&args.intl_prefixes);
+    plan.emergency[..args.emergency_numbers.len()].copy_from_slice(&args.emergency_numbers);
+    Ok(plan)
 }
 
 fn configure(maps: &mut Maps, args: &RunArgs) -> anyhow::Result<()> {
     let flags = if args.block_all_ports { CONFIG_BLOCK_ALL_PORTS } else { 0 };
-    maps.set_config(Config { flags, ..Config::default() })?;
+    maps.set_config(Config {
+        flags,
+        auth_failure_threshold: args.detect.auth_failure_threshold,
+        window_ns: u64::try_from(args.detect.window.as_nanos()).unwrap_or(u64::MAX),
+        intl_invite_threshold: args.detect.intl_invite_threshold,
+        _reserved: 0,
+    })?;
     let ports: Vec<(u8, u16)> = args.sip_ports.iter().flat_map(|p| p.keys()).collect();
     maps.set_sip_ports(&ports)?;
     maps.allowlist.replace(&args.allows)?;
@@ -281,6 +349,58 @@ pub fn detach(args: PinArgs) -> anyhow::Result<()> {
         println!("removed {} (no interface was attached)", dir.display());
     } else {
         println!("detached from {} and removed {}", ifaces.join(", "), dir.display());
+    }
+    Ok(())
+}
+
+pub fn top(args: TopArgs) -> anyhow::Result<()> {
+    loader::require_root("top")?;
+    let dir = args.pin.pin_path.as_path();
+    if !dir.exists() {
+        return Err(Error::NothingPinned { path: dir.to_owned() }.into());
+    }
+    let maps = Maps::open_pinned(dir)?;
+    let countries = Countries::shipped();
+    let now = monotonic_now_ns();
+    let mut sources = maps.sources();
+    let ago =
+        |ns: u64| humantime::format_duration(Duration::from_secs(now.saturating_sub(ns) / 1_000_000_000));
+    println!("{} sources tracked", sources.len());
+    println!("\nREGISTER authentication failures (rejections beyond the first challenge):");
+    sources.sort_by_key(|(_, s)| std::cmp::Reverse(s.auth_failures()));
+    println!(
+        "  {:<40} {:>9} {:>9} {:>9} {:>9} {:>12}",
+        "source", "failures", "with-auth", "no-auth", "ok", "last seen"
+    );
+    for (addr, s) in sources.iter().filter(|(_, s)| s.auth_failures() > 0).take(args.count) {
+        println!(
+            "  {:<40} {:>9} {:>9} {:>9} {:>9} {:>12}",
+            addr.to_string(),
+            s.auth_failures(),
+            s.register_auth,
+            s.register_noauth,
+            s.register_ok,
+            format!("{} ago", ago(s.last_seen_ns))
+        );
+    }
+    println!("\nInternational INVITEs:");
+    sources.sort_by_key(|(_, s)| std::cmp::Reverse(s.intl_invites));
+    println!("  {:<40} {:>9} {:>9} {:>9} {:>12}", "source", "intl", "all", "emergency", "last seen");
+    for (addr, s) in sources.iter().filter(|(_, s)| s.intl_invites > 0).take(args.count) {
+        println!(
+            "  {:<40} {:>9} {:>9} {:>9} {:>12}",
+            addr.to_string(),
+            s.intl_invites,
+            s.invites,
+            s.emergency_invites,
+            format!("{} ago", ago(s.last_seen_ns))
+        );
+    }
+    println!("\nInternational INVITEs by destination country:");
+    let mut by_country = maps.country_invites()?;
+    by_country.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    for (cc, n) in by_country.into_iter().take(args.count) {
+        println!("  +{cc:<4} {:<10} {n:>9}", countries.label(cc).unwrap_or("unassigned"));
     }
     Ok(())
 }

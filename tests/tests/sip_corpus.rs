@@ -117,11 +117,21 @@ fn the_kernel_counts_the_corpus_exactly_as_expected() {
         {
             let e = case.expect;
             // Requests go client -> server; responses server -> client.
-            let (src, dst): (IpAddr, IpAddr) = if e.kind == kind::RESPONSE { (server, client) } else { (client, server) };
+            let (src, dst): (IpAddr, IpAddr) =
+                if e.kind == kind::RESPONSE { (server, client) } else { (client, server) };
             let (sport, dport) = if e.kind == kind::RESPONSE { (5060, 40000) } else { (40000, 5060) };
-            let b = if tcp { FrameBuilder::tcp(src, dst, sport, dport) } else { FrameBuilder::udp(src, dst, sport, dport) };
+            let b = if tcp {
+                FrameBuilder::tcp(src, dst, sport, dport)
+            } else {
+                FrameBuilder::udp(src, dst, sport, dport)
+            };
             let frame = b.payload(case.bytes).build();
-            let what = format!("{} over {}/{}", case.name, if tcp { "tcp" } else { "udp" }, if src.is_ipv4() { 4 } else { 6 });
+            let what = format!(
+                "{} over {}/{}",
+                case.name,
+                if tcp { "tcp" } else { "udp" },
+                if src.is_ipv4() { 4 } else { 6 }
+            );
 
             let stats_before = l.maps.sip_totals().expect("SIP_STATS");
             let client_before = l.maps.source(client).unwrap_or_default();
@@ -143,10 +153,16 @@ fn the_kernel_counts_the_corpus_exactly_as_expected() {
             let countries_after = l.maps.country_invites().expect("COUNTRY_INVITES");
             let gained: Vec<(u16, u64)> = countries_after
                 .iter()
-                .map(|(cc, n)| (*cc, n - countries_before.iter().find(|(c, _)| c == cc).map_or(0, |(_, m)| *m)))
+                .map(|(cc, n)| {
+                    (*cc, n - countries_before.iter().find(|(c, _)| c == cc).map_or(0, |(_, m)| *m))
+                })
                 .filter(|(_, n)| *n > 0)
                 .collect();
-            let want = if e.kind == kind::REQUEST && e.class == class::INTERNATIONAL { vec![(e.cc, 1)] } else { vec![] };
+            let want = if e.kind == kind::REQUEST && e.class == class::INTERNATIONAL {
+                vec![(e.cc, 1)]
+            } else {
+                vec![]
+            };
             assert_eq!(gained, want, "country counters for {what}");
             runs += 1;
         }

@@ -1,0 +1,90 @@
+//! Threshold events from the kernel: a source crossed the auth-failure or
+//! international-INVITE threshold within its window. Read from the ring
+//! buffer as soon as they are written (no map scans), logged with the
+//! minimal evidence, and counted for /metrics. The decision engine builds
+//! on this stream.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    maps::{MapData, RingBuf},
+};
+use log::{info, warn};
+use tollgate_common::{EVENT_AUTH_FAILURES, EVENT_INTL_INVITES, MAP_EVENTS, ThresholdEvent};
+
+use crate::{clock::monotonic_now_ns, maps::key_addr};
+
+/// Events received, by kind.
+#[derive(Clone, Default)]
+pub struct EventCounts {
+    pub auth_failures: Arc<AtomicU64>,
+    pub intl_invites: Arc<AtomicU64>,
+}
+
+/// Starts the task that drains the kernel's event ring buffer.
+pub fn spawn(
+    ebpf: &mut Ebpf,
+    counts: EventCounts,
+    auth_threshold: u32,
+    intl_threshold: u32,
+) -> anyhow::Result<()> {
+    let map = ebpf.take_map(MAP_EVENTS).context("the object has no EVENTS map")?;
+    let ring: RingBuf<MapData> = RingBuf::try_from(map).context("EVENTS is not a ring buffer")?;
+    // SAFETY: the ring buffer owns its descriptor and moves into the AsyncFd.
+    let mut fd =
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("watching the event ring buffer: {e}"))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                warn!("event ring buffer: polling failed; threshold events stop");
+                break;
+            };
+            let ring = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                if item.len() < size_of::<ThresholdEvent>() {
+                    warn!("event ring buffer: short record of {} bytes", item.len());
+                    continue;
+                }
+                // SAFETY: the kernel writes whole ThresholdEvent records;
+                // read_unaligned makes no alignment assumption.
+                let e: ThresholdEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                report(&e, &counts, auth_threshold, intl_threshold);
+            }
+            guard.clear_ready();
+        }
+    });
+    Ok(())
+}
+
+fn report(e: &ThresholdEvent, counts: &EventCounts, auth_threshold: u32, intl_threshold: u32) {
+    let addr = key_addr(&e.addr);
+    let window_age = Duration::from_millis(monotonic_now_ns().saturating_sub(e.window_start_ns) / 1_000_000);
+    match e.kind {
+        EVENT_AUTH_FAILURES => {
+            counts.auth_failures.fetch_add(1, Relaxed);
+            info!(
+                "source {addr}: {} REGISTER authentication failures in the current window (threshold {auth_threshold}, window started {} ago)",
+                e.count,
+                humantime::format_duration(window_age)
+            );
+        }
+        EVENT_INTL_INVITES => {
+            counts.intl_invites.fetch_add(1, Relaxed);
+            info!(
+                "source {addr}: {} international INVITEs in the current window (threshold {intl_threshold}, window started {} ago)",
+                e.count,
+                humantime::format_duration(window_age)
+            );
+        }
+        other => warn!("unknown event kind {other} from the kernel"),
+    }
+}
