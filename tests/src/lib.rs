@@ -7,6 +7,7 @@
 //! test panics. Debris left by a killed earlier run is swept on first use.
 
 pub mod netns;
+pub mod sipp;
 pub mod testrun;
 pub mod topology;
 pub mod traffic;

@@ -52,7 +52,13 @@ pub fn tcp_listen(ns: &NetNs, addr: SocketAddr) -> TcpListener {
 
 /// Whether a TCP connection from `src` to `dst` completes within a second.
 pub fn tcp_connects(ns: &NetNs, src: IpAddr, dst: SocketAddr) -> bool {
-    ns.run(move || {
+    ns.run(move || tcp_stream_from(src, dst).is_some())
+}
+
+/// A TCP connection from `src` (bound first) to `dst`, made in the calling
+/// thread's namespace; `None` if it does not complete within a second.
+pub fn tcp_stream_from(src: IpAddr, dst: SocketAddr) -> Option<TcpStream> {
+    {
         let domain = if src.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
         // std has no bind-before-connect for TCP; use a raw socket for the
         // source address, then hand it to std.
@@ -78,9 +84,9 @@ pub fn tcp_connects(ns: &NetNs, src: IpAddr, dst: SocketAddr) -> bool {
         // SAFETY: daddr is a valid sockaddr of length dlen.
         let rc = unsafe { libc::connect(fd, (&raw const daddr).cast(), dlen) };
         // SAFETY: fd is ours; TcpStream closes it.
-        let _stream: TcpStream = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
-        rc == 0
-    })
+        let stream: TcpStream = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+        (rc == 0).then_some(stream)
+    }
 }
 
 fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {

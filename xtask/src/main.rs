@@ -27,6 +27,8 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     // The test proving XDP blocks are not bypassed by conntrack.
     "nftables",
+    // Real SIP peers for the integration tests (sipp).
+    "sip-tester",
     // Inspecting attached programs and maps by hand.
     "bpftool",
 ];
