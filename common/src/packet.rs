@@ -53,7 +53,10 @@ pub struct Ports {
     pub proto: u8,
     pub src_port: u16,
     pub dst_port: u16,
-    /// Offset of the first payload byte from the start of the frame.
+    /// Offset of the first payload byte from the start of the frame. For a
+    /// TCP header whose options run past the end of a truncated frame this
+    /// is beyond the frame: there is no payload, and consumers must check
+    /// (the ports are still valid, so enforcement applies).
     pub payload_offset: u16,
 }
 
@@ -260,6 +263,15 @@ mod tests {
     }
 
     #[test]
+    fn tcp_options_cut_off_leave_ports_but_no_payload() {
+        let mut f = FrameBuilder::tcp(V4_SRC, V4_DST, 1, 5060).build();
+        f[14 + 20 + 12] = 15 << 4; // data offset 60 bytes, frame ends after 20
+        let p = ports(&parse_headers(f.as_slice()).unwrap());
+        assert_eq!(p.dst_port, 5060);
+        assert!(p.payload_offset as usize > f.len());
+    }
+
+    #[test]
     fn vlan_and_qinq() {
         for tags in [&[ETH_P_8021Q][..], &[ETH_P_8021AD, ETH_P_8021Q]] {
             let mut b = FrameBuilder::udp(V6_SRC, V6_DST, 5060, 5060);
@@ -344,7 +356,8 @@ mod tests {
             if let Ok(h) = parse_headers(bytes.as_slice())
                 && let Transport::Ports(p) = h.transport
             {
-                prop_assert!(p.payload_offset as usize <= bytes.len());
+                // Only TCP options may point past the frame (see Ports).
+                prop_assert!(p.payload_offset as usize <= bytes.len() || p.proto == IPPROTO_TCP);
                 prop_assert!(p.payload_offset as usize <= MAX_HEADER_OFFSET + 60);
             }
         }

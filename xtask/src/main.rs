@@ -68,6 +68,16 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Fuzz the SIP and header parsers with cargo-fuzz (nightly) for a
+    /// bounded time, seeded with tests/fixtures/sip. Installs cargo-fuzz.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (sip_parse or headers).
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Benchmarks that print ratios measured side by side in one run.
     Bench {
         #[command(subcommand)]
@@ -123,6 +133,10 @@ fn task(task: Task) -> Result<()> {
                     )
                 }
             }
+        }
+        Task::Fuzz { seconds, target } => {
+            setup()?;
+            fuzz(seconds, target.as_deref())
         }
         Task::Bench { which: Bench::Verdict { repeat } } => {
             setup()?;
@@ -227,6 +241,41 @@ fn count_before(text: &str, word: &str) -> u64 {
         })
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0)
+}
+
+const FUZZ_TARGETS: [&str; 2] = ["sip_parse", "headers"];
+
+fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
+    if output(Command::new("cargo").args(["fuzz", "--version"])).is_none() {
+        eprintln!("setup: installing cargo-fuzz");
+        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
+            .context("installing cargo-fuzz")?;
+    }
+    let root = workspace_root();
+    let targets: Vec<&str> = match only {
+        Some(t) if FUZZ_TARGETS.contains(&t) => vec![t],
+        Some(t) => bail!("unknown fuzz target {t:?} (one of {})", FUZZ_TARGETS.join(", ")),
+        None => FUZZ_TARGETS.to_vec(),
+    };
+    for target in targets {
+        let corpus = root.join("fuzz/corpus").join(target);
+        std::fs::create_dir_all(&corpus).context("creating the fuzz corpus")?;
+        if target == "sip_parse" {
+            for entry in std::fs::read_dir(root.join("tests/fixtures/sip")).context("reading SIP fixtures")? {
+                let entry = entry?;
+                std::fs::copy(entry.path(), corpus.join(entry.file_name()))?;
+            }
+        }
+        eprintln!("fuzzing {target} for {seconds} s");
+        run(Command::new("cargo")
+            .args(["+nightly", "fuzz", "run", target])
+            .arg(&corpus)
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .current_dir(root.join("fuzz")))
+        .with_context(|| format!("fuzz target {target} found a failure (see fuzz/artifacts/{target})"))?;
+    }
+    Ok(())
 }
 
 fn setup() -> Result<()> {

@@ -6,7 +6,9 @@
 use std::{net::IpAddr, time::Duration};
 
 use clap::{Parser, Subcommand};
-use tollgate_common::{PROG_BASELINE, PROG_ENFORCE, frames::FrameBuilder, packet::ETH_P_8021Q};
+use tollgate_common::{
+    PROG_BASELINE, PROG_ENFORCE, corpus::CORPUS, frames::FrameBuilder, packet::ETH_P_8021Q,
+};
 use tollgate_tests::{
     testrun::{Loaded, XDP_DROP, XDP_PASS},
     topology::*,
@@ -48,12 +50,24 @@ fn main() {
     l.allow(&["203.0.113.20/32"]);
 
     let udp = |src: IpAddr, dport: u16| FrameBuilder::udp(src, edge_for(src), 40000, dport).payload(SIP);
+    let fixture = |name: &str| CORPUS.iter().find(|c| c.name == name).expect("fixture").bytes;
+    let msg =
+        |src: IpAddr, name: &str| FrameBuilder::udp(src, edge_for(src), 40000, 5060).payload(fixture(name));
+    let response = |name: &str| FrameBuilder::udp(EDGE_V4, CUSTOMER_V4, 5060, 40000).payload(fixture(name));
     let cases: Vec<(&str, Vec<u8>, u32)> = vec![
-        ("SIP, passed (IPv4 UDP)", udp(CUSTOMER_V4, 5060).build(), XDP_PASS),
-        ("SIP, passed (IPv6 UDP, 802.1Q)", udp(CUSTOMER_V6, 5060).vlan(ETH_P_8021Q).build(), XDP_PASS),
-        ("SIP, blocklisted (IPv4 UDP)", udp(ATTACKER_V4, 5060).build(), XDP_DROP),
-        ("SIP, allowlisted (IPv4 UDP)", udp(TRUSTED_V4, 5060).build(), XDP_PASS),
-        ("non-SIP port (IPv4 UDP)", udp(CUSTOMER_V4, 5999).build(), XDP_PASS),
+        ("REGISTER, no credentials", msg(CUSTOMER_V4, "register-noauth.sip").build(), XDP_PASS),
+        ("REGISTER, with credentials", msg(CUSTOMER_V4, "register-auth.sip").build(), XDP_PASS),
+        ("INVITE +232 with SDP", msg(CUSTOMER_V4, "invite-intl-plus-232.sip").build(), XDP_PASS),
+        (
+            "INVITE with SDP (IPv6, 802.1Q)",
+            msg(CUSTOMER_V6, "invite-domestic-trunk.sip").vlan(ETH_P_8021Q).build(),
+            XDP_PASS,
+        ),
+        ("401 response to REGISTER", response("401-register.sip").build(), XDP_PASS),
+        ("OPTIONS keep-alive", msg(CUSTOMER_V4, "options-keepalive.sip").build(), XDP_PASS),
+        ("REGISTER, blocklisted source", msg(ATTACKER_V4, "register-auth.sip").build(), XDP_DROP),
+        ("REGISTER, allowlisted source", udp(TRUSTED_V4, 5060).build(), XDP_PASS),
+        ("non-SIP port", udp(CUSTOMER_V4, 5999).build(), XDP_PASS),
     ];
 
     println!("BPF_PROG_TEST_RUN, {repeat} runs per measurement, median of {rounds} interleaved rounds");
