@@ -29,7 +29,7 @@ pub enum Command {
     /// (including the expiry of blocks) goes on if the agent dies, and a
     /// restarted agent adopts them. SIGINT/SIGTERM detach and remove
     /// everything unless --keep-attached-on-exit is given.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show attachments, blocklist, allowlist and verdict counters from the
     /// pinned maps (works while `run` is active or after it died).
     Status(PinArgs),

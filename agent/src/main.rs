@@ -11,7 +11,7 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(tollgate::run::run(args))),
+            .and_then(|rt| rt.block_on(tollgate::run::run(*args))),
         Command::Status(args) => tollgate::run::status(args),
         Command::Detach(args) => tollgate::run::detach(args),
         Command::Top(args) => tollgate::run::top(args),

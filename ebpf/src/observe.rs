@@ -328,7 +328,7 @@ fn source(addr: &AddrKey, now: u64, cfg: &Config) -> Option<*mut SourceStats> {
                 ..SourceStats::default()
             };
             // Another CPU may have created it meanwhile: then keep theirs.
-            let _ = SOURCES.insert(addr, &fresh, BPF_NOEXIST as u64);
+            let _ = SOURCES.insert(addr, fresh, BPF_NOEXIST as u64);
             SOURCES.get_ptr_mut(addr)?
         }
     };
