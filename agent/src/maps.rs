@@ -68,57 +68,47 @@ pub fn key_prefix(key: &Key<AddrKey>) -> IpNet {
     .expect("prefix lengths from the map are in range")
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+/// A map from `source`, converted to its typed wrapper.
+fn typed<T>(source: &mut impl FnMut(&str) -> Result<Map>, name: &str) -> Result<T>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or_else(|| Error::Map {
-        context: format!("map {name} missing from the eBPF object"),
-        source: aya::maps::MapError::InvalidName { name: name.to_owned() },
-    })?;
-    T::try_from(map).map_err(Error::map(format!("map {name}")))
-}
-
-fn open<T>(dir: &Path, name: &str) -> Result<T>
-where
-    T: TryFrom<Map, Error = aya::maps::MapError>,
-{
-    let path = dir.join(name);
-    let data = MapData::from_pin(&path).map_err(Error::map(format!("opening {}", path.display())))?;
-    T::try_from(Map::from_map_data(data).map_err(Error::map(format!("map {name}")))?)
-        .map_err(Error::map(format!("map {name}")))
+    T::try_from(source(name)?).map_err(Error::map(format!("map {name}")))
 }
 
 impl Maps {
     /// Takes the maps out of a loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
-        Ok(Self {
-            blocklist: Blocklist(take(ebpf, MAP_BLOCKLIST)?),
-            allowlist: Allowlist(take(ebpf, MAP_ALLOWLIST)?),
-            sip_ports: take(ebpf, MAP_SIP_PORTS)?,
-            config: take(ebpf, MAP_CONFIG)?,
-            stats: take(ebpf, MAP_STATS)?,
-            sources: take(ebpf, MAP_SOURCES)?,
-            sip_stats: take(ebpf, MAP_SIP_STATS)?,
-            country_invites: take(ebpf, MAP_COUNTRY_INVITES)?,
-            country_codes: take(ebpf, MAP_COUNTRY_CODES)?,
-            number_plan: take(ebpf, MAP_NUMBER_PLAN)?,
+        Self::from_source(|name| {
+            ebpf.take_map(name).ok_or_else(|| Error::Map {
+                context: format!("map {name} missing from the eBPF object"),
+                source: aya::maps::MapError::InvalidName { name: name.to_owned() },
+            })
         })
     }
 
     /// Opens the maps pinned in `dir` by `tollgate run`.
     pub fn open_pinned(dir: &Path) -> Result<Self> {
+        Self::from_source(|name| {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path).map_err(Error::map(format!("opening {}", path.display())))?;
+            Map::from_map_data(data).map_err(Error::map(format!("map {name}")))
+        })
+    }
+
+    fn from_source(mut source: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
+        let s = &mut source;
         Ok(Self {
-            blocklist: Blocklist(open(dir, MAP_BLOCKLIST)?),
-            allowlist: Allowlist(open(dir, MAP_ALLOWLIST)?),
-            sip_ports: open(dir, MAP_SIP_PORTS)?,
-            config: open(dir, MAP_CONFIG)?,
-            stats: open(dir, MAP_STATS)?,
-            sources: open(dir, MAP_SOURCES)?,
-            sip_stats: open(dir, MAP_SIP_STATS)?,
-            country_invites: open(dir, MAP_COUNTRY_INVITES)?,
-            country_codes: open(dir, MAP_COUNTRY_CODES)?,
-            number_plan: open(dir, MAP_NUMBER_PLAN)?,
+            blocklist: Blocklist(typed(s, MAP_BLOCKLIST)?),
+            allowlist: Allowlist(typed(s, MAP_ALLOWLIST)?),
+            sip_ports: typed(s, MAP_SIP_PORTS)?,
+            config: typed(s, MAP_CONFIG)?,
+            stats: typed(s, MAP_STATS)?,
+            sources: typed(s, MAP_SOURCES)?,
+            sip_stats: typed(s, MAP_SIP_STATS)?,
+            country_invites: typed(s, MAP_COUNTRY_INVITES)?,
+            country_codes: typed(s, MAP_COUNTRY_CODES)?,
+            number_plan: typed(s, MAP_NUMBER_PLAN)?,
         })
     }
 

@@ -249,6 +249,18 @@ impl Agent {
             .to_vec()
     }
 
+    /// Runs `tollgate SUBCOMMAND --pin-path <this agent's pins>` (status,
+    /// top, detach) and returns its standard output, panicking on failure.
+    pub fn cli(&self, subcommand: &str) -> String {
+        let out = Command::new(crate::tollgate_bin())
+            .args([subcommand, "--pin-path"])
+            .arg(&self.pin_dir)
+            .output()
+            .expect("running tollgate");
+        assert!(out.status.success(), "tollgate {subcommand}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Packets counted under one verdict code.
     pub fn packets(&self, verdict: u32) -> u64 {
         self.verdicts()[verdict as usize].packets

@@ -114,21 +114,10 @@ fn keep_attached_on_exit_leaves_enforcement_for_detach_to_remove() {
     assert!(topo.xdp_attached());
     assert!(!one_gets_through(&topo, &sink), "still enforcing after a kept exit");
 
-    let status = std::process::Command::new(tollgate_tests::tollgate_bin())
-        .args(["status", "--pin-path"])
-        .arg(&agent.pin_dir)
-        .output()
-        .expect("tollgate status");
-    let text = String::from_utf8_lossy(&status.stdout);
-    assert!(status.status.success(), "{text}");
+    let text = agent.cli("status");
     assert!(text.contains("203.0.113.10/32") && text.contains(&topo.edge_if), "{text}");
 
-    let detach = std::process::Command::new(tollgate_tests::tollgate_bin())
-        .args(["detach", "--pin-path"])
-        .arg(&agent.pin_dir)
-        .output()
-        .expect("tollgate detach");
-    assert!(detach.status.success(), "{}", String::from_utf8_lossy(&detach.stderr));
+    agent.cli("detach");
     assert!(!topo.xdp_attached());
     assert!(!agent.pin_dir.exists());
     assert!(one_gets_through(&topo, &sink));
@@ -147,12 +136,7 @@ fn restart_with_different_flags_reconciles_blocks_and_interfaces() {
     // the other one is kept.
     let mut again = Agent::start_with_pin(&topo, &agent.pin_dir, &["--block", "198.51.100.0/24=10m"]);
     assert!(one_gets_through(&topo, &sink), "a --block removed from the flags is lifted");
-    let status = std::process::Command::new(tollgate_tests::tollgate_bin())
-        .args(["status", "--pin-path"])
-        .arg(&again.pin_dir)
-        .output()
-        .expect("tollgate status");
-    let text = String::from_utf8_lossy(&status.stdout);
+    let text = again.cli("status");
     assert!(text.contains("198.51.100.0/24") && !text.contains("203.0.113.10"), "{text}");
     assert_eq!(again.stop(libc::SIGTERM), Some(0));
 }

@@ -75,12 +75,7 @@ fn main() {
     }
 
     println!("\n== tollgate status ==");
-    let status = std::process::Command::new(tollgate_tests::tollgate_bin())
-        .args(["status", "--pin-path"])
-        .arg(&agent.pin_dir)
-        .output()
-        .expect("tollgate status");
-    print!("{}", String::from_utf8_lossy(&status.stdout));
+    print!("{}", agent.cli("status"));
 
     println!("\n== /metrics (tollgate_xdp_packets_total) ==");
     let page = agent.metrics().unwrap_or_default();
