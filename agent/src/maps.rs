@@ -16,8 +16,8 @@ use aya::{
 use ipnet::IpNet;
 use tollgate_common::{
     AddrKey, AllowEntry, BlockEntry, Config, Counter, MAP_ALLOWLIST, MAP_BLOCKLIST, MAP_CONFIG,
-    MAP_COUNTRY_CODES, MAP_COUNTRY_INVITES, MAP_NUMBER_PLAN, MAP_SIP_PORTS, MAP_SIP_STATS, MAP_SOURCES,
-    MAP_STATS, SourceStats, V4_MAPPED_PREFIX_LEN,
+    MAP_COUNTRY_CODES, MAP_COUNTRY_INVITES, MAP_COUNTRY_RESTRICT, MAP_NUMBER_PLAN, MAP_RESTRICTIONS,
+    MAP_SIP_PORTS, MAP_SIP_STATS, MAP_SOURCES, MAP_STATS, Restriction, SourceStats, V4_MAPPED_PREFIX_LEN,
     number::{COUNTRY_CODE_SLOTS, NumberPlan},
     port_key, sip_stat, v4_mapped, v4_unmapped, verdict,
 };
@@ -27,6 +27,8 @@ use crate::error::{Error, Result};
 pub struct Maps {
     pub blocklist: Blocklist,
     pub allowlist: Allowlist,
+    pub restrictions: Restrictions,
+    country_restrict: Array<MapData, u64>,
     sip_ports: HashMap<MapData, u32, u8>,
     config: Array<MapData, Config>,
     stats: PerCpuArray<MapData, Counter>,
@@ -101,6 +103,8 @@ impl Maps {
         Ok(Self {
             blocklist: Blocklist(typed(s, MAP_BLOCKLIST)?),
             allowlist: Allowlist(typed(s, MAP_ALLOWLIST)?),
+            restrictions: Restrictions(typed(s, MAP_RESTRICTIONS)?),
+            country_restrict: typed(s, MAP_COUNTRY_RESTRICT)?,
             sip_ports: typed(s, MAP_SIP_PORTS)?,
             config: typed(s, MAP_CONFIG)?,
             stats: typed(s, MAP_STATS)?,
@@ -110,6 +114,25 @@ impl Maps {
             country_codes: typed(s, MAP_COUNTRY_CODES)?,
             number_plan: typed(s, MAP_NUMBER_PLAN)?,
         })
+    }
+
+    /// Restricts international INVITEs to `cc` until `until_ns` (0 lifts).
+    pub fn set_country_restriction(&mut self, cc: u16, until_ns: u64) -> Result<()> {
+        self.country_restrict
+            .set(u32::from(cc), until_ns, 0)
+            .map_err(Error::map(format!("restricting +{cc}")))
+    }
+
+    /// Country codes with a restriction entry, with its expiry.
+    pub fn country_restrictions(&self) -> Result<Vec<(u16, u64)>> {
+        let mut out = Vec::new();
+        for cc in 0..COUNTRY_CODE_SLOTS {
+            let until = self.country_restrict.get(&cc, 0).map_err(Error::map("reading COUNTRY_RESTRICT"))?;
+            if until != 0 {
+                out.push((cc as u16, until));
+            }
+        }
+        Ok(out)
     }
 
     pub fn set_number_plan(&mut self, plan: NumberPlan) -> Result<()> {
@@ -223,6 +246,32 @@ impl Blocklist {
     /// Every entry (active or expired), sorted by prefix.
     pub fn entries(&self) -> Vec<(IpNet, BlockEntry)> {
         let mut v: Vec<_> = self.0.iter().filter_map(|r| r.ok()).map(|(k, e)| (key_prefix(&k), e)).collect();
+        v.sort_unstable_by_key(|(net, _)| *net);
+        v
+    }
+}
+
+/// auth-suspend and intl-suspend per source prefix.
+pub struct Restrictions(LpmTrie<MapData, AddrKey, Restriction>);
+
+impl Restrictions {
+    /// Inserts or replaces the entry for `net` (its `prefix_len` is set here).
+    pub fn set(&mut self, net: &IpNet, r: Restriction) -> Result<()> {
+        let key = prefix_key(net);
+        let r = Restriction { prefix_len: key.prefix_len(), ..r };
+        self.0.insert(&key, r, 0).map_err(Error::map(format!("restricting {net}")))
+    }
+
+    pub fn get(&self, net: &IpNet) -> Option<Restriction> {
+        self.entries().into_iter().find(|(n, _)| n == net).map(|(_, r)| r)
+    }
+
+    pub fn remove(&mut self, net: &IpNet) -> Result<()> {
+        self.0.remove(&prefix_key(net)).map_err(Error::map(format!("lifting restrictions on {net}")))
+    }
+
+    pub fn entries(&self) -> Vec<(IpNet, Restriction)> {
+        let mut v: Vec<_> = self.0.iter().filter_map(|r| r.ok()).map(|(k, r)| (key_prefix(&k), r)).collect();
         v.sort_unstable_by_key(|(net, _)| *net);
         v
     }

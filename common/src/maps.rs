@@ -24,6 +24,14 @@ pub const MAP_NUMBER_PLAN: &str = "NUMBER_PLAN";
 /// Threshold crossings for the agent ([`ThresholdEvent`] records).
 pub const MAP_EVENTS: &str = "EVENTS";
 
+/// Per-source SIP restrictions (LPM trie, key [`AddrKey`], value
+/// [`Restriction`]).
+pub const MAP_RESTRICTIONS: &str = "RESTRICTIONS";
+/// Country restrictions: expiry (CLOCK_MONOTONIC ns, 0 = none) of a
+/// restriction on international INVITEs to each E.164 code (`u64`).
+pub const MAP_COUNTRY_RESTRICT: &str = "COUNTRY_RESTRICT";
+pub const RESTRICTIONS_CAPACITY: u32 = 65_536;
+
 /// Tail-call targets of the XDP program ([`JUMP_PARSE`], [`JUMP_COUNT`]).
 pub const MAP_JUMP_XDP: &str = "JUMP_XDP";
 /// Tail-call targets of the TC egress program.
@@ -33,9 +41,11 @@ pub const MAP_JUMP_TC: &str = "JUMP_TC";
 /// dead agent's program keeps working. The jump tables are pinned because
 /// the kernel empties a program array when its last user reference goes.
 /// The event ring buffer is not pinned: a new agent starts a new stream.
-pub const PINNED_MAPS: [&str; 12] = [
+pub const PINNED_MAPS: [&str; 14] = [
     MAP_JUMP_XDP,
     MAP_JUMP_TC,
+    MAP_RESTRICTIONS,
+    MAP_COUNTRY_RESTRICT,
     MAP_BLOCKLIST,
     MAP_ALLOWLIST,
     MAP_SIP_PORTS,
@@ -76,7 +86,31 @@ pub struct SipContext {
     pub proto: u8,
     /// Egress: only responses are counted.
     pub responses_only: u8,
-    pub _reserved: [u8; 6],
+    /// The source is allowlisted: no restriction may apply.
+    pub allowlisted: u8,
+    pub _reserved: [u8; 1],
+    /// Verdict code to count ([`verdict`]), or [`NO_VERDICT`] (egress).
+    pub code: u32,
+    /// Frame bytes, for the verdict counter.
+    pub bytes: u32,
+}
+
+/// Egress packets are not counted under an XDP verdict.
+pub const NO_VERDICT: u32 = u32::MAX;
+
+/// SIP restrictions on one source prefix, each with its own expiry
+/// (CLOCK_MONOTONIC ns; 0 = not restricted in that way). Every restriction
+/// is temporary: the kernel stops applying it at its expiry by itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Restriction {
+    /// auth-suspend: REGISTER and requests carrying credentials are dropped.
+    pub auth_until_ns: u64,
+    /// intl-suspend: INVITEs to international numbers are dropped.
+    pub intl_until_ns: u64,
+    /// The LPM prefix length of this entry (see [`BlockEntry::prefix_len`]).
+    pub prefix_len: u32,
+    pub _reserved: u32,
 }
 
 /// Default size of the per-source LRU map (`--max-sources`).
@@ -308,8 +342,14 @@ pub mod verdict {
     pub const PASS_MALFORMED: u32 = 5;
     /// Dropped: source matched an active blocklist entry.
     pub const DROP_BLOCKLIST: u32 = 6;
+    /// Dropped: REGISTER or credentialed request from an auth-suspended source.
+    pub const DROP_AUTH_SUSPENDED: u32 = 7;
+    /// Dropped: international INVITE from an intl-suspended source.
+    pub const DROP_INTL_SUSPENDED: u32 = 8;
+    /// Dropped: international INVITE to a restricted country code.
+    pub const DROP_COUNTRY_RESTRICTED: u32 = 9;
 
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 10;
 
     /// `(code, action, reason)` for every verdict, for metrics and status.
     pub const ALL: [(u32, &str, &str); COUNT as usize] = [
@@ -320,6 +360,9 @@ pub mod verdict {
         (PASS_NOT_IP, "pass", "not_ip"),
         (PASS_MALFORMED, "pass", "malformed"),
         (DROP_BLOCKLIST, "drop", "blocklist"),
+        (DROP_AUTH_SUSPENDED, "drop", "auth_suspended"),
+        (DROP_INTL_SUSPENDED, "drop", "intl_suspended"),
+        (DROP_COUNTRY_RESTRICTED, "drop", "country_restricted"),
     ];
 }
 
@@ -332,6 +375,7 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::SourceStats {}
+    unsafe impl aya::Pod for super::Restriction {}
     unsafe impl aya::Pod for super::ThresholdEvent {}
     unsafe impl aya::Pod for crate::number::NumberPlan {}
 }

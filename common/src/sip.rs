@@ -172,8 +172,8 @@ pub struct SipSummary {
     pub method: u8,
     /// Request-URI scheme (requests only).
     pub scheme: u8,
-    /// An Authorization or Proxy-Authorization header is present. Only
-    /// looked for in REGISTER requests, the only place it is counted.
+    /// An Authorization or Proxy-Authorization header is present. Looked
+    /// for in REGISTER requests, and in any request with `parse_with`.
     pub has_auth: bool,
     /// Response status code (responses only).
     pub status: u16,
@@ -296,6 +296,14 @@ fn method_at<B: ByteWindow + ?Sized>(b: &B, at: usize) -> Option<(u8, usize)> {
 /// Parses the start line and, where needed, the headers.
 #[inline(always)]
 pub fn parse<B: ByteWindow + ?Sized>(b: &B) -> SipSummary {
+    parse_with(b, false)
+}
+
+/// Like [`parse`]; with `auth_in_any_request`, every request (not only
+/// REGISTER) is scanned for credentials. The kernel asks for that only for
+/// auth-suspended sources, whose credentialed requests are dropped.
+#[inline(always)]
+pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, auth_in_any_request: bool) -> SipSummary {
     let len = b.len();
     if len == 0 {
         return SipSummary::of_kind(kind::EMPTY);
@@ -307,7 +315,11 @@ pub fn parse<B: ByteWindow + ?Sized>(b: &B) -> SipSummary {
     if start == len {
         return SipSummary::of_kind(kind::KEEPALIVE);
     }
-    if starts_with(b, start, b"SIP/2.0 ") { parse_response(b, start + 8) } else { parse_request(b, start) }
+    if starts_with(b, start, b"SIP/2.0 ") {
+        parse_response(b, start + 8)
+    } else {
+        parse_request(b, start, auth_in_any_request)
+    }
 }
 
 #[inline(always)]
@@ -330,7 +342,7 @@ fn parse_response<B: ByteWindow + ?Sized>(b: &B, at: usize) -> SipSummary {
 }
 
 #[inline(always)]
-fn parse_request<B: ByteWindow + ?Sized>(b: &B, at: usize) -> SipSummary {
+fn parse_request<B: ByteWindow + ?Sized>(b: &B, at: usize, auth_in_any_request: bool) -> SipSummary {
     let Some((method, mlen)) = method_at(b, at) else {
         return SipSummary::of_kind(kind::UNPARSED);
     };
@@ -366,6 +378,9 @@ fn parse_request<B: ByteWindow + ?Sized>(b: &B, at: usize) -> SipSummary {
             summary.has_auth = scan.has_auth;
         }
         _ => {}
+    }
+    if auth_in_any_request && method != method::REGISTER {
+        summary.has_auth = scan_headers(b, true).has_auth;
     }
     summary
 }
@@ -641,6 +656,16 @@ mod tests {
         assert_eq!(c("+2101").cc, 0, "unassigned code");
         assert_eq!(c("+7").cc, 7);
         assert_eq!(c("12345").class, class::UNKNOWN, "no prefix: local or extension");
+    }
+
+    #[test]
+    fn credentials_in_other_requests_only_when_asked() {
+        let invite = crate::corpus::CORPUS.iter().find(|c| c.name == "invite-with-auth.sip").unwrap().bytes;
+        assert!(!parse(invite).has_auth);
+        assert!(parse_with(invite, true).has_auth);
+        let plain =
+            crate::corpus::CORPUS.iter().find(|c| c.name == "invite-intl-plus-232.sip").unwrap().bytes;
+        assert!(!parse_with(plain, true).has_auth);
     }
 
     #[test]

@@ -135,14 +135,16 @@ impl<P: Packet> PacketView for View<'_, P> {
 #[xdp]
 pub fn tollgate(ctx: XdpContext) -> u32 {
     let (action, code, sip) = evaluate(&ctx);
-    count(code, (ctx.data_end() - ctx.data()) as u64);
+    let bytes = (ctx.data_end() - ctx.data()) as u32;
     if let Some((h, p)) = sip
-        && observe::stage(&ctx, &h, &p, action as i32, false)
+        && observe::stage(&ctx, &h, &p, action as i32, code, bytes, false)
     {
-        // Does not return on success. If it fails (no agent has filled the
-        // table yet), the packet only goes uncounted; the verdict stands.
+        // Does not return on success: the count stage decides the final
+        // verdict (SIP restrictions) and counts it. If the tail call fails
+        // (no agent has filled the table yet), the verdict stands.
         unsafe { JUMP_XDP.tail_call(&ctx, JUMP_PARSE) };
     }
+    count(code, bytes as u64);
     action
 }
 
@@ -150,13 +152,12 @@ pub fn tollgate(ctx: XdpContext) -> u32 {
 pub fn tollgate_sip_parse(ctx: XdpContext) -> u32 {
     observe::parse_stage();
     unsafe { JUMP_XDP.tail_call(&ctx, JUMP_COUNT) };
-    observe::staged_action() as u32
+    observe::staged_verdict() as u32
 }
 
 #[xdp]
 pub fn tollgate_sip_count(ctx: XdpContext) -> u32 {
-    observe::count_stage(&ctx);
-    observe::staged_action() as u32
+    observe::count_stage(&ctx) as u32
 }
 
 /// Counts the SIP a local registrar sends (responses to its clients) on
@@ -166,7 +167,7 @@ pub fn tollgate_egress(ctx: TcContext) -> i32 {
     if let Ok(h) = parse_headers(&View(&ctx))
         && let Transport::Ports(p) = h.transport
         && (is_sip_port(p.proto, p.src_port) || is_sip_port(p.proto, p.dst_port))
-        && observe::stage(&ctx, &h, &p, TC_ACT_OK, true)
+        && observe::stage(&ctx, &h, &p, TC_ACT_OK, tollgate_common::NO_VERDICT, 0, true)
     {
         unsafe { JUMP_TC.tail_call(&ctx, JUMP_PARSE) };
     }
@@ -255,7 +256,7 @@ fn is_sip_port(proto: u8, port: u16) -> bool {
 }
 
 #[inline(always)]
-fn count(code: u32, bytes: u64) {
+pub(crate) fn count(code: u32, bytes: u64) {
     if let Some(c) = STATS.get_ptr_mut(code) {
         // SAFETY: per-CPU slot, so no other program instance writes it
         // concurrently; the pointer comes from a successful lookup.

@@ -20,22 +20,23 @@ use core::{
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, xdp_action},
     helpers::{bpf_ktime_get_ns, generated::bpf_loop},
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use aya_log_ebpf::warn;
 use tollgate_common::{
-    AddrKey, Config, EVENT_AUTH_FAILURES, EVENT_INTL_INVITES, EVENTS_BYTES, IPPROTO_TCP, SOURCES_CAPACITY,
-    SipContext, SourceStats, ThresholdEvent,
+    AddrKey, Config, EVENT_AUTH_FAILURES, EVENT_INTL_INVITES, EVENTS_BYTES, IPPROTO_TCP, MAX_NESTED_BLOCKS,
+    NO_VERDICT, RESTRICTIONS_CAPACITY, Restriction, SOURCES_CAPACITY, SipContext, SourceStats,
+    ThresholdEvent,
     number::{COUNTRY_CODE_SLOTS, CountryCodes, NumberPlan, class, classify},
     packet::{Headers, Ports},
     sip::{self, ByteWindow, HeaderScan, MAX_USER_SCAN, SIP_WINDOW, UserScan, kind, method},
-    sip_stat,
+    sip_stat, verdict,
 };
 
-use crate::{CONFIG, Packet};
+use crate::{CONFIG, Packet, count};
 
 #[map]
 static SOURCES: LruHashMap<AddrKey, SourceStats> = LruHashMap::with_max_entries(SOURCES_CAPACITY, 0);
@@ -54,6 +55,15 @@ static NUMBER_PLAN: Array<NumberPlan> = Array::with_max_entries(1, 0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// auth-suspend and intl-suspend per source prefix, decided by the agent.
+#[map]
+static RESTRICTIONS: LpmTrie<AddrKey, Restriction> =
+    LpmTrie::with_max_entries(RESTRICTIONS_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// country-restrict: expiry per E.164 country code.
+#[map]
+static COUNTRY_RESTRICT: Array<u64> = Array::with_max_entries(COUNTRY_CODE_SLOTS, 0);
 
 /// The parse result, from stage 2 to stage 3.
 #[map]
@@ -163,7 +173,16 @@ impl CountryCodes for KernelCountryCodes {
 /// Stage 1: copies the payload of a SIP-port packet and notes what the
 /// later stages need. Returns false when there is nothing to parse.
 #[inline(always)]
-pub(crate) fn stage<C: Packet>(ctx: &C, h: &Headers, p: &Ports, action: i32, responses_only: bool) -> bool {
+#[expect(clippy::too_many_arguments, reason = "one plain record for the next stages")]
+pub(crate) fn stage<C: Packet>(
+    ctx: &C,
+    h: &Headers,
+    p: &Ports,
+    action: i32,
+    code: u32,
+    bytes: u32,
+    responses_only: bool,
+) -> bool {
     let off = p.payload_offset as usize;
     let total = ctx.total_len();
     if off >= total {
@@ -189,21 +208,53 @@ pub(crate) fn stage<C: Packet>(ctx: &C, h: &Headers, p: &Ports, action: i32, res
             action,
             proto: p.proto,
             responses_only: responses_only as u8,
-            _reserved: [0; 6],
+            allowlisted: (code == verdict::PASS_ALLOWLISTED) as u8,
+            _reserved: [0; 1],
+            code,
+            bytes,
         }
     };
     true
 }
 
-/// What the stages return: the verdict the first program decided.
+/// The verdict the first program decided, counted here: used when the
+/// count stage cannot be reached.
 #[inline(always)]
-pub(crate) fn staged_action() -> i32 {
+pub(crate) fn staged_verdict() -> i32 {
     match SIP_CTX.get(0) {
-        Some(sc) => sc.action,
+        Some(sc) => {
+            if sc.code != NO_VERDICT {
+                count(sc.code, sc.bytes as u64);
+            }
+            sc.action
+        }
         // Unreachable for a one-element array; XDP_PASS and TC_ACT_OK are
         // both "let it through".
         None => 2,
     }
+}
+
+const AUTH: u8 = 0;
+const INTL: u8 = 1;
+
+/// Whether `addr` is under an active restriction of `kind`. Like the
+/// blocklist, an expired (or other-kind) narrow entry does not hide an
+/// active broader one.
+#[inline(always)]
+fn restricted(addr: &AddrKey, kind: u8, now: u64) -> bool {
+    let mut key = Key::new(128, *addr);
+    for _ in 0..MAX_NESTED_BLOCKS {
+        let Some(r) = RESTRICTIONS.get(&key) else { return false };
+        let until = if kind == AUTH { r.auth_until_ns } else { r.intl_until_ns };
+        if until > now {
+            return true;
+        }
+        if r.prefix_len == 0 {
+            return false;
+        }
+        key = Key::new(r.prefix_len - 1, *addr);
+    }
+    false
 }
 
 /// Stage 2: parses the copied payload into SUMMARY.
@@ -223,28 +274,80 @@ pub(crate) fn parse_stage() {
     // tracks the value through the stack.
     // SAFETY: reading a local.
     let len = unsafe { core::ptr::read_volatile(&len) };
+    // Credentials in any request matter only for an auth-suspended source.
+    let auth_any = sc.responses_only == 0
+        && sc.allowlisted == 0
+        && restricted(&sc.src, AUTH, unsafe { bpf_ktime_get_ns() });
     // SAFETY: per-CPU map value from a successful lookup.
-    unsafe { *slot = sip::parse(&Window { buf, len }) };
+    unsafe { *slot = sip::parse_with(&Window { buf, len }, auth_any) };
 }
 
-/// Stage 3: counts the parsed message.
+/// Stage 3: counts the parsed message, applies the SIP restrictions, and
+/// counts the final verdict. Returns the action.
 #[inline(always)]
-pub(crate) fn count_stage<C: EbpfContext>(ctx: &C) {
-    let (Some(s), Some(sc), Some(cfg)) = (SUMMARY.get(0), SIP_CTX.get(0), CONFIG.get(0)) else { return };
+pub(crate) fn count_stage<C: EbpfContext>(ctx: &C) -> i32 {
+    let (Some(s), Some(sc), Some(cfg)) = (SUMMARY.get(0), SIP_CTX.get(0), CONFIG.get(0)) else {
+        return staged_verdict();
+    };
+    let mut class = class::UNKNOWN;
+    let mut cc = 0u16;
     match s.kind {
         kind::EMPTY => {}
         kind::KEEPALIVE => stat(sip_stat::KEEPALIVE),
         kind::UNPARSED => {
             stat(if sc.proto == IPPROTO_TCP { sip_stat::UNPARSED_TCP } else { sip_stat::UNPARSED_UDP })
         }
-        kind::REQUEST if sc.responses_only == 0 => request(ctx, &sc.src, s, cfg),
+        kind::REQUEST if sc.responses_only == 0 => {
+            if s.method == method::INVITE
+                && let Some(plan) = NUMBER_PLAN.get(0)
+            {
+                let c = classify(&s.number, plan, &KernelCountryCodes);
+                (class, cc) = (c.class, c.cc);
+            }
+            request(ctx, &sc.src, s, class, cc, cfg);
+        }
         kind::RESPONSE => response(ctx, &sc.dst, s, cfg),
         _ => {}
     }
+    let (action, code) = restrict(sc, s, class, cc);
+    if code != NO_VERDICT {
+        count(code, sc.bytes as u64);
+    }
+    action
+}
+
+/// The final verdict of a SIP request: the first program's, unless a SIP
+/// restriction applies. Allowlisted sources and emergency calls are never
+/// restricted; a packet already dropped stays dropped.
+#[inline(always)]
+fn restrict(sc: &SipContext, s: &sip::SipSummary, class: u8, cc: u16) -> (i32, u32) {
+    let staged = (sc.action, sc.code);
+    if sc.code == NO_VERDICT
+        || sc.action != xdp_action::XDP_PASS as i32
+        || sc.allowlisted != 0
+        || s.kind != kind::REQUEST
+        || class == class::EMERGENCY
+    {
+        return staged;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let drop = xdp_action::XDP_DROP as i32;
+    if (s.method == method::REGISTER || s.has_auth) && restricted(&sc.src, AUTH, now) {
+        return (drop, verdict::DROP_AUTH_SUSPENDED);
+    }
+    if class == class::INTERNATIONAL {
+        if restricted(&sc.src, INTL, now) {
+            return (drop, verdict::DROP_INTL_SUSPENDED);
+        }
+        if COUNTRY_RESTRICT.get(cc as u32).is_some_and(|until| *until > now) {
+            return (drop, verdict::DROP_COUNTRY_RESTRICTED);
+        }
+    }
+    staged
 }
 
 #[inline(always)]
-fn request<C: EbpfContext>(ctx: &C, src: &AddrKey, s: &sip::SipSummary, cfg: &Config) {
+fn request<C: EbpfContext>(ctx: &C, src: &AddrKey, s: &sip::SipSummary, class: u8, cc: u16, cfg: &Config) {
     stat(sip_stat::REQUEST_BASE + s.method as u32);
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(e) = source(src, now, cfg) else { return };
@@ -259,21 +362,16 @@ fn request<C: EbpfContext>(ctx: &C, src: &AddrKey, s: &sip::SipSummary, cfg: &Co
             }
         }
         method::INVITE => {
-            let plan = match NUMBER_PLAN.get(0) {
-                Some(plan) => plan,
-                None => return,
-            };
-            let c = classify(&s.number, plan, &KernelCountryCodes);
-            stat(sip_stat::INVITE_CLASS_BASE + c.class as u32);
+            stat(sip_stat::INVITE_CLASS_BASE + class as u32);
             add64(unsafe { &raw mut (*e).invites });
-            if c.class == class::INTERNATIONAL {
+            if class == class::INTERNATIONAL {
                 add64(unsafe { &raw mut (*e).intl_invites });
                 add32(unsafe { &raw mut (*e).win_intl_invites });
-                if let Some(slot) = COUNTRY_INVITES.get_ptr_mut(c.cc as u32) {
+                if let Some(slot) = COUNTRY_INVITES.get_ptr_mut(cc as u32) {
                     // SAFETY: per-CPU slot from a successful lookup.
                     unsafe { *slot += 1 };
                 }
-            } else if c.class == class::EMERGENCY {
+            } else if class == class::EMERGENCY {
                 add64(unsafe { &raw mut (*e).emergency_invites });
             }
         }
