@@ -10,6 +10,7 @@ pub mod events;
 pub mod loader;
 pub mod maps;
 pub mod metrics;
+pub mod policy;
 pub mod run;
 
 pub use loader::EBPF_OBJECT;
