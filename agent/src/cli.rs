@@ -117,6 +117,9 @@ pub struct RunArgs {
     #[command(flatten)]
     pub plan: PlanArgs,
 
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+
     /// On SIGINT/SIGTERM leave the program attached and the maps pinned
     /// (enforcement continues; the next `run` adopts them). Use it for
     /// restarts and upgrades without an enforcement gap.
@@ -148,6 +151,42 @@ pub struct DetectArgs {
     #[arg(long, value_name = "N", default_value_t = tollgate_common::SOURCES_CAPACITY,
           value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub max_sources: u32,
+}
+
+/// How reported sources are restricted. Every restriction is temporary and
+/// audited.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// Decide and audit everything, enforce nothing (metrics and the audit
+    /// log show what would have happened).
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// How long a source reported for authentication failures is
+    /// auth-suspended (its REGISTERs and credentialed requests dropped) on a
+    /// first offence; each repeat doubles it, up to --max-restriction.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub auth_suspend: Duration,
+
+    /// How long a source reported for international INVITEs is
+    /// intl-suspended (its international INVITEs dropped; domestic and
+    /// emergency calls pass); extended while the surge lasts.
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_duration)]
+    pub intl_suspend: Duration,
+
+    /// Longest a restriction lasts after escalation.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub max_restriction: Duration,
+
+    /// Most sources of one /24 (IPv4) or /48 (IPv6) restricted in one way;
+    /// beyond it tollgate alerts instead of acting (spoofed sources). 0: no cap.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub prefix_cap: usize,
+
+    /// Append every decision as a JSON line to this file (they also go to
+    /// the log).
+    #[arg(long, value_name = "PATH")]
+    pub audit_log: Option<PathBuf>,
 }
 
 /// How dialled numbers are written in the carrier's country.

@@ -29,12 +29,14 @@ pub struct EventCounts {
     pub intl_invites: Arc<AtomicU64>,
 }
 
-/// Starts the task that drains the kernel's event ring buffer.
+/// Starts the task that drains the kernel's event ring buffer and passes
+/// every event on to `tx` (the decision engine).
 pub fn spawn(
     ebpf: &mut Ebpf,
     counts: EventCounts,
     auth_threshold: u32,
     intl_threshold: u32,
+    tx: tokio::sync::mpsc::UnboundedSender<ThresholdEvent>,
 ) -> anyhow::Result<()> {
     let map = ebpf.take_map(MAP_EVENTS).context("the object has no EVENTS map")?;
     let ring: RingBuf<MapData> = RingBuf::try_from(map).context("EVENTS is not a ring buffer")?;
@@ -58,6 +60,7 @@ pub fn spawn(
                 // read_unaligned makes no alignment assumption.
                 let e: ThresholdEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
                 report(&e, &counts, auth_threshold, intl_threshold);
+                let _ = tx.send(e);
             }
             guard.clear_ready();
         }

@@ -2,6 +2,7 @@
 //! over it, and the integration tests and benchmarks use the same loader and
 //! map wrappers.
 
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod countries;

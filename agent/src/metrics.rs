@@ -128,7 +128,40 @@ const SOURCES_CAP: Family = Family {
     kind: MetricType::GAUGE,
 };
 
-const FAMILIES: [&Family; 19] = [
+const RESTRICTIONS_ACTIVE: Family = Family {
+    name: "tollgate_restrictions_active",
+    help: "Restrictions in force in the kernel now, by kind.",
+    kind: MetricType::GAUGE,
+};
+const DECISIONS: Family = Family {
+    name: "tollgate_decisions_total",
+    help: "Decisions of the policy engine, by event (impose, extend, expire, alert), kind and mode.",
+    kind: MetricType::COUNTER,
+};
+
+/// Decisions taken, by (event, kind, mode).
+#[derive(Clone, Default)]
+pub struct DecisionCounts(
+    Arc<Mutex<std::collections::BTreeMap<(&'static str, &'static str, &'static str), u64>>>,
+);
+
+impl DecisionCounts {
+    pub fn record(&self, d: &crate::policy::Decision) {
+        use crate::policy::Decision::*;
+        let (event, kind, enforced) = match d {
+            Impose(a) => ("impose", a.kind, a.enforced),
+            Extend(a) => ("extend", a.kind, a.enforced),
+            Expire(a) => ("expire", a.kind, a.enforced),
+            Alert { kind, .. } => ("alert", *kind, false),
+        };
+        let mode = if enforced || event == "alert" { "enforce" } else { "dry-run" };
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()).entry((event, kind.name(), mode)).or_insert(0) += 1;
+    }
+}
+
+const FAMILIES: [&Family; 21] = [
+    &RESTRICTIONS_ACTIVE,
+    &DECISIONS,
     &PACKETS,
     &BYTES,
     &BLOCKLIST,
@@ -196,6 +229,7 @@ pub struct KernelCollector {
     attached: Vec<(String, String)>,
     countries: Countries,
     events: EventCounts,
+    decisions: DecisionCounts,
     max_sources: u32,
     descs: Vec<Desc>,
     read_errors: std::sync::atomic::AtomicU64,
@@ -207,6 +241,7 @@ impl KernelCollector {
         attached: Vec<(String, String)>,
         countries: Countries,
         events: EventCounts,
+        decisions: DecisionCounts,
         max_sources: u32,
     ) -> Self {
         let descs = FAMILIES
@@ -214,7 +249,16 @@ impl KernelCollector {
             .map(|f| Desc::new(f.name.to_owned(), f.help.to_owned(), vec![], Default::default()))
             .collect::<Result<_, _>>()
             .expect("metric names are valid");
-        Self { maps, attached, countries, events, max_sources, descs, read_errors: Default::default() }
+        Self {
+            maps,
+            attached,
+            countries,
+            events,
+            decisions,
+            max_sources,
+            descs,
+            read_errors: Default::default(),
+        }
     }
 }
 
@@ -288,6 +332,37 @@ impl Collector for KernelCollector {
                 ),
             ],
         ));
+        let restrictions = maps.restrictions.entries();
+        let active = |f: fn(&tollgate_common::Restriction) -> u64| {
+            restrictions.iter().filter(|(_, r)| f(r) > now).count() as f64
+        };
+        let countries_restricted = maps
+            .country_restrictions()
+            .map(|v| v.iter().filter(|(_, until)| *until > now).count())
+            .unwrap_or(0);
+        out.push(family(
+            &RESTRICTIONS_ACTIVE,
+            vec![
+                sample(&[("kind", "auth-suspend")], active(|r| r.auth_until_ns), MetricType::GAUGE),
+                sample(&[("kind", "intl-suspend")], active(|r| r.intl_until_ns), MetricType::GAUGE),
+                sample(&[("kind", "country-restrict")], countries_restricted as f64, MetricType::GAUGE),
+            ],
+        ));
+        let decisions = self.decisions.0.lock().unwrap_or_else(|p| p.into_inner());
+        out.push(family(
+            &DECISIONS,
+            decisions
+                .iter()
+                .map(|((event, kind, mode), n)| {
+                    sample(
+                        &[("event", event), ("kind", kind), ("mode", mode)],
+                        *n as f64,
+                        MetricType::COUNTER,
+                    )
+                })
+                .collect(),
+        ));
+        drop(decisions);
         out.push(counter(&SOURCES, &[], maps.sources().len() as u64));
         out.push(counter(&SOURCES_CAP, &[], self.max_sources as u64));
         out.push(family(

@@ -19,14 +19,16 @@ use tollgate_common::{
 };
 
 use crate::{
+    audit::Auditor,
     cli::{BlockDuration, BlockSpec, PinArgs, PlanArgs, RunArgs, TopArgs},
     clock::{expiry_after, monotonic_now_ns},
     countries::Countries,
     error::Error,
     events,
     loader::{self, Attachment},
-    maps::Maps,
+    maps::{Maps, key_addr},
     metrics,
+    policy::{Decision, Engine, Kind, PolicyConfig},
 };
 
 /// How often expired blocks are removed from the map. The kernel already
@@ -45,6 +47,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let countries = Countries::shipped();
     let plan = number_plan(&args.plan, &countries)?;
+    let auditor =
+        Auditor::open(args.policy.audit_log.as_deref(), args.policy.dry_run).with_context(|| {
+            format!(
+                "cannot open --audit-log {}",
+                args.policy.audit_log.as_deref().unwrap_or(Path::new("")).display()
+            )
+        })?;
     let pin_dir = args.pin.pin_path.as_path();
     loader::ensure_bpffs(pin_dir)?;
     // Bind before touching the kernel, so a busy port fails cleanly.
@@ -66,14 +75,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    let mut engine = Engine::new(policy_config(&args), args.allows.clone());
+    adopt_restrictions(&maps, &mut engine);
     let maps = Arc::new(Mutex::new(maps));
     let event_counts = events::EventCounts::default();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     events::spawn(
         &mut ebpf,
         event_counts.clone(),
         args.detect.auth_failure_threshold,
         args.detect.intl_invite_threshold,
+        tx,
     )?;
+    let decisions = metrics::DecisionCounts::default();
     let registry = Arc::new(prometheus::Registry::new());
     registry
         .register(Box::new(metrics::KernelCollector::new(
@@ -81,6 +95,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             attached.clone(),
             countries,
             event_counts,
+            decisions.clone(),
             args.detect.max_sources,
         )))
         .expect("collector registers once");
@@ -99,8 +114,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
+            Some(event) = rx.recv() => {
+                let now = monotonic_now_ns();
+                let latency_us = now.saturating_sub(event.at_ns) / 1000;
+                let mut m = maps.lock().unwrap_or_else(|p| p.into_inner());
+                for d in engine.on_event(now, key_addr(&event.addr), event.kind, event.count) {
+                    apply(&mut m, &d, &auditor, Some(latency_us), &decisions);
+                }
+            }
             _ = sweep.tick() => {
                 let mut m = maps.lock().unwrap_or_else(|p| p.into_inner());
+                for d in engine.expire(monotonic_now_ns()) {
+                    apply(&mut m, &d, &auditor, None, &decisions);
+                }
                 remove_expired(&mut m);
             }
         }
@@ -174,6 +200,70 @@ fn start(
         }
     }
     Ok((ebpf, maps, attached))
+}
+
+fn policy_config(args: &RunArgs) -> PolicyConfig {
+    PolicyConfig {
+        auth_suspend: args.policy.auth_suspend,
+        intl_suspend: args.policy.intl_suspend,
+        max_restriction: args.policy.max_restriction,
+        prefix_cap: args.policy.prefix_cap,
+        dry_run: args.policy.dry_run,
+        auth_threshold: args.detect.auth_failure_threshold,
+        intl_threshold: args.detect.intl_invite_threshold,
+        window: args.detect.window,
+    }
+}
+
+/// Restrictions still in force in the kernel (the agent restarted): the
+/// engine takes them over so their expiry is audited, and repeat offences
+/// escalate from them.
+fn adopt_restrictions(maps: &Maps, engine: &mut Engine) {
+    let now = monotonic_now_ns();
+    for (net, r) in maps.restrictions.entries() {
+        for (kind, until) in [(Kind::AuthSuspend, r.auth_until_ns), (Kind::IntlSuspend, r.intl_until_ns)] {
+            if until > now {
+                engine.adopt(kind, net, until, now);
+                info!(
+                    "{} on {net} still in force, {} left",
+                    kind.name(),
+                    humantime::format_duration(Duration::from_secs((until - now) / 1_000_000_000))
+                );
+            }
+        }
+    }
+}
+
+/// Writes an enforced decision into the kernel and audits every decision.
+fn apply(
+    maps: &mut Maps,
+    d: &Decision,
+    auditor: &Auditor,
+    latency_us: Option<u64>,
+    counts: &metrics::DecisionCounts,
+) {
+    let write = |maps: &mut Maps, a: &crate::policy::Active, until: u64| {
+        let mut r = maps.restrictions.get(&a.target).unwrap_or_default();
+        match a.kind {
+            Kind::AuthSuspend => r.auth_until_ns = until,
+            Kind::IntlSuspend => r.intl_until_ns = until,
+        }
+        let result = if r.auth_until_ns == 0 && r.intl_until_ns == 0 {
+            maps.restrictions.remove(&a.target)
+        } else {
+            maps.restrictions.set(&a.target, r)
+        };
+        if let Err(e) = result {
+            warn!("{} on {}: {e}", a.kind.name(), a.target);
+        }
+    };
+    match d {
+        Decision::Impose(a) | Decision::Extend(a) if a.enforced => write(maps, a, a.expires_at_ns),
+        Decision::Expire(a) if a.enforced => write(maps, a, 0),
+        _ => {}
+    }
+    counts.record(d);
+    auditor.record(d, latency_us);
 }
 
 /// The dialling plan from the flags, checked against the country table.

@@ -57,6 +57,21 @@ impl Drop for Registrar {
 /// Runs `calls` registrations from `src` to the registrar at `dst`, with
 /// the right password or a wrong one; panics if sipp fails.
 pub fn register(ns: &NetNs, src: IpAddr, dst: IpAddr, tcp: bool, right_password: bool, calls: u32) {
+    if let Err(e) = try_register(ns, src, dst, tcp, right_password, calls) {
+        panic!("{e}");
+    }
+}
+
+/// Like [`register`], returning sipp's failure instead of panicking (an
+/// attacker's registrations may time out once it is suspended).
+pub fn try_register(
+    ns: &NetNs,
+    src: IpAddr,
+    dst: IpAddr,
+    tcp: bool,
+    right_password: bool,
+    calls: u32,
+) -> Result<(), String> {
     let csv = if right_password { "good.csv" } else { "bad.csv" };
     let out = Command::new("ip")
         .args(["netns", "exec", ns.name(), "timeout", "60", "sipp", "-sf"])
@@ -67,11 +82,13 @@ pub fn register(ns: &NetNs, src: IpAddr, dst: IpAddr, tcp: bool, right_password:
         .args(["-nostdin", "-timeout", "30s", "-timeout_error", &format!("{}:5060", host(dst))])
         .output()
         .expect("running sipp");
-    assert!(
-        out.status.success(),
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
         "sipp phone {src} -> {dst} ({}) failed: {}{}",
         if tcp { "tcp" } else { "udp" },
         String::from_utf8_lossy(&out.stdout).lines().rev().take(15).collect::<Vec<_>>().join("\n"),
         String::from_utf8_lossy(&out.stderr)
-    );
+    ))
 }

@@ -1,0 +1,132 @@
+//! The audit trail: one JSON line per decision (impose, extend, expire,
+//! alert), to `--audit-log` and to the log stream. Each line carries only
+//! the minimal evidence: kind, target (source address or country code),
+//! which policy, the count that crossed which threshold in which window,
+//! start and expiry, and whether it was enforced. Never a number, URI or
+//! user name.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::Write as _,
+    path::Path,
+    sync::Mutex,
+    time::{Duration, SystemTime},
+};
+
+use log::{info, warn};
+use serde::Serialize;
+
+use crate::{
+    clock::monotonic_now_ns,
+    policy::{Active, Decision, Evidence},
+};
+
+#[derive(Serialize)]
+struct EvidenceJson {
+    count: u32,
+    threshold: u32,
+    window_seconds: u64,
+}
+
+#[derive(Serialize)]
+struct Record<'a> {
+    time: String,
+    event: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
+    kind: &'a str,
+    target: String,
+    reason: &'a str,
+    evidence: EvidenceJson,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires: Option<String>,
+    enforced: bool,
+    mode: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offence: Option<u32>,
+    /// From the kernel's threshold crossing to this decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decision_latency_us: Option<u64>,
+}
+
+pub struct Auditor {
+    file: Option<Mutex<File>>,
+    dry_run: bool,
+}
+
+/// Wall-clock time of a CLOCK_MONOTONIC instant.
+fn wall(mono_ns: u64) -> String {
+    let now_mono = monotonic_now_ns();
+    let now = SystemTime::now();
+    let t = if mono_ns >= now_mono {
+        now + Duration::from_nanos(mono_ns - now_mono)
+    } else {
+        now - Duration::from_nanos(now_mono - mono_ns)
+    };
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn evidence(e: &Evidence) -> EvidenceJson {
+    EvidenceJson { count: e.count, threshold: e.threshold, window_seconds: e.window.as_secs() }
+}
+
+impl Auditor {
+    pub fn open(path: Option<&Path>, dry_run: bool) -> std::io::Result<Self> {
+        let file = match path {
+            Some(p) => Some(Mutex::new(OpenOptions::new().create(true).append(true).open(p)?)),
+            None => None,
+        };
+        Ok(Self { file, dry_run })
+    }
+
+    /// Records `decision`; `latency_us` is the time since the kernel event.
+    pub fn record(&self, decision: &Decision, latency_us: Option<u64>) {
+        let now = wall(monotonic_now_ns());
+        let mode = if self.dry_run { "dry-run" } else { "enforce" };
+        let of_active = |event: &'static str, a: &Active| Record {
+            time: now.clone(),
+            event,
+            id: Some(a.id),
+            kind: a.kind.name(),
+            target: a.target.to_string(),
+            reason: a.reason,
+            evidence: evidence(&a.evidence),
+            start: Some(wall(a.imposed_at_ns)),
+            expires: Some(wall(a.expires_at_ns)),
+            enforced: a.enforced,
+            mode,
+            offence: Some(a.offence),
+            decision_latency_us: if event == "expire" { None } else { latency_us },
+        };
+        let record = match decision {
+            Decision::Impose(a) => of_active("impose", a),
+            Decision::Extend(a) => of_active("extend", a),
+            Decision::Expire(a) => of_active("expire", a),
+            Decision::Alert { kind, target, why, evidence: e } => Record {
+                time: now.clone(),
+                event: "alert",
+                id: None,
+                kind: kind.name(),
+                target: target.to_string(),
+                reason: why,
+                evidence: evidence(e),
+                start: None,
+                expires: None,
+                enforced: false,
+                mode,
+                offence: None,
+                decision_latency_us: latency_us,
+            },
+        };
+        let line = serde_json::to_string(&record).expect("audit records serialize");
+        info!("audit {line}");
+        if let Some(file) = &self.file {
+            let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = writeln!(f, "{line}").and_then(|()| f.flush()) {
+                warn!("writing the audit log failed: {e}");
+            }
+        }
+    }
+}

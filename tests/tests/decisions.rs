@@ -1,0 +1,189 @@
+//! The decision engine end to end (issue: decision engine): kernel events,
+//! policy, restriction written to the kernel, packets dropped, audit trail.
+
+use std::{
+    net::{IpAddr, SocketAddr, UdpSocket},
+    path::PathBuf,
+    time::Duration,
+};
+
+use tollgate_common::{corpus::CORPUS, verdict};
+use tollgate_tests::{
+    privileged,
+    sipp::{Registrar, register},
+    topology::*,
+    unique, wait_for,
+};
+
+fn fixture(name: &str) -> &'static [u8] {
+    CORPUS.iter().find(|c| c.name == name).expect("fixture").bytes
+}
+
+/// Sends one SIP message over UDP from `src` to the edge's port 5060.
+fn send(topo: &Topology, src: IpAddr, name: &'static str) {
+    let dst = SocketAddr::new(edge_for(src), 5060);
+    topo.peer.run(move || {
+        UdpSocket::bind(SocketAddr::new(src, 0)).expect("bind").send_to(fixture(name), dst).expect("send");
+    });
+}
+
+struct AuditFile(PathBuf);
+
+impl AuditFile {
+    fn new() -> Self {
+        Self(std::env::temp_dir().join(format!("{}.audit.jsonl", unique("audit"))))
+    }
+    fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.0).unwrap_or_default().lines().map(str::to_owned).collect()
+    }
+    fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8")
+    }
+}
+
+impl Drop for AuditFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Waits for the first audit line containing all of `needles`.
+fn audited(audit: &AuditFile, needles: &[&str]) -> String {
+    wait_for(Duration::from_secs(5), || {
+        audit.lines().into_iter().find(|l| needles.iter().all(|n| l.contains(n)))
+    })
+    .unwrap_or_else(|| panic!("no audit line with {needles:?} in {:?}", audit.lines()))
+}
+
+fn start(topo: &Topology, audit: &AuditFile, extra: &[&str]) -> Agent {
+    let egress = topo.edge_if.clone();
+    let mut args =
+        vec!["--egress-iface", &egress, "--auth-failure-threshold", "3", "--audit-log", audit.path()];
+    args.extend_from_slice(extra);
+    Agent::start(topo, &args)
+}
+
+#[test]
+fn a_brute_force_is_auth_suspended_while_a_customer_keeps_registering() {
+    if !privileged("a_brute_force_is_auth_suspended_while_a_customer_keeps_registering") {
+        return;
+    }
+    let topo = Topology::new();
+    let audit = AuditFile::new();
+    let agent = start(&topo, &audit, &[]);
+    let _registrar = Registrar::start(&topo.edge, EDGE_V4, false);
+    // Exactly the threshold: the failure count reaches 3 only with the last
+    // 403, when no request of these attempts is in flight any more.
+    register(&topo.peer, ATTACKER_V4, EDGE_V4, false, false, 3);
+
+    let line = audited(
+        &audit,
+        &[r#""event":"impose""#, r#""kind":"auth-suspend""#, r#""target":"203.0.113.10/32""#],
+    );
+    for field in [
+        r#""reason":"brute-force""#,
+        r#""enforced":true"#,
+        r#""threshold":3"#,
+        r#""window_seconds":60"#,
+        "decision_latency_us",
+    ] {
+        assert!(line.contains(field), "{field} missing in {line}");
+    }
+    eprintln!("audit: {line}");
+    // The attacker's REGISTERs are now dropped in XDP...
+    let drops = agent.packets(verdict::DROP_AUTH_SUSPENDED);
+    send(&topo, ATTACKER_V4, "register-auth.sip");
+    let dropped = wait_for(Duration::from_secs(5), || {
+        (agent.packets(verdict::DROP_AUTH_SUSPENDED) > drops).then_some(())
+    });
+    assert!(dropped.is_some(), "the suspended source's REGISTER was not dropped");
+    // ...but its other SIP still flows, and a customer keeps registering.
+    let passed = agent.packets(verdict::PASS_SIP);
+    send(&topo, ATTACKER_V4, "options-keepalive.sip");
+    assert!(
+        wait_for(Duration::from_secs(5), || (agent.packets(verdict::PASS_SIP) > passed).then_some(()))
+            .is_some()
+    );
+    register(&topo.peer, CUSTOMER_V4, EDGE_V4, false, true, 3);
+    let page = agent.metrics().expect("metrics");
+    assert_eq!(
+        metric_value(&page, r#"tollgate_restrictions_active{kind="auth-suspend"}"#),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        metric_value(&page, r#"tollgate_decisions_total{event="impose",kind="auth-suspend",mode="enforce"}"#),
+        Some(1.0)
+    );
+    // Minimal data: no numbers, URIs or user names in the audit trail.
+    for l in audit.lines() {
+        assert!(!l.contains("sip:") && !l.contains("1001"), "{l}");
+    }
+}
+
+#[test]
+fn dry_run_audits_the_same_decision_and_enforces_nothing() {
+    if !privileged("dry_run_audits_the_same_decision_and_enforces_nothing") {
+        return;
+    }
+    let topo = Topology::new();
+    let audit = AuditFile::new();
+    let agent = start(&topo, &audit, &["--dry-run"]);
+    let _registrar = Registrar::start(&topo.edge, EDGE_V4, false);
+    register(&topo.peer, ATTACKER_V4, EDGE_V4, false, false, 5);
+    let line = audited(&audit, &[r#""event":"impose""#, r#""target":"203.0.113.10/32""#]);
+    assert!(line.contains(r#""enforced":false"#) && line.contains(r#""mode":"dry-run""#), "{line}");
+    // Still registering (and failing) normally: nothing dropped.
+    register(&topo.peer, ATTACKER_V4, EDGE_V4, false, false, 2);
+    assert_eq!(agent.packets(verdict::DROP_AUTH_SUSPENDED), 0);
+    let maps = tollgate::maps::Maps::open_pinned(&agent.pin_dir).expect("maps");
+    assert!(maps.restrictions.entries().is_empty(), "dry-run wrote no restriction");
+    let page = agent.metrics().expect("metrics");
+    assert_eq!(
+        metric_value(&page, r#"tollgate_decisions_total{event="impose",kind="auth-suspend",mode="dry-run"}"#),
+        Some(1.0),
+        "{page}"
+    );
+}
+
+#[test]
+fn an_international_surge_is_intl_suspended_but_domestic_and_emergency_calls_pass() {
+    if !privileged("an_international_surge_is_intl_suspended_but_domestic_and_emergency_calls_pass") {
+        return;
+    }
+    let topo = Topology::new();
+    let audit = AuditFile::new();
+    let agent = start(&topo, &audit, &["--intl-invite-threshold", "20"]);
+    for _ in 0..20 {
+        send(&topo, CUSTOMER_V6, "invite-intl-plus-232.sip");
+    }
+    let line = audited(
+        &audit,
+        &[r#""event":"impose""#, r#""kind":"intl-suspend""#, r#""target":"2001:db8:2::10/128""#],
+    );
+    assert!(line.contains(r#""reason":"intl-surge""#) && line.contains(r#""count":20"#), "{line}");
+    let drops = agent.packets(verdict::DROP_INTL_SUSPENDED);
+    send(&topo, CUSTOMER_V6, "invite-intl-00-232.sip");
+    assert!(
+        wait_for(Duration::from_secs(5), || (agent.packets(verdict::DROP_INTL_SUSPENDED) > drops)
+            .then_some(()))
+        .is_some(),
+        "international INVITE not dropped"
+    );
+    let passed = agent.packets(verdict::PASS_SIP);
+    for name in ["invite-domestic-trunk.sip", "invite-emergency-110.sip", "invite-emergency-119.sip"] {
+        send(&topo, CUSTOMER_V6, name);
+    }
+    assert!(
+        wait_for(Duration::from_secs(5), || (agent.packets(verdict::PASS_SIP) >= passed + 3).then_some(()))
+            .is_some(),
+        "domestic and emergency INVITEs must pass"
+    );
+    // Another source is not affected.
+    let passed = agent.packets(verdict::PASS_SIP);
+    send(&topo, CUSTOMER_V4, "invite-intl-plus-232.sip");
+    assert!(
+        wait_for(Duration::from_secs(5), || (agent.packets(verdict::PASS_SIP) > passed).then_some(()))
+            .is_some()
+    );
+}
