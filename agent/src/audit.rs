@@ -54,7 +54,11 @@ struct Record<'a> {
 pub struct Auditor {
     file: Option<Mutex<File>>,
     dry_run: bool,
+    hook: Option<String>,
 }
+
+/// How long a decision hook may run.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Wall-clock time of a CLOCK_MONOTONIC instant.
 fn wall(mono_ns: u64) -> String {
@@ -73,12 +77,43 @@ fn evidence(e: &Evidence) -> EvidenceJson {
 }
 
 impl Auditor {
-    pub fn open(path: Option<&Path>, dry_run: bool) -> std::io::Result<Self> {
+    pub fn open(path: Option<&Path>, dry_run: bool, hook: Option<String>) -> std::io::Result<Self> {
         let file = match path {
             Some(p) => Some(Mutex::new(OpenOptions::new().create(true).append(true).open(p)?)),
             None => None,
         };
-        Ok(Self { file, dry_run })
+        Ok(Self { file, dry_run, hook })
+    }
+
+    /// Runs the operator's hook in the background; never blocks decisions.
+    fn run_hook(&self, line: &str, event: &str, kind: &str, target: &str, mode: &str) {
+        let Some(cmd) = self.hook.clone() else { return };
+        let mut command = tokio::process::Command::new("sh");
+        command
+            .args(["-c", &cmd])
+            .env("TOLLGATE_EVENT", event)
+            .env("TOLLGATE_KIND", kind)
+            .env("TOLLGATE_TARGET", target)
+            .env("TOLLGATE_MODE", mode)
+            .stdin(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let input = format!("{line}\n");
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            let mut child = match command.spawn() {
+                Ok(c) => c,
+                Err(e) => return warn!("--on-decision: cannot run {cmd:?}: {e}"),
+            };
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = stdin.write_all(input.as_bytes()).await;
+            }
+            match tokio::time::timeout(HOOK_TIMEOUT, child.wait()).await {
+                Ok(Ok(status)) if status.success() => {}
+                Ok(Ok(status)) => warn!("--on-decision {cmd:?} exited with {status}"),
+                Ok(Err(e)) => warn!("--on-decision {cmd:?}: {e}"),
+                Err(_) => warn!("--on-decision {cmd:?} ran longer than {HOOK_TIMEOUT:?}; killed"),
+            }
+        });
     }
 
     /// Records `decision`; `latency_us` is the time since the kernel event.
@@ -122,6 +157,9 @@ impl Auditor {
         };
         let line = serde_json::to_string(&record).expect("audit records serialize");
         info!("audit {line}");
+        if matches!(record.event, "impose" | "expire") {
+            self.run_hook(&line, record.event, record.kind, &record.target, mode);
+        }
         if let Some(file) = &self.file {
             let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = writeln!(f, "{line}").and_then(|()| f.flush()) {

@@ -187,6 +187,14 @@ pub struct PolicyArgs {
     /// the log).
     #[arg(long, value_name = "PATH")]
     pub audit_log: Option<PathBuf>,
+
+    /// Run this shell command when a restriction is imposed or lapses, with
+    /// the audit record as JSON on standard input and TOLLGATE_EVENT,
+    /// TOLLGATE_KIND, TOLLGATE_TARGET, TOLLGATE_MODE in the environment, so
+    /// the line holder can be notified promptly (measure 5). It also runs in
+    /// dry-run (check TOLLGATE_MODE). Killed after 10 s.
+    #[arg(long, value_name = "CMD")]
+    pub on_decision: Option<String>,
 }
 
 /// How dialled numbers are written in the carrier's country.

@@ -48,12 +48,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let countries = Countries::shipped();
     let plan = number_plan(&args.plan, &countries)?;
     let auditor =
-        Auditor::open(args.policy.audit_log.as_deref(), args.policy.dry_run).with_context(|| {
-            format!(
-                "cannot open --audit-log {}",
-                args.policy.audit_log.as_deref().unwrap_or(Path::new("")).display()
-            )
-        })?;
+        Auditor::open(args.policy.audit_log.as_deref(), args.policy.dry_run, args.policy.on_decision.clone())
+            .with_context(|| {
+                format!(
+                    "cannot open --audit-log {}",
+                    args.policy.audit_log.as_deref().unwrap_or(Path::new("")).display()
+                )
+            })?;
     let pin_dir = args.pin.pin_path.as_path();
     loader::ensure_bpffs(pin_dir)?;
     // Bind before touching the kernel, so a busy port fails cleanly.

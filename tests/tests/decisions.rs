@@ -119,6 +119,31 @@ fn a_brute_force_is_auth_suspended_while_a_customer_keeps_registering() {
     for l in audit.lines() {
         assert!(!l.contains("sip:") && !l.contains("1001"), "{l}");
     }
+
+    // The agent dies: the kernel keeps enforcing the suspension...
+    let mut agent = agent;
+    agent.kill();
+    let drops = agent.packets(verdict::DROP_AUTH_SUSPENDED);
+    send(&topo, ATTACKER_V4, "register-noauth.sip");
+    assert!(
+        wait_for(Duration::from_secs(5), || (agent.packets(verdict::DROP_AUTH_SUSPENDED) > drops)
+            .then_some(()))
+        .is_some(),
+        "suspension enforced with the agent dead"
+    );
+    // ...and the restarted agent takes it over with its original expiry.
+    agent.restart();
+    assert!(
+        agent.log_text().contains("auth-suspend on 203.0.113.10/32 still in force"),
+        "{}",
+        agent.log_text()
+    );
+    let page = agent.metrics().expect("metrics");
+    assert_eq!(
+        metric_value(&page, r#"tollgate_restrictions_active{kind="auth-suspend"}"#),
+        Some(1.0),
+        "{page}"
+    );
 }
 
 #[test]
@@ -128,11 +153,20 @@ fn dry_run_audits_the_same_decision_and_enforces_nothing() {
     }
     let topo = Topology::new();
     let audit = AuditFile::new();
-    let agent = start(&topo, &audit, &["--dry-run"]);
+    let hook_out = AuditFile::new();
+    let hook = format!(
+        "echo \"$TOLLGATE_EVENT $TOLLGATE_KIND $TOLLGATE_TARGET $TOLLGATE_MODE\" >> {0}; cat >> {0}",
+        hook_out.path()
+    );
+    let agent = start(&topo, &audit, &["--dry-run", "--on-decision", &hook]);
     let _registrar = Registrar::start(&topo.edge, EDGE_V4, false);
     register(&topo.peer, ATTACKER_V4, EDGE_V4, false, false, 5);
     let line = audited(&audit, &[r#""event":"impose""#, r#""target":"203.0.113.10/32""#]);
     assert!(line.contains(r#""enforced":false"#) && line.contains(r#""mode":"dry-run""#), "{line}");
+    // The operator's hook was told, with the same record on stdin.
+    let told = audited(&hook_out, &["impose auth-suspend 203.0.113.10/32 dry-run"]);
+    assert!(!told.is_empty());
+    audited(&hook_out, &[r#""event":"impose""#, r#""mode":"dry-run""#]);
     // Still registering (and failing) normally: nothing dropped.
     register(&topo.peer, ATTACKER_V4, EDGE_V4, false, false, 2);
     assert_eq!(agent.packets(verdict::DROP_AUTH_SUSPENDED), 0);
