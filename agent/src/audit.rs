@@ -1,4 +1,4 @@
-//! The audit trail: one JSON line per decision (impose, extend, expire,
+//! The audit trail: one JSON line per decision (impose, extend, expire, lift,
 //! alert), to `--audit-log` and to the log stream. Each line carries only
 //! the minimal evidence: kind, target (source address or country code),
 //! which policy, the count that crossed which threshold in which window,
@@ -46,6 +46,9 @@ struct Record<'a> {
     mode: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     offence: Option<u32>,
+    /// The operator's note on a manual restriction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
     /// From the kernel's threshold crossing to this decision.
     #[serde(skip_serializing_if = "Option::is_none")]
     decision_latency_us: Option<u64>,
@@ -133,12 +136,14 @@ impl Auditor {
             enforced: a.enforced,
             mode,
             offence: Some(a.offence),
+            note: a.note.clone(),
             decision_latency_us: if event == "expire" { None } else { latency_us },
         };
         let record = match decision {
             Decision::Impose(a) => of_active("impose", a),
             Decision::Extend(a) => of_active("extend", a),
             Decision::Expire(a) => of_active("expire", a),
+            Decision::Lift(a) => of_active("lift", a),
             Decision::Alert { kind, target, why, evidence: e } => Record {
                 time: now.clone(),
                 event: "alert",
@@ -152,12 +157,13 @@ impl Auditor {
                 enforced: false,
                 mode,
                 offence: None,
+                note: None,
                 decision_latency_us: latency_us,
             },
         };
         let line = serde_json::to_string(&record).expect("audit records serialize");
         info!("audit {line}");
-        if matches!(record.event, "impose" | "expire") {
+        if matches!(record.event, "impose" | "expire" | "lift") {
             self.run_hook(&line, record.event, record.kind, &record.target, mode);
         }
         if let Some(file) = &self.file {

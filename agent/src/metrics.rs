@@ -152,6 +152,7 @@ impl DecisionCounts {
             Impose(a) => ("impose", a.kind, a.enforced),
             Extend(a) => ("extend", a.kind, a.enforced),
             Expire(a) => ("expire", a.kind, a.enforced),
+            Lift(a) => ("lift", a.kind, a.enforced),
             Alert { kind, .. } => ("alert", *kind, false),
         };
         let mode = if enforced || event == "alert" { "enforce" } else { "dry-run" };
@@ -345,6 +346,14 @@ impl Collector for KernelCollector {
             vec![
                 sample(&[("kind", "auth-suspend")], active(|r| r.auth_until_ns), MetricType::GAUGE),
                 sample(&[("kind", "intl-suspend")], active(|r| r.intl_until_ns), MetricType::GAUGE),
+                sample(
+                    &[("kind", "block")],
+                    entries
+                        .iter()
+                        .filter(|(_, e)| e.reason == tollgate_common::reason::OPERATOR && e.is_active(now))
+                        .count() as f64,
+                    MetricType::GAUGE,
+                ),
                 sample(&[("kind", "country-restrict")], countries_restricted as f64, MetricType::GAUGE),
             ],
         ));

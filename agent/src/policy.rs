@@ -16,7 +16,9 @@
 //! - a prefix cap limits spoofed-source damage: once `prefix_cap` sources of
 //!   one /24 (IPv4) or /48 (IPv6) are restricted in a way, further ones are
 //!   alerted on instead;
-//! - in dry-run everything is decided and audited, nothing enforced.
+//! - in dry-run everything is decided and audited, nothing enforced;
+//! - an operator may impose any kind by hand (audited the same way, with
+//!   the operator's note) and lift any restriction by id.
 
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
@@ -27,6 +29,10 @@ use tollgate_common::{EVENT_AUTH_FAILURES, EVENT_INTL_INVITES};
 pub enum Kind {
     AuthSuspend,
     IntlSuspend,
+    /// All SIP from a source prefix (manual only).
+    Block,
+    /// International INVITEs to one country code (manual; last resort).
+    CountryRestrict,
 }
 
 impl Kind {
@@ -34,6 +40,25 @@ impl Kind {
         match self {
             Kind::AuthSuspend => "auth-suspend",
             Kind::IntlSuspend => "intl-suspend",
+            Kind::Block => "block",
+            Kind::CountryRestrict => "country-restrict",
+        }
+    }
+}
+
+/// What a restriction applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    Source(IpNet),
+    /// An E.164 country code.
+    Country(u16),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Source(net) => write!(f, "{net}"),
+            Target::Country(cc) => write!(f, "+{cc}"),
         }
     }
 }
@@ -51,10 +76,11 @@ pub struct Evidence {
 pub struct Active {
     pub id: u64,
     pub kind: Kind,
-    /// A single source address (as a /32 or /128).
-    pub target: IpNet,
-    /// Which policy decided it.
+    pub target: Target,
+    /// Which policy decided it ("operator" for manual ones).
     pub reason: &'static str,
+    /// The operator's own words, for manual restrictions.
+    pub note: Option<String>,
     pub evidence: Evidence,
     pub imposed_at_ns: u64,
     pub expires_at_ns: u64,
@@ -71,10 +97,12 @@ pub enum Decision {
     Extend(Active),
     /// Lapsed at its expiry.
     Expire(Active),
+    /// Lifted by an operator before its expiry.
+    Lift(Active),
     /// Crossed a threshold but not restricted (allowlisted, prefix cap).
     Alert {
         kind: Kind,
-        target: IpNet,
+        target: Target,
         why: &'static str,
         evidence: Evidence,
     },
@@ -98,7 +126,7 @@ pub struct Engine {
     cfg: PolicyConfig,
     allow: Vec<IpNet>,
     active: Vec<Active>,
-    offences: HashMap<(Kind, IpNet), u32>,
+    offences: HashMap<(Kind, Target), u32>,
     next_id: u64,
 }
 
@@ -138,7 +166,7 @@ impl Engine {
             _ => return Vec::new(),
         };
         let evidence = Evidence { count, threshold, window: self.cfg.window };
-        let target = IpNet::from(addr);
+        let target = Target::Source(IpNet::from(addr));
         if self.allow.iter().any(|a| a.contains(&addr)) {
             return vec![Decision::Alert { kind, target, why: "allowlisted source", evidence }];
         }
@@ -150,8 +178,13 @@ impl Engine {
         }
         if self.cfg.prefix_cap > 0 {
             let hood = neighbourhood(addr);
-            let near =
-                self.active.iter().filter(|a| a.kind == kind && hood.contains(&a.target.addr())).count();
+            let near = self
+                .active
+                .iter()
+                .filter(|a| {
+                    a.kind == kind && matches!(a.target, Target::Source(n) if hood.contains(&n.addr()))
+                })
+                .count();
             if near >= self.cfg.prefix_cap {
                 return vec![Decision::Alert { kind, target, why: "prefix cap reached", evidence }];
             }
@@ -168,6 +201,7 @@ impl Engine {
             kind,
             target,
             reason,
+            note: None,
             evidence,
             imposed_at_ns: now_ns,
             expires_at_ns: now_ns.saturating_add(nanos(duration)),
@@ -189,13 +223,14 @@ impl Engine {
 
     /// Takes over a restriction found in the kernel at start-up (restart),
     /// so that its expiry is audited too.
-    pub fn adopt(&mut self, kind: Kind, target: IpNet, expires_at_ns: u64, now_ns: u64) {
+    pub fn adopt(&mut self, kind: Kind, target: Target, expires_at_ns: u64, now_ns: u64) {
         let evidence = Evidence { count: 0, threshold: 0, window: self.cfg.window };
         self.active.push(Active {
             id: self.next_id,
             kind,
             target,
             reason: "adopted",
+            note: None,
             evidence,
             imposed_at_ns: now_ns,
             expires_at_ns,
@@ -204,6 +239,69 @@ impl Engine {
         });
         *self.offences.entry((kind, target)).or_insert(0) += 1;
         self.next_id += 1;
+    }
+
+    /// An operator's restriction. Refused when the kind does not fit the
+    /// target, the duration is not within (0, --max-restriction], the source
+    /// is allowlisted, or the same restriction is already in force.
+    pub fn impose_manual(
+        &mut self,
+        now_ns: u64,
+        kind: Kind,
+        target: Target,
+        duration: Duration,
+        note: Option<String>,
+    ) -> Result<Decision, String> {
+        match (kind, target) {
+            (Kind::CountryRestrict, Target::Country(cc)) if (1..1000).contains(&cc) => {}
+            (Kind::CountryRestrict, _) => return Err("country-restrict takes an E.164 country code".into()),
+            (_, Target::Country(_)) => {
+                return Err(format!("{} takes a source address or prefix", kind.name()));
+            }
+            (_, Target::Source(net)) => {
+                if self.allow.iter().any(|a| a.contains(&net) || net.contains(a)) {
+                    return Err(format!("{net} overlaps the allowlist, which wins over every restriction"));
+                }
+            }
+        }
+        if duration.is_zero() || duration > self.cfg.max_restriction {
+            return Err(format!(
+                "the duration must be more than 0 and at most --max-restriction ({})",
+                humantime::format_duration(self.cfg.max_restriction)
+            ));
+        }
+        if let Some(a) = self.active.iter().find(|a| a.kind == kind && a.target == target) {
+            return Err(format!(
+                "{} on {target} is already in force (id {}); lift it first",
+                kind.name(),
+                a.id
+            ));
+        }
+        let active = Active {
+            id: self.next_id,
+            kind,
+            target,
+            reason: "operator",
+            note,
+            evidence: Evidence { count: 0, threshold: 0, window: Duration::ZERO },
+            imposed_at_ns: now_ns,
+            expires_at_ns: now_ns.saturating_add(nanos(duration)),
+            enforced: !self.cfg.dry_run,
+            offence: 1,
+        };
+        self.next_id += 1;
+        self.active.push(active.clone());
+        Ok(Decision::Impose(active))
+    }
+
+    /// Lifts the restriction `id` now.
+    pub fn lift(&mut self, id: u64) -> Result<Decision, String> {
+        let i = self
+            .active
+            .iter()
+            .position(|a| a.id == id)
+            .ok_or_else(|| format!("no restriction {id} in force"))?;
+        Ok(Decision::Lift(self.active.remove(i)))
     }
 }
 
@@ -311,6 +409,33 @@ mod tests {
     }
 
     #[test]
+    fn operators_impose_and_lift_within_the_rules() {
+        let mut e = Engine::new(cfg(), vec!["203.0.113.20/32".parse().unwrap()]);
+        let src = |s: &str| Target::Source(s.parse().unwrap());
+        let hour = Duration::from_secs(3600);
+        let d =
+            e.impose_manual(0, Kind::Block, src("198.51.100.0/24"), hour, Some("ticket 42".into())).unwrap();
+        let Decision::Impose(a) = d else { panic!() };
+        assert_eq!((a.reason, a.note.as_deref(), a.expires_at_ns), ("operator", Some("ticket 42"), 3600 * S));
+        let c = e.impose_manual(0, Kind::CountryRestrict, Target::Country(232), hour, None).unwrap();
+        assert!(matches!(c, Decision::Impose(ref x) if x.target == Target::Country(232)));
+        // Refusals, each with a reason the operator can act on.
+        for (kind, target, d) in [
+            (Kind::Block, src("203.0.113.0/24"), hour), // contains an allowlisted source
+            (Kind::AuthSuspend, Target::Country(232), hour), // kind does not fit
+            (Kind::CountryRestrict, src("192.0.2.1/32"), hour), // kind does not fit
+            (Kind::IntlSuspend, src("192.0.2.1/32"), Duration::ZERO),
+            (Kind::IntlSuspend, src("192.0.2.1/32"), Duration::from_secs(3601)), // over the cap
+            (Kind::Block, src("198.51.100.0/24"), hour),                         // already in force
+        ] {
+            assert!(e.impose_manual(0, kind, target, d, None).is_err(), "{kind:?} {target} {d:?}");
+        }
+        assert!(matches!(e.lift(a.id), Ok(Decision::Lift(x)) if x.id == a.id));
+        assert!(e.lift(a.id).is_err(), "only once");
+        assert_eq!(e.active().len(), 1);
+    }
+
+    #[test]
     fn unknown_event_kinds_are_ignored() {
         let mut e = Engine::new(cfg(), vec![]);
         assert!(e.on_event(0, ip("203.0.113.10"), 1 << 7, 10).is_empty());
@@ -319,7 +444,7 @@ mod tests {
     #[test]
     fn adopted_restrictions_expire_and_count_as_offences() {
         let mut e = Engine::new(cfg(), vec![]);
-        e.adopt(Kind::AuthSuspend, "203.0.113.10/32".parse().unwrap(), 50 * S, 0);
+        e.adopt(Kind::AuthSuspend, Target::Source("203.0.113.10/32".parse().unwrap()), 50 * S, 0);
         assert!(matches!(e.expire(50 * S).as_slice(), [Decision::Expire(a)] if a.reason == "adopted"));
         let again = imposed(&e.on_event(60 * S, ip("203.0.113.10"), EVENT_AUTH_FAILURES, 10)).clone();
         assert_eq!(again.offence, 2);

@@ -28,7 +28,7 @@ use crate::{
     loader::{self, Attachment},
     maps::{Maps, key_addr},
     metrics,
-    policy::{Decision, Engine, Kind, PolicyConfig},
+    policy::{Active, Decision, Engine, Kind, PolicyConfig, Target},
 };
 
 /// How often expired blocks are removed from the map. The kernel already
@@ -221,17 +221,61 @@ fn policy_config(args: &RunArgs) -> PolicyConfig {
 /// escalate from them.
 fn adopt_restrictions(maps: &Maps, engine: &mut Engine) {
     let now = monotonic_now_ns();
+    let mut found: Vec<(Kind, Target, u64)> = Vec::new();
     for (net, r) in maps.restrictions.entries() {
-        for (kind, until) in [(Kind::AuthSuspend, r.auth_until_ns), (Kind::IntlSuspend, r.intl_until_ns)] {
-            if until > now {
-                engine.adopt(kind, net, until, now);
-                info!(
-                    "{} on {net} still in force, {} left",
-                    kind.name(),
-                    humantime::format_duration(Duration::from_secs((until - now) / 1_000_000_000))
-                );
+        found.push((Kind::AuthSuspend, Target::Source(net), r.auth_until_ns));
+        found.push((Kind::IntlSuspend, Target::Source(net), r.intl_until_ns));
+    }
+    for (net, b) in maps.blocklist.entries() {
+        if b.reason == reason::OPERATOR && b.expires_at_ns != NO_EXPIRY {
+            found.push((Kind::Block, Target::Source(net), b.expires_at_ns));
+        }
+    }
+    for (cc, until) in maps.country_restrictions().unwrap_or_default() {
+        found.push((Kind::CountryRestrict, Target::Country(cc), until));
+    }
+    for (kind, target, until) in found.into_iter().filter(|(_, _, until)| *until > now) {
+        engine.adopt(kind, target, until, now);
+        info!(
+            "{} on {target} still in force, {} left",
+            kind.name(),
+            humantime::format_duration(Duration::from_secs((until - now) / 1_000_000_000))
+        );
+    }
+}
+
+/// Writes a restriction into (or, with `until` 0, removes it from) the
+/// kernel map that enforces its kind.
+fn write_restriction(maps: &mut Maps, a: &Active, until: u64) -> crate::error::Result<()> {
+    match (a.kind, a.target) {
+        (Kind::AuthSuspend | Kind::IntlSuspend, Target::Source(net)) => {
+            let existing = maps.restrictions.get(&net);
+            let mut r = existing.unwrap_or_default();
+            if a.kind == Kind::AuthSuspend {
+                r.auth_until_ns = until;
+            } else {
+                r.intl_until_ns = until;
+            }
+            match (r.auth_until_ns == 0 && r.intl_until_ns == 0, existing.is_some()) {
+                (true, true) => maps.restrictions.remove(&net),
+                (true, false) => Ok(()),
+                (false, _) => maps.restrictions.set(&net, r),
             }
         }
+        (Kind::Block, Target::Source(net)) => {
+            if until != 0 {
+                maps.blocklist.insert(
+                    &net,
+                    BlockEntry { expires_at_ns: until, reason: reason::OPERATOR, prefix_len: 0 },
+                )
+            } else if maps.blocklist.entries().iter().any(|(n, _)| *n == net) {
+                maps.blocklist.remove(&net)
+            } else {
+                Ok(())
+            }
+        }
+        (Kind::CountryRestrict, Target::Country(cc)) => maps.set_country_restriction(cc, until),
+        _ => Ok(()),
     }
 }
 
@@ -243,25 +287,15 @@ fn apply(
     latency_us: Option<u64>,
     counts: &metrics::DecisionCounts,
 ) {
-    let write = |maps: &mut Maps, a: &crate::policy::Active, until: u64| {
-        let mut r = maps.restrictions.get(&a.target).unwrap_or_default();
-        match a.kind {
-            Kind::AuthSuspend => r.auth_until_ns = until,
-            Kind::IntlSuspend => r.intl_until_ns = until,
+    let written = match d {
+        Decision::Impose(a) | Decision::Extend(a) if a.enforced => {
+            write_restriction(maps, a, a.expires_at_ns)
         }
-        let result = if r.auth_until_ns == 0 && r.intl_until_ns == 0 {
-            maps.restrictions.remove(&a.target)
-        } else {
-            maps.restrictions.set(&a.target, r)
-        };
-        if let Err(e) = result {
-            warn!("{} on {}: {e}", a.kind.name(), a.target);
-        }
+        Decision::Expire(a) | Decision::Lift(a) if a.enforced => write_restriction(maps, a, 0),
+        _ => Ok(()),
     };
-    match d {
-        Decision::Impose(a) | Decision::Extend(a) if a.enforced => write(maps, a, a.expires_at_ns),
-        Decision::Expire(a) if a.enforced => write(maps, a, 0),
-        _ => {}
+    if let Err(e) = written {
+        warn!("applying a decision to the kernel failed: {e}");
     }
     counts.record(d);
     auditor.record(d, latency_us);
@@ -338,10 +372,12 @@ fn apply_cli_blocks(
     Ok(())
 }
 
+/// Removes expired command-line blocks (operator blocks are lifted by the
+/// engine, which audits them).
 fn remove_expired(maps: &mut Maps) {
     let now = monotonic_now_ns();
     for (net, entry) in maps.blocklist.entries() {
-        if !entry.is_active(now) {
+        if !entry.is_active(now) && entry.reason != reason::OPERATOR {
             match maps.blocklist.remove(&net) {
                 Ok(()) => info!("block {net} (reason {}) expired and was lifted", reason::name(entry.reason)),
                 Err(e) => warn!("removing expired block {net}: {e}"),
