@@ -38,6 +38,64 @@ pub enum Command {
     /// Show the busiest SIP sources (auth failures, international INVITEs)
     /// and destination countries, from the pinned maps.
     Top(TopArgs),
+    /// Restrictions in force (asks the running agent).
+    Restrictions {
+        #[command(subcommand)]
+        command: RestrictionsCommand,
+    },
+    /// Impose a restriction by hand, e.g. `restrict intl 198.51.100.7 --for 2h
+    /// --reason "holder asked"` or `restrict country 232 --for 1h`. Audited
+    /// like automatic ones; refused for allowlisted sources.
+    Restrict(RestrictArgs),
+    /// Lift a restriction by its id (see `tollgate restrictions list`).
+    Lift(LiftArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RestrictionsCommand {
+    /// List every restriction in force with its id, reason and time left.
+    List(ControlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// The running agent's control socket.
+    #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ManualKind {
+    /// auth-suspend a source: drop its REGISTERs and credentialed requests.
+    Auth,
+    /// intl-suspend a source: drop its international INVITEs.
+    Intl,
+    /// block a source: drop all its SIP.
+    Block,
+    /// country-restrict: drop international INVITEs to a country code.
+    Country,
+}
+
+#[derive(Debug, Args)]
+pub struct RestrictArgs {
+    pub kind: ManualKind,
+    /// A source address or prefix, or for `country` an E.164 code (232).
+    pub target: String,
+    /// How long (every restriction is temporary).
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Why, in the operator's words; kept in the audit trail.
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LiftArgs {
+    pub id: u64,
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +177,11 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub policy: PolicyArgs,
+
+    /// Where operators' `restrict`, `lift` and `restrictions list` reach
+    /// this agent (a unix socket only root can use).
+    #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
 
     /// On SIGINT/SIGTERM leave the program attached and the maps pinned
     /// (enforcement continues; the next `run` adopts them). Use it for

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod cli;
 pub mod clock;
+pub mod control;
 pub mod countries;
 pub mod error;
 pub mod events;

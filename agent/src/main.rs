@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use tollgate::cli::{Cli, Command};
+use tollgate::cli::{Cli, Command, RestrictionsCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -15,6 +15,11 @@ fn main() -> ExitCode {
         Command::Status(args) => tollgate::run::status(args),
         Command::Detach(args) => tollgate::run::detach(args),
         Command::Top(args) => tollgate::run::top(args),
+        Command::Restrictions { command: RestrictionsCommand::List(args) } => {
+            tollgate::run::restrictions_list(args)
+        }
+        Command::Restrict(args) => tollgate::run::restrict(args),
+        Command::Lift(args) => tollgate::run::lift(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

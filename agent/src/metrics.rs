@@ -135,15 +135,16 @@ const RESTRICTIONS_ACTIVE: Family = Family {
 };
 const DECISIONS: Family = Family {
     name: "tollgate_decisions_total",
-    help: "Decisions of the policy engine, by event (impose, extend, expire, alert), kind and mode.",
+    help: "Decisions of the policy engine, by event (impose, extend, expire, lift, alert), kind and mode.",
     kind: MetricType::COUNTER,
 };
 
+/// (event, kind, mode) of a decision.
+type DecisionKey = (&'static str, &'static str, &'static str);
+
 /// Decisions taken, by (event, kind, mode).
 #[derive(Clone, Default)]
-pub struct DecisionCounts(
-    Arc<Mutex<std::collections::BTreeMap<(&'static str, &'static str, &'static str), u64>>>,
-);
+pub struct DecisionCounts(Arc<Mutex<std::collections::BTreeMap<DecisionKey, u64>>>);
 
 impl DecisionCounts {
     pub fn record(&self, d: &crate::policy::Decision) {

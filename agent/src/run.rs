@@ -20,8 +20,12 @@ use tollgate_common::{
 
 use crate::{
     audit::Auditor,
-    cli::{BlockDuration, BlockSpec, PinArgs, PlanArgs, RunArgs, TopArgs},
+    cli::{
+        BlockDuration, BlockSpec, ControlArgs, LiftArgs, ManualKind, PinArgs, PlanArgs, RestrictArgs,
+        RunArgs, TopArgs,
+    },
     clock::{expiry_after, monotonic_now_ns},
+    control,
     countries::Countries,
     error::Error,
     events,
@@ -62,6 +66,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
 
+    let control_listener = control::bind(&args.control_socket)?;
+    let _socket_file = control::SocketFile(args.control_socket.clone());
+
     let fresh = !pin_dir.exists();
     fs::create_dir_all(pin_dir).map_err(Error::io(format!("creating {}", pin_dir.display())))?;
     let started = start(&args, pin_dir, &plan, &countries);
@@ -101,6 +108,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         )))
         .expect("collector registers once");
     let server = tokio::spawn(metrics::serve(listener, Arc::clone(&registry)));
+    let (ctl_tx, mut ctl_rx) = tokio::sync::mpsc::channel::<control::Pending>(16);
+    let control_server = tokio::spawn(control::serve(control_listener, ctl_tx));
     info!(
         "enforcing on {}; metrics on http://{}/metrics; state pinned in {}",
         attached.iter().map(|(i, m)| format!("{i} ({m})")).collect::<Vec<_>>().join(", "),
@@ -123,6 +132,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     apply(&mut m, &d, &auditor, Some(latency_us), &decisions);
                 }
             }
+            Some((request, reply)) = ctl_rx.recv() => {
+                let mut m = maps.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = reply.send(handle_control(request, &mut engine, &mut m, &auditor, &decisions));
+            }
             _ = sweep.tick() => {
                 let mut m = maps.lock().unwrap_or_else(|p| p.into_inner());
                 for d in engine.expire(monotonic_now_ns()) {
@@ -133,6 +146,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     server.abort();
+    control_server.abort();
     if args.keep_attached_on_exit {
         info!(
             "{signame}: leaving the program attached and its state pinned in {} (--keep-attached-on-exit); `tollgate detach` removes it",
@@ -299,6 +313,129 @@ fn apply(
     }
     counts.record(d);
     auditor.record(d, latency_us);
+}
+
+fn view(a: &Active, now: u64) -> control::RestrictionView {
+    control::RestrictionView {
+        id: a.id,
+        kind: a.kind.name().to_owned(),
+        target: a.target.to_string(),
+        reason: a.reason.to_owned(),
+        note: a.note.clone(),
+        expires_in_secs: a.expires_at_ns.saturating_sub(now) / 1_000_000_000,
+        enforced: a.enforced,
+    }
+}
+
+/// Answers an operator's request in the main loop.
+fn handle_control(
+    request: control::Request,
+    engine: &mut Engine,
+    maps: &mut Maps,
+    auditor: &Auditor,
+    counts: &metrics::DecisionCounts,
+) -> control::Response {
+    let now = monotonic_now_ns();
+    let decision = match request {
+        control::Request::List => Ok(None),
+        control::Request::Restrict { kind, target, seconds, note } => {
+            parse_manual(&kind, &target).and_then(|(kind, target)| {
+                engine.impose_manual(now, kind, target, Duration::from_secs(seconds), note).map(Some)
+            })
+        }
+        control::Request::Lift { id } => engine.lift(id).map(Some),
+    };
+    match decision {
+        Ok(d) => {
+            let mut shown: Vec<control::RestrictionView> =
+                engine.active().iter().map(|a| view(a, now)).collect();
+            if let Some(d) = d {
+                apply(maps, &d, auditor, None, counts);
+                if let Decision::Lift(a) | Decision::Impose(a) = &d {
+                    shown = vec![view(a, now)];
+                }
+            }
+            control::Response { ok: true, error: None, restrictions: shown }
+        }
+        Err(e) => control::Response::error(e),
+    }
+}
+
+fn parse_manual(kind: &str, target: &str) -> Result<(Kind, Target), String> {
+    let kind = match kind {
+        "auth" => Kind::AuthSuspend,
+        "intl" => Kind::IntlSuspend,
+        "block" => Kind::Block,
+        "country" => Kind::CountryRestrict,
+        other => return Err(format!("unknown kind {other:?}")),
+    };
+    let target = if kind == Kind::CountryRestrict {
+        let code = target.trim_start_matches('+');
+        Target::Country(code.parse().map_err(|_| format!("{target:?} is not an E.164 country code"))?)
+    } else {
+        Target::Source(crate::cli::parse_cidr(target)?)
+    };
+    Ok((kind, target))
+}
+
+fn print_restrictions(list: &[control::RestrictionView]) {
+    if list.is_empty() {
+        println!("no restrictions in force");
+        return;
+    }
+    println!(
+        "{:>4}  {:<17} {:<43} {:<11} {:>10}  {:<8} note",
+        "id", "kind", "target", "reason", "left", "mode"
+    );
+    for r in list {
+        println!(
+            "{:>4}  {:<17} {:<43} {:<11} {:>10}  {:<8} {}",
+            r.id,
+            r.kind,
+            r.target,
+            r.reason,
+            humantime::format_duration(Duration::from_secs(r.expires_in_secs)).to_string(),
+            if r.enforced { "enforced" } else { "dry-run" },
+            r.note.as_deref().unwrap_or("")
+        );
+    }
+}
+
+fn ask(path: &Path, request: control::Request) -> anyhow::Result<Vec<control::RestrictionView>> {
+    let response = control::call(path, &request)?;
+    if !response.ok {
+        anyhow::bail!("{}", response.error.unwrap_or_else(|| "refused".to_owned()));
+    }
+    Ok(response.restrictions)
+}
+
+pub fn restrictions_list(args: ControlArgs) -> anyhow::Result<()> {
+    print_restrictions(&ask(&args.control_socket, control::Request::List)?);
+    Ok(())
+}
+
+pub fn restrict(args: RestrictArgs) -> anyhow::Result<()> {
+    let kind = match args.kind {
+        ManualKind::Auth => "auth",
+        ManualKind::Intl => "intl",
+        ManualKind::Block => "block",
+        ManualKind::Country => "country",
+    };
+    let request = control::Request::Restrict {
+        kind: kind.to_owned(),
+        target: args.target,
+        seconds: args.duration.as_secs().max(1),
+        note: args.reason,
+    };
+    print_restrictions(&ask(&args.control.control_socket, request)?);
+    Ok(())
+}
+
+pub fn lift(args: LiftArgs) -> anyhow::Result<()> {
+    let lifted = ask(&args.control.control_socket, control::Request::Lift { id: args.id })?;
+    println!("lifted:");
+    print_restrictions(&lifted);
+    Ok(())
 }
 
 /// The dialling plan from the flags, checked against the country table.

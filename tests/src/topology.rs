@@ -125,6 +125,8 @@ impl Default for Topology {
 pub struct Agent {
     child: Option<Child>,
     pub pin_dir: PathBuf,
+    /// This agent's control socket (each test agent has its own).
+    pub control_socket: PathBuf,
     log: PathBuf,
     edge_ns: String,
     iface: String,
@@ -146,6 +148,7 @@ impl Agent {
         let log = std::env::temp_dir().join(format!("{}.log", unique("agent")));
         let mut agent = Self {
             child: None,
+            control_socket: std::env::temp_dir().join(format!("{}.sock", unique("ctl"))),
             pin_dir,
             log,
             edge_ns: topo.edge.path(),
@@ -167,6 +170,8 @@ impl Agent {
         let mut cmd = Command::new(crate::tollgate_bin());
         cmd.args(["run", "--iface", &self.iface, "--metrics-addr", METRICS_ADDR, "--pin-path"])
             .arg(&self.pin_dir)
+            .arg("--control-socket")
+            .arg(&self.control_socket)
             .args(&self.args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -261,6 +266,22 @@ impl Agent {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs `tollgate ARGS --control-socket <this agent's socket>` (restrict,
+    /// lift, restrictions list): (success, stdout, stderr).
+    pub fn control(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(crate::tollgate_bin())
+            .args(args)
+            .arg("--control-socket")
+            .arg(&self.control_socket)
+            .output()
+            .expect("running tollgate");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Packets counted under one verdict code.
     pub fn packets(&self, verdict: u32) -> u64 {
         self.verdicts()[verdict as usize].packets
@@ -284,6 +305,7 @@ impl Drop for Agent {
         {
             eprintln!("warning: removing {}: {e}", self.pin_dir.display());
         }
+        let _ = fs::remove_file(&self.control_socket);
         if std::thread::panicking() {
             eprintln!("--- tollgate log ---\n{}", self.log_text());
         }

@@ -221,3 +221,80 @@ fn an_international_surge_is_intl_suspended_but_domestic_and_emergency_calls_pas
             .is_some()
     );
 }
+
+/// The id in the first data row of `tollgate restrict`'s table.
+fn first_id(table: &str) -> String {
+    table.lines().nth(1).and_then(|l| l.split_whitespace().next()).unwrap_or_default().to_owned()
+}
+
+#[test]
+fn operators_restrict_and_lift_by_hand_and_every_step_is_audited() {
+    if !privileged("operators_restrict_and_lift_by_hand_and_every_step_is_audited") {
+        return;
+    }
+    let topo = Topology::new();
+    let audit = AuditFile::new();
+    let agent = start(&topo, &audit, &["--allow", "203.0.113.20"]);
+
+    // Measure 2: the holder asked to stop international calls.
+    let (ok, out, err) =
+        agent.control(&["restrict", "intl", "198.51.100.10", "--for", "1h", "--reason", "holder asked"]);
+    assert!(ok, "{err}");
+    let intl_id = first_id(&out);
+    let drops = agent.packets(verdict::DROP_INTL_SUSPENDED);
+    send(&topo, CUSTOMER_V4, "invite-intl-plus-232.sip");
+    assert!(
+        wait_for(Duration::from_secs(5), || (agent.packets(verdict::DROP_INTL_SUSPENDED) > drops)
+            .then_some(()))
+        .is_some()
+    );
+
+    // Measure 7: a country, for every source, but never emergency calls.
+    let (ok, out, err) = agent.control(&["restrict", "country", "+232", "--for", "30m"]);
+    assert!(ok, "{err}");
+    let country_id = first_id(&out);
+    let drops = agent.packets(verdict::DROP_COUNTRY_RESTRICTED);
+    send(&topo, CUSTOMER_V6, "invite-intl-00-232.sip");
+    assert!(
+        wait_for(Duration::from_secs(5), || (agent.packets(verdict::DROP_COUNTRY_RESTRICTED) > drops)
+            .then_some(()))
+        .is_some()
+    );
+    let passed = agent.packets(verdict::PASS_SIP);
+    send(&topo, CUSTOMER_V6, "invite-emergency-112.sip");
+    assert!(
+        wait_for(Duration::from_secs(5), || (agent.packets(verdict::PASS_SIP) > passed).then_some(()))
+            .is_some()
+    );
+
+    let (ok, list, _) = agent.control(&["restrictions", "list"]);
+    assert!(
+        ok && list.contains("intl-suspend") && list.contains("+232") && list.contains("holder asked"),
+        "{list}"
+    );
+
+    // Refused with a reason: the allowlist wins; a bad code; a bad duration.
+    for (args, why) in [
+        (&["restrict", "block", "203.0.113.0/24", "--for", "1h"][..], "allowlist"),
+        (&["restrict", "country", "abc", "--for", "1h"], "country code"),
+        (&["restrict", "auth", "198.51.100.9", "--for", "0s"], "greater than zero"),
+        (&["lift", "999"], "no restriction 999"),
+    ] {
+        let (ok, _, err) = agent.control(args);
+        assert!(!ok && err.contains(why), "{args:?}: {err}");
+    }
+
+    // Lifted by hand: traffic flows again, and the lift is audited.
+    for id in [&intl_id, &country_id] {
+        let (ok, _, err) = agent.control(&["lift", id]);
+        assert!(ok, "{err}");
+    }
+    let passed = agent.packets(verdict::PASS_SIP);
+    send(&topo, CUSTOMER_V4, "invite-intl-plus-232.sip");
+    assert!(
+        wait_for(Duration::from_secs(5), || (agent.packets(verdict::PASS_SIP) > passed).then_some(()))
+            .is_some()
+    );
+    audited(&audit, &[r#""event":"impose""#, r#""reason":"operator""#, r#""note":"holder asked""#]);
+    audited(&audit, &[r#""event":"lift""#, r#""target":"+232""#, r#""kind":"country-restrict""#]);
+}

@@ -1,0 +1,138 @@
+//! Local operator control: a unix socket (mode 0600, so root only), one
+//! JSON request and one JSON response per connection. The agent's main
+//! loop answers, so manual decisions go through the same engine, kernel
+//! writes and audit trail as automatic ones.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::{fs::PermissionsExt as _, net::UnixStream as StdUnixStream},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use log::{debug, warn};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _},
+    net::UnixListener,
+    sync::{mpsc, oneshot},
+};
+
+/// Default path of the control socket.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tollgate.sock";
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    List,
+    Restrict { kind: String, target: String, seconds: u64, note: Option<String> },
+    Lift { id: u64 },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RestrictionView {
+    pub id: u64,
+    pub kind: String,
+    pub target: String,
+    pub reason: String,
+    pub note: Option<String>,
+    pub expires_in_secs: u64,
+    pub enforced: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub restrictions: Vec<RestrictionView>,
+}
+
+impl Response {
+    pub fn error(e: impl Into<String>) -> Self {
+        Self { ok: false, error: Some(e.into()), restrictions: Vec::new() }
+    }
+}
+
+/// A request waiting for the main loop's answer.
+pub type Pending = (Request, oneshot::Sender<Response>);
+
+/// Binds the socket (root only). A leftover socket from a dead agent is
+/// replaced; a live one is an error (two agents would fight over the maps).
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if path.exists() {
+        if StdUnixStream::connect(path).is_ok() {
+            bail!("another tollgate agent is listening on {}", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {} to root", path.display()))?;
+    Ok(listener)
+}
+
+/// Accepts connections until the task is dropped.
+pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Pending>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            warn!("control socket: accept failed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = tokio::io::BufReader::new(read.take(64 * 1024));
+            let read = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
+            let response = match read {
+                Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+                    Ok(req) => {
+                        let (reply, answer) = oneshot::channel();
+                        if tx.send((req, reply)).await.is_err() {
+                            Response::error("the agent is shutting down")
+                        } else {
+                            answer.await.unwrap_or_else(|_| Response::error("no answer"))
+                        }
+                    }
+                    Err(e) => Response::error(format!("bad request: {e}")),
+                },
+                _ => Response::error("no request received"),
+            };
+            let mut out = serde_json::to_string(&response).expect("responses serialize");
+            out.push('\n');
+            if let Err(e) = write.write_all(out.as_bytes()).await {
+                debug!("control socket: {e}");
+            }
+        });
+    }
+}
+
+use tokio::io::AsyncReadExt as _;
+
+/// Sends one request to a running agent (used by the CLI).
+pub fn call(path: &Path, request: &Request) -> anyhow::Result<Response> {
+    let mut stream = StdUnixStream::connect(path).with_context(|| {
+        format!("cannot reach the agent at {} (is `tollgate run` running? are you root?)", path.display())
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).context("reading the agent's answer")?;
+    serde_json::from_str(&answer).context("the agent's answer is not valid")
+}
+
+/// Where the socket is removed when the agent exits.
+pub struct SocketFile(pub PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
