@@ -87,6 +87,12 @@ enum Task {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Threshold crossing to the first dropped packet, end to end through
+    /// the agent in throw-away namespaces (median of several runs).
+    TimeToBlock {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// BPF_PROG_TEST_RUN ns per packet for each verdict path, next to a bare
     /// XDP_PASS program in the same run.
     Verdict {
@@ -137,6 +143,27 @@ fn task(task: Task) -> Result<()> {
         Task::Fuzz { seconds, target } => {
             setup()?;
             fuzz(seconds, target.as_deref())
+        }
+        Task::Bench { which: Bench::TimeToBlock { runs } } => {
+            setup()?;
+            build(true)?;
+            let bin = target_dir().join("release/tollgate");
+            cargo(
+                &[
+                    "run",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "tollgate-tests",
+                    "--bin",
+                    "tollgate-bench",
+                    "--",
+                    "time-to-block",
+                    "--runs",
+                    &runs.to_string(),
+                ],
+                &[("TOLLGATE_BIN", bin.to_str().context("non-UTF-8 target dir")?)],
+            )
         }
         Task::Bench { which: Bench::Verdict { repeat } } => {
             setup()?;

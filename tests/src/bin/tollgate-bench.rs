@@ -22,6 +22,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Which {
+    /// Threshold crossing to the first dropped packet, end to end through
+    /// the agent, in throw-away namespaces.
+    TimeToBlock {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     Verdict {
         #[arg(long, default_value_t = 1_000_000)]
         repeat: u32,
@@ -34,12 +40,15 @@ enum Which {
 const SIP: &[u8] = b"REGISTER sip:edge.example SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.10:5060\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
 
 fn main() {
-    let Which::Verdict { repeat, rounds } = Cli::parse().which;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("the benchmark loads the XDP program: run it as root");
         std::process::exit(1);
     }
+    let (repeat, rounds) = match Cli::parse().which {
+        Which::Verdict { repeat, rounds } => (repeat, rounds),
+        Which::TimeToBlock { runs } => return time_to_block(runs),
+    };
     let mut l = Loaded::new();
     // A realistically populated blocklist: 10,000 IPv6 /64s plus IPv4 entries.
     const V6_ENTRIES: u32 = 10_000;
@@ -100,4 +109,77 @@ fn main() {
 fn median(v: &mut [Duration]) -> Duration {
     v.sort_unstable();
     v[v.len() / 2]
+}
+
+/// Sends international INVITEs from one source every GAP and finds, from
+/// the kernel's verdict counters, which one was the first dropped: the
+/// kernel handles one veth's packets in order, so with THRESHOLD passed at
+/// the crossing and `passed` in all, packet `passed + 1` was the first
+/// dropped. Time-to-block is the time between sending packet THRESHOLD and
+/// packet `passed + 1` (resolution: GAP).
+fn time_to_block(runs: usize) {
+    use std::{
+        net::{SocketAddr, UdpSocket},
+        time::{Duration, Instant},
+    };
+
+    use tollgate_common::verdict;
+    use tollgate_tests::wait_for;
+
+    const THRESHOLD: usize = 20;
+    const PACKETS: usize = 400;
+    const GAP: Duration = Duration::from_micros(200);
+    tollgate_tests::netns::sweep_stale();
+    let invite = CORPUS.iter().find(|c| c.name == "invite-intl-plus-232.sip").expect("fixture").bytes;
+    println!("time-to-block: {THRESHOLD} international INVITEs is the threshold; one INVITE every {GAP:?}");
+    let mut results = Vec::new();
+    for run in 1..=runs {
+        let topo = Topology::new();
+        let agent = Agent::start(&topo, &["--intl-invite-threshold", &THRESHOLD.to_string()]);
+        let dst = SocketAddr::new(EDGE_V4, 5060);
+        let sent_at: Vec<Instant> = topo.peer.run(move || {
+            let sock = UdpSocket::bind(SocketAddr::new(CUSTOMER_V4, 0)).expect("bind");
+            let start = Instant::now();
+            (0..PACKETS)
+                .map(|i| {
+                    let due = start + GAP * i as u32;
+                    while Instant::now() < due {
+                        std::hint::spin_loop();
+                    }
+                    sock.send_to(invite, dst).expect("send");
+                    Instant::now()
+                })
+                .collect()
+        });
+        let counted = wait_for(Duration::from_secs(5), || {
+            let v = agent.verdicts();
+            let n = v[verdict::PASS_SIP as usize].packets + v[verdict::DROP_INTL_SUSPENDED as usize].packets;
+            (n >= PACKETS as u64).then_some(v)
+        })
+        .expect("all INVITEs counted");
+        let passed = counted[verdict::PASS_SIP as usize].packets as usize;
+        if passed >= PACKETS {
+            println!("run {run}: no packet was dropped within {PACKETS} packets");
+            continue;
+        }
+        let ttb = sent_at[passed] - sent_at[THRESHOLD - 1];
+        println!(
+            "run {run}: first dropped INVITE #{} of {PACKETS}; {} passed after the crossing; time-to-block {:.2} ms",
+            passed + 1,
+            passed - THRESHOLD,
+            ttb.as_secs_f64() * 1000.0
+        );
+        results.push(ttb);
+    }
+    if results.is_empty() {
+        println!("no measurement");
+        return;
+    }
+    results.sort();
+    println!(
+        "median time-to-block {:.2} ms (min {:.2}, max {:.2}; resolution {GAP:?})",
+        results[results.len() / 2].as_secs_f64() * 1000.0,
+        results[0].as_secs_f64() * 1000.0,
+        results[results.len() - 1].as_secs_f64() * 1000.0
+    );
 }
