@@ -26,6 +26,12 @@ struct EvidenceJson {
     count: u32,
     threshold: u32,
     window_seconds: u64,
+    /// The learned normal level per window the threshold was made from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peacetime_per_window: Option<f64>,
+    /// Distinct sources in the window, at least (country surges).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sources_at_least: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -46,6 +52,9 @@ struct Record<'a> {
     mode: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     offence: Option<u32>,
+    /// Who or what lifted it early: "operator" or "surge-ended".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lifted_by: Option<&'a str>,
     /// The operator's note on a manual restriction.
     #[serde(skip_serializing_if = "Option::is_none")]
     note: Option<String>,
@@ -76,7 +85,13 @@ fn wall(mono_ns: u64) -> String {
 }
 
 fn evidence(e: &Evidence) -> EvidenceJson {
-    EvidenceJson { count: e.count, threshold: e.threshold, window_seconds: e.window.as_secs() }
+    EvidenceJson {
+        count: e.count,
+        threshold: e.threshold,
+        window_seconds: e.window.as_secs(),
+        peacetime_per_window: e.peacetime_milli.map(|m| m as f64 / 1000.0),
+        sources_at_least: e.sources,
+    }
 }
 
 impl Auditor {
@@ -136,6 +151,7 @@ impl Auditor {
             enforced: a.enforced,
             mode,
             offence: Some(a.offence),
+            lifted_by: None,
             note: a.note.clone(),
             decision_latency_us: if event == "expire" { None } else { latency_us },
         };
@@ -143,7 +159,7 @@ impl Auditor {
             Decision::Impose(a) => of_active("impose", a),
             Decision::Extend(a) => of_active("extend", a),
             Decision::Expire(a) => of_active("expire", a),
-            Decision::Lift(a) => of_active("lift", a),
+            Decision::Lift(a, by) => Record { lifted_by: Some(by), ..of_active("lift", a) },
             Decision::Alert { kind, target, why, evidence: e } => Record {
                 time: now.clone(),
                 event: "alert",
@@ -157,6 +173,7 @@ impl Auditor {
                 enforced: false,
                 mode,
                 offence: None,
+                lifted_by: None,
                 note: None,
                 decision_latency_us: latency_us,
             },

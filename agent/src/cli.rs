@@ -205,9 +205,37 @@ pub struct DetectArgs {
     pub auth_failure_threshold: u32,
 
     /// International INVITEs from one source within a window that report it
-    /// (0: never).
+    /// when it has no history (0: never). Sources with a learned peacetime
+    /// level are reported at --surge-ratio times it, never below this.
     #[arg(long, value_name = "N", default_value_t = 30)]
     pub intl_invite_threshold: u32,
+
+    /// How many times its learned peacetime number of international INVITEs
+    /// per window a source must reach to be reported.
+    #[arg(long, value_name = "RATIO", default_value_t = 4.0, value_parser = parse_ratio)]
+    pub surge_ratio: f64,
+
+    /// Weight of the newest window in the peacetime level (EWMA, 0 to 1).
+    #[arg(long, value_name = "W", default_value_t = 0.2, value_parser = parse_weight)]
+    pub baseline_weight: f64,
+
+    /// Windows observed before a learned peacetime level is trusted.
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub baseline_min_windows: u32,
+
+    /// International INVITEs to one country code, from all sources, within
+    /// a window that report the country when it has no history (0: never).
+    /// Countries with a learned peacetime level are reported at
+    /// --surge-ratio times it, never below this.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub country_invite_threshold: u32,
+
+    /// Distinct source addresses a country's window must have before it is
+    /// reported (a surge from fewer is for the per-source measures).
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=tollgate_common::SOURCE_BUCKETS as i64))]
+    pub country_min_sources: u32,
 
     /// Most source addresses tracked at once (least recently seen are
     /// forgotten first, so a spoofed flood cannot exhaust memory).
@@ -240,6 +268,24 @@ pub struct PolicyArgs {
     /// Longest a restriction lasts after escalation.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
     pub max_restriction: Duration,
+
+    /// Let tollgate restrict a whole destination country code when a surge
+    /// to it comes from at least --country-min-sources sources (counter-
+    /// measure 7, the last resort). Without it such surges are only audited
+    /// as alerts. Emergency and domestic calls are never affected.
+    #[arg(long)]
+    pub allow_country_restrict: bool,
+
+    /// How long a reported country surge restricts the country; each
+    /// further report extends it by this, and a window below the threshold
+    /// lifts it at once.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
+    pub country_restrict_for: Duration,
+
+    /// Longest an automatic country restriction lasts in all; after it, a
+    /// surge that goes on is only alerted on until it ends.
+    #[arg(long, value_name = "DURATION", default_value = "4h", value_parser = parse_duration)]
+    pub country_restrict_max: Duration,
 
     /// Most sources of one /24 (IPv4) or /48 (IPv6) restricted in one way;
     /// beyond it tollgate alerts instead of acting (spoofed sources). 0: no cap.
@@ -282,6 +328,20 @@ pub struct PlanArgs {
     #[arg(long = "emergency-number", value_name = "DIGITS",
           default_values = ["110", "118", "119", "112", "911"], value_parser = parse_digits)]
     pub emergency_numbers: Vec<Digits>,
+}
+
+pub fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 1.0 => Ok(r),
+        _ => Err(format!("{s:?} is not a ratio of at least 1")),
+    }
+}
+
+pub fn parse_weight(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(w) if w > 0.0 && w <= 1.0 => Ok(w),
+        _ => Err(format!("{s:?} is not a weight in (0, 1]")),
+    }
 }
 
 pub fn parse_digits(s: &str) -> Result<Digits, String> {

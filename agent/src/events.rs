@@ -1,5 +1,6 @@
 //! Threshold events from the kernel: a source crossed the auth-failure or
-//! international-INVITE threshold within its window. Read from the ring
+//! international-INVITE threshold within its window, or international
+//! INVITEs to one country from many sources crossed the country's. Read from the ring
 //! buffer as soon as they are written (no map scans), logged with the
 //! minimal evidence, and counted for /metrics. The decision engine builds
 //! on this stream.
@@ -18,7 +19,9 @@ use aya::{
     maps::{MapData, RingBuf},
 };
 use log::{info, warn};
-use tollgate_common::{EVENT_AUTH_FAILURES, EVENT_INTL_INVITES, MAP_EVENTS, ThresholdEvent};
+use tollgate_common::{
+    EVENT_AUTH_FAILURES, EVENT_COUNTRY_INVITES, EVENT_INTL_INVITES, MAP_EVENTS, ThresholdEvent,
+};
 
 use crate::{clock::monotonic_now_ns, maps::key_addr};
 
@@ -27,6 +30,7 @@ use crate::{clock::monotonic_now_ns, maps::key_addr};
 pub struct EventCounts {
     pub auth_failures: Arc<AtomicU64>,
     pub intl_invites: Arc<AtomicU64>,
+    pub country_invites: Arc<AtomicU64>,
 }
 
 /// Starts the task that drains the kernel's event ring buffer and passes
@@ -34,8 +38,6 @@ pub struct EventCounts {
 pub fn spawn(
     ebpf: &mut Ebpf,
     counts: EventCounts,
-    auth_threshold: u32,
-    intl_threshold: u32,
     tx: tokio::sync::mpsc::UnboundedSender<ThresholdEvent>,
 ) -> anyhow::Result<()> {
     let map = ebpf.take_map(MAP_EVENTS).context("the object has no EVENTS map")?;
@@ -59,7 +61,7 @@ pub fn spawn(
                 // SAFETY: the kernel writes whole ThresholdEvent records;
                 // read_unaligned makes no alignment assumption.
                 let e: ThresholdEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                report(&e, &counts, auth_threshold, intl_threshold);
+                report(&e, &counts);
                 let _ = tx.send(e);
             }
             guard.clear_ready();
@@ -68,24 +70,31 @@ pub fn spawn(
     Ok(())
 }
 
-fn report(e: &ThresholdEvent, counts: &EventCounts, auth_threshold: u32, intl_threshold: u32) {
+fn report(e: &ThresholdEvent, counts: &EventCounts) {
     let addr = key_addr(&e.addr);
     let window_age = Duration::from_millis(monotonic_now_ns().saturating_sub(e.window_start_ns) / 1_000_000);
+    let age = humantime::format_duration(window_age);
+    let threshold = e.threshold;
     match e.kind {
         EVENT_AUTH_FAILURES => {
             counts.auth_failures.fetch_add(1, Relaxed);
             info!(
-                "source {addr}: {} REGISTER authentication failures in the current window (threshold {auth_threshold}, window started {} ago)",
-                e.count,
-                humantime::format_duration(window_age)
+                "source {addr}: {} REGISTER authentication failures in the current window (threshold {threshold}, window started {age} ago)",
+                e.count
             );
         }
         EVENT_INTL_INVITES => {
             counts.intl_invites.fetch_add(1, Relaxed);
             info!(
-                "source {addr}: {} international INVITEs in the current window (threshold {intl_threshold}, window started {} ago)",
-                e.count,
-                humantime::format_duration(window_age)
+                "source {addr}: {} international INVITEs in the current window (threshold {threshold}, window started {age} ago)",
+                e.count
+            );
+        }
+        EVENT_COUNTRY_INVITES => {
+            counts.country_invites.fetch_add(1, Relaxed);
+            info!(
+                "country +{}: {} international INVITEs from at least {} sources in the current window (threshold {threshold}, window started {age} ago)",
+                e.cc, e.count, e.sources
             );
         }
         other => warn!("unknown event kind {other} from the kernel"),

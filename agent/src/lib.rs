@@ -3,6 +3,7 @@
 //! map wrappers.
 
 pub mod audit;
+pub mod baseline;
 pub mod cli;
 pub mod clock;
 pub mod control;

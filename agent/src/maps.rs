@@ -15,9 +15,10 @@ use aya::{
 };
 use ipnet::IpNet;
 use tollgate_common::{
-    AddrKey, AllowEntry, BlockEntry, Config, Counter, MAP_ALLOWLIST, MAP_BLOCKLIST, MAP_CONFIG,
-    MAP_COUNTRY_CODES, MAP_COUNTRY_INVITES, MAP_COUNTRY_RESTRICT, MAP_NUMBER_PLAN, MAP_RESTRICTIONS,
-    MAP_SIP_PORTS, MAP_SIP_STATS, MAP_SOURCES, MAP_STATS, Restriction, SourceStats, V4_MAPPED_PREFIX_LEN,
+    AddrKey, AllowEntry, Baseline, BlockEntry, Config, Counter, MAP_ALLOWLIST, MAP_BLOCKLIST, MAP_CONFIG,
+    MAP_COUNTRY_BASELINE, MAP_COUNTRY_CODES, MAP_COUNTRY_INVITES, MAP_COUNTRY_RESTRICT, MAP_INTL_BASELINE,
+    MAP_NUMBER_PLAN, MAP_RESTRICTIONS, MAP_SIP_PORTS, MAP_SIP_STATS, MAP_SOURCES, MAP_STATS, Restriction,
+    SourceStats, V4_MAPPED_PREFIX_LEN,
     number::{COUNTRY_CODE_SLOTS, NumberPlan},
     port_key, sip_stat, v4_mapped, v4_unmapped, verdict,
 };
@@ -29,6 +30,8 @@ pub struct Maps {
     pub allowlist: Allowlist,
     pub restrictions: Restrictions,
     country_restrict: Array<MapData, u64>,
+    intl_baseline: HashMap<MapData, AddrKey, Baseline>,
+    country_baseline: Array<MapData, Baseline>,
     sip_ports: HashMap<MapData, u32, u8>,
     config: Array<MapData, Config>,
     stats: PerCpuArray<MapData, Counter>,
@@ -37,6 +40,14 @@ pub struct Maps {
     country_invites: PerCpuArray<MapData, u64>,
     country_codes: Array<MapData, u32>,
     number_plan: Array<MapData, NumberPlan>,
+}
+
+/// The [`AddrKey`] of an address.
+pub fn addr_key(addr: IpAddr) -> AddrKey {
+    match addr {
+        IpAddr::V4(v4) => v4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
 }
 
 /// The address an [`AddrKey`] stands for.
@@ -105,6 +116,8 @@ impl Maps {
             allowlist: Allowlist(typed(s, MAP_ALLOWLIST)?),
             restrictions: Restrictions(typed(s, MAP_RESTRICTIONS)?),
             country_restrict: typed(s, MAP_COUNTRY_RESTRICT)?,
+            intl_baseline: typed(s, MAP_INTL_BASELINE)?,
+            country_baseline: typed(s, MAP_COUNTRY_BASELINE)?,
             sip_ports: typed(s, MAP_SIP_PORTS)?,
             config: typed(s, MAP_CONFIG)?,
             stats: typed(s, MAP_STATS)?,
@@ -114,6 +127,45 @@ impl Maps {
             country_codes: typed(s, MAP_COUNTRY_CODES)?,
             number_plan: typed(s, MAP_NUMBER_PLAN)?,
         })
+    }
+
+    /// Sets (Some) or removes (None) a source's learned level and threshold
+    /// for international INVITEs.
+    pub fn set_intl_baseline(&mut self, addr: IpAddr, baseline: Option<Baseline>) -> Result<()> {
+        let key = addr_key(addr);
+        match baseline {
+            Some(b) => self.intl_baseline.insert(key, b, 0),
+            None => match self.intl_baseline.remove(&key) {
+                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                other => other,
+            },
+        }
+        .map_err(Error::map(format!("learned baseline of {addr}")))
+    }
+
+    /// Every source with a learned baseline in the kernel.
+    pub fn intl_baselines(&self) -> Vec<(IpAddr, Baseline)> {
+        self.intl_baseline.iter().filter_map(|r| r.ok()).map(|(k, v)| (key_addr(&k), v)).collect()
+    }
+
+    /// Sets a country's learned level and threshold (`Baseline::default()`
+    /// forgets it).
+    pub fn set_country_baseline(&mut self, cc: u16, baseline: Baseline) -> Result<()> {
+        self.country_baseline
+            .set(u32::from(cc), baseline, 0)
+            .map_err(Error::map(format!("learned baseline of +{cc}")))
+    }
+
+    /// Every country with a learned baseline.
+    pub fn country_baselines(&self) -> Result<Vec<(u16, Baseline)>> {
+        let mut out = Vec::new();
+        for cc in 0..COUNTRY_CODE_SLOTS {
+            let b = self.country_baseline.get(&cc, 0).map_err(Error::map("reading COUNTRY_BASELINE"))?;
+            if b != Baseline::default() {
+                out.push((cc as u16, b));
+            }
+        }
+        Ok(out)
     }
 
     /// Restricts international INVITEs to `cc` until `until_ns` (0 lifts).
@@ -178,11 +230,7 @@ impl Maps {
 
     /// One source's counters, if tracked.
     pub fn source(&self, addr: IpAddr) -> Option<SourceStats> {
-        let key = match addr {
-            IpAddr::V4(v4) => v4_mapped(v4.octets()),
-            IpAddr::V6(v6) => v6.octets(),
-        };
-        self.sources.get(&key, 0).ok()
+        self.sources.get(&addr_key(addr), 0).ok()
     }
 
     pub fn set_config(&mut self, config: Config) -> Result<()> {

@@ -153,7 +153,7 @@ impl DecisionCounts {
             Impose(a) => ("impose", a.kind, a.enforced),
             Extend(a) => ("extend", a.kind, a.enforced),
             Expire(a) => ("expire", a.kind, a.enforced),
-            Lift(a) => ("lift", a.kind, a.enforced),
+            Lift(a, _) => ("lift", a.kind, a.enforced),
             Alert { kind, .. } => ("alert", *kind, false),
         };
         let mode = if enforced || event == "alert" { "enforce" } else { "dry-run" };
@@ -330,6 +330,11 @@ impl Collector for KernelCollector {
                 sample(
                     &[("kind", "intl_invites")],
                     self.events.intl_invites.load(Relaxed) as f64,
+                    MetricType::COUNTER,
+                ),
+                sample(
+                    &[("kind", "country_invites")],
+                    self.events.country_invites.load(Relaxed) as f64,
                     MetricType::COUNTER,
                 ),
             ],

@@ -16,11 +16,24 @@
 //! - a prefix cap limits spoofed-source damage: once `prefix_cap` sources of
 //!   one /24 (IPv4) or /48 (IPv6) are restricted in a way, further ones are
 //!   alerted on instead;
+//! - country surge (counter-measure 7, the last resort, opt-in): a
+//!   destination country reported for international INVITEs from at least
+//!   `--country-min-sources` distinct sources (so the per-source measures
+//!   cannot contain it) is country-restricted for `country_restrict_for`,
+//!   extended while reports go on but never beyond `country_restrict_max`
+//!   in all, and lifted as soon as a window passes below its threshold.
+//!   A country that reached the maximum is only alerted on until its surge
+//!   ends: going on is an operator's decision. Without the opt-in, a
+//!   country surge is only alerted on;
 //! - in dry-run everything is decided and audited, nothing enforced;
 //! - an operator may impose any kind by hand (audited the same way, with
 //!   the operator's note) and lift any restriction by id.
 
-use std::{collections::HashMap, net::IpAddr, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    time::Duration,
+};
 
 use ipnet::IpNet;
 use tollgate_common::{EVENT_AUTH_FAILURES, EVENT_INTL_INVITES};
@@ -31,7 +44,7 @@ pub enum Kind {
     IntlSuspend,
     /// All SIP from a source prefix (manual only).
     Block,
-    /// International INVITEs to one country code (manual; last resort).
+    /// International INVITEs to one country code (last resort).
     CountryRestrict,
 }
 
@@ -64,13 +77,24 @@ impl std::fmt::Display for Target {
 }
 
 /// The minimal evidence a decision rests on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Evidence {
     /// The windowed count the kernel reported.
     pub count: u32,
+    /// The threshold in force: the ceiling, or the learned one above it.
     pub threshold: u32,
     pub window: Duration,
+    /// The learned normal level per window (thousandths), when the
+    /// threshold came from it.
+    pub peacetime_milli: Option<u64>,
+    /// Distinct sources in the window, at least (country surges).
+    pub sources: Option<u32>,
 }
+
+/// Why an automatic country restriction is lifted before its expiry.
+pub const SURGE_ENDED: &str = "surge-ended";
+/// Who lifts a restriction by its id.
+pub const OPERATOR: &str = "operator";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Active {
@@ -97,9 +121,11 @@ pub enum Decision {
     Extend(Active),
     /// Lapsed at its expiry.
     Expire(Active),
-    /// Lifted by an operator before its expiry.
-    Lift(Active),
-    /// Crossed a threshold but not restricted (allowlisted, prefix cap).
+    /// Lifted before its expiry: by an operator ([`OPERATOR`]) or because
+    /// the surge ended ([`SURGE_ENDED`]).
+    Lift(Active, &'static str),
+    /// Crossed a threshold but not restricted (allowlisted, prefix cap,
+    /// country-restrict not opted in or at its maximum).
     Alert {
         kind: Kind,
         target: Target,
@@ -117,16 +143,26 @@ pub struct PolicyConfig {
     /// Most restricted sources per /24 or /48 and kind (0: no cap).
     pub prefix_cap: usize,
     pub dry_run: bool,
-    pub auth_threshold: u32,
-    pub intl_threshold: u32,
     pub window: Duration,
+    /// Whether country surges may be restricted (`--allow-country-restrict`).
+    pub country_restrict: bool,
+    /// How long a country surge report restricts the country.
+    pub country_restrict_for: Duration,
+    /// Longest an automatic country restriction lasts in all.
+    pub country_restrict_max: Duration,
 }
+
+/// The reason of an automatic country restriction.
+pub const COUNTRY_SURGE: &str = "country-surge";
 
 pub struct Engine {
     cfg: PolicyConfig,
     allow: Vec<IpNet>,
     active: Vec<Active>,
     offences: HashMap<(Kind, Target), u32>,
+    /// Countries whose automatic restriction reached its maximum while the
+    /// surge went on: alerted on until the surge ends.
+    exhausted: HashSet<u16>,
     next_id: u64,
 }
 
@@ -142,7 +178,14 @@ fn neighbourhood(addr: IpAddr) -> IpNet {
 
 impl Engine {
     pub fn new(cfg: PolicyConfig, allow: Vec<IpNet>) -> Self {
-        Self { cfg, allow, active: Vec::new(), offences: HashMap::new(), next_id: 1 }
+        Self {
+            cfg,
+            allow,
+            active: Vec::new(),
+            offences: HashMap::new(),
+            exhausted: HashSet::new(),
+            next_id: 1,
+        }
     }
 
     pub fn config(&self) -> &PolicyConfig {
@@ -153,19 +196,20 @@ impl Engine {
         &self.active
     }
 
-    /// A kernel report: `addr` crossed the threshold of event `kind` with
-    /// `count` in its current window.
-    pub fn on_event(&mut self, now_ns: u64, addr: IpAddr, event_kind: u32, count: u32) -> Vec<Decision> {
-        let (kind, base, threshold, reason) = match event_kind {
-            EVENT_AUTH_FAILURES => {
-                (Kind::AuthSuspend, self.cfg.auth_suspend, self.cfg.auth_threshold, "brute-force")
-            }
-            EVENT_INTL_INVITES => {
-                (Kind::IntlSuspend, self.cfg.intl_suspend, self.cfg.intl_threshold, "intl-surge")
-            }
+    /// A kernel report: `addr` crossed the threshold of event `kind` in its
+    /// current window, as `evidence` says.
+    pub fn on_event(
+        &mut self,
+        now_ns: u64,
+        addr: IpAddr,
+        event_kind: u32,
+        evidence: Evidence,
+    ) -> Vec<Decision> {
+        let (kind, base, reason) = match event_kind {
+            EVENT_AUTH_FAILURES => (Kind::AuthSuspend, self.cfg.auth_suspend, "brute-force"),
+            EVENT_INTL_INVITES => (Kind::IntlSuspend, self.cfg.intl_suspend, "intl-surge"),
             _ => return Vec::new(),
         };
-        let evidence = Evidence { count, threshold, window: self.cfg.window };
         let target = Target::Source(IpNet::from(addr));
         if self.allow.iter().any(|a| a.contains(&addr)) {
             return vec![Decision::Alert { kind, target, why: "allowlisted source", evidence }];
@@ -189,13 +233,30 @@ impl Engine {
                 return vec![Decision::Alert { kind, target, why: "prefix cap reached", evidence }];
             }
         }
-        let offence = {
-            let n = self.offences.entry((kind, target)).or_insert(0);
-            *n += 1;
-            *n
-        };
+        let offence = self.offence(kind, target);
         let factor = 1u32.checked_shl(offence - 1).unwrap_or(u32::MAX);
         let duration = base.saturating_mul(factor).min(self.cfg.max_restriction);
+        vec![Decision::Impose(self.push(kind, target, reason, evidence, now_ns, duration, offence))]
+    }
+
+    fn offence(&mut self, kind: Kind, target: Target) -> u32 {
+        let n = self.offences.entry((kind, target)).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    /// Records a new automatic restriction in force.
+    #[expect(clippy::too_many_arguments, reason = "one plain record")]
+    fn push(
+        &mut self,
+        kind: Kind,
+        target: Target,
+        reason: &'static str,
+        evidence: Evidence,
+        now_ns: u64,
+        duration: Duration,
+        offence: u32,
+    ) -> Active {
         let active = Active {
             id: self.next_id,
             kind,
@@ -210,7 +271,51 @@ impl Engine {
         };
         self.next_id += 1;
         self.active.push(active.clone());
-        vec![Decision::Impose(active)]
+        active
+    }
+
+    /// A kernel report: international INVITEs to `cc` from all sources
+    /// crossed the country's threshold, from `evidence.sources` distinct
+    /// sources at least (the kernel reports only when there are at least
+    /// `--country-min-sources`).
+    pub fn on_country_surge(&mut self, now_ns: u64, cc: u16, evidence: Evidence) -> Vec<Decision> {
+        let (kind, target) = (Kind::CountryRestrict, Target::Country(cc));
+        let alert = |why| vec![Decision::Alert { kind, target, why, evidence }];
+        if !self.cfg.country_restrict {
+            return alert("country-restrict not enabled (--allow-country-restrict)");
+        }
+        let (step, max) = (nanos(self.cfg.country_restrict_for), nanos(self.cfg.country_restrict_max));
+        if let Some(a) = self.active.iter_mut().find(|a| a.kind == kind && a.target == target) {
+            if a.reason != COUNTRY_SURGE {
+                // An operator's restriction stays exactly as they set it.
+                return Vec::new();
+            }
+            let cap = a.imposed_at_ns.saturating_add(max);
+            let until = a.expires_at_ns.max(now_ns.saturating_add(step)).min(cap);
+            if until == a.expires_at_ns {
+                return Vec::new();
+            }
+            a.expires_at_ns = until;
+            a.evidence = evidence;
+            return vec![Decision::Extend(a.clone())];
+        }
+        if self.exhausted.contains(&cc) {
+            return alert("country-restrict reached --country-restrict-max; an operator decides");
+        }
+        let offence = self.offence(kind, target);
+        let duration = self.cfg.country_restrict_for.min(self.cfg.country_restrict_max);
+        vec![Decision::Impose(self.push(kind, target, COUNTRY_SURGE, evidence, now_ns, duration, offence))]
+    }
+
+    /// A window passed in which international INVITEs to `cc` stayed below
+    /// its threshold: an automatic restriction of it is lifted now.
+    pub fn country_calm(&mut self, cc: u16) -> Vec<Decision> {
+        self.exhausted.remove(&cc);
+        let target = Target::Country(cc);
+        match self.active.iter().position(|a| a.target == target && a.reason == COUNTRY_SURGE) {
+            Some(i) => vec![Decision::Lift(self.active.remove(i), SURGE_ENDED)],
+            None => Vec::new(),
+        }
     }
 
     /// Restrictions whose time is up (the kernel already stopped applying
@@ -218,13 +323,21 @@ impl Engine {
     pub fn expire(&mut self, now_ns: u64) -> Vec<Decision> {
         let (done, keep): (Vec<_>, Vec<_>) = self.active.drain(..).partition(|a| a.expires_at_ns <= now_ns);
         self.active = keep;
+        let max = nanos(self.cfg.country_restrict_max);
+        for a in &done {
+            if let (COUNTRY_SURGE, Target::Country(cc)) = (a.reason, a.target)
+                && a.expires_at_ns.saturating_sub(a.imposed_at_ns) >= max
+            {
+                self.exhausted.insert(cc);
+            }
+        }
         done.into_iter().map(Decision::Expire).collect()
     }
 
     /// Takes over a restriction found in the kernel at start-up (restart),
     /// so that its expiry is audited too.
     pub fn adopt(&mut self, kind: Kind, target: Target, expires_at_ns: u64, now_ns: u64) {
-        let evidence = Evidence { count: 0, threshold: 0, window: self.cfg.window };
+        let evidence = Evidence { window: self.cfg.window, ..Evidence::default() };
         self.active.push(Active {
             id: self.next_id,
             kind,
@@ -283,7 +396,7 @@ impl Engine {
             target,
             reason: "operator",
             note,
-            evidence: Evidence { count: 0, threshold: 0, window: Duration::ZERO },
+            evidence: Evidence::default(),
             imposed_at_ns: now_ns,
             expires_at_ns: now_ns.saturating_add(nanos(duration)),
             enforced: !self.cfg.dry_run,
@@ -301,7 +414,7 @@ impl Engine {
             .iter()
             .position(|a| a.id == id)
             .ok_or_else(|| format!("no restriction {id} in force"))?;
-        Ok(Decision::Lift(self.active.remove(i)))
+        Ok(Decision::Lift(self.active.remove(i), OPERATOR))
     }
 }
 
@@ -318,10 +431,18 @@ mod tests {
             max_restriction: Duration::from_secs(3600),
             prefix_cap: 3,
             dry_run: false,
-            auth_threshold: 10,
-            intl_threshold: 30,
             window: Duration::from_secs(60),
+            country_restrict: true,
+            country_restrict_for: Duration::from_secs(900),
+            country_restrict_max: Duration::from_secs(3600),
         }
+    }
+
+    /// A kernel report with the ceiling thresholds (10 and 30) in force.
+    fn on(e: &mut Engine, now: u64, addr: IpAddr, kind: u32, count: u32) -> Vec<Decision> {
+        let threshold = if kind == EVENT_AUTH_FAILURES { 10 } else { 30 };
+        let evidence = Evidence { count, threshold, window: Duration::from_secs(60), ..Evidence::default() };
+        e.on_event(now, addr, kind, evidence)
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -338,17 +459,17 @@ mod tests {
     #[test]
     fn brute_force_is_auth_suspended_and_escalates_up_to_the_cap() {
         let mut e = Engine::new(cfg(), vec![]);
-        let a = imposed(&e.on_event(0, ip("203.0.113.10"), EVENT_AUTH_FAILURES, 12)).clone();
+        let a = imposed(&on(&mut e, 0, ip("203.0.113.10"), EVENT_AUTH_FAILURES, 12)).clone();
         assert_eq!((a.kind, a.reason, a.offence, a.enforced), (Kind::AuthSuspend, "brute-force", 1, true));
         assert_eq!(a.expires_at_ns, 600 * S);
-        assert_eq!(a.evidence, Evidence { count: 12, threshold: 10, window: Duration::from_secs(60) });
+        assert_eq!((a.evidence.count, a.evidence.threshold), (12, 10));
         // Nothing lapses early; then it lapses exactly on time.
         assert!(e.expire(599 * S).is_empty());
         assert!(matches!(e.expire(600 * S).as_slice(), [Decision::Expire(x)] if x.id == a.id));
         assert!(e.active().is_empty());
         // Each repeat offence doubles the duration, until the 1 h cap.
         for (offence, secs) in [(2, 1200), (3, 2400), (4, 3600), (5, 3600)] {
-            let b = imposed(&e.on_event(10_000 * S * offence, ip("203.0.113.10"), EVENT_AUTH_FAILURES, 15))
+            let b = imposed(&on(&mut e, 10_000 * S * offence, ip("203.0.113.10"), EVENT_AUTH_FAILURES, 15))
                 .clone();
             assert_eq!((b.offence, b.expires_at_ns - b.imposed_at_ns), (offence as u32, secs * S));
             e.expire(u64::MAX);
@@ -358,9 +479,9 @@ mod tests {
     #[test]
     fn a_surge_that_goes_on_extends_the_suspension() {
         let mut e = Engine::new(cfg(), vec![]);
-        let a = imposed(&e.on_event(0, ip("198.51.100.10"), EVENT_INTL_INVITES, 31)).clone();
+        let a = imposed(&on(&mut e, 0, ip("198.51.100.10"), EVENT_INTL_INVITES, 31)).clone();
         assert_eq!((a.kind, a.expires_at_ns), (Kind::IntlSuspend, 1800 * S));
-        match e.on_event(1000 * S, ip("198.51.100.10"), EVENT_INTL_INVITES, 40).as_slice() {
+        match on(&mut e, 1000 * S, ip("198.51.100.10"), EVENT_INTL_INVITES, 40).as_slice() {
             [Decision::Extend(x)] => {
                 assert_eq!((x.id, x.expires_at_ns, x.evidence.count), (a.id, 2800 * S, 40))
             }
@@ -368,7 +489,7 @@ mod tests {
         }
         assert!(e.expire(2799 * S).is_empty());
         // Both kinds are independent.
-        imposed(&e.on_event(1000 * S, ip("198.51.100.10"), EVENT_AUTH_FAILURES, 11));
+        imposed(&on(&mut e, 1000 * S, ip("198.51.100.10"), EVENT_AUTH_FAILURES, 11));
         assert_eq!(e.active().len(), 2);
     }
 
@@ -376,34 +497,34 @@ mod tests {
     fn the_allowlist_wins_and_the_prefix_cap_limits_spoofed_damage() {
         let mut e = Engine::new(cfg(), vec!["203.0.113.20/32".parse().unwrap()]);
         assert!(matches!(
-            e.on_event(0, ip("203.0.113.20"), EVENT_AUTH_FAILURES, 99).as_slice(),
+            on(&mut e, 0, ip("203.0.113.20"), EVENT_AUTH_FAILURES, 99).as_slice(),
             [Decision::Alert { why: "allowlisted source", .. }]
         ));
         for i in 1..=3 {
-            imposed(&e.on_event(0, ip(&format!("198.51.100.{i}")), EVENT_AUTH_FAILURES, 10));
+            imposed(&on(&mut e, 0, ip(&format!("198.51.100.{i}")), EVENT_AUTH_FAILURES, 10));
         }
         assert!(matches!(
-            e.on_event(0, ip("198.51.100.4"), EVENT_AUTH_FAILURES, 10).as_slice(),
+            on(&mut e, 0, ip("198.51.100.4"), EVENT_AUTH_FAILURES, 10).as_slice(),
             [Decision::Alert { why: "prefix cap reached", .. }]
         ));
         // Another /24 and another kind are not affected.
-        imposed(&e.on_event(0, ip("192.0.2.9"), EVENT_AUTH_FAILURES, 10));
-        imposed(&e.on_event(0, ip("198.51.100.4"), EVENT_INTL_INVITES, 30));
+        imposed(&on(&mut e, 0, ip("192.0.2.9"), EVENT_AUTH_FAILURES, 10));
+        imposed(&on(&mut e, 0, ip("198.51.100.4"), EVENT_INTL_INVITES, 30));
         // IPv6 neighbourhoods are /48s.
         for i in 1..=3 {
-            imposed(&e.on_event(0, ip(&format!("2001:db8:7:{i}::1")), EVENT_AUTH_FAILURES, 10));
+            imposed(&on(&mut e, 0, ip(&format!("2001:db8:7:{i}::1")), EVENT_AUTH_FAILURES, 10));
         }
         assert!(matches!(
-            e.on_event(0, ip("2001:db8:7:ff::1"), EVENT_AUTH_FAILURES, 10).as_slice(),
+            on(&mut e, 0, ip("2001:db8:7:ff::1"), EVENT_AUTH_FAILURES, 10).as_slice(),
             [Decision::Alert { .. }]
         ));
-        imposed(&e.on_event(0, ip("2001:db8:8::1"), EVENT_AUTH_FAILURES, 10));
+        imposed(&on(&mut e, 0, ip("2001:db8:8::1"), EVENT_AUTH_FAILURES, 10));
     }
 
     #[test]
     fn dry_run_decides_everything_and_enforces_nothing() {
         let mut e = Engine::new(PolicyConfig { dry_run: true, ..cfg() }, vec![]);
-        let a = imposed(&e.on_event(0, ip("203.0.113.10"), EVENT_AUTH_FAILURES, 10)).clone();
+        let a = imposed(&on(&mut e, 0, ip("203.0.113.10"), EVENT_AUTH_FAILURES, 10)).clone();
         assert!(!a.enforced);
         assert!(matches!(e.expire(600 * S).as_slice(), [Decision::Expire(x)] if !x.enforced));
     }
@@ -430,7 +551,7 @@ mod tests {
         ] {
             assert!(e.impose_manual(0, kind, target, d, None).is_err(), "{kind:?} {target} {d:?}");
         }
-        assert!(matches!(e.lift(a.id), Ok(Decision::Lift(x)) if x.id == a.id));
+        assert!(matches!(e.lift(a.id), Ok(Decision::Lift(x, OPERATOR)) if x.id == a.id));
         assert!(e.lift(a.id).is_err(), "only once");
         assert_eq!(e.active().len(), 1);
     }
@@ -438,7 +559,7 @@ mod tests {
     #[test]
     fn unknown_event_kinds_are_ignored() {
         let mut e = Engine::new(cfg(), vec![]);
-        assert!(e.on_event(0, ip("203.0.113.10"), 1 << 7, 10).is_empty());
+        assert!(on(&mut e, 0, ip("203.0.113.10"), 1 << 7, 10).is_empty());
     }
 
     #[test]
@@ -446,7 +567,121 @@ mod tests {
         let mut e = Engine::new(cfg(), vec![]);
         e.adopt(Kind::AuthSuspend, Target::Source("203.0.113.10/32".parse().unwrap()), 50 * S, 0);
         assert!(matches!(e.expire(50 * S).as_slice(), [Decision::Expire(a)] if a.reason == "adopted"));
-        let again = imposed(&e.on_event(60 * S, ip("203.0.113.10"), EVENT_AUTH_FAILURES, 10)).clone();
+        let again = imposed(&on(&mut e, 60 * S, ip("203.0.113.10"), EVENT_AUTH_FAILURES, 10)).clone();
         assert_eq!(again.offence, 2);
+    }
+}
+
+#[cfg(test)]
+mod country_tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn cfg(opted_in: bool) -> PolicyConfig {
+        PolicyConfig {
+            auth_suspend: Duration::from_secs(600),
+            intl_suspend: Duration::from_secs(1800),
+            max_restriction: Duration::from_secs(86_400),
+            prefix_cap: 16,
+            dry_run: false,
+            window: Duration::from_secs(60),
+            country_restrict: opted_in,
+            country_restrict_for: Duration::from_secs(900),
+            country_restrict_max: Duration::from_secs(3600),
+        }
+    }
+
+    fn surge(count: u32, sources: u32) -> Evidence {
+        Evidence {
+            count,
+            threshold: 100,
+            window: Duration::from_secs(60),
+            peacetime_milli: None,
+            sources: Some(sources),
+        }
+    }
+
+    #[test]
+    fn without_the_opt_in_a_country_surge_is_only_alerted_on() {
+        let mut e = Engine::new(cfg(false), vec![]);
+        assert!(matches!(
+            e.on_country_surge(0, 232, surge(150, 12)).as_slice(),
+            [Decision::Alert { kind: Kind::CountryRestrict, target: Target::Country(232), .. }]
+        ));
+        assert!(e.active().is_empty());
+    }
+
+    #[test]
+    fn a_country_surge_is_restricted_extended_and_lifted_when_it_ends() {
+        let mut e = Engine::new(cfg(true), vec![]);
+        let a = match e.on_country_surge(0, 232, surge(150, 12)).as_slice() {
+            [Decision::Impose(a)] => a.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((a.reason, a.target, a.expires_at_ns), (COUNTRY_SURGE, Target::Country(232), 900 * S));
+        assert_eq!(a.evidence.sources, Some(12));
+        // Another report a window later extends it, by the step.
+        match e.on_country_surge(60 * S, 232, surge(140, 15)).as_slice() {
+            [Decision::Extend(x)] => assert_eq!((x.id, x.expires_at_ns), (a.id, 960 * S)),
+            other => panic!("{other:?}"),
+        }
+        // Other countries are not affected.
+        assert!(e.country_calm(1).is_empty());
+        // A calm window lifts it at once, audited as the surge's end.
+        match e.country_calm(232).as_slice() {
+            [Decision::Lift(x, SURGE_ENDED)] => assert_eq!(x.id, a.id),
+            other => panic!("{other:?}"),
+        }
+        assert!(e.active().is_empty());
+    }
+
+    #[test]
+    fn an_automatic_country_restriction_never_outlasts_its_maximum() {
+        let mut e = Engine::new(cfg(true), vec![]);
+        e.on_country_surge(0, 232, surge(150, 12));
+        // The surge goes on for two hours: extensions stop at the 1 h cap.
+        let mut last = 0;
+        for minute in 1..=120 {
+            for d in e.on_country_surge(minute * 60 * S, 232, surge(150, 12)) {
+                if let Decision::Extend(x) = d {
+                    assert!(x.expires_at_ns <= 3600 * S);
+                    last = x.expires_at_ns;
+                }
+            }
+            for d in e.expire(minute * 60 * S) {
+                assert!(matches!(d, Decision::Expire(ref x) if x.expires_at_ns == 3600 * S), "{d:?}");
+            }
+        }
+        assert_eq!(last, 3600 * S);
+        assert!(e.active().is_empty());
+        // Still surging: only an alert; an operator decides.
+        assert!(matches!(
+            e.on_country_surge(7300 * S, 232, surge(150, 12)).as_slice(),
+            [Decision::Alert { why, .. }] if why.contains("--country-restrict-max")
+        ));
+        // Once the surge has ended, a new one may be restricted again.
+        assert!(e.country_calm(232).is_empty());
+        assert!(
+            matches!(e.on_country_surge(8000 * S, 232, surge(150, 12)).as_slice(), [Decision::Impose(x)] if x.offence == 2)
+        );
+    }
+
+    #[test]
+    fn an_operators_country_restriction_is_left_as_set() {
+        let mut e = Engine::new(cfg(true), vec![]);
+        let hour = Duration::from_secs(3600);
+        e.impose_manual(0, Kind::CountryRestrict, Target::Country(232), hour, None).unwrap();
+        assert!(e.on_country_surge(60 * S, 232, surge(150, 12)).is_empty());
+        assert!(e.country_calm(232).is_empty(), "not lifted by the automatic rule");
+        assert_eq!(e.active()[0].expires_at_ns, 3600 * S);
+    }
+
+    #[test]
+    fn dry_run_restricts_no_country() {
+        let mut e = Engine::new(PolicyConfig { dry_run: true, ..cfg(true) }, vec![]);
+        assert!(
+            matches!(e.on_country_surge(0, 232, surge(150, 12)).as_slice(), [Decision::Impose(x)] if !x.enforced)
+        );
     }
 }

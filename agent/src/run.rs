@@ -2,6 +2,7 @@
 
 use std::{
     fs,
+    net::IpAddr,
     path::Path,
     sync::{Arc, Mutex},
     time::Duration,
@@ -13,16 +14,18 @@ use ipnet::IpNet;
 use log::{info, warn};
 use tokio::signal::unix::{SignalKind, signal};
 use tollgate_common::{
-    BlockEntry, CONFIG_BLOCK_ALL_PORTS, Config, NO_EXPIRY,
+    Baseline, BlockEntry, CONFIG_BLOCK_ALL_PORTS, Config, EVENT_COUNTRY_INVITES, EVENT_INTL_INVITES,
+    NO_EXPIRY,
     number::{MAX_EMERGENCY_NUMBERS, MAX_INTL_PREFIXES, NumberPlan},
     reason, verdict,
 };
 
 use crate::{
     audit::Auditor,
+    baseline::{BaselineConfig, Baselines, Change},
     cli::{
-        BlockDuration, BlockSpec, ControlArgs, LiftArgs, ManualKind, PinArgs, PlanArgs, RestrictArgs,
-        RunArgs, TopArgs,
+        BlockDuration, BlockSpec, ControlArgs, DetectArgs, LiftArgs, ManualKind, PinArgs, PlanArgs,
+        RestrictArgs, RunArgs, TopArgs,
     },
     clock::{expiry_after, monotonic_now_ns},
     control,
@@ -32,7 +35,7 @@ use crate::{
     loader::{self, Attachment},
     maps::{Maps, key_addr},
     metrics,
-    policy::{Active, Decision, Engine, Kind, PolicyConfig, Target},
+    policy::{Active, Decision, Engine, Evidence, Kind, PolicyConfig, Target},
 };
 
 /// How often expired blocks are removed from the map. The kernel already
@@ -85,16 +88,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let mut engine = Engine::new(policy_config(&args), args.allows.clone());
     adopt_restrictions(&maps, &mut engine);
+    let mut learned = Learned::new(&args.detect);
+    learned.adopt(&maps);
     let maps = Arc::new(Mutex::new(maps));
     let event_counts = events::EventCounts::default();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    events::spawn(
-        &mut ebpf,
-        event_counts.clone(),
-        args.detect.auth_failure_threshold,
-        args.detect.intl_invite_threshold,
-        tx,
-    )?;
+    events::spawn(&mut ebpf, event_counts.clone(), tx)?;
     let decisions = metrics::DecisionCounts::default();
     let registry = Arc::new(prometheus::Registry::new());
     registry
@@ -120,6 +119,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sweep = tokio::time::interval(EXPIRY_SWEEP);
+    // The first learning window is a whole one: adopted levels must not
+    // learn from the moment between start-up and the first tick.
+    let mut learn =
+        tokio::time::interval_at(tokio::time::Instant::now() + args.detect.window, args.detect.window);
     let signame = loop {
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
@@ -128,8 +131,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 let now = monotonic_now_ns();
                 let latency_us = now.saturating_sub(event.at_ns) / 1000;
                 let mut m = maps.lock().unwrap_or_else(|p| p.into_inner());
-                for d in engine.on_event(now, key_addr(&event.addr), event.kind, event.count) {
+                for d in learned.decide(&mut engine, now, &event, args.detect.window) {
                     apply(&mut m, &d, &auditor, Some(latency_us), &decisions);
+                }
+            }
+            _ = learn.tick() => {
+                let mut m = maps.lock().unwrap_or_else(|p| p.into_inner());
+                for d in learned.window_passed(&mut m, &mut engine) {
+                    apply(&mut m, &d, &auditor, None, &decisions);
                 }
             }
             Some((request, reply)) = ctl_rx.recv() => {
@@ -224,9 +233,128 @@ fn policy_config(args: &RunArgs) -> PolicyConfig {
         max_restriction: args.policy.max_restriction,
         prefix_cap: args.policy.prefix_cap,
         dry_run: args.policy.dry_run,
-        auth_threshold: args.detect.auth_failure_threshold,
-        intl_threshold: args.detect.intl_invite_threshold,
         window: args.detect.window,
+        country_restrict: args.policy.allow_country_restrict,
+        country_restrict_for: args.policy.country_restrict_for,
+        country_restrict_max: args.policy.country_restrict_max,
+    }
+}
+
+/// The learned normal levels of sources and countries, kept in step with
+/// the kernel's thresholds once per window.
+struct Learned {
+    sources: Baselines<IpAddr>,
+    countries: Baselines<u16>,
+}
+
+impl Learned {
+    fn new(d: &DetectArgs) -> Self {
+        let cfg = |ceiling| BaselineConfig {
+            ceiling,
+            ratio: d.surge_ratio,
+            weight: d.baseline_weight,
+            min_windows: d.baseline_min_windows,
+        };
+        Self {
+            sources: Baselines::new(cfg(d.intl_invite_threshold)),
+            countries: Baselines::new(cfg(d.country_invite_threshold)),
+        }
+    }
+
+    /// Takes over what the previous agent learned (pinned maps).
+    fn adopt(&mut self, maps: &Maps) {
+        let sources = maps.intl_baselines();
+        for (addr, b) in &sources {
+            let total = maps.source(*addr).map_or(0, |s| s.intl_invites);
+            self.sources.adopt(*addr, *b, total);
+        }
+        let countries = maps.country_baselines().unwrap_or_default();
+        let totals = maps.country_invites().unwrap_or_default();
+        for (cc, b) in &countries {
+            let total = totals.iter().find(|(c, _)| c == cc).map_or(0, |(_, n)| *n);
+            self.countries.adopt(*cc, *b, total);
+        }
+        if !sources.is_empty() || !countries.is_empty() {
+            info!(
+                "adopted the learned peacetime levels of {} sources and {} countries",
+                sources.len(),
+                countries.len()
+            );
+        }
+    }
+
+    /// The engine's decisions on a kernel event, with its evidence.
+    fn decide(
+        &self,
+        engine: &mut Engine,
+        now: u64,
+        e: &tollgate_common::ThresholdEvent,
+        window: Duration,
+    ) -> Vec<Decision> {
+        let addr = key_addr(&e.addr);
+        // The level is evidence only when the threshold came from it.
+        let peacetime = |p: Option<f64>, ceiling: u32| {
+            p.filter(|_| e.threshold > ceiling).map(|p| (p * 1000.0).round() as u64)
+        };
+        let mut evidence = Evidence { count: e.count, threshold: e.threshold, window, ..Evidence::default() };
+        match e.kind {
+            EVENT_COUNTRY_INVITES => {
+                evidence.peacetime_milli =
+                    peacetime(self.countries.peacetime(e.cc), self.countries.ceiling());
+                evidence.sources = Some(u32::from(e.sources));
+                engine.on_country_surge(now, e.cc, evidence)
+            }
+            EVENT_INTL_INVITES => {
+                evidence.peacetime_milli = peacetime(self.sources.peacetime(addr), self.sources.ceiling());
+                engine.on_event(now, addr, e.kind, evidence)
+            }
+            kind => engine.on_event(now, addr, kind, evidence),
+        }
+    }
+
+    /// A window passed: learn from it, write the thresholds to the kernel,
+    /// and lift the automatic restrictions of countries that calmed down.
+    fn window_passed(&mut self, m: &mut Maps, engine: &mut Engine) -> Vec<Decision> {
+        let restricted =
+            |kind: Kind, target: Target| engine.active().iter().any(|r| r.kind == kind && r.target == target);
+        let totals: Vec<_> = m.sources().into_iter().map(|(a, s)| (a, s.intl_invites)).collect();
+        for change in
+            self.sources.window_passed(&totals, |a| restricted(Kind::IntlSuspend, Target::Source(a.into())))
+        {
+            let (addr, b) = match change {
+                Change::Set(a, b) => (a, Some(b)),
+                Change::Remove(a) => (a, None),
+            };
+            if let Err(e) = m.set_intl_baseline(addr, b) {
+                warn!("{e}");
+            }
+        }
+        let totals = match m.country_invites() {
+            Ok(t) => t,
+            Err(e) => {
+                warn!("{e}");
+                return Vec::new();
+            }
+        };
+        let changes = self
+            .countries
+            .window_passed(&totals, |cc| restricted(Kind::CountryRestrict, Target::Country(cc)));
+        for change in changes {
+            let (cc, b) = match change {
+                Change::Set(cc, b) => (cc, b),
+                Change::Remove(cc) => (cc, Baseline::default()),
+            };
+            if let Err(e) = m.set_country_baseline(cc, b) {
+                warn!("{e}");
+            }
+        }
+        totals
+            .iter()
+            .filter(|(cc, _)| {
+                self.countries.last_window(*cc).is_some_and(|n| n < u64::from(self.countries.threshold(*cc)))
+            })
+            .flat_map(|(cc, _)| engine.country_calm(*cc))
+            .collect()
     }
 }
 
@@ -305,7 +433,7 @@ fn apply(
         Decision::Impose(a) | Decision::Extend(a) if a.enforced => {
             write_restriction(maps, a, a.expires_at_ns)
         }
-        Decision::Expire(a) | Decision::Lift(a) if a.enforced => write_restriction(maps, a, 0),
+        Decision::Expire(a) | Decision::Lift(a, _) if a.enforced => write_restriction(maps, a, 0),
         _ => Ok(()),
     };
     if let Err(e) = written {
@@ -351,7 +479,7 @@ fn handle_control(
                 engine.active().iter().map(|a| view(a, now)).collect();
             if let Some(d) = d {
                 apply(maps, &d, auditor, None, counts);
-                if let Decision::Lift(a) | Decision::Impose(a) = &d {
+                if let Decision::Lift(a, _) | Decision::Impose(a) = &d {
                     shown = vec![view(a, now)];
                 }
             }
@@ -463,6 +591,8 @@ fn configure(maps: &mut Maps, args: &RunArgs) -> anyhow::Result<()> {
         auth_failure_threshold: args.detect.auth_failure_threshold,
         window_ns: u64::try_from(args.detect.window.as_nanos()).unwrap_or(u64::MAX),
         intl_invite_threshold: args.detect.intl_invite_threshold,
+        country_invite_threshold: args.detect.country_invite_threshold,
+        country_min_sources: args.detect.country_min_sources,
         _reserved: 0,
     })?;
     let ports: Vec<(u8, u16)> = args.sip_ports.iter().flat_map(|p| p.keys()).collect();

@@ -31,6 +31,19 @@ pub const MAP_RESTRICTIONS: &str = "RESTRICTIONS";
 /// restriction on international INVITEs to each E.164 code (`u64`).
 pub const MAP_COUNTRY_RESTRICT: &str = "COUNTRY_RESTRICT";
 pub const RESTRICTIONS_CAPACITY: u32 = 65_536;
+/// Learned per-source thresholds for international INVITEs (hash, key
+/// [`AddrKey`], value [`Baseline`]): a source whose normal ("peacetime")
+/// volume is high is reported only well above it, never below the global
+/// ceiling. Only sources whose learned threshold exceeds the ceiling have
+/// an entry.
+pub const MAP_INTL_BASELINE: &str = "INTL_BASELINE";
+pub const INTL_BASELINE_CAPACITY: u32 = 65_536;
+/// Learned per-country thresholds (array indexed by E.164 code, value
+/// [`Baseline`]; threshold 0 = the global ceiling applies).
+pub const MAP_COUNTRY_BASELINE: &str = "COUNTRY_BASELINE";
+/// The current window of international INVITEs to each country (array
+/// indexed by E.164 code, value [`CountryWindow`]), written by the kernel.
+pub const MAP_COUNTRY_WINDOW: &str = "COUNTRY_WINDOW";
 
 /// Tail-call targets of the XDP program ([`JUMP_PARSE`], [`JUMP_COUNT`]).
 pub const MAP_JUMP_XDP: &str = "JUMP_XDP";
@@ -41,7 +54,10 @@ pub const MAP_JUMP_TC: &str = "JUMP_TC";
 /// dead agent's program keeps working. The jump tables are pinned because
 /// the kernel empties a program array when its last user reference goes.
 /// The event ring buffer is not pinned: a new agent starts a new stream.
-pub const PINNED_MAPS: [&str; 14] = [
+pub const PINNED_MAPS: [&str; 17] = [
+    MAP_INTL_BASELINE,
+    MAP_COUNTRY_BASELINE,
+    MAP_COUNTRY_WINDOW,
     MAP_JUMP_XDP,
     MAP_JUMP_TC,
     MAP_RESTRICTIONS,
@@ -111,6 +127,54 @@ pub struct Restriction {
     /// The LPM prefix length of this entry (see [`BlockEntry::prefix_len`]).
     pub prefix_len: u32,
     pub _reserved: u32,
+}
+
+/// A learned normal ("peacetime") level and the reporting threshold made
+/// from it. Kept in pinned maps, so a restarted agent goes on from what the
+/// last one learned. The kernel reads only `threshold`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Baseline {
+    /// Windowed count at which the kernel reports (0: the global ceiling).
+    pub threshold: u32,
+    /// Windows the level was learned from.
+    pub windows: u32,
+    /// The learned level: events per window, in thousandths.
+    pub peacetime_milli: u64,
+}
+
+/// One country's current counting window (international INVITEs to it from
+/// every source), kept by the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CountryWindow {
+    pub window_start_ns: u64,
+    pub count: u32,
+    /// `EVENT_*` bits already emitted in this window.
+    pub events: u32,
+    /// One bit per bucket of [`source_bucket`]: the number of bits set is a
+    /// lower bound of the distinct source addresses in the window (two
+    /// sources may share a bucket, never one source two buckets), so a
+    /// surge is never judged to come from more sources than it does.
+    pub sources: [u64; 2],
+}
+
+/// Buckets of [`CountryWindow::sources`].
+pub const SOURCE_BUCKETS: u32 = 128;
+
+/// The bucket of a source address in [`CountryWindow::sources`].
+#[inline(always)]
+pub fn source_bucket(addr: &AddrKey) -> u32 {
+    let w = |i: usize| u32::from_le_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    let folded = w(0) ^ w(4).rotate_left(8) ^ w(8).rotate_left(16) ^ w(12).rotate_left(24);
+    // Fibonacci hashing: the top 7 bits of the product.
+    folded.wrapping_mul(0x9e37_79b1) >> 25
+}
+
+/// Distinct sources seen in a window, at least (bits set).
+#[inline(always)]
+pub const fn sources_at_least(bits: &[u64; 2]) -> u32 {
+    bits[0].count_ones() + bits[1].count_ones()
 }
 
 /// Default size of the per-source LRU map (`--max-sources`).
@@ -215,8 +279,16 @@ pub struct Config {
     /// Length of a source's counting window, in nanoseconds.
     pub window_ns: u64,
     /// International INVITEs from one source within a window that make the
-    /// kernel emit an [`EVENT_INTL_INVITES`] (0: never).
+    /// kernel emit an [`EVENT_INTL_INVITES`] (0: never), unless the source
+    /// has a higher learned threshold in [`MAP_INTL_BASELINE`].
     pub intl_invite_threshold: u32,
+    /// International INVITEs to one country (from all sources) within a
+    /// window that make the kernel emit an [`EVENT_COUNTRY_INVITES`] (0:
+    /// never), unless the country has a higher learned threshold.
+    pub country_invite_threshold: u32,
+    /// Distinct sources (at least, see [`CountryWindow::sources`]) a
+    /// country's window must have for the event.
+    pub country_min_sources: u32,
     pub _reserved: u32,
 }
 
@@ -279,10 +351,12 @@ impl SourceStats {
     }
 }
 
-/// A source crossed a threshold within its window. One per kind and window.
+/// A source (or, for [`EVENT_COUNTRY_INVITES`], a destination country)
+/// crossed a threshold within its window. One per kind and window.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ThresholdEvent {
+    /// The source; all zero for a country event.
     pub addr: AddrKey,
     /// `EVENT_*`.
     pub kind: u32,
@@ -290,10 +364,17 @@ pub struct ThresholdEvent {
     pub count: u32,
     pub window_start_ns: u64,
     pub at_ns: u64,
+    /// The threshold in force (the ceiling, or a learned one above it).
+    pub threshold: u32,
+    /// The E.164 country code of a country event (else 0).
+    pub cc: u16,
+    /// Distinct sources in the window, at least (country events; else 0).
+    pub sources: u16,
 }
 
 pub const EVENT_AUTH_FAILURES: u32 = 1 << 0;
 pub const EVENT_INTL_INVITES: u32 = 1 << 1;
+pub const EVENT_COUNTRY_INVITES: u32 = 1 << 2;
 
 /// Indices into [`MAP_SIP_STATS`].
 pub mod sip_stat {
@@ -377,6 +458,8 @@ mod pod {
     unsafe impl aya::Pod for super::SourceStats {}
     unsafe impl aya::Pod for super::Restriction {}
     unsafe impl aya::Pod for super::ThresholdEvent {}
+    unsafe impl aya::Pod for super::Baseline {}
+    unsafe impl aya::Pod for super::CountryWindow {}
     unsafe impl aya::Pod for crate::number::NumberPlan {}
 }
 
@@ -384,9 +467,11 @@ mod pod {
 // silently misread through the maps.
 const _: () = assert!(core::mem::size_of::<BlockEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<AllowEntry>() == 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 24);
+const _: () = assert!(core::mem::size_of::<Config>() == 32);
 const _: () = assert!(core::mem::size_of::<SourceStats>() == 104);
-const _: () = assert!(core::mem::size_of::<ThresholdEvent>() == 40);
+const _: () = assert!(core::mem::size_of::<ThresholdEvent>() == 48);
+const _: () = assert!(core::mem::size_of::<Baseline>() == 16);
+const _: () = assert!(core::mem::size_of::<CountryWindow>() == 32);
 const _: () = assert!(core::mem::size_of::<crate::number::NumberPlan>() == 216);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 
@@ -437,6 +522,35 @@ mod tests {
         // No responses visible: never failures.
         let blind = SourceStats { register_noauth: 10, register_auth: 10, ..SourceStats::default() };
         assert_eq!(blind.auth_failures(), 0);
+    }
+
+    #[test]
+    fn source_buckets_spread_and_never_overcount() {
+        let mut bits = [0u64; 2];
+        let add = |bits: &mut [u64; 2], key: &AddrKey| {
+            let b = source_bucket(key);
+            assert!(b < SOURCE_BUCKETS);
+            bits[(b >> 6) as usize] |= 1 << (b & 63);
+        };
+        // The same source many times is one source.
+        for _ in 0..10 {
+            add(&mut bits, &v4_mapped([203, 0, 113, 10]));
+        }
+        assert_eq!(sources_at_least(&bits), 1);
+        // Neighbouring addresses (a typical surge from one /24) spread well.
+        for i in 1..=20u8 {
+            add(&mut bits, &v4_mapped([198, 51, 100, i]));
+        }
+        let n = sources_at_least(&bits);
+        assert!((18..=21).contains(&n), "{n} of 21 distinct sources seen");
+        let mut v6 = [0u8; 16];
+        v6[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        let before = sources_at_least(&bits);
+        for i in 1..=10u8 {
+            v6[15] = i;
+            add(&mut bits, &v6);
+        }
+        assert!(sources_at_least(&bits) >= before + 8);
     }
 
     #[test]

@@ -193,8 +193,15 @@ pub fn tollgate_baseline_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-const DEFAULT_CONFIG: Config =
-    Config { flags: 0, auth_failure_threshold: 0, window_ns: 0, intl_invite_threshold: 0, _reserved: 0 };
+const DEFAULT_CONFIG: Config = Config {
+    flags: 0,
+    auth_failure_threshold: 0,
+    window_ns: 0,
+    intl_invite_threshold: 0,
+    country_invite_threshold: 0,
+    country_min_sources: 0,
+    _reserved: 0,
+};
 
 /// The verdict, its counter, and the headers of a SIP-port packet.
 #[inline(always)]

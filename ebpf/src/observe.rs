@@ -23,17 +23,17 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, xdp_action},
     helpers::{bpf_ktime_get_ns, generated::bpf_loop},
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use aya_log_ebpf::warn;
 use tollgate_common::{
-    AddrKey, Config, EVENT_AUTH_FAILURES, EVENT_INTL_INVITES, EVENTS_BYTES, IPPROTO_TCP, MAX_NESTED_BLOCKS,
-    NO_VERDICT, RESTRICTIONS_CAPACITY, Restriction, SOURCES_CAPACITY, SipContext, SourceStats,
-    ThresholdEvent,
+    AddrKey, Baseline, Config, CountryWindow, EVENT_AUTH_FAILURES, EVENT_COUNTRY_INVITES, EVENT_INTL_INVITES,
+    EVENTS_BYTES, INTL_BASELINE_CAPACITY, IPPROTO_TCP, MAX_NESTED_BLOCKS, NO_VERDICT, RESTRICTIONS_CAPACITY,
+    Restriction, SOURCES_CAPACITY, SipContext, SourceStats, ThresholdEvent,
     number::{COUNTRY_CODE_SLOTS, CountryCodes, NumberPlan, class, classify},
     packet::{Headers, Ports},
     sip::{self, ByteWindow, HeaderScan, MAX_USER_SCAN, SIP_WINDOW, UserScan, kind, method},
-    sip_stat, verdict,
+    sip_stat, source_bucket, sources_at_least, verdict,
 };
 
 use crate::{CONFIG, Packet, count};
@@ -60,6 +60,19 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map]
 static RESTRICTIONS: LpmTrie<AddrKey, Restriction> =
     LpmTrie::with_max_entries(RESTRICTIONS_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// Learned per-source thresholds for international INVITEs (written by the
+/// agent; only sources whose normal volume is high have one).
+#[map]
+static INTL_BASELINE: HashMap<AddrKey, Baseline> = HashMap::with_max_entries(INTL_BASELINE_CAPACITY, 0);
+
+/// Learned per-country thresholds (written by the agent).
+#[map]
+static COUNTRY_BASELINE: Array<Baseline> = Array::with_max_entries(COUNTRY_CODE_SLOTS, 0);
+
+/// Each destination country's current window (written here).
+#[map]
+static COUNTRY_WINDOW: Array<CountryWindow> = Array::with_max_entries(COUNTRY_CODE_SLOTS, 0);
 
 /// country-restrict: expiry per E.164 country code.
 #[map]
@@ -371,6 +384,7 @@ fn request<C: EbpfContext>(ctx: &C, src: &AddrKey, s: &sip::SipSummary, class: u
                     // SAFETY: per-CPU slot from a successful lookup.
                     unsafe { *slot += 1 };
                 }
+                country_window(ctx, src, cc, cfg, now);
             } else if class == class::EMERGENCY {
                 add64(unsafe { &raw mut (*e).emergency_invites });
             }
@@ -455,21 +469,89 @@ fn check_thresholds<C: EbpfContext>(ctx: &C, e: *mut SourceStats, addr: &AddrKey
         && st.win_events & EVENT_AUTH_FAILURES == 0
     {
         st.win_events |= EVENT_AUTH_FAILURES;
-        emit(ctx, addr, EVENT_AUTH_FAILURES, fails, st.window_start_ns, now);
+        let threshold = cfg.auth_failure_threshold;
+        let event = Emit { kind: EVENT_AUTH_FAILURES, count: fails, threshold, cc: 0, sources: 0 };
+        emit(ctx, addr, &event, st.window_start_ns, now);
     }
     let intl = st.win_intl_invites;
     if cfg.intl_invite_threshold != 0
         && intl >= cfg.intl_invite_threshold
         && st.win_events & EVENT_INTL_INVITES == 0
     {
-        st.win_events |= EVENT_INTL_INVITES;
-        emit(ctx, addr, EVENT_INTL_INVITES, intl, st.window_start_ns, now);
+        // Only a source already at the ceiling pays for this lookup: a
+        // learned threshold is never below it.
+        let threshold = INTL_BASELINE
+            .get_ptr(addr)
+            .map(|b| unsafe { (*b).threshold })
+            .filter(|t| *t > cfg.intl_invite_threshold)
+            .unwrap_or(cfg.intl_invite_threshold);
+        if intl >= threshold {
+            st.win_events |= EVENT_INTL_INVITES;
+            let event = Emit { kind: EVENT_INTL_INVITES, count: intl, threshold, cc: 0, sources: 0 };
+            emit(ctx, addr, &event, st.window_start_ns, now);
+        }
     }
 }
 
+/// Counts an international INVITE to `cc` from `src` in the country's
+/// window, and reports the country once per window when the count reaches
+/// its threshold with enough distinct sources.
 #[inline(always)]
-fn emit<C: EbpfContext>(ctx: &C, addr: &AddrKey, kind: u32, count: u32, window_start_ns: u64, at_ns: u64) {
-    let event = ThresholdEvent { addr: *addr, kind, count, window_start_ns, at_ns };
+fn country_window<C: EbpfContext>(ctx: &C, src: &AddrKey, cc: u16, cfg: &Config, now: u64) {
+    if cfg.country_invite_threshold == 0 {
+        return;
+    }
+    let Some(w) = COUNTRY_WINDOW.get_ptr_mut(cc as u32) else { return };
+    let bucket = source_bucket(src);
+    // SAFETY: w points into a live map value. As for sources, plain stores
+    // race benignly: a lost bit only undercounts the sources.
+    let w = unsafe { &mut *w };
+    if now.wrapping_sub(w.window_start_ns) >= cfg.window_ns && cfg.window_ns != 0 {
+        w.window_start_ns = now;
+        w.count = 0;
+        w.events = 0;
+        w.sources = [0; 2];
+    }
+    w.sources[((bucket >> 6) & 1) as usize] |= 1 << (bucket & 63);
+    add32(&raw mut w.count);
+    let count = w.count;
+    if count < cfg.country_invite_threshold || w.events & EVENT_COUNTRY_INVITES != 0 {
+        return;
+    }
+    let threshold = COUNTRY_BASELINE
+        .get(cc as u32)
+        .map(|b| b.threshold)
+        .filter(|t| *t > cfg.country_invite_threshold)
+        .unwrap_or(cfg.country_invite_threshold);
+    let sources = sources_at_least(&w.sources);
+    if count >= threshold && sources >= cfg.country_min_sources {
+        w.events |= EVENT_COUNTRY_INVITES;
+        let event = Emit { kind: EVENT_COUNTRY_INVITES, count, threshold, cc, sources: sources as u16 };
+        emit(ctx, &[0; 16], &event, w.window_start_ns, now);
+    }
+}
+
+/// What a threshold event reports, besides where and when.
+struct Emit {
+    kind: u32,
+    count: u32,
+    threshold: u32,
+    cc: u16,
+    sources: u16,
+}
+
+#[inline(always)]
+fn emit<C: EbpfContext>(ctx: &C, addr: &AddrKey, e: &Emit, window_start_ns: u64, at_ns: u64) {
+    let event = ThresholdEvent {
+        addr: *addr,
+        kind: e.kind,
+        count: e.count,
+        window_start_ns,
+        at_ns,
+        threshold: e.threshold,
+        cc: e.cc,
+        sources: e.sources,
+    };
     if EVENTS.output::<ThresholdEvent>(&event, 0).is_err() {
         stat(sip_stat::EVENTS_LOST);
         warn!(ctx, "threshold event lost: the agent is not draining the ring buffer");
