@@ -307,12 +307,16 @@ impl Engine {
         vec![Decision::Impose(self.push(kind, target, COUNTRY_SURGE, evidence, now_ns, duration, offence))]
     }
 
-    /// A window passed in which international INVITEs to `cc` stayed below
-    /// its threshold: an automatic restriction of it is lifted now.
-    pub fn country_calm(&mut self, cc: u16) -> Vec<Decision> {
+    /// A window that began at `window_start_ns` passed with international
+    /// INVITEs to `cc` below its threshold: an automatic restriction of it
+    /// imposed before that window is lifted now.
+    pub fn country_calm(&mut self, cc: u16, window_start_ns: u64) -> Vec<Decision> {
         self.exhausted.remove(&cc);
         let target = Target::Country(cc);
-        match self.active.iter().position(|a| a.target == target && a.reason == COUNTRY_SURGE) {
+        let calm = |a: &Active| {
+            a.target == target && a.reason == COUNTRY_SURGE && a.imposed_at_ns <= window_start_ns
+        };
+        match self.active.iter().position(calm) {
             Some(i) => vec![Decision::Lift(self.active.remove(i), SURGE_ENDED)],
             None => Vec::new(),
         }
@@ -615,11 +619,11 @@ mod country_tests {
     #[test]
     fn a_country_surge_is_restricted_extended_and_lifted_when_it_ends() {
         let mut e = Engine::new(cfg(true), vec![]);
-        let a = match e.on_country_surge(0, 232, surge(150, 12)).as_slice() {
+        let a = match e.on_country_surge(10 * S, 232, surge(150, 12)).as_slice() {
             [Decision::Impose(a)] => a.clone(),
             other => panic!("{other:?}"),
         };
-        assert_eq!((a.reason, a.target, a.expires_at_ns), (COUNTRY_SURGE, Target::Country(232), 900 * S));
+        assert_eq!((a.reason, a.target, a.expires_at_ns), (COUNTRY_SURGE, Target::Country(232), 910 * S));
         assert_eq!(a.evidence.sources, Some(12));
         // Another report a window later extends it, by the step.
         match e.on_country_surge(60 * S, 232, surge(140, 15)).as_slice() {
@@ -627,9 +631,12 @@ mod country_tests {
             other => panic!("{other:?}"),
         }
         // Other countries are not affected.
-        assert!(e.country_calm(1).is_empty());
-        // A calm window lifts it at once, audited as the surge's end.
-        match e.country_calm(232).as_slice() {
+        assert!(e.country_calm(1, 60 * S).is_empty());
+        // A window that began before the restriction proves nothing.
+        assert!(e.country_calm(232, 0).is_empty() && e.country_calm(232, 5 * S).is_empty());
+        assert_eq!(e.active().len(), 1);
+        // A calm window after it lifts it at once, audited as the surge's end.
+        match e.country_calm(232, 120 * S).as_slice() {
             [Decision::Lift(x, SURGE_ENDED)] => assert_eq!(x.id, a.id),
             other => panic!("{other:?}"),
         }
@@ -661,7 +668,7 @@ mod country_tests {
             [Decision::Alert { why, .. }] if why.contains("--country-restrict-max")
         ));
         // Once the surge has ended, a new one may be restricted again.
-        assert!(e.country_calm(232).is_empty());
+        assert!(e.country_calm(232, 7900 * S).is_empty());
         assert!(
             matches!(e.on_country_surge(8000 * S, 232, surge(150, 12)).as_slice(), [Decision::Impose(x)] if x.offence == 2)
         );
@@ -673,7 +680,7 @@ mod country_tests {
         let hour = Duration::from_secs(3600);
         e.impose_manual(0, Kind::CountryRestrict, Target::Country(232), hour, None).unwrap();
         assert!(e.on_country_surge(60 * S, 232, surge(150, 12)).is_empty());
-        assert!(e.country_calm(232).is_empty(), "not lifted by the automatic rule");
+        assert!(e.country_calm(232, 120 * S).is_empty(), "not lifted by the automatic rule");
         assert_eq!(e.active()[0].expires_at_ns, 3600 * S);
     }
 

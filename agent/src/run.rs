@@ -44,6 +44,13 @@ const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     loader::require_root("run")?;
+    if args.policy.country_restrict_max > args.policy.max_restriction {
+        anyhow::bail!(
+            "--country-restrict-max ({}) must not exceed --max-restriction ({})",
+            humantime::format_duration(args.policy.country_restrict_max),
+            humantime::format_duration(args.policy.max_restriction)
+        );
+    }
     for list in [&args.ifaces, &args.egress_ifaces] {
         for (i, iface) in list.iter().enumerate() {
             if list[..i].contains(iface) {
@@ -245,6 +252,8 @@ fn policy_config(args: &RunArgs) -> PolicyConfig {
 struct Learned {
     sources: Baselines<IpAddr>,
     countries: Baselines<u16>,
+    /// When the current learning window began (CLOCK_MONOTONIC ns).
+    window_start_ns: u64,
 }
 
 impl Learned {
@@ -258,6 +267,7 @@ impl Learned {
         Self {
             sources: Baselines::new(cfg(d.intl_invite_threshold)),
             countries: Baselines::new(cfg(d.country_invite_threshold)),
+            window_start_ns: monotonic_now_ns(),
         }
     }
 
@@ -348,12 +358,14 @@ impl Learned {
                 warn!("{e}");
             }
         }
+        let window_start = std::mem::replace(&mut self.window_start_ns, monotonic_now_ns());
+        let calm = |cc: u16| {
+            self.countries.last_window(cc).is_some_and(|n| n < u64::from(self.countries.threshold(cc)))
+        };
         totals
             .iter()
-            .filter(|(cc, _)| {
-                self.countries.last_window(*cc).is_some_and(|n| n < u64::from(self.countries.threshold(*cc)))
-            })
-            .flat_map(|(cc, _)| engine.country_calm(*cc))
+            .filter(|(cc, _)| calm(*cc))
+            .flat_map(|(cc, _)| engine.country_calm(*cc, window_start))
             .collect()
     }
 }

@@ -5,12 +5,14 @@ use std::time::Duration;
 
 use aya::{
     Ebpf, TestRunOptions,
+    maps::{MapData, RingBuf},
     programs::{TestRun as _, Xdp},
 };
 use ipnet::IpNet;
 use tollgate::maps::Maps;
 use tollgate_common::{
-    BlockEntry, CONFIG_BLOCK_ALL_PORTS, Config, IPPROTO_TCP, IPPROTO_UDP, PROG_BASELINE, PROG_ENFORCE, reason,
+    BlockEntry, CONFIG_BLOCK_ALL_PORTS, Config, IPPROTO_TCP, IPPROTO_UDP, MAP_EVENTS, PROG_BASELINE,
+    PROG_ENFORCE, ThresholdEvent, reason,
 };
 
 pub const XDP_DROP: u32 = 1;
@@ -20,6 +22,7 @@ pub const XDP_PASS: u32 = 2;
 pub struct Loaded {
     ebpf: Ebpf,
     pub maps: Maps,
+    events: RingBuf<MapData>,
 }
 
 impl Loaded {
@@ -27,6 +30,8 @@ impl Loaded {
         let mut ebpf = tollgate::loader::load(None).expect("load the embedded object");
         tollgate::loader::load_sip_stages(&mut ebpf).expect("verifier accepts the SIP stages");
         let mut maps = Maps::take(&mut ebpf).expect("maps");
+        let events = ebpf.take_map(MAP_EVENTS).expect("EVENTS map");
+        let events = RingBuf::try_from(events).expect("EVENTS is a ring buffer");
         maps.set_number_plan(tollgate_common::corpus::japan()).expect("plan");
         let codes: Vec<u16> = tollgate_common::number::country_table(tollgate_common::number::COUNTRY_TABLE)
             .map(|r| r.expect("valid table").0)
@@ -44,7 +49,7 @@ impl Loaded {
             let prog: &mut Xdp = ebpf.program_mut(name).expect("program").try_into().expect("xdp");
             prog.load().expect("verifier accepts the program");
         }
-        Self { ebpf, maps }
+        Self { ebpf, maps, events }
     }
 
     pub fn block(&mut self, net: &str, expires_at_ns: u64) {
@@ -64,6 +69,17 @@ impl Loaded {
         let flags = if on { CONFIG_BLOCK_ALL_PORTS } else { 0 };
         let cfg = self.maps.config().expect("config");
         self.maps.set_config(Config { flags, ..cfg }).expect("config");
+    }
+
+    /// The threshold events the kernel wrote since the last call.
+    pub fn events(&mut self) -> Vec<ThresholdEvent> {
+        let mut out = Vec::new();
+        while let Some(item) = self.events.next() {
+            assert_eq!(item.len(), size_of::<ThresholdEvent>(), "whole records");
+            // SAFETY: the kernel writes whole ThresholdEvent records.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+        }
+        out
     }
 
     fn program(&self, name: &str) -> &Xdp {

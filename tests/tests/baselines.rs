@@ -1,0 +1,151 @@
+//! Learned thresholds and country windows in the kernel (issue: decision
+//! engine), through the loaded program with BPF_PROG_TEST_RUN: a source or
+//! country with a learned peacetime level is reported at its own threshold,
+//! not the ceiling; a country is reported only with enough distinct
+//! sources, once per window, with the evidence in the event.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use tollgate_common::{
+    Baseline, Config, EVENT_COUNTRY_INVITES, EVENT_INTL_INVITES, ThresholdEvent, corpus::CORPUS,
+    frames::FrameBuilder,
+};
+use tollgate_tests::{
+    privileged,
+    testrun::{Loaded, XDP_PASS},
+    topology::*,
+};
+
+const MINUTE_NS: u64 = 60_000_000_000;
+
+fn invite(src: IpAddr, name: &str) -> Vec<u8> {
+    let bytes = CORPUS.iter().find(|c| c.name == name).expect("fixture").bytes;
+    FrameBuilder::udp(src, edge_for(src), 40000, 5060).payload(bytes).build()
+}
+
+fn send(l: &Loaded, src: IpAddr, n: usize) {
+    let frame = invite(src, "invite-intl-plus-232.sip");
+    for _ in 0..n {
+        assert_eq!(l.run(&frame).0, XDP_PASS);
+    }
+}
+
+fn loaded(intl: u32, country: u32, min_sources: u32) -> Loaded {
+    let mut l = Loaded::new();
+    l.maps
+        .set_config(Config {
+            window_ns: MINUTE_NS,
+            intl_invite_threshold: intl,
+            country_invite_threshold: country,
+            country_min_sources: min_sources,
+            ..Config::default()
+        })
+        .expect("config");
+    l
+}
+
+fn of_kind(events: &[ThresholdEvent], kind: u32) -> Vec<ThresholdEvent> {
+    events.iter().filter(|e| e.kind == kind).copied().collect()
+}
+
+#[test]
+fn a_source_with_a_learned_level_is_reported_at_its_own_threshold() {
+    if !privileged("a_source_with_a_learned_level_is_reported_at_its_own_threshold") {
+        return;
+    }
+    let mut l = loaded(10, 0, 1);
+    // A PBX that normally makes 6 international calls a window: x4 -> 24.
+    let learned = Baseline { threshold: 24, windows: 5, peacetime_milli: 6_000 };
+    l.maps.set_intl_baseline(CUSTOMER_V4, Some(learned)).expect("baseline");
+    send(&l, CUSTOMER_V4, 23);
+    assert!(l.events().is_empty(), "23 is above the ceiling but below the PBX's own threshold");
+    send(&l, CUSTOMER_V4, 1);
+    let events = l.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = events[0];
+    assert_eq!((e.kind, e.count, e.threshold), (EVENT_INTL_INVITES, 24, 24));
+    assert_eq!(tollgate::maps::key_addr(&e.addr), CUSTOMER_V4);
+    // Once per window.
+    send(&l, CUSTOMER_V4, 30);
+    assert!(l.events().is_empty());
+    // A source with no history: the ceiling.
+    send(&l, CUSTOMER_V6, 10);
+    let events = l.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].count, events[0].threshold), (10, 10));
+    // A learned threshold below the ceiling never lowers it.
+    let low = Baseline { threshold: 3, windows: 5, peacetime_milli: 500 };
+    l.maps.set_intl_baseline(ATTACKER_V4, Some(low)).expect("baseline");
+    send(&l, ATTACKER_V4, 9);
+    assert!(l.events().is_empty());
+    send(&l, ATTACKER_V4, 1);
+    assert_eq!(of_kind(&l.events(), EVENT_INTL_INVITES).len(), 1);
+}
+
+#[test]
+fn a_country_is_reported_only_when_many_sources_surge_to_it() {
+    if !privileged("a_country_is_reported_only_when_many_sources_surge_to_it") {
+        return;
+    }
+    let mut l = loaded(0, 12, 4);
+    let sources: Vec<IpAddr> = (1..=4).map(|i| IpAddr::V4(Ipv4Addr::new(198, 51, 100, 100 + i))).collect();
+    // One source alone, far over the country threshold: for the per-source
+    // measures, not a country restriction.
+    send(&l, sources[0], 20);
+    assert!(l.events().is_empty());
+    // Three sources: still not enough.
+    send(&l, sources[1], 3);
+    send(&l, sources[2], 3);
+    assert!(l.events().is_empty());
+    // A fourth: reported once, with the count, threshold and sources.
+    send(&l, sources[3], 1);
+    let events = l.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = events[0];
+    assert_eq!((e.kind, e.cc, e.count, e.threshold, e.sources), (EVENT_COUNTRY_INVITES, 232, 27, 12, 4));
+    assert_eq!(e.addr, [0; 16], "a country event names no source");
+    send(&l, sources[3], 10);
+    assert!(l.events().is_empty(), "once per window");
+    // Domestic and emergency calls are not international.
+    for name in ["invite-domestic-trunk.sip", "invite-emergency-110.sip"] {
+        for src in &sources {
+            for _ in 0..5 {
+                l.run(&invite(*src, name));
+            }
+        }
+    }
+    assert!(l.events().is_empty());
+    // Other countries have windows of their own: +44 starts from zero.
+    let to_44 = |l: &Loaded| {
+        for src in &sources {
+            l.run(&invite(*src, "invite-intl-tel-44.sip"));
+        }
+    };
+    for _ in 0..2 {
+        to_44(&l);
+    }
+    assert!(l.events().is_empty(), "8 < 12");
+    to_44(&l);
+    let events = l.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].cc, events[0].count, events[0].sources), (44, 12, 4));
+}
+
+#[test]
+fn a_country_with_a_learned_level_is_reported_at_its_own_threshold() {
+    if !privileged("a_country_with_a_learned_level_is_reported_at_its_own_threshold") {
+        return;
+    }
+    let mut l = loaded(0, 12, 2);
+    // Normal trade with +232: 10 calls a window -> reported at 40.
+    let learned = Baseline { threshold: 40, windows: 9, peacetime_milli: 10_000 };
+    l.maps.set_country_baseline(232, learned).expect("baseline");
+    let (a, b) = (CUSTOMER_V4, CUSTOMER_V6);
+    send(&l, a, 20);
+    send(&l, b, 19);
+    assert!(l.events().is_empty(), "39 < 40");
+    send(&l, b, 1);
+    let events = l.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].count, events[0].threshold, events[0].sources), (40, 40, 2));
+}
