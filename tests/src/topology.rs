@@ -86,6 +86,19 @@ impl Topology {
         Self { edge_if, edge, peer }
     }
 
+    /// Adds `n` more source addresses to the peer, 198.51.100.101 onwards
+    /// (hijacked PBXs of many customers), and returns them.
+    pub fn more_sources(&self, n: u8) -> Vec<IpAddr> {
+        let peer_if = format!("{}p", self.edge_if);
+        (1..=n)
+            .map(|i| {
+                let addr = Ipv4Addr::new(198, 51, 100, 100 + i);
+                self.peer.exec(&["ip", "addr", "add", &format!("{addr}/32"), "dev", &peer_if]);
+                IpAddr::V4(addr)
+            })
+            .collect()
+    }
+
     /// Gives the peer a permanent neighbour entry for the edge's IPv6
     /// address. With --block-all-ports a blocked IPv6 source's own neighbour
     /// solicitations are dropped (as intended), so without this the peer

@@ -3,6 +3,11 @@
 
 use std::{
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
     time::Duration,
 };
 
@@ -42,6 +47,37 @@ pub fn udp_burst(ns: &NetNs, src: IpAddr, dst: SocketAddr, count: usize) {
             std::thread::sleep(Duration::from_micros(200));
         }
     })
+}
+
+/// Sends `payload` from `src` (an address of `ns`) to `dst` once every
+/// `every` until dropped: a line's steady, normal traffic.
+pub struct Pacer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Pacer {
+    pub fn start(ns: &NetNs, src: IpAddr, dst: SocketAddr, payload: &'static [u8], every: Duration) -> Self {
+        let sock = ns.run(move || UdpSocket::bind(SocketAddr::new(src, 0)).expect("bind UDP source"));
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                sock.send_to(payload, dst).expect("send");
+                std::thread::sleep(every);
+            }
+        });
+        Self { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Pacer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A listening TCP socket in a namespace; connections complete in its

@@ -12,6 +12,7 @@ use tollgate_tests::{
     privileged,
     sipp::{Registrar, register},
     topology::*,
+    traffic::Pacer,
     unique, wait_for,
 };
 
@@ -21,10 +22,25 @@ fn fixture(name: &str) -> &'static [u8] {
 
 /// Sends one SIP message over UDP from `src` to the edge's port 5060.
 fn send(topo: &Topology, src: IpAddr, name: &'static str) {
+    send_n(topo, src, name, 1);
+}
+
+/// Sends `n` copies of a SIP message over UDP from `src` to the edge.
+fn send_n(topo: &Topology, src: IpAddr, name: &'static str, n: u32) {
     let dst = SocketAddr::new(edge_for(src), 5060);
     topo.peer.run(move || {
-        UdpSocket::bind(SocketAddr::new(src, 0)).expect("bind").send_to(fixture(name), dst).expect("send");
+        let sock = UdpSocket::bind(SocketAddr::new(src, 0)).expect("bind");
+        for _ in 0..n {
+            sock.send_to(fixture(name), dst).expect("send");
+            // Stay well inside socket buffers: losses must come from XDP only.
+            std::thread::sleep(Duration::from_micros(200));
+        }
     });
+}
+
+/// Whether the verdict counter `code` rises above `before` within 5 s.
+fn rises(agent: &Agent, code: u32, before: u64) -> bool {
+    wait_for(Duration::from_secs(5), || (agent.packets(code) > before).then_some(())).is_some()
 }
 
 struct AuditFile(PathBuf);
@@ -297,4 +313,146 @@ fn operators_restrict_and_lift_by_hand_and_every_step_is_audited() {
     );
     audited(&audit, &[r#""event":"impose""#, r#""reason":"operator""#, r#""note":"holder asked""#]);
     audited(&audit, &[r#""event":"lift""#, r#""target":"+232""#, r#""kind":"country-restrict""#]);
+}
+
+#[test]
+fn a_many_source_surge_to_one_country_is_restricted_and_lifted_when_it_stops() {
+    if !privileged("a_many_source_surge_to_one_country_is_restricted_and_lifted_when_it_stops") {
+        return;
+    }
+    let topo = Topology::new();
+    let pbxs = topo.more_sources(8);
+    let audit = AuditFile::new();
+    let agent = start(
+        &topo,
+        &audit,
+        &[
+            "--allow-country-restrict",
+            "--country-invite-threshold",
+            "24",
+            "--country-min-sources",
+            "6",
+            "--window",
+            "2s",
+        ],
+    );
+    // Eight hijacked PBXs, each far below the per-source threshold (30).
+    for pbx in &pbxs {
+        send_n(&topo, *pbx, "invite-intl-plus-232.sip", 4);
+    }
+    let line =
+        audited(&audit, &[r#""event":"impose""#, r#""kind":"country-restrict""#, r#""target":"+232""#]);
+    for field in
+        [r#""reason":"country-surge""#, r#""threshold":24"#, r#""enforced":true"#, "sources_at_least"]
+    {
+        assert!(line.contains(field), "{field} missing in {line}");
+    }
+    eprintln!("audit: {line}");
+    assert!(audit.lines().iter().all(|l| !l.contains("intl-suspend")), "no source alone was abusive");
+    // Every source's INVITEs to +232 are dropped now, even a customer's...
+    let drops = agent.packets(verdict::DROP_COUNTRY_RESTRICTED);
+    send(&topo, CUSTOMER_V6, "invite-intl-00-232.sip");
+    assert!(rises(&agent, verdict::DROP_COUNTRY_RESTRICTED, drops), "INVITE to +232 not dropped");
+    // ...but emergency, domestic and other international calls pass.
+    let passed = agent.packets(verdict::PASS_SIP);
+    for name in ["invite-emergency-110.sip", "invite-domestic-trunk.sip", "invite-intl-tel-44.sip"] {
+        send(&topo, pbxs[0], name);
+    }
+    assert!(
+        wait_for(Duration::from_secs(5), || (agent.packets(verdict::PASS_SIP) >= passed + 3).then_some(()))
+            .is_some(),
+        "emergency, domestic and +44 INVITEs must pass"
+    );
+    // The surge has stopped: a calm window lifts the restriction.
+    let lifted = wait_for(Duration::from_secs(10), || {
+        audit.lines().into_iter().find(|l| {
+            l.contains(r#""event":"lift""#) && l.contains(r#""target":"+232""#) && l.contains("surge-ended")
+        })
+    });
+    assert!(lifted.is_some(), "not lifted after the surge: {:?}", audit.lines());
+    let passed = agent.packets(verdict::PASS_SIP);
+    send(&topo, CUSTOMER_V4, "invite-intl-plus-232.sip");
+    assert!(rises(&agent, verdict::PASS_SIP, passed), "calls to +232 flow again");
+    let page = agent.metrics().expect("metrics");
+    assert_eq!(
+        metric_value(
+            &page,
+            r#"tollgate_decisions_total{event="lift",kind="country-restrict",mode="enforce"}"#
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(metric_value(&page, r#"tollgate_restrictions_active{kind="country-restrict"}"#), Some(0.0));
+}
+
+#[test]
+fn a_busy_pbx_is_judged_by_its_own_peacetime_level_which_survives_a_restart() {
+    if !privileged("a_busy_pbx_is_judged_by_its_own_peacetime_level_which_survives_a_restart") {
+        return;
+    }
+    let topo = Topology::new();
+    let audit = AuditFile::new();
+    let mut agent = start(
+        &topo,
+        &audit,
+        &[
+            "--window",
+            "1s",
+            "--intl-invite-threshold",
+            "10",
+            "--baseline-min-windows",
+            "2",
+            "--surge-ratio",
+            "10",
+        ],
+    );
+    // The PBX's normal: an international call every 200 ms, ~5 a window.
+    let pbx = CUSTOMER_V4;
+    let steady = Pacer::start(
+        &topo.peer,
+        pbx,
+        SocketAddr::new(EDGE_V4, 5060),
+        fixture("invite-intl-plus-232.sip"),
+        Duration::from_millis(200),
+    );
+    let learned = |agent: &Agent| {
+        let maps = tollgate::maps::Maps::open_pinned(&agent.pin_dir).ok()?;
+        maps.intl_baselines().into_iter().find(|(a, _)| *a == pbx).map(|(_, b)| b)
+    };
+    let b = wait_for(Duration::from_secs(10), || learned(&agent)).expect("a learned level in the kernel");
+    eprintln!("learned: {b:?}");
+    assert!(b.threshold >= 24 && b.windows >= 2, "{b:?}");
+    // A busy hour: over the ceiling in one window, within its normal.
+    let busy = b.threshold / 2;
+    let before = agent_source(&agent, pbx);
+    send_n(&topo, pbx, "invite-intl-plus-232.sip", busy);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(agent_source(&agent, pbx) >= before + u64::from(busy), "the kernel counted the busy hour");
+    assert!(audit.lines().iter().all(|l| !l.contains("intl-suspend")), "{:?}", audit.lines());
+    // A hijack: far above its own normal.
+    let b = learned(&agent).expect("still learned");
+    send_n(&topo, pbx, "invite-intl-plus-232.sip", 3 * b.threshold);
+    let line = audited(
+        &audit,
+        &[r#""event":"impose""#, r#""kind":"intl-suspend""#, r#""target":"198.51.100.10/32""#],
+    );
+    assert!(line.contains("peacetime_per_window") && !line.contains(r#""threshold":10,"#), "{line}");
+    eprintln!("audit: {line}");
+
+    // Restarted, the agent goes on from the learned level.
+    drop(steady);
+    agent.kill();
+    agent.restart();
+    assert!(
+        agent.log_text().contains("adopted the learned peacetime levels of 1 sources"),
+        "{}",
+        agent.log_text()
+    );
+    assert!(learned(&agent).is_some_and(|b| b.threshold > 10));
+}
+
+/// The PBX's cumulative international INVITEs, from the pinned map.
+fn agent_source(agent: &Agent, addr: IpAddr) -> u64 {
+    let maps = tollgate::maps::Maps::open_pinned(&agent.pin_dir).expect("maps");
+    maps.source(addr).map_or(0, |s| s.intl_invites)
 }
