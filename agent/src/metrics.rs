@@ -128,6 +128,17 @@ const SOURCES_CAP: Family = Family {
     kind: MetricType::GAUGE,
 };
 
+const LEARNED: Family = Family {
+    name: "tollgate_learned_levels",
+    help: "Sources and countries judged by a threshold learned from their normal level (above the ceiling).",
+    kind: MetricType::GAUGE,
+};
+const COUNTRY_THRESHOLD: Family = Family {
+    name: "tollgate_country_invite_threshold",
+    help: "Learned per-window threshold of international INVITEs to a country (countries above the ceiling only).",
+    kind: MetricType::GAUGE,
+};
+
 const RESTRICTIONS_ACTIVE: Family = Family {
     name: "tollgate_restrictions_active",
     help: "Restrictions in force in the kernel now, by kind.",
@@ -161,7 +172,9 @@ impl DecisionCounts {
     }
 }
 
-const FAMILIES: [&Family; 21] = [
+const FAMILIES: [&Family; 23] = [
+    &LEARNED,
+    &COUNTRY_THRESHOLD,
     &RESTRICTIONS_ACTIVE,
     &DECISIONS,
     &PACKETS,
@@ -378,6 +391,36 @@ impl Collector for KernelCollector {
                 .collect(),
         ));
         drop(decisions);
+        match maps.country_baselines() {
+            Ok(countries) => {
+                out.push(family(
+                    &LEARNED,
+                    vec![
+                        sample(&[("scope", "source")], maps.intl_baselines().len() as f64, MetricType::GAUGE),
+                        sample(&[("scope", "country")], countries.len() as f64, MetricType::GAUGE),
+                    ],
+                ));
+                out.push(family(
+                    &COUNTRY_THRESHOLD,
+                    countries
+                        .iter()
+                        .map(|(cc, b)| {
+                            let label = self.countries.label(*cc).unwrap_or("unassigned");
+                            let code = cc.to_string();
+                            sample(
+                                &[("country", label), ("cc", &code)],
+                                b.threshold as f64,
+                                MetricType::GAUGE,
+                            )
+                        })
+                        .collect(),
+                ));
+            }
+            Err(e) => {
+                warn!("metrics: {e}");
+                self.read_errors.fetch_add(1, Relaxed);
+            }
+        }
         out.push(counter(&SOURCES, &[], maps.sources().len() as u64));
         out.push(counter(&SOURCES_CAP, &[], self.max_sources as u64));
         out.push(family(

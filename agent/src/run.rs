@@ -759,6 +759,10 @@ pub fn detach(args: PinArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn window_text(config: &Config) -> String {
+    humantime::format_duration(Duration::from_secs(config.window_ns / 1_000_000_000)).to_string()
+}
+
 pub fn top(args: TopArgs) -> anyhow::Result<()> {
     loader::require_root("top")?;
     let dir = args.pin.pin_path.as_path();
@@ -789,24 +793,49 @@ pub fn top(args: TopArgs) -> anyhow::Result<()> {
             format!("{} ago", ago(s.last_seen_ns))
         );
     }
-    println!("\nInternational INVITEs:");
+    // The threshold in force for each: learned above the ceiling, or it.
+    let config = maps.config()?;
+    let judged = |learned: Option<Baseline>, ceiling: u32| match learned {
+        _ if ceiling == 0 => ("off".to_owned(), "-".to_owned()),
+        Some(b) if b.threshold > ceiling => {
+            (b.threshold.to_string(), format!("{:.1}", b.peacetime_milli as f64 / 1000.0))
+        }
+        _ => (ceiling.to_string(), "-".to_owned()),
+    };
+    let learned = maps.intl_baselines();
+    println!(
+        "\nInternational INVITEs (threshold per {}-window; normal: the learned level):",
+        window_text(&config)
+    );
     sources.sort_by_key(|(_, s)| std::cmp::Reverse(s.intl_invites));
-    println!("  {:<40} {:>9} {:>9} {:>9} {:>12}", "source", "intl", "all", "emergency", "last seen");
+    println!(
+        "  {:<40} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12}",
+        "source", "intl", "all", "emergency", "threshold", "normal", "last seen"
+    );
     for (addr, s) in sources.iter().filter(|(_, s)| s.intl_invites > 0).take(args.count) {
+        let b = learned.iter().find(|(a, _)| a == addr).map(|(_, b)| *b);
+        let (threshold, normal) = judged(b, config.intl_invite_threshold);
         println!(
-            "  {:<40} {:>9} {:>9} {:>9} {:>12}",
+            "  {:<40} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12}",
             addr.to_string(),
             s.intl_invites,
             s.invites,
             s.emergency_invites,
+            threshold,
+            normal,
             format!("{} ago", ago(s.last_seen_ns))
         );
     }
     println!("\nInternational INVITEs by destination country:");
     let mut by_country = maps.country_invites()?;
     by_country.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    let learned = maps.country_baselines()?;
+    println!("  {:<5} {:<10} {:>9} {:>9} {:>9}", "cc", "country", "intl", "threshold", "normal");
     for (cc, n) in by_country.into_iter().take(args.count) {
-        println!("  +{cc:<4} {:<10} {n:>9}", countries.label(cc).unwrap_or("unassigned"));
+        let b = learned.iter().find(|(c, _)| *c == cc).map(|(_, b)| *b);
+        let (threshold, normal) = judged(b, config.country_invite_threshold);
+        let label = countries.label(cc).unwrap_or("unassigned");
+        println!("  +{cc:<4} {label:<10} {n:>9} {threshold:>9} {normal:>9}");
     }
     Ok(())
 }

@@ -431,6 +431,22 @@ fn a_busy_pbx_is_judged_by_its_own_peacetime_level_which_survives_a_restart() {
     assert!(audit.lines().iter().all(|l| !l.contains("intl-suspend")), "{:?}", audit.lines());
     // A hijack: far above its own normal.
     let b = learned(&agent).expect("still learned");
+    // The operator sees the threshold the PBX is judged by and its normal
+    // level (columns: source intl all emergency threshold normal ...).
+    let top = agent.cli("top");
+    eprintln!("{top}");
+    let cols: Vec<&str> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("International INVITEs"))
+        .find(|l| l.trim_start().starts_with("198.51.100.10 "))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert!(cols.len() >= 6, "{top}");
+    assert!(cols[4].parse::<u32>().is_ok_and(|t| t > 10), "learned threshold shown: {top}");
+    assert!(cols[5].parse::<f64>().is_ok_and(|n| n > 1.0), "normal level shown: {top}");
+    let page = agent.metrics().expect("metrics");
+    assert_eq!(metric_value(&page, r#"tollgate_learned_levels{scope="source"}"#), Some(1.0), "{page}");
     send_n(&topo, pbx, "invite-intl-plus-232.sip", 3 * b.threshold);
     let line = audited(
         &audit,
