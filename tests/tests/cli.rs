@@ -26,6 +26,14 @@ fn malformed_flags_are_rejected_by_the_parser() {
         (&["run", "--iface", "lo", "--xdp-mode", "turbo"], "invalid value"),
         (&["run", "--iface", "lo", "--metrics-addr", "nowhere"], "invalid value"),
         (&["run"], "--iface"),
+        (&["run", "--iface", "lo", "--surge-ratio", "0.5"], "not a ratio of at least 1"),
+        (&["run", "--iface", "lo", "--surge-ratio", "NaN"], "not a ratio of at least 1"),
+        (&["run", "--iface", "lo", "--baseline-weight", "0"], "not a weight in (0, 1]"),
+        (&["run", "--iface", "lo", "--baseline-weight", "1.5"], "not a weight in (0, 1]"),
+        (&["run", "--iface", "lo", "--baseline-min-windows", "0"], "is not in 1.."),
+        (&["run", "--iface", "lo", "--country-min-sources", "0"], "is not in 1..=128"),
+        (&["run", "--iface", "lo", "--country-min-sources", "129"], "is not in 1..=128"),
+        (&["run", "--iface", "lo", "--country-restrict-for", "0s"], "greater than zero"),
     ] {
         let out = tollgate(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -44,6 +52,18 @@ fn unknown_interface_and_duplicates_fail_before_touching_the_kernel() {
     let out =
         tollgate(&["run", "--iface", "lo", "--iface", "lo", "--pin-path", "/sys/fs/bpf/tgt-never-created"]);
     assert_clean_failure(&out, "given more than once");
+    // An automatic country restriction may not outlast what any may.
+    let out = tollgate(&[
+        "run",
+        "--iface",
+        "lo",
+        "--country-restrict-max",
+        "48h",
+        "--pin-path",
+        "/sys/fs/bpf/tgt-never-created",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_clean_failure(&out, "--country-restrict-max (2days) must not exceed --max-restriction (1day)");
     assert!(!std::path::Path::new("/sys/fs/bpf/tgt-never-created").exists());
 }
 
