@@ -738,7 +738,7 @@ pub fn status(args: PinArgs) -> anyhow::Result<()> {
     let totals = maps.verdict_totals()?;
     for (code, action, why) in verdict::ALL {
         let c = totals[code as usize];
-        println!("  {action:<5} {why:<14} {:>14} packets {:>16} bytes", c.packets, c.bytes);
+        println!("  {action:<5} {why:<18} {:>14} packets {:>16} bytes", c.packets, c.bytes);
     }
     Ok(())
 }

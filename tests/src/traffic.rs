@@ -39,10 +39,15 @@ impl UdpSink {
 
 /// Sends `count` datagrams from `src` (an address of the namespace) to `dst`.
 pub fn udp_burst(ns: &NetNs, src: IpAddr, dst: SocketAddr, count: usize) {
+    udp_burst_of(ns, src, dst, OPTIONS, count);
+}
+
+/// Sends `count` copies of `payload` from `src` to `dst`.
+pub fn udp_burst_of(ns: &NetNs, src: IpAddr, dst: SocketAddr, payload: &'static [u8], count: usize) {
     ns.run(move || {
         let sock = UdpSocket::bind(SocketAddr::new(src, 0)).expect("bind UDP source");
         for _ in 0..count {
-            sock.send_to(OPTIONS, dst).expect("send");
+            sock.send_to(payload, dst).expect("send");
             // Stay well inside socket buffers: losses must come from XDP only.
             std::thread::sleep(Duration::from_micros(200));
         }
