@@ -81,6 +81,22 @@ pub fn key_prefix(key: &Key<AddrKey>) -> IpNet {
     .expect("prefix lengths from the map are in range")
 }
 
+/// The E.164 codes whose slot in a per-country array is not the default,
+/// with their values.
+fn set_slots<T: aya::Pod + Default + PartialEq>(
+    array: &Array<MapData, T>,
+    name: &str,
+) -> Result<Vec<(u16, T)>> {
+    let mut out = Vec::new();
+    for cc in 0..COUNTRY_CODE_SLOTS {
+        let v = array.get(&cc, 0).map_err(Error::map(format!("reading {name}")))?;
+        if v != T::default() {
+            out.push((cc as u16, v));
+        }
+    }
+    Ok(out)
+}
+
 /// A map from `source`, converted to its typed wrapper.
 fn typed<T>(source: &mut impl FnMut(&str) -> Result<Map>, name: &str) -> Result<T>
 where
@@ -158,14 +174,7 @@ impl Maps {
 
     /// Every country with a learned baseline.
     pub fn country_baselines(&self) -> Result<Vec<(u16, Baseline)>> {
-        let mut out = Vec::new();
-        for cc in 0..COUNTRY_CODE_SLOTS {
-            let b = self.country_baseline.get(&cc, 0).map_err(Error::map("reading COUNTRY_BASELINE"))?;
-            if b != Baseline::default() {
-                out.push((cc as u16, b));
-            }
-        }
-        Ok(out)
+        set_slots(&self.country_baseline, MAP_COUNTRY_BASELINE)
     }
 
     /// Restricts international INVITEs to `cc` until `until_ns` (0 lifts).
@@ -177,14 +186,7 @@ impl Maps {
 
     /// Country codes with a restriction entry, with its expiry.
     pub fn country_restrictions(&self) -> Result<Vec<(u16, u64)>> {
-        let mut out = Vec::new();
-        for cc in 0..COUNTRY_CODE_SLOTS {
-            let until = self.country_restrict.get(&cc, 0).map_err(Error::map("reading COUNTRY_RESTRICT"))?;
-            if until != 0 {
-                out.push((cc as u16, until));
-            }
-        }
-        Ok(out)
+        set_slots(&self.country_restrict, MAP_COUNTRY_RESTRICT)
     }
 
     pub fn set_number_plan(&mut self, plan: NumberPlan) -> Result<()> {

@@ -109,17 +109,14 @@ fn a_brute_force_is_auth_suspended_while_a_customer_keeps_registering() {
     // The attacker's REGISTERs are now dropped in XDP...
     let drops = agent.packets(verdict::DROP_AUTH_SUSPENDED);
     send(&topo, ATTACKER_V4, "register-auth.sip");
-    let dropped = wait_for(Duration::from_secs(5), || {
-        (agent.packets(verdict::DROP_AUTH_SUSPENDED) > drops).then_some(())
-    });
-    assert!(dropped.is_some(), "the suspended source's REGISTER was not dropped");
+    assert!(
+        rises(&agent, verdict::DROP_AUTH_SUSPENDED, drops),
+        "the suspended source's REGISTER was not dropped"
+    );
     // ...but its other SIP still flows, and a customer keeps registering.
     let passed = agent.packets(verdict::PASS_SIP);
     send(&topo, ATTACKER_V4, "options-keepalive.sip");
-    assert!(
-        wait_for(Duration::from_secs(5), || (agent.packets(verdict::PASS_SIP) > passed).then_some(()))
-            .is_some()
-    );
+    assert!(rises(&agent, verdict::PASS_SIP, passed));
     register(&topo.peer, CUSTOMER_V4, EDGE_V4, false, true, 3);
     let page = agent.metrics().expect("metrics");
     assert_eq!(
@@ -141,12 +138,7 @@ fn a_brute_force_is_auth_suspended_while_a_customer_keeps_registering() {
     agent.kill();
     let drops = agent.packets(verdict::DROP_AUTH_SUSPENDED);
     send(&topo, ATTACKER_V4, "register-noauth.sip");
-    assert!(
-        wait_for(Duration::from_secs(5), || (agent.packets(verdict::DROP_AUTH_SUSPENDED) > drops)
-            .then_some(()))
-        .is_some(),
-        "suspension enforced with the agent dead"
-    );
+    assert!(rises(&agent, verdict::DROP_AUTH_SUSPENDED, drops), "suspension enforced with the agent dead");
     // ...and the restarted agent takes it over with its original expiry.
     agent.restart();
     assert!(
@@ -214,12 +206,7 @@ fn an_international_surge_is_intl_suspended_but_domestic_and_emergency_calls_pas
     assert!(line.contains(r#""reason":"intl-surge""#) && line.contains(r#""count":20"#), "{line}");
     let drops = agent.packets(verdict::DROP_INTL_SUSPENDED);
     send(&topo, CUSTOMER_V6, "invite-intl-00-232.sip");
-    assert!(
-        wait_for(Duration::from_secs(5), || (agent.packets(verdict::DROP_INTL_SUSPENDED) > drops)
-            .then_some(()))
-        .is_some(),
-        "international INVITE not dropped"
-    );
+    assert!(rises(&agent, verdict::DROP_INTL_SUSPENDED, drops), "international INVITE not dropped");
     let passed = agent.packets(verdict::PASS_SIP);
     for name in ["invite-domestic-trunk.sip", "invite-emergency-110.sip", "invite-emergency-119.sip"] {
         send(&topo, CUSTOMER_V6, name);
@@ -232,10 +219,7 @@ fn an_international_surge_is_intl_suspended_but_domestic_and_emergency_calls_pas
     // Another source is not affected.
     let passed = agent.packets(verdict::PASS_SIP);
     send(&topo, CUSTOMER_V4, "invite-intl-plus-232.sip");
-    assert!(
-        wait_for(Duration::from_secs(5), || (agent.packets(verdict::PASS_SIP) > passed).then_some(()))
-            .is_some()
-    );
+    assert!(rises(&agent, verdict::PASS_SIP, passed));
 }
 
 /// The id in the first data row of `tollgate restrict`'s table.
@@ -259,11 +243,7 @@ fn operators_restrict_and_lift_by_hand_and_every_step_is_audited() {
     let intl_id = first_id(&out);
     let drops = agent.packets(verdict::DROP_INTL_SUSPENDED);
     send(&topo, CUSTOMER_V4, "invite-intl-plus-232.sip");
-    assert!(
-        wait_for(Duration::from_secs(5), || (agent.packets(verdict::DROP_INTL_SUSPENDED) > drops)
-            .then_some(()))
-        .is_some()
-    );
+    assert!(rises(&agent, verdict::DROP_INTL_SUSPENDED, drops));
 
     // Measure 7: a country, for every source, but never emergency calls.
     let (ok, out, err) = agent.control(&["restrict", "country", "+232", "--for", "30m"]);
@@ -271,17 +251,10 @@ fn operators_restrict_and_lift_by_hand_and_every_step_is_audited() {
     let country_id = first_id(&out);
     let drops = agent.packets(verdict::DROP_COUNTRY_RESTRICTED);
     send(&topo, CUSTOMER_V6, "invite-intl-00-232.sip");
-    assert!(
-        wait_for(Duration::from_secs(5), || (agent.packets(verdict::DROP_COUNTRY_RESTRICTED) > drops)
-            .then_some(()))
-        .is_some()
-    );
+    assert!(rises(&agent, verdict::DROP_COUNTRY_RESTRICTED, drops));
     let passed = agent.packets(verdict::PASS_SIP);
     send(&topo, CUSTOMER_V6, "invite-emergency-112.sip");
-    assert!(
-        wait_for(Duration::from_secs(5), || (agent.packets(verdict::PASS_SIP) > passed).then_some(()))
-            .is_some()
-    );
+    assert!(rises(&agent, verdict::PASS_SIP, passed));
 
     let (ok, list, _) = agent.control(&["restrictions", "list"]);
     assert!(
@@ -307,10 +280,7 @@ fn operators_restrict_and_lift_by_hand_and_every_step_is_audited() {
     }
     let passed = agent.packets(verdict::PASS_SIP);
     send(&topo, CUSTOMER_V4, "invite-intl-plus-232.sip");
-    assert!(
-        wait_for(Duration::from_secs(5), || (agent.packets(verdict::PASS_SIP) > passed).then_some(()))
-            .is_some()
-    );
+    assert!(rises(&agent, verdict::PASS_SIP, passed));
     audited(&audit, &[r#""event":"impose""#, r#""reason":"operator""#, r#""note":"holder asked""#]);
     audited(&audit, &[r#""event":"lift""#, r#""target":"+232""#, r#""kind":"country-restrict""#]);
 }
