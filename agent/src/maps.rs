@@ -15,10 +15,10 @@ use aya::{
 };
 use ipnet::IpNet;
 use tollgate_common::{
-    AddrKey, AllowEntry, Baseline, BlockEntry, Config, Counter, MAP_ALLOWLIST, MAP_BLOCKLIST, MAP_CONFIG,
-    MAP_COUNTRY_BASELINE, MAP_COUNTRY_CODES, MAP_COUNTRY_INVITES, MAP_COUNTRY_RESTRICT, MAP_INTL_BASELINE,
-    MAP_NUMBER_PLAN, MAP_RESTRICTIONS, MAP_SIP_PORTS, MAP_SIP_STATS, MAP_SOURCES, MAP_STATS, Restriction,
-    SourceStats, V4_MAPPED_PREFIX_LEN,
+    AddrKey, AllowEntry, Baseline, BlockEntry, Config, Counter, CountryRestriction, MAP_ALLOWLIST,
+    MAP_BLOCKLIST, MAP_CONFIG, MAP_COUNTRY_BASELINE, MAP_COUNTRY_CODES, MAP_COUNTRY_INVITES,
+    MAP_COUNTRY_RESTRICT, MAP_INTL_BASELINE, MAP_NUMBER_PLAN, MAP_RESTRICTIONS, MAP_SIP_PORTS, MAP_SIP_STATS,
+    MAP_SOURCES, MAP_STATS, Restriction, SourceStats, V4_MAPPED_PREFIX_LEN,
     number::{COUNTRY_CODE_SLOTS, NumberPlan},
     port_key, sip_stat, v4_mapped, v4_unmapped, verdict,
 };
@@ -29,7 +29,7 @@ pub struct Maps {
     pub blocklist: Blocklist,
     pub allowlist: Allowlist,
     pub restrictions: Restrictions,
-    country_restrict: Array<MapData, u64>,
+    country_restrict: Array<MapData, CountryRestriction>,
     intl_baseline: HashMap<MapData, AddrKey, Baseline>,
     country_baseline: Array<MapData, Baseline>,
     sip_ports: HashMap<MapData, u32, u8>,
@@ -177,15 +177,13 @@ impl Maps {
         set_slots(&self.country_baseline, MAP_COUNTRY_BASELINE)
     }
 
-    /// Restricts international INVITEs to `cc` until `until_ns` (0 lifts).
-    pub fn set_country_restriction(&mut self, cc: u16, until_ns: u64) -> Result<()> {
-        self.country_restrict
-            .set(u32::from(cc), until_ns, 0)
-            .map_err(Error::map(format!("restricting +{cc}")))
+    /// Restricts international INVITEs to `cc` (`CountryRestriction::default()` lifts).
+    pub fn set_country_restriction(&mut self, cc: u16, r: CountryRestriction) -> Result<()> {
+        self.country_restrict.set(u32::from(cc), r, 0).map_err(Error::map(format!("restricting +{cc}")))
     }
 
-    /// Country codes with a restriction entry, with its expiry.
-    pub fn country_restrictions(&self) -> Result<Vec<(u16, u64)>> {
+    /// Country codes with a restriction entry.
+    pub fn country_restrictions(&self) -> Result<Vec<(u16, CountryRestriction)>> {
         set_slots(&self.country_restrict, MAP_COUNTRY_RESTRICT)
     }
 

@@ -358,7 +358,7 @@ impl Collector for KernelCollector {
         };
         let countries_restricted = maps
             .country_restrictions()
-            .map(|v| v.iter().filter(|(_, until)| *until > now).count())
+            .map(|v| v.iter().filter(|(_, r)| r.until_ns > now).count())
             .unwrap_or(0);
         out.push(family(
             &RESTRICTIONS_ACTIVE,

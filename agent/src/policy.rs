@@ -154,6 +154,9 @@ pub struct PolicyConfig {
 
 /// The reason of an automatic country restriction.
 pub const COUNTRY_SURGE: &str = "country-surge";
+/// The reason of a restriction found in force at start-up whose origin the
+/// kernel does not keep.
+pub const ADOPTED: &str = "adopted";
 
 pub struct Engine {
     cfg: PolicyConfig,
@@ -339,17 +342,26 @@ impl Engine {
     }
 
     /// Takes over a restriction found in the kernel at start-up (restart),
-    /// so that its expiry is audited too.
-    pub fn adopt(&mut self, kind: Kind, target: Target, expires_at_ns: u64, now_ns: u64) {
+    /// so that its expiry is audited too. `reason` is [`ADOPTED`] unless
+    /// the kernel kept its origin ([`COUNTRY_SURGE`]: the automatic rules
+    /// go on applying to it, from its original start).
+    pub fn adopt(
+        &mut self,
+        kind: Kind,
+        target: Target,
+        reason: &'static str,
+        imposed_at_ns: u64,
+        expires_at_ns: u64,
+    ) {
         let evidence = Evidence { window: self.cfg.window, ..Evidence::default() };
         self.active.push(Active {
             id: self.next_id,
             kind,
             target,
-            reason: "adopted",
+            reason,
             note: None,
             evidence,
-            imposed_at_ns: now_ns,
+            imposed_at_ns,
             expires_at_ns,
             enforced: true,
             offence: 1,
@@ -569,7 +581,7 @@ mod tests {
     #[test]
     fn adopted_restrictions_expire_and_count_as_offences() {
         let mut e = Engine::new(cfg(), vec![]);
-        e.adopt(Kind::AuthSuspend, Target::Source("203.0.113.10/32".parse().unwrap()), 50 * S, 0);
+        e.adopt(Kind::AuthSuspend, Target::Source("203.0.113.10/32".parse().unwrap()), ADOPTED, 0, 50 * S);
         assert!(matches!(e.expire(50 * S).as_slice(), [Decision::Expire(a)] if a.reason == "adopted"));
         let again = imposed(&on(&mut e, 60 * S, ip("203.0.113.10"), EVENT_AUTH_FAILURES, 10)).clone();
         assert_eq!(again.offence, 2);

@@ -14,8 +14,8 @@ use ipnet::IpNet;
 use log::{info, warn};
 use tokio::signal::unix::{SignalKind, signal};
 use tollgate_common::{
-    Baseline, BlockEntry, CONFIG_BLOCK_ALL_PORTS, Config, EVENT_COUNTRY_INVITES, EVENT_INTL_INVITES,
-    NO_EXPIRY,
+    Baseline, BlockEntry, CONFIG_BLOCK_ALL_PORTS, Config, CountryRestriction, EVENT_COUNTRY_INVITES,
+    EVENT_INTL_INVITES, NO_EXPIRY,
     number::{MAX_EMERGENCY_NUMBERS, MAX_INTL_PREFIXES, NumberPlan},
     reason, verdict,
 };
@@ -35,7 +35,7 @@ use crate::{
     loader::{self, Attachment},
     maps::{Maps, key_addr},
     metrics,
-    policy::{Active, Decision, Engine, Evidence, Kind, PolicyConfig, Target},
+    policy::{ADOPTED, Active, COUNTRY_SURGE, Decision, Engine, Evidence, Kind, PolicyConfig, Target},
 };
 
 /// How often expired blocks are removed from the map. The kernel already
@@ -375,21 +375,24 @@ impl Learned {
 /// escalate from them.
 fn adopt_restrictions(maps: &Maps, engine: &mut Engine) {
     let now = monotonic_now_ns();
-    let mut found: Vec<(Kind, Target, u64)> = Vec::new();
+    // (kind, target, reason, imposed at, until)
+    let mut found: Vec<(Kind, Target, &'static str, u64, u64)> = Vec::new();
     for (net, r) in maps.restrictions.entries() {
-        found.push((Kind::AuthSuspend, Target::Source(net), r.auth_until_ns));
-        found.push((Kind::IntlSuspend, Target::Source(net), r.intl_until_ns));
+        found.push((Kind::AuthSuspend, Target::Source(net), ADOPTED, now, r.auth_until_ns));
+        found.push((Kind::IntlSuspend, Target::Source(net), ADOPTED, now, r.intl_until_ns));
     }
     for (net, b) in maps.blocklist.entries() {
         if b.reason == reason::OPERATOR && b.expires_at_ns != NO_EXPIRY {
-            found.push((Kind::Block, Target::Source(net), b.expires_at_ns));
+            found.push((Kind::Block, Target::Source(net), ADOPTED, now, b.expires_at_ns));
         }
     }
-    for (cc, until) in maps.country_restrictions().unwrap_or_default() {
-        found.push((Kind::CountryRestrict, Target::Country(cc), until));
+    for (cc, r) in maps.country_restrictions().unwrap_or_default() {
+        let (why, since) =
+            if r.reason == reason::COUNTRY_SURGE { (COUNTRY_SURGE, r.imposed_at_ns) } else { (ADOPTED, now) };
+        found.push((Kind::CountryRestrict, Target::Country(cc), why, since, r.until_ns));
     }
-    for (kind, target, until) in found.into_iter().filter(|(_, _, until)| *until > now) {
-        engine.adopt(kind, target, until, now);
+    for (kind, target, why, since, until) in found.into_iter().filter(|f| f.4 > now) {
+        engine.adopt(kind, target, why, since, until);
         info!(
             "{} on {target} still in force, {} left",
             kind.name(),
@@ -428,7 +431,24 @@ fn write_restriction(maps: &mut Maps, a: &Active, until: u64) -> crate::error::R
                 Ok(())
             }
         }
-        (Kind::CountryRestrict, Target::Country(cc)) => maps.set_country_restriction(cc, until),
+        (Kind::CountryRestrict, Target::Country(cc)) => {
+            let r = match (until, a.reason) {
+                (0, _) => CountryRestriction::default(),
+                (_, COUNTRY_SURGE) => CountryRestriction {
+                    until_ns: until,
+                    imposed_at_ns: a.imposed_at_ns,
+                    reason: reason::COUNTRY_SURGE,
+                    _reserved: 0,
+                },
+                _ => CountryRestriction {
+                    until_ns: until,
+                    imposed_at_ns: a.imposed_at_ns,
+                    reason: reason::OPERATOR,
+                    _reserved: 0,
+                },
+            };
+            maps.set_country_restriction(cc, r)
+        }
         _ => Ok(()),
     }
 }

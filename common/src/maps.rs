@@ -27,8 +27,8 @@ pub const MAP_EVENTS: &str = "EVENTS";
 /// Per-source SIP restrictions (LPM trie, key [`AddrKey`], value
 /// [`Restriction`]).
 pub const MAP_RESTRICTIONS: &str = "RESTRICTIONS";
-/// Country restrictions: expiry (CLOCK_MONOTONIC ns, 0 = none) of a
-/// restriction on international INVITEs to each E.164 code (`u64`).
+/// Country restrictions on international INVITEs (array indexed by E.164
+/// code, value [`CountryRestriction`]).
 pub const MAP_COUNTRY_RESTRICT: &str = "COUNTRY_RESTRICT";
 pub const RESTRICTIONS_CAPACITY: u32 = 65_536;
 /// Learned per-source thresholds for international INVITEs (hash, key
@@ -177,6 +177,21 @@ pub const fn sources_at_least(bits: &[u64; 2]) -> u32 {
     bits[0].count_ones() + bits[1].count_ones()
 }
 
+/// A restriction on international INVITEs to one country code, from every
+/// source. Kept with its origin and start so that a restarted agent applies
+/// the same rules to it (an automatic one stays bounded by its maximum and
+/// is lifted when the surge ends; an operator's is left as set).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CountryRestriction {
+    /// CLOCK_MONOTONIC ns until which it applies (0: not restricted).
+    pub until_ns: u64,
+    pub imposed_at_ns: u64,
+    /// [`reason::OPERATOR`] or [`reason::COUNTRY_SURGE`].
+    pub reason: u32,
+    pub _reserved: u32,
+}
+
 /// Default size of the per-source LRU map (`--max-sources`).
 pub const SOURCES_CAPACITY: u32 = 65_536;
 /// Size of the event ring buffer in bytes.
@@ -244,17 +259,21 @@ impl BlockEntry {
     }
 }
 
-/// Why a blocklist entry exists. Stored in [`BlockEntry::reason`].
+/// Why a blocklist or country-restrict entry exists ([`BlockEntry::reason`],
+/// [`CountryRestriction::reason`]).
 pub mod reason {
     /// Given with `tollgate run --block` at start-up.
     pub const CLI: u32 = 1;
     /// Imposed by an operator at run time.
     pub const OPERATOR: u32 = 2;
+    /// Imposed by the agent on a many-source surge to a country.
+    pub const COUNTRY_SURGE: u32 = 3;
 
     pub const fn name(code: u32) -> &'static str {
         match code {
             CLI => "cli",
             OPERATOR => "operator",
+            COUNTRY_SURGE => "country-surge",
             _ => "unknown",
         }
     }
@@ -459,6 +478,7 @@ mod pod {
     unsafe impl aya::Pod for super::Restriction {}
     unsafe impl aya::Pod for super::ThresholdEvent {}
     unsafe impl aya::Pod for super::Baseline {}
+    unsafe impl aya::Pod for super::CountryRestriction {}
     unsafe impl aya::Pod for super::CountryWindow {}
     unsafe impl aya::Pod for crate::number::NumberPlan {}
 }
@@ -471,6 +491,7 @@ const _: () = assert!(core::mem::size_of::<Config>() == 32);
 const _: () = assert!(core::mem::size_of::<SourceStats>() == 104);
 const _: () = assert!(core::mem::size_of::<ThresholdEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<Baseline>() == 16);
+const _: () = assert!(core::mem::size_of::<CountryRestriction>() == 24);
 const _: () = assert!(core::mem::size_of::<CountryWindow>() == 32);
 const _: () = assert!(core::mem::size_of::<crate::number::NumberPlan>() == 216);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);

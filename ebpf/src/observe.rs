@@ -27,9 +27,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use tollgate_common::{
-    AddrKey, Baseline, Config, CountryWindow, EVENT_AUTH_FAILURES, EVENT_COUNTRY_INVITES, EVENT_INTL_INVITES,
-    EVENTS_BYTES, INTL_BASELINE_CAPACITY, IPPROTO_TCP, MAX_NESTED_BLOCKS, NO_VERDICT, RESTRICTIONS_CAPACITY,
-    Restriction, SOURCES_CAPACITY, SipContext, SourceStats, ThresholdEvent,
+    AddrKey, Baseline, Config, CountryRestriction, CountryWindow, EVENT_AUTH_FAILURES, EVENT_COUNTRY_INVITES,
+    EVENT_INTL_INVITES, EVENTS_BYTES, INTL_BASELINE_CAPACITY, IPPROTO_TCP, MAX_NESTED_BLOCKS, NO_VERDICT,
+    RESTRICTIONS_CAPACITY, Restriction, SOURCES_CAPACITY, SipContext, SourceStats, ThresholdEvent,
     number::{COUNTRY_CODE_SLOTS, CountryCodes, NumberPlan, class, classify},
     packet::{Headers, Ports},
     sip::{self, ByteWindow, HeaderScan, MAX_USER_SCAN, SIP_WINDOW, UserScan, kind, method},
@@ -76,7 +76,7 @@ static COUNTRY_WINDOW: Array<CountryWindow> = Array::with_max_entries(COUNTRY_CO
 
 /// country-restrict: expiry per E.164 country code.
 #[map]
-static COUNTRY_RESTRICT: Array<u64> = Array::with_max_entries(COUNTRY_CODE_SLOTS, 0);
+static COUNTRY_RESTRICT: Array<CountryRestriction> = Array::with_max_entries(COUNTRY_CODE_SLOTS, 0);
 
 /// The parse result, from stage 2 to stage 3.
 #[map]
@@ -352,7 +352,7 @@ fn restrict(sc: &SipContext, s: &sip::SipSummary, class: u8, cc: u16) -> (i32, u
         if restricted(&sc.src, INTL, now) {
             return (drop, verdict::DROP_INTL_SUSPENDED);
         }
-        if COUNTRY_RESTRICT.get(cc as u32).is_some_and(|until| *until > now) {
+        if COUNTRY_RESTRICT.get(cc as u32).is_some_and(|r| r.until_ns > now) {
             return (drop, verdict::DROP_COUNTRY_RESTRICTED);
         }
     }

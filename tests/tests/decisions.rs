@@ -333,7 +333,14 @@ fn a_many_source_surge_to_one_country_is_restricted_and_lifted_when_it_stops() {
             .is_some(),
         "emergency, domestic and +44 INVITEs must pass"
     );
-    // The surge has stopped: a calm window lifts the restriction.
+    // A restarted agent takes it over as the automatic restriction it is...
+    let mut agent = agent;
+    agent.kill();
+    agent.restart();
+    assert!(agent.log_text().contains("country-restrict on +232 still in force"), "{}", agent.log_text());
+    let (ok, list, err) = agent.control(&["restrictions", "list"]);
+    assert!(ok && list.contains("country-surge"), "{list}{err}");
+    // ...so when the surge has stopped, a calm window lifts it.
     let lifted = wait_for(Duration::from_secs(10), || {
         audit.lines().into_iter().find(|l| {
             l.contains(r#""event":"lift""#) && l.contains(r#""target":"+232""#) && l.contains("surge-ended")

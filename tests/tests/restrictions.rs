@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use tollgate::clock::monotonic_now_ns;
-use tollgate_common::{Restriction, corpus::CORPUS, frames::FrameBuilder, verdict::*};
+use tollgate_common::{CountryRestriction, Restriction, corpus::CORPUS, frames::FrameBuilder, verdict::*};
 use tollgate_tests::{
     privileged,
     testrun::{Loaded, XDP_DROP, XDP_PASS},
@@ -97,7 +97,8 @@ fn country_restrict_applies_to_every_source_but_never_to_emergency_or_allowliste
     }
     let mut l = Loaded::new();
     l.allow(&["203.0.113.20/32"]);
-    l.maps.set_country_restriction(232, monotonic_now_ns() + HOUR).unwrap();
+    let hour = CountryRestriction { until_ns: monotonic_now_ns() + HOUR, ..Default::default() };
+    l.maps.set_country_restriction(232, hour).unwrap();
     for src in [CUSTOMER_V4, CUSTOMER_V6, ATTACKER_V4] {
         assert_eq!(l.run(&msg(src, "invite-intl-00-232.sip")), (XDP_DROP, DROP_COUNTRY_RESTRICTED), "{src}");
         assert_eq!(
@@ -109,7 +110,7 @@ fn country_restrict_applies_to_every_source_but_never_to_emergency_or_allowliste
         assert_eq!(l.run(&msg(src, "invite-domestic-plus81.sip")), (XDP_PASS, PASS_SIP));
     }
     assert_eq!(l.run(&msg(TRUSTED_V4, "invite-intl-00-232.sip")), (XDP_PASS, PASS_ALLOWLISTED));
-    l.maps.set_country_restriction(232, 0).unwrap();
+    l.maps.set_country_restriction(232, CountryRestriction::default()).unwrap();
     assert_eq!(l.run(&msg(CUSTOMER_V4, "invite-intl-00-232.sip")), (XDP_PASS, PASS_SIP), "lifted");
 }
 
