@@ -28,6 +28,12 @@ pub enum Error {
         hint: String,
     },
 
+    #[error(
+        "the maps pinned in {dir} were made by an incompatible tollgate version ({maps}); the program they serve keeps running. Remove them with `tollgate detach --pin-path {dir}` (this also lifts the blocks and restrictions they hold), then start again",
+        dir = dir.display()
+    )]
+    IncompatiblePins { dir: PathBuf, maps: String },
+
     #[error("the kernel rejected the XDP program: {0}")]
     Verifier(#[source] Box<aya::programs::ProgramError>),
 

@@ -94,9 +94,44 @@ pub fn load(pin_dir: Option<&Path>) -> Result<Ebpf> {
     load_with(pin_dir, tollgate_common::SOURCES_CAPACITY)
 }
 
+/// Pinned maps whose key or value layout differs from this build's, as
+/// "NAME (key/value bytes pinned, here)". Adopting one would make the
+/// kernel and the agent misread it, and the verifier does not always
+/// notice (a smaller value read only in its first bytes passes).
+pub fn incompatible_pins(dir: &Path) -> Result<Vec<String>> {
+    let obj = aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| Error::Io {
+        context: "parsing the embedded eBPF object".to_owned(),
+        source: std::io::Error::other(e),
+    })?;
+    let mut bad = Vec::new();
+    for name in PINNED_MAPS {
+        let path = dir.join(name);
+        let Some(def) = obj.maps.get(name).filter(|_| path.exists()) else { continue };
+        let want = (def.key_size(), def.value_size());
+        match aya::maps::MapInfo::from_pin(&path) {
+            Ok(info) if (info.key_size(), info.value_size()) == want => {}
+            Ok(info) => bad.push(format!(
+                "{name}: {}/{} bytes pinned, {}/{} here",
+                info.key_size(),
+                info.value_size(),
+                want.0,
+                want.1
+            )),
+            Err(e) => bad.push(format!("{name}: {e}")),
+        }
+    }
+    Ok(bad)
+}
+
 /// Like [`load`], with the per-source map sized to `max_sources`.
 pub fn load_with(pin_dir: Option<&Path>, max_sources: u32) -> Result<Ebpf> {
     raise_memlock_limit();
+    if let Some(dir) = pin_dir {
+        let bad = incompatible_pins(dir)?;
+        if !bad.is_empty() {
+            return Err(Error::IncompatiblePins { dir: dir.to_owned(), maps: bad.join("; ") });
+        }
+    }
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(tollgate_common::MAP_SOURCES, max_sources);
     let paths: Vec<(&str, PathBuf)> = match pin_dir {

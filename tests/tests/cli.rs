@@ -90,3 +90,33 @@ fn not_root_is_one_clear_line() {
     assert_clean_failure(&out, "must run as root");
     assert_eq!(String::from_utf8_lossy(&out.stderr).trim().lines().count(), 1);
 }
+
+#[test]
+fn maps_pinned_by_an_incompatible_version_are_named_and_left_alone() {
+    if !privileged("maps_pinned_by_an_incompatible_version_are_named_and_left_alone") {
+        return;
+    }
+    // A CONFIG map as an older tollgate pinned it (24-byte value).
+    let dir = std::path::PathBuf::from(tollgate_tests::netns::PIN_ROOT).join(tollgate_tests::unique("old"));
+    std::fs::create_dir_all(&dir).expect("pin dir");
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    let old = dir.join("CONFIG");
+    let made = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&old)
+        .args(["type", "array", "key", "4", "value", "24", "entries", "1", "name", "CONFIG"])
+        .output()
+        .expect("bpftool (installed by cargo xtask setup)");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let out = tollgate(&["run", "--iface", "lo", "--pin-path", dir.to_str().expect("UTF-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_clean_failure(&out, "incompatible tollgate version (CONFIG: 4/24 bytes pinned, 4/32 here)");
+    assert_clean_failure(&out, "tollgate detach --pin-path");
+    assert!(old.exists(), "the old state is left for the operator to decide");
+}
