@@ -525,7 +525,7 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
             Ok((stream, peer)) => {
                 let registry = Arc::clone(&registry);
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, &registry).await {
+                    if let Err(e) = handle(stream, registry).await {
                         debug!("metrics connection from {peer}: {e}");
                     }
                 });
@@ -539,8 +539,11 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
 }
 
 /// A deliberately small HTTP/1.x responder: one request per connection,
-/// bounded request size and time.
-async fn handle(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
+/// bounded request size and time. The page is rendered on the blocking
+/// pool: reading every kernel map takes tens of milliseconds with a full
+/// per-source map, and the agent's runtime has one thread, shared with the
+/// decisions.
+async fn handle(mut stream: TcpStream, registry: Arc<Registry>) -> std::io::Result<()> {
     const MAX_REQUEST: usize = 8192;
     let mut buf = Vec::with_capacity(1024);
     let read = async {
@@ -562,7 +565,12 @@ async fn handle(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
     let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
     let path = path.split(|b| *b == b'?').next().unwrap_or_default();
     let (status, ctype, body) = match (method, path) {
-        (b"GET", b"/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(registry)),
+        (b"GET", b"/metrics") => {
+            let page = tokio::task::spawn_blocking(move || render(&registry))
+                .await
+                .map_err(std::io::Error::other)?;
+            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", page)
+        }
         (b"GET", b"/") => {
             ("200 OK", "text/plain; charset=utf-8", "tollgate: metrics at /metrics\n".to_owned())
         }

@@ -242,20 +242,28 @@ impl Agent {
 
     /// The metrics page, fetched from inside the edge namespace.
     pub fn metrics(&self) -> Option<String> {
+        self.metrics_reader()()
+    }
+
+    /// A function that fetches the metrics page, usable from any thread.
+    pub fn metrics_reader(&self) -> impl Fn() -> Option<String> + Send + 'static {
         let ns = self.edge_ns.clone();
-        std::thread::spawn(move || {
-            enter(&ns);
-            let addr: SocketAddr = METRICS_ADDR.parse().expect("valid");
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
-            let mut body = String::new();
-            s.read_to_string(&mut body).ok()?;
-            body.starts_with("HTTP/1.1 200").then_some(body)
-        })
-        .join()
-        .ok()
-        .flatten()
+        move || {
+            let ns = ns.clone();
+            std::thread::spawn(move || {
+                enter(&ns);
+                let addr: SocketAddr = METRICS_ADDR.parse().expect("valid");
+                let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+                s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+                let mut body = String::new();
+                s.read_to_string(&mut body).ok()?;
+                body.starts_with("HTTP/1.1 200").then_some(body)
+            })
+            .join()
+            .ok()
+            .flatten()
+        }
     }
 
     /// Packet/byte totals per verdict, read from the pinned kernel map.

@@ -88,10 +88,14 @@ enum Task {
 #[derive(Subcommand)]
 enum Bench {
     /// Threshold crossing to the first dropped packet, end to end through
-    /// the agent in throw-away namespaces (median of several runs).
+    /// the agent in throw-away namespaces (median of several runs), idle and
+    /// with a full per-source map under continuous metrics scrapes.
     TimeToBlock {
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Tracked sources in the loaded case.
+        #[arg(long, default_value_t = 60_000)]
+        sources: u32,
     },
     /// BPF_PROG_TEST_RUN ns per packet for each verdict path, next to a bare
     /// XDP_PASS program in the same run.
@@ -144,7 +148,7 @@ fn task(task: Task) -> Result<()> {
             setup()?;
             fuzz(seconds, target.as_deref())
         }
-        Task::Bench { which: Bench::TimeToBlock { runs } } => {
+        Task::Bench { which: Bench::TimeToBlock { runs, sources } } => {
             setup()?;
             build(true)?;
             let bin = target_dir().join("release/tollgate");
@@ -161,6 +165,8 @@ fn task(task: Task) -> Result<()> {
                     "time-to-block",
                     "--runs",
                     &runs.to_string(),
+                    "--sources",
+                    &sources.to_string(),
                 ],
                 &[("TOLLGATE_BIN", bin.to_str().context("non-UTF-8 target dir")?)],
             )

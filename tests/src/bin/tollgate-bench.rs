@@ -27,6 +27,9 @@ enum Which {
     TimeToBlock {
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Tracked sources in the loaded case (the per-source map full).
+        #[arg(long, default_value_t = 60_000)]
+        sources: u32,
     },
     Verdict {
         #[arg(long, default_value_t = 1_000_000)]
@@ -47,7 +50,7 @@ fn main() {
     }
     let (repeat, rounds) = match Cli::parse().which {
         Which::Verdict { repeat, rounds } => (repeat, rounds),
-        Which::TimeToBlock { runs } => return time_to_block(runs),
+        Which::TimeToBlock { runs, sources } => return time_to_block(runs, sources),
     };
     let mut l = Loaded::new();
     // A realistically populated blocklist: 10,000 IPv6 /64s plus IPv4 entries.
@@ -134,13 +137,33 @@ fn median(v: &mut [Duration]) -> Duration {
     v[v.len() / 2]
 }
 
+/// Fills the agent's per-source map with `n` synthetic sources
+/// (2001:db8:9::/48), as a busy edge has them.
+fn fill_sources(agent: &Agent, n: u32) {
+    use aya::maps::{HashMap, Map, MapData};
+    use tollgate_common::{AddrKey, MAP_SOURCES, SourceStats};
+    let data = MapData::from_pin(agent.pin_dir.join(MAP_SOURCES)).expect("pinned SOURCES");
+    let mut map: HashMap<MapData, AddrKey, SourceStats> =
+        HashMap::try_from(Map::from_map_data(data).expect("map")).expect("SOURCES is a hash map");
+    let now = tollgate::clock::monotonic_now_ns();
+    for i in 0..n {
+        let addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, (i >> 16) as u16, i as u16);
+        let stats =
+            SourceStats { first_seen_ns: now, last_seen_ns: now, intl_invites: 3, ..Default::default() };
+        map.insert(addr.octets(), stats, 0).expect("insert a source");
+    }
+}
+
 /// Sends international INVITEs from one source every GAP and finds, from
 /// the kernel's verdict counters, which one was the first dropped: the
 /// kernel handles one veth's packets in order, so with THRESHOLD passed at
 /// the crossing and `passed` in all, packet `passed + 1` was the first
 /// dropped. Time-to-block is the time between sending packet THRESHOLD and
-/// packet `passed + 1` (resolution: GAP).
-fn time_to_block(runs: usize) {
+/// packet `passed + 1` (resolution: GAP). Each run is measured twice, on an
+/// idle agent and on one with `sources` tracked sources, a learning pass
+/// every second and /metrics scraped without pause (every scrape and pass
+/// reads the whole per-source map).
+fn time_to_block(runs: usize, sources: u32) {
     use std::{
         net::{SocketAddr, UdpSocket},
         time::{Duration, Instant},
@@ -155,10 +178,34 @@ fn time_to_block(runs: usize) {
     tollgate_tests::netns::sweep_stale();
     let invite = CORPUS.iter().find(|c| c.name == "invite-intl-plus-232.sip").expect("fixture").bytes;
     println!("time-to-block: {THRESHOLD} international INVITEs is the threshold; one INVITE every {GAP:?}");
-    let mut results = Vec::new();
-    for run in 1..=runs {
+    println!(
+        "loaded: {sources} tracked sources, a learning pass every second, /metrics scraped back to back"
+    );
+    let mut results: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for (run, loaded) in (1..=runs).flat_map(|r| [(r, false), (r, true)]) {
         let topo = Topology::new();
-        let agent = Agent::start(&topo, &["--intl-invite-threshold", &THRESHOLD.to_string()]);
+        let threshold = THRESHOLD.to_string();
+        let mut args = vec!["--intl-invite-threshold", &threshold];
+        if loaded {
+            args.extend(["--window", "1s", "--max-sources", "65536"]);
+        }
+        let agent = Agent::start(&topo, &args);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut scrapes = 0;
+        let scraper = loaded.then(|| {
+            fill_sources(&agent, sources);
+            // Let a learning pass or two see the full map first.
+            std::thread::sleep(Duration::from_millis(2500));
+            let stop = std::sync::Arc::clone(&stop);
+            let metrics = agent.metrics_reader();
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += metrics().is_some() as usize;
+                }
+                n
+            })
+        });
         let dst = SocketAddr::new(EDGE_V4, 5060);
         let sent_at: Vec<Instant> = topo.peer.run(move || {
             let sock = UdpSocket::bind(SocketAddr::new(CUSTOMER_V4, 0)).expect("bind");
@@ -174,6 +221,10 @@ fn time_to_block(runs: usize) {
                 })
                 .collect()
         });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = scraper {
+            scrapes = t.join().expect("scraper");
+        }
         let counted = wait_for(Duration::from_secs(5), || {
             let v = agent.verdicts();
             let n = v[verdict::PASS_SIP as usize].packets + v[verdict::DROP_INTL_SUSPENDED as usize].packets;
@@ -181,28 +232,40 @@ fn time_to_block(runs: usize) {
         })
         .expect("all INVITEs counted");
         let passed = counted[verdict::PASS_SIP as usize].packets as usize;
+        let case =
+            if loaded { format!("loaded, {scrapes} scrapes during the send") } else { "idle".to_owned() };
         if passed >= PACKETS {
-            println!("run {run}: no packet was dropped within {PACKETS} packets");
+            println!("run {run} ({case}): no packet was dropped within {PACKETS} packets");
             continue;
         }
         let ttb = sent_at[passed] - sent_at[THRESHOLD - 1];
         println!(
-            "run {run}: first dropped INVITE #{} of {PACKETS}; {} passed after the crossing; time-to-block {:.2} ms",
+            "run {run} ({case}): first dropped INVITE #{} of {PACKETS}; {} passed after the crossing; time-to-block {:.2} ms",
             passed + 1,
             passed - THRESHOLD,
             ttb.as_secs_f64() * 1000.0
         );
-        results.push(ttb);
+        results[loaded as usize].push(ttb);
     }
-    if results.is_empty() {
-        println!("no measurement");
-        return;
+    for (name, r) in ["idle", "loaded"].iter().zip(results.iter_mut()) {
+        if r.is_empty() {
+            println!("{name}: no measurement");
+            continue;
+        }
+        r.sort();
+        println!(
+            "{name:<6} median time-to-block {:.2} ms (min {:.2}, max {:.2}; {} runs; resolution {GAP:?})",
+            r[r.len() / 2].as_secs_f64() * 1000.0,
+            r[0].as_secs_f64() * 1000.0,
+            r[r.len() - 1].as_secs_f64() * 1000.0,
+            r.len()
+        );
     }
-    results.sort();
-    println!(
-        "median time-to-block {:.2} ms (min {:.2}, max {:.2}; resolution {GAP:?})",
-        results[results.len() / 2].as_secs_f64() * 1000.0,
-        results[0].as_secs_f64() * 1000.0,
-        results[results.len() - 1].as_secs_f64() * 1000.0
-    );
+    if let [idle, loaded] = &results
+        && !idle.is_empty()
+        && !loaded.is_empty()
+    {
+        let median = |r: &[Duration]| r[r.len() / 2].as_secs_f64();
+        println!("loaded / idle median: {:.2}", median(loaded) / median(idle));
+    }
 }
