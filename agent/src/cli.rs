@@ -211,11 +211,13 @@ pub struct DetectArgs {
     pub intl_invite_threshold: u32,
 
     /// How many times its learned peacetime number of international INVITEs
-    /// per window a source must reach to be reported.
+    /// per window a source (or a destination country) must reach to be
+    /// reported.
     #[arg(long, value_name = "RATIO", default_value_t = 4.0, value_parser = parse_ratio)]
     pub surge_ratio: f64,
 
-    /// Weight of the newest window in the peacetime level (EWMA, 0 to 1).
+    /// Weight of the newest window in the peacetime levels of sources and
+    /// countries (EWMA, 0 to 1).
     #[arg(long, value_name = "W", default_value_t = 0.2, value_parser = parse_weight)]
     pub baseline_weight: f64,
 
