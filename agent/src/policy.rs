@@ -440,7 +440,7 @@ mod tests {
 
     const S: u64 = 1_000_000_000;
 
-    fn cfg() -> PolicyConfig {
+    pub(super) fn cfg() -> PolicyConfig {
         PolicyConfig {
             auth_suspend: Duration::from_secs(600),
             intl_suspend: Duration::from_secs(1800),
@@ -594,17 +594,13 @@ mod country_tests {
 
     const S: u64 = 1_000_000_000;
 
+    /// The engine tests' configuration (15 min steps, 1 h country cap),
+    /// with a day's --max-restriction so that only the country cap bounds.
     fn cfg(opted_in: bool) -> PolicyConfig {
         PolicyConfig {
-            auth_suspend: Duration::from_secs(600),
-            intl_suspend: Duration::from_secs(1800),
             max_restriction: Duration::from_secs(86_400),
-            prefix_cap: 16,
-            dry_run: false,
-            window: Duration::from_secs(60),
             country_restrict: opted_in,
-            country_restrict_for: Duration::from_secs(900),
-            country_restrict_max: Duration::from_secs(3600),
+            ..super::tests::cfg()
         }
     }
 

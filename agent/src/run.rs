@@ -456,20 +456,15 @@ fn write_restriction(maps: &mut Maps, a: &Active, until: u64) -> crate::error::R
             }
         }
         (Kind::CountryRestrict, Target::Country(cc)) => {
-            let r = match (until, a.reason) {
-                (0, _) => CountryRestriction::default(),
-                (_, COUNTRY_SURGE) => CountryRestriction {
+            let r = if until == 0 {
+                CountryRestriction::default()
+            } else {
+                CountryRestriction {
                     until_ns: until,
                     imposed_at_ns: a.imposed_at_ns,
-                    reason: reason::COUNTRY_SURGE,
+                    reason: if a.reason == COUNTRY_SURGE { reason::COUNTRY_SURGE } else { reason::OPERATOR },
                     _reserved: 0,
-                },
-                _ => CountryRestriction {
-                    until_ns: until,
-                    imposed_at_ns: a.imposed_at_ns,
-                    reason: reason::OPERATOR,
-                    _reserved: 0,
-                },
+                }
             };
             maps.set_country_restriction(cc, r)
         }
@@ -640,17 +635,21 @@ fn number_plan(args: &PlanArgs, countries: &Countries) -> anyhow::Result<NumberP
     Ok(plan)
 }
 
-fn configure(maps: &mut Maps, args: &RunArgs) -> anyhow::Result<()> {
-    let flags = if args.block_all_ports { CONFIG_BLOCK_ALL_PORTS } else { 0 };
-    maps.set_config(Config {
-        flags,
+/// The kernel's configuration for these flags.
+pub fn kernel_config(args: &RunArgs) -> Config {
+    Config {
+        flags: if args.block_all_ports { CONFIG_BLOCK_ALL_PORTS } else { 0 },
         auth_failure_threshold: args.detect.auth_failure_threshold,
         window_ns: u64::try_from(args.detect.window.as_nanos()).unwrap_or(u64::MAX),
         intl_invite_threshold: args.detect.intl_invite_threshold,
         country_invite_threshold: args.detect.country_invite_threshold,
         country_min_sources: args.detect.country_min_sources,
         _reserved: 0,
-    })?;
+    }
+}
+
+fn configure(maps: &mut Maps, args: &RunArgs) -> anyhow::Result<()> {
+    maps.set_config(kernel_config(args))?;
     let ports: Vec<(u8, u16)> = args.sip_ports.iter().flat_map(|p| p.keys()).collect();
     maps.set_sip_ports(&ports)?;
     maps.allowlist.replace(&args.allows)?;

@@ -63,14 +63,12 @@ fn main() {
     // The agent's defaults, so the counting windows and thresholds run as
     // in production (the repeated source soon sits above every ceiling,
     // the costliest case: learned-threshold lookups on every INVITE).
-    let defaults = Config {
-        flags: 0,
-        auth_failure_threshold: 10,
-        window_ns: 60_000_000_000,
-        intl_invite_threshold: 30,
-        country_invite_threshold: 100,
-        country_min_sources: 5,
-        _reserved: 0,
+    let defaults = {
+        use clap::Parser as _;
+        let cli =
+            tollgate::cli::Cli::try_parse_from(["tollgate", "run", "--iface", "bench"]).expect("defaults");
+        let tollgate::cli::Command::Run(args) = cli.command else { unreachable!("parsed `run`") };
+        tollgate::run::kernel_config(&args)
     };
     l.maps.set_config(defaults).expect("config");
 
