@@ -122,56 +122,88 @@ impl ByteWindow for Window {
 
     /// One `bpf_loop` iteration per byte, the byte's position being the
     /// loop index: the verifier checks the step once, with nothing it must
-    /// track precisely carried between iterations.
+    /// track precisely carried between iterations. The scan's state lives in
+    /// a map value, not on the stack: see [`HEADER_SCAN`].
     #[inline(always)]
     fn scan_headers(&self, scan: HeaderScan) -> HeaderScan {
-        let mut ctx = HeaderCtx { len: self.len, scan };
-        // SAFETY: header_step matches bpf_loop's callback ABI and only uses
-        // ctx as the HeaderCtx passed here.
+        let Some(st) = HEADER_SCAN.get_ptr_mut(0) else { return HeaderScan { stop: true, ..scan } };
+        // SAFETY: st is a live per-CPU map value; nothing else on this CPU
+        // runs between here and the read below.
         unsafe {
-            bpf_loop(self.len as u32, header_step as *mut c_void, (&raw mut ctx).cast(), 0);
+            (*st).len = self.len;
+            (*st).scan = scan;
         }
-        ctx.scan
+        // SAFETY: header_step matches bpf_loop's callback ABI and takes no
+        // context (NULL is allowed).
+        unsafe {
+            bpf_loop(self.len as u32, header_step as *mut c_void, core::ptr::null_mut(), 0);
+        }
+        // SAFETY: as above. Volatile: the callback wrote it behind LLVM's back.
+        unsafe { core::ptr::read_volatile(&raw const (*st).scan) }
     }
 
     /// The same for the Request-URI user part.
     #[inline(always)]
     fn scan_user(&self, scan: UserScan) -> UserScan {
-        let mut ctx = UserCtx { len: self.len, scan };
-        // SAFETY: as above, with UserCtx.
+        let Some(st) = USER_SCAN.get_ptr_mut(0) else { return UserScan { done: true, ..scan } };
+        // SAFETY: as in scan_headers.
         unsafe {
-            bpf_loop(MAX_USER_SCAN as u32, user_step as *mut c_void, (&raw mut ctx).cast(), 0);
+            (*st).len = self.len;
+            (*st).scan = scan;
         }
-        ctx.scan
+        // SAFETY: as in scan_headers, with user_step.
+        unsafe {
+            bpf_loop(MAX_USER_SCAN as u32, user_step as *mut c_void, core::ptr::null_mut(), 0);
+        }
+        // SAFETY: as in scan_headers.
+        unsafe { core::ptr::read_volatile(&raw const (*st).scan) }
     }
 }
 
-struct HeaderCtx {
+/// The state of a `bpf_loop` scan, between its steps and back to the
+/// caller.
+///
+/// Why a map value and not the caller's stack (what each kernel needed):
+/// - Linux 6.1 verifies a `bpf_loop` callback as if it ran exactly once.
+///   State kept on the stack is tracked precisely, so after "one step" the
+///   verifier believes a multi-step outcome (a header found on a later
+///   line, the URI scan reaching the user part) is impossible, and its
+///   dead-code pass hard-wires those branches away: the loaded program then
+///   reads every message as unparsed, without any error.
+/// - Linux 6.7 and later verify the callback until its state repeats.
+///   Precisely tracked scan state (positions, digit values) keeps changing,
+///   so the verifier walks many iterations: 0.7M of the 1M-instruction
+///   budget on 6.18, over it on 6.12.
+///
+/// Loads from a map value are unknown to the verifier, so it checks one
+/// generic step on every kernel and keeps every outcome after the loop.
+struct ScanState<S> {
     len: usize,
-    scan: HeaderScan,
+    scan: S,
+}
+
+#[map]
+static HEADER_SCAN: PerCpuArray<ScanState<HeaderScan>> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static USER_SCAN: PerCpuArray<ScanState<UserScan>> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(never)]
+unsafe extern "C" fn header_step(index: u64, _ctx: *mut c_void) -> i64 {
+    let (Some(st), Some(buf)) = (HEADER_SCAN.get_ptr_mut(0), SCRATCH.get_ptr(0)) else { return 1 };
+    // SAFETY: a live per-CPU map value, owned by this scan until it returns.
+    let st = unsafe { &mut *st };
+    let window = Window { buf, len: st.len };
+    if st.scan.step(&window, index as usize) { 0 } else { 1 }
 }
 
 #[inline(never)]
-unsafe extern "C" fn header_step(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop passes back the pointer given in scan_headers.
-    let ctx = unsafe { &mut *ctx.cast::<HeaderCtx>() };
-    let Some(buf) = SCRATCH.get_ptr(0) else { return 1 };
-    let window = Window { buf, len: ctx.len };
-    if ctx.scan.step(&window, index as usize) { 0 } else { 1 }
-}
-
-struct UserCtx {
-    len: usize,
-    scan: UserScan,
-}
-
-#[inline(never)]
-unsafe extern "C" fn user_step(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop passes back the pointer given in scan_user.
-    let ctx = unsafe { &mut *ctx.cast::<UserCtx>() };
-    let Some(buf) = SCRATCH.get_ptr(0) else { return 1 };
-    let window = Window { buf, len: ctx.len };
-    if ctx.scan.step(&window, index as usize) { 0 } else { 1 }
+unsafe extern "C" fn user_step(index: u64, _ctx: *mut c_void) -> i64 {
+    let (Some(st), Some(buf)) = (USER_SCAN.get_ptr_mut(0), SCRATCH.get_ptr(0)) else { return 1 };
+    // SAFETY: as in header_step.
+    let st = unsafe { &mut *st };
+    let window = Window { buf, len: st.len };
+    if st.scan.step(&window, index as usize) { 0 } else { 1 }
 }
 
 struct KernelCountryCodes;
