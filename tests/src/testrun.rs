@@ -109,6 +109,30 @@ impl Loaded {
 
     /// Runs a program `repeat` times in the kernel; returns the action and
     /// the kernel-measured average time per run.
+    /// Loads the programs not loaded yet (the TC egress counter), then
+    /// reports every program's verifier work: (name, instructions
+    /// processed), the figure the verifier compares with its 1,000,000
+    /// budget (`bpf_prog_info.verified_insns`, Linux 5.16+).
+    pub fn verifier_counts(&mut self) -> Vec<(String, u32)> {
+        for (name, prog) in self.ebpf.programs_mut() {
+            if let aya::programs::Program::SchedClassifier(p) = prog
+                && p.fd().is_err()
+            {
+                p.load().unwrap_or_else(|e| panic!("verifier rejects {name}: {e:?}"));
+            }
+        }
+        let mut counts: Vec<(String, u32)> = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, prog)| {
+                let info = prog.info().ok()?;
+                Some((name.to_owned(), info.verified_instruction_count().unwrap_or(0)))
+            })
+            .collect();
+        counts.sort();
+        counts
+    }
+
     pub fn run_program(&self, name: &str, frame: &[u8], repeat: u32) -> (u32, Duration) {
         let mut out = vec![0u8; frame.len() + 256];
         let result = self

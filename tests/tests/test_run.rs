@@ -35,6 +35,21 @@ fn loaded() -> Loaded {
     l
 }
 
+/// Every program passes the verifier, with its work printed as
+/// `verifier: NAME INSNS` (read by `cargo xtask kernels` for the matrix).
+#[test]
+fn verifier_budget() {
+    if !privileged("verifier_budget") {
+        return;
+    }
+    let counts = Loaded::new().verifier_counts();
+    assert!(counts.len() >= 7, "every program was loaded: {counts:?}");
+    for (name, insns) in counts {
+        println!("verifier: {name} {insns} ({:.1}% of 1000000)", f64::from(insns) / 10_000.0);
+        assert!(insns < 1_000_000, "{name} is over the verifier's budget");
+    }
+}
+
 #[test]
 fn verdicts_for_header_shapes() {
     if !privileged("verdicts_for_header_shapes") {

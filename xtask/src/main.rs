@@ -12,6 +12,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod kernels;
+
 /// The bpf-linker release known to work with this machine's toolchains and
 /// Debian's LLVM 22 (see ../shared/TOOLCHAIN.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -31,6 +33,12 @@ const APT_PACKAGES: &[&str] = &[
     "sip-tester",
     // Inspecting attached programs and maps by hand.
     "bpftool",
+    // The kernel matrix: Debian's kernels booted under qemu with an
+    // initramfs made from busybox (xz unpacks 6.12's modules).
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "xz-utils",
 ];
 
 #[derive(Parser)]
@@ -67,6 +75,17 @@ enum Task {
         /// Extra arguments for `tollgate run` (with --iface).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Boot Debian's kernels (12's 6.1 and 6.12) under qemu and run the
+    /// kernel program's tests in each; print one line per kernel with the
+    /// verifier's instruction count per program. Fails if any kernel fails.
+    Kernels {
+        /// Only kernels whose label or package name contains this.
+        #[arg(long)]
+        only: Option<String>,
+        /// Keep every guest's console log under target/kernels.
+        #[arg(long)]
+        verbose: bool,
     },
     /// Fuzz the SIP and header parsers with cargo-fuzz (nightly) for a
     /// bounded time, seeded with tests/fixtures/sip. Installs cargo-fuzz.
@@ -143,6 +162,10 @@ fn task(task: Task) -> Result<()> {
                     )
                 }
             }
+        }
+        Task::Kernels { only, verbose } => {
+            setup()?;
+            kernels::kernels(&kernels::Options { only, verbose })
         }
         Task::Fuzz { seconds, target } => {
             setup()?;
