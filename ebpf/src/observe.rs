@@ -87,9 +87,16 @@ static SUMMARY: PerCpuArray<sip::SipSummary> = PerCpuArray::with_max_entries(1, 
 #[map]
 static SIP_CTX: PerCpuArray<SipContext> = PerCpuArray::with_max_entries(1, 0);
 
-/// Where the payload window is copied; per CPU, so no locking.
+/// Where the payload window is copied, and the state of the scans over it;
+/// per CPU, so no locking.
 #[map]
-static SCRATCH: PerCpuArray<[u8; SIP_WINDOW]> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+struct Scratch {
+    payload: [u8; SIP_WINDOW],
+    header: ScanState<HeaderScan>,
+    user: ScanState<UserScan>,
+}
 
 /// The copied payload. Reads past `len` yield 0; the mask keeps every index
 /// inside the buffer whatever the verifier knows about `i`.
@@ -123,10 +130,12 @@ impl ByteWindow for Window {
     /// One `bpf_loop` iteration per byte, the byte's position being the
     /// loop index: the verifier checks the step once, with nothing it must
     /// track precisely carried between iterations. The scan's state lives in
-    /// a map value, not on the stack: see [`HEADER_SCAN`].
+    /// a map value, not on the stack: see [`ScanState`].
     #[inline(always)]
     fn scan_headers(&self, scan: HeaderScan) -> HeaderScan {
-        let Some(st) = HEADER_SCAN.get_ptr_mut(0) else { return HeaderScan { stop: true, ..scan } };
+        let Some(sc) = SCRATCH.get_ptr_mut(0) else { return HeaderScan { stop: true, ..scan } };
+        // SAFETY: a live per-CPU map value.
+        let st = unsafe { &raw mut (*sc).header };
         // SAFETY: st is a live per-CPU map value; nothing else on this CPU
         // runs between here and the read below.
         unsafe {
@@ -145,7 +154,9 @@ impl ByteWindow for Window {
     /// The same for the Request-URI user part.
     #[inline(always)]
     fn scan_user(&self, scan: UserScan) -> UserScan {
-        let Some(st) = USER_SCAN.get_ptr_mut(0) else { return UserScan { done: true, ..scan } };
+        let Some(sc) = SCRATCH.get_ptr_mut(0) else { return UserScan { done: true, ..scan } };
+        // SAFETY: a live per-CPU map value.
+        let st = unsafe { &raw mut (*sc).user };
         // SAFETY: as in scan_headers.
         unsafe {
             (*st).len = self.len;
@@ -182,28 +193,23 @@ struct ScanState<S> {
     scan: S,
 }
 
-#[map]
-static HEADER_SCAN: PerCpuArray<ScanState<HeaderScan>> = PerCpuArray::with_max_entries(1, 0);
-
-#[map]
-static USER_SCAN: PerCpuArray<ScanState<UserScan>> = PerCpuArray::with_max_entries(1, 0);
-
+/// One step: one map lookup finds both the payload and the state.
 #[inline(never)]
 unsafe extern "C" fn header_step(index: u64, _ctx: *mut c_void) -> i64 {
-    let (Some(st), Some(buf)) = (HEADER_SCAN.get_ptr_mut(0), SCRATCH.get_ptr(0)) else { return 1 };
+    let Some(sc) = SCRATCH.get_ptr_mut(0) else { return 1 };
     // SAFETY: a live per-CPU map value, owned by this scan until it returns.
-    let st = unsafe { &mut *st };
-    let window = Window { buf, len: st.len };
-    if st.scan.step(&window, index as usize) { 0 } else { 1 }
+    let sc = unsafe { &mut *sc };
+    let window = Window { buf: &raw const sc.payload, len: sc.header.len };
+    if sc.header.scan.step(&window, index as usize) { 0 } else { 1 }
 }
 
 #[inline(never)]
 unsafe extern "C" fn user_step(index: u64, _ctx: *mut c_void) -> i64 {
-    let (Some(st), Some(buf)) = (USER_SCAN.get_ptr_mut(0), SCRATCH.get_ptr(0)) else { return 1 };
+    let Some(sc) = SCRATCH.get_ptr_mut(0) else { return 1 };
     // SAFETY: as in header_step.
-    let st = unsafe { &mut *st };
-    let window = Window { buf, len: st.len };
-    if st.scan.step(&window, index as usize) { 0 } else { 1 }
+    let sc = unsafe { &mut *sc };
+    let window = Window { buf: &raw const sc.payload, len: sc.user.len };
+    if sc.user.scan.step(&window, index as usize) { 0 } else { 1 }
 }
 
 struct KernelCountryCodes;
@@ -240,7 +246,9 @@ pub(crate) fn stage<C: Packet>(
     // Same value for 1..=SIP_WINDOW, but in a form whose range the verifier
     // can see is never 0 (the helper rejects zero-sized copies).
     let len = ((len - 1) & (SIP_WINDOW - 1)) + 1;
-    let (Some(buf), Some(sc)) = (SCRATCH.get_ptr_mut(0), SIP_CTX.get_ptr_mut(0)) else { return false };
+    let (Some(scratch), Some(sc)) = (SCRATCH.get_ptr_mut(0), SIP_CTX.get_ptr_mut(0)) else { return false };
+    // SAFETY: a live per-CPU map value.
+    let buf = unsafe { &raw mut (*scratch).payload };
     if !ctx.load(off, buf.cast(), len) {
         return false;
     }
@@ -305,10 +313,12 @@ fn restricted(addr: &AddrKey, kind: u8, now: u64) -> bool {
 /// Stage 2: parses the copied payload into SUMMARY.
 #[inline(always)]
 pub(crate) fn parse_stage() {
-    let (Some(buf), Some(sc), Some(slot)) = (SCRATCH.get_ptr(0), SIP_CTX.get(0), SUMMARY.get_ptr_mut(0))
+    let (Some(scratch), Some(sc), Some(slot)) = (SCRATCH.get_ptr(0), SIP_CTX.get(0), SUMMARY.get_ptr_mut(0))
     else {
         return;
     };
+    // SAFETY: a live per-CPU map value.
+    let buf = unsafe { &raw const (*scratch).payload };
     let len = sc.len as usize;
     if len == 0 || len > SIP_WINDOW {
         return;
