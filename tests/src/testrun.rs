@@ -107,8 +107,6 @@ impl Loaded {
         (action, code)
     }
 
-    /// Runs a program `repeat` times in the kernel; returns the action and
-    /// the kernel-measured average time per run.
     /// Loads the programs not loaded yet (the TC egress counter), then
     /// reports every program's verifier work: (name, instructions
     /// processed), the figure the verifier compares with its 1,000,000
@@ -133,6 +131,8 @@ impl Loaded {
         counts
     }
 
+    /// Runs a program `repeat` times in the kernel; returns the action and
+    /// the kernel-measured average time per run.
     pub fn run_program(&self, name: &str, frame: &[u8], repeat: u32) -> (u32, Duration) {
         let mut out = vec![0u8; frame.len() + 256];
         let result = self

@@ -59,7 +59,8 @@ enum Task {
         release: bool,
     },
     /// Set up, build, then run every test (unit, BPF_PROG_TEST_RUN and
-    /// network-namespace integration tests; needs root).
+    /// network-namespace integration tests; needs root), then the kernel
+    /// matrix (`cargo xtask kernels`). With a filter, only `cargo test`.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -165,7 +166,10 @@ fn task(task: Task) -> Result<()> {
         }
         Task::Kernels { only, verbose } => {
             setup()?;
-            kernels::kernels(&kernels::Options { only, verbose })
+            if !kernels::kernels(&kernels::Options { only, verbose })?.ok {
+                bail!("the kernel matrix failed (console logs named above)");
+            }
+            Ok(())
         }
         Task::Fuzz { seconds, target } => {
             setup()?;
@@ -279,14 +283,32 @@ fn test(extra: &[String]) -> Result<()> {
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
-    println!("tests: {} passed, {} failed, {} skipped", totals[0], totals[1], totals[2]);
+    // Every change to the kernel program is judged on every kernel: the
+    // matrix is part of the whole run (a filtered run is a developer's
+    // shortcut, and says so).
+    let matrix = if extra.is_empty() {
+        Some(kernels::kernels(&kernels::Options { only: None, verbose: false }))
+    } else {
+        eprintln!("\n!!!!! kernel matrix SKIPPED: test arguments given; `cargo xtask kernels` runs it !!!!!\n");
+        None
+    };
+    let (kp, kf) = match &matrix {
+        Some(Ok(t)) => (t.passed, t.failed + u64::from(!t.ok && t.failed == 0)),
+        Some(Err(_)) => (0, 1),
+        None => (0, 0),
+    };
+    println!("tests: {} passed, {} failed, {} skipped", totals[0] + kp, totals[1] + kf, totals[2]);
     if !status.success() {
         bail!("cargo test failed ({status})");
     }
     if totals[0] == 0 {
         bail!("no test ran");
     }
-    Ok(())
+    match matrix {
+        Some(Err(e)) => Err(e.context("the kernel matrix could not run")),
+        Some(Ok(t)) if !t.ok => bail!("the kernel matrix failed (console logs named above)"),
+        _ => Ok(()),
+    }
 }
 
 /// The number written just before `word` in "ok. 5 passed; 0 failed; ...".
