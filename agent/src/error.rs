@@ -9,6 +9,16 @@ pub enum Error {
     )]
     NotRoot { command: &'static str },
 
+    #[error(
+        "tollgate needs Linux {major}.{minor} or newer (bpf_xdp_load_bytes, bpf_loop); this kernel is {found}"
+    )]
+    KernelTooOld {
+        /// The running kernel's version, as aya reads it.
+        found: aya::util::KernelVersion,
+        major: u8,
+        minor: u8,
+    },
+
     #[error("interface {name:?} does not exist")]
     UnknownInterface { name: String },
 

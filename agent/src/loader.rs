@@ -21,6 +21,7 @@ use aya::{
         links::{FdLink, PinnedLink},
         xdp::{XdpLink, XdpLinkId},
     },
+    util::KernelVersion,
 };
 use log::{info, warn};
 use tollgate_common::{PINNED_MAPS, PROG_ENFORCE, TAIL_PROGRAMS};
@@ -37,6 +38,41 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 const LINK_PREFIX: &str = "link-";
 const EGRESS_PREFIX: &str = "egress-";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The oldest kernel the program loads and attaches on. What needs what:
+/// - BPF ring buffer (threshold events, `EVENTS`): 5.8;
+/// - XDP attached through a pinnable `bpf_link` (enforcement outliving the
+///   agent, atomic replacement on restart): 5.9;
+/// - `bpf_loop` (the SIP header scan): 5.17;
+/// - `bpf_xdp_load_bytes` (reading the SIP payload at XDP): 5.18.
+///
+/// (`--egress-iface` uses TCX links from 6.6, netlink TC before.)
+pub const MIN_KERNEL: (u8, u8) = (5, 18);
+
+/// Whether kernel `version` is new enough for the program.
+pub fn kernel_supported(version: KernelVersion) -> bool {
+    version >= KernelVersion::new(MIN_KERNEL.0, MIN_KERNEL.1, 0)
+}
+
+/// Refuses a kernel older than [`MIN_KERNEL`] with one line, before
+/// anything is loaded (the verifier's own complaint would name a helper,
+/// not the kernel). If the version cannot be read, warns and goes on.
+pub fn require_kernel() -> Result<()> {
+    match KernelVersion::current() {
+        Ok(v) if kernel_supported(v) => Ok(()),
+        Ok(v) => Err(Error::KernelTooOld { found: v, major: MIN_KERNEL.0, minor: MIN_KERNEL.1 }),
+        Err(e) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                warn!(
+                    "cannot read the kernel version ({e}); going on, but tollgate needs Linux {}.{} or newer",
+                    MIN_KERNEL.0, MIN_KERNEL.1
+                )
+            });
+            Ok(())
+        }
+    }
+}
 
 pub fn require_root(command: &'static str) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -125,6 +161,7 @@ pub fn incompatible_pins(dir: &Path) -> Result<Vec<String>> {
 
 /// Like [`load`], with the per-source map sized to `max_sources`.
 pub fn load_with(pin_dir: Option<&Path>, max_sources: u32) -> Result<Ebpf> {
+    require_kernel()?;
     raise_memlock_limit();
     if let Some(dir) = pin_dir {
         let bad = incompatible_pins(dir)?;
@@ -372,5 +409,34 @@ fn raise_memlock_limit() {
     // SAFETY: valid pointer to an rlimit.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         log::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_from_5_18_are_supported() {
+        for (v, ok) in [
+            (KernelVersion::new(4, 19, 300), false),
+            (KernelVersion::new(5, 10, 0), false),
+            (KernelVersion::new(5, 17, 255), false),
+            (KernelVersion::new(5, 18, 0), true),
+            (KernelVersion::new(5, 18, 19), true),
+            (KernelVersion::new(6, 1, 0), true),
+            (KernelVersion::new(6, 18, 0), true),
+        ] {
+            assert_eq!(kernel_supported(v), ok, "{v}");
+        }
+    }
+
+    #[test]
+    fn an_old_kernel_is_refused_in_one_line() {
+        let e = Error::KernelTooOld { found: KernelVersion::new(5, 10, 0), major: 5, minor: 18 };
+        assert_eq!(
+            e.to_string(),
+            "tollgate needs Linux 5.18 or newer (bpf_xdp_load_bytes, bpf_loop); this kernel is 5.10.0"
+        );
     }
 }

@@ -44,6 +44,7 @@ const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     loader::require_root("run")?;
+    loader::require_kernel()?;
     if args.policy.country_restrict_max > args.policy.max_restriction {
         anyhow::bail!(
             "--country-restrict-max ({}) must not exceed --max-restriction ({})",
