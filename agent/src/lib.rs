@@ -6,6 +6,7 @@ pub mod audit;
 pub mod baseline;
 pub mod cli;
 pub mod clock;
+pub mod clsact;
 pub mod control;
 pub mod countries;
 pub mod error;
