@@ -122,9 +122,11 @@ pub struct RunArgs {
     #[arg(long = "iface", value_name = "IF", required = true)]
     pub ifaces: Vec<String>,
 
-    /// Also count SIP responses leaving through this interface (TC egress,
-    /// Linux 6.6+): use it when the registrar runs on this host, whose
-    /// responses never arrive on an XDP interface. Never drops anything.
+    /// Also count SIP responses leaving through this interface (TC egress):
+    /// use it when the registrar runs on this host, whose responses never
+    /// arrive on an XDP interface. Never drops anything. Linux 6.6+ attaches
+    /// a TCX link; older kernels a TC filter under a clsact qdisc, which is
+    /// added if missing and then removed on detach (an existing one is kept).
     #[arg(long = "egress-iface", value_name = "IF")]
     pub egress_ifaces: Vec<String>,
 

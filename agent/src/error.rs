@@ -50,6 +50,17 @@ pub enum Error {
     #[error("attaching to {iface} in {mode} mode failed: {source}")]
     Attach { iface: String, mode: &'static str, source: Box<aya::programs::ProgramError> },
 
+    #[error("TOLLGATE_EGRESS_ATTACH={value:?}: expected `netlink` or `tcx` (or leave it unset)")]
+    EgressAttachEnv { value: String },
+
+    // `error`, not `source`: the message already carries it, and a source
+    // would be printed twice in the one-line `{:#}` report.
+    #[error("{iface}: adding the clsact qdisc the egress counter needs (Linux before 6.6) failed: {error}")]
+    EgressQdisc { iface: String, error: Box<aya::programs::tc::TcError> },
+
+    #[error("{iface}: removing tollgate's egress TC filter failed: {error}")]
+    EgressFilter { iface: String, error: Box<aya::programs::tc::TcError> },
+
     #[error("no tollgate state under {}", path.display())]
     NothingPinned { path: PathBuf },
 

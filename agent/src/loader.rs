@@ -7,6 +7,10 @@
 //! - `link-<interface>`: the pinned XDP link; while it exists the program
 //!   stays attached, with or without an agent. A restarted agent replaces the
 //!   program inside the existing link atomically (no enforcement gap).
+//! - `egress-<interface>`: the pinned TCX link of the egress counter (Linux
+//!   6.6+); before 6.6, `tc-egress-<interface>` or `tcq-egress-<interface>`:
+//!   the egress program pinned as the record of a netlink TC filter (see
+//!   [`EgressPin`]).
 
 use std::{
     ffi::CString,
@@ -17,8 +21,11 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        Xdp, XdpMode,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        tc::{
+            NlOptions, SchedClassifierLink, TcAttachOptions, TcError, qdisc_add_clsact, qdisc_detach_program,
+        },
         xdp::{XdpLink, XdpLinkId},
     },
     util::KernelVersion,
@@ -303,10 +310,84 @@ fn attach_in_mode(prog: &mut Xdp, iface: &str, mode: XdpModeArg) -> Result<(XdpL
     }
 }
 
-/// Attaches the TC egress counting program to `iface`, or adopts the link a
-/// previous agent pinned there. Needs TCX links (Linux 6.6).
-pub fn attach_egress(ebpf: &mut Ebpf, iface: &str, pin_dir: &Path) -> Result<Attachment> {
-    use aya::programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLink};
+/// How the egress counter is attached: a TCX bpf_link (Linux 6.6+), or
+/// before that a netlink TC filter under a clsact qdisc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EgressMode {
+    Tcx,
+    Netlink,
+}
+
+/// Testing and operations override of the egress attach mechanism:
+/// `netlink` or `tcx`. Without it the kernel decides (TCX from 6.6). The
+/// tests use it to run the pre-6.6 netlink path on a newer kernel; an
+/// operator could use it to keep filters visible to `tc filter show`.
+/// Deliberately not a flag: nobody should need it.
+pub const EGRESS_ATTACH_ENV: &str = "TOLLGATE_EGRESS_ATTACH";
+
+/// The mechanism for this kernel, or the one [`EGRESS_ATTACH_ENV`] names.
+pub fn egress_mode() -> Result<EgressMode> {
+    match std::env::var(EGRESS_ATTACH_ENV).ok().as_deref() {
+        Some("tcx") => return Ok(EgressMode::Tcx),
+        Some("netlink") => return Ok(EgressMode::Netlink),
+        Some(other) => return Err(Error::EgressAttachEnv { value: other.to_owned() }),
+        None => {}
+    }
+    // aya's own `KernelVersion::at_least` is crate-private in 0.14.
+    match KernelVersion::current() {
+        Ok(v) if v >= KernelVersion::new(6, 6, 0) => Ok(EgressMode::Tcx),
+        Ok(_) => Ok(EgressMode::Netlink),
+        Err(e) => {
+            warn!("cannot read the kernel version ({e}); attaching the egress counter with netlink TC");
+            Ok(EgressMode::Netlink)
+        }
+    }
+}
+
+/// What records an egress attachment under the pin directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EgressPin {
+    /// `egress-<iface>`: the pinned TCX link; unpinning it detaches.
+    Tcx,
+    /// `tc-egress-<iface>` (a clsact qdisc was already there, someone
+    /// else's) or `tcq-egress-<iface>` (the agent created the qdisc): the
+    /// program itself, pinned as a marker, since bpffs holds no regular
+    /// files and a netlink filter has no link to pin. The filter stays
+    /// attached whether or not an agent runs.
+    Netlink { own_qdisc: bool },
+}
+
+impl EgressPin {
+    const ALL: [Self; 3] = [Self::Tcx, Self::Netlink { own_qdisc: false }, Self::Netlink { own_qdisc: true }];
+
+    /// No prefix is a prefix of another, and none can be confused with an
+    /// interface name: `egress-tc-eth0` could be the TCX pin of `tc-eth0`.
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Tcx => EGRESS_PREFIX,
+            Self::Netlink { own_qdisc: false } => "tc-egress-",
+            Self::Netlink { own_qdisc: true } => "tcq-egress-",
+        }
+    }
+
+    fn path(self, dir: &Path, iface: &str) -> PathBuf {
+        dir.join(format!("{}{iface}", self.prefix()))
+    }
+
+    /// For logs and `tollgate status`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Tcx => "tcx",
+            Self::Netlink { own_qdisc: false } => "netlink, existing clsact",
+            Self::Netlink { own_qdisc: true } => "netlink, clsact created by tollgate",
+        }
+    }
+}
+
+/// Attaches the TC egress counting program to `iface` in `mode` (see
+/// [`egress_mode`]), or takes over what a previous agent left there.
+/// Returns how, for the log ("tcx", "netlink, clsact created", ...).
+pub fn attach_egress(ebpf: &mut Ebpf, iface: &str, pin_dir: &Path, mode: EgressMode) -> Result<Attachment> {
     let prog: &mut SchedClassifier = ebpf
         .program_mut(tollgate_common::PROG_EGRESS)
         .expect("the object always contains the egress program")
@@ -315,7 +396,23 @@ pub fn attach_egress(ebpf: &mut Ebpf, iface: &str, pin_dir: &Path) -> Result<Att
     if prog.fd().is_err() {
         prog.load().map_err(|e| Error::Verifier(Box::new(e)))?;
     }
-    let pin = pin_dir.join(format!("{EGRESS_PREFIX}{iface}"));
+    // What a previous agent left in the other mode goes first (a kernel
+    // upgrade, or the override changed), so the program never counts twice.
+    for pin in EgressPin::ALL {
+        let other = (pin == EgressPin::Tcx) != (mode == EgressMode::Tcx);
+        if other && pin.path(pin_dir, iface).exists() {
+            detach_egress(pin_dir, iface, pin)?;
+            info!("{iface}: removed the egress counter a previous agent attached with {}", pin.describe());
+        }
+    }
+    match mode {
+        EgressMode::Tcx => attach_egress_tcx(prog, iface, pin_dir),
+        EgressMode::Netlink => attach_egress_netlink(prog, iface, pin_dir),
+    }
+}
+
+fn attach_egress_tcx(prog: &mut SchedClassifier, iface: &str, pin_dir: &Path) -> Result<Attachment> {
+    let pin = EgressPin::Tcx.path(pin_dir, iface);
     if pin.exists() {
         let adopted = PinnedLink::from_pin(&pin)
             .map_err(|e| e.to_string())
@@ -330,18 +427,144 @@ pub fn attach_egress(ebpf: &mut Ebpf, iface: &str, pin_dir: &Path) -> Result<Att
         }
     }
     let attach_err =
-        |source| Error::Attach { iface: iface.to_owned(), mode: "tc egress", source: Box::new(source) };
-    let id = prog.attach(iface, TcAttachType::Egress).map_err(attach_err)?;
+        |source| Error::Attach { iface: iface.to_owned(), mode: "tc egress (tcx)", source: Box::new(source) };
+    let id = prog
+        .attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .map_err(attach_err)?;
     let link = prog.take_link(id).map_err(attach_err)?;
     let fd_link = FdLink::try_from(link).map_err(|_| Error::Io {
         context: format!("{iface}: the kernel attached TC without a link"),
-        source: std::io::Error::other("--egress-iface needs Linux 6.6 or newer (TCX)"),
+        source: std::io::Error::other("TCX needs Linux 6.6 or newer"),
     })?;
     fd_link.pin(&pin).map_err(|e| Error::Io {
         context: format!("pinning the egress link at {}", pin.display()),
         source: std::io::Error::other(e.to_string()),
     })?;
-    Ok(Attachment::Attached { mode: "tc egress" })
+    Ok(Attachment::Attached { mode: "tcx" })
+}
+
+/// Whether a netlink error is "exists already" / "not found".
+fn tc_errno(e: &TcError) -> Option<i32> {
+    match e {
+        TcError::NetlinkError(e) => e.raw_os_error(),
+        TcError::IoError(e) if e.kind() == std::io::ErrorKind::NotFound => Some(libc::ENOENT),
+        TcError::IoError(e) => e.raw_os_error(),
+        _ => None,
+    }
+}
+
+/// The netlink filter's priority: the largest number, so it runs after every
+/// other egress filter on the interface (as the TCX link is attached last).
+/// The program ends classification when it returns, so a filter placed
+/// first (the kernel's choice for priority 0) would silence filters that
+/// were there before it.
+const EGRESS_FILTER_PRIORITY: u16 = u16::MAX;
+
+fn attach_egress_netlink(prog: &mut SchedClassifier, iface: &str, pin_dir: &Path) -> Result<Attachment> {
+    let owned_before = EgressPin::Netlink { own_qdisc: true }.path(pin_dir, iface).exists();
+    let created = match qdisc_add_clsact(iface) {
+        Ok(()) => true,
+        Err(e) if tc_errno(&e) == Some(libc::EEXIST) => false,
+        Err(e) => {
+            return Err(Error::EgressQdisc { iface: iface.to_owned(), error: Box::new(e) });
+        }
+    };
+    // The filter a previous agent left (it counts until now): without
+    // removing it every response would be counted twice.
+    if !created {
+        match qdisc_detach_program(iface, TcAttachType::Egress, tollgate_common::PROG_EGRESS) {
+            Ok(()) => info!("{iface}: replacing the egress filter a previous agent left"),
+            Err(e) if tc_errno(&e) == Some(libc::ENOENT) => {}
+            Err(e) => return Err(Error::EgressFilter { iface: iface.to_owned(), error: Box::new(e) }),
+        }
+    }
+    let pin = EgressPin::Netlink { own_qdisc: created || owned_before };
+    let undo = |why: &str| {
+        let _ = qdisc_detach_program(iface, TcAttachType::Egress, tollgate_common::PROG_EGRESS);
+        if created && let Err(e) = if_index(iface).and_then(|i| clsact_delete(iface, i)) {
+            warn!("{iface}: removing the clsact qdisc after {why} failed: {e}");
+        }
+    };
+    let options = NlOptions { priority: EGRESS_FILTER_PRIORITY, ..NlOptions::default() };
+    let id = prog
+        .attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::Netlink(options))
+        .map_err(|source| {
+            undo("a failed attach");
+            Error::Attach { iface: iface.to_owned(), mode: "tc egress (netlink)", source: Box::new(source) }
+        })?;
+    // Dropping the link would detach the filter (when `ebpf` is dropped
+    // at exit); it must outlive the agent like the pinned links do. It is
+    // plain data (ifindex, priority, handle), so forgetting it leaks
+    // nothing; `detach_egress` removes the filter by name.
+    let link = prog.take_link(id).map_err(|source| Error::Attach {
+        iface: iface.to_owned(),
+        mode: "tc egress (netlink)",
+        source: Box::new(source),
+    })?;
+    std::mem::forget(link);
+    for old in [EgressPin::Netlink { own_qdisc: false }, EgressPin::Netlink { own_qdisc: true }] {
+        let _ = fs::remove_file(old.path(pin_dir, iface));
+    }
+    let path = pin.path(pin_dir, iface);
+    if let Err(e) = prog.pin(&path) {
+        undo("a failed pin");
+        return Err(Error::Io {
+            context: format!("pinning the egress marker at {}", path.display()),
+            source: std::io::Error::other(e.to_string()),
+        });
+    }
+    Ok(Attachment::Attached {
+        mode: match (created, owned_before) {
+            (true, _) => "netlink, clsact created",
+            (false, true) => "netlink, clsact created by a previous agent",
+            (false, false) => "netlink, existing clsact",
+        },
+    })
+}
+
+fn clsact_delete(iface: &str, ifindex: u32) -> Result<()> {
+    crate::clsact::delete(ifindex)
+        .map(|_| ())
+        .map_err(Error::io(format!("{iface}: deleting the clsact qdisc tollgate created")))
+}
+
+/// Egress attachments recorded in `dir`: interface and how, by interface.
+pub fn pinned_egress(dir: &Path) -> Vec<(String, EgressPin)> {
+    let mut v: Vec<(String, EgressPin)> = EgressPin::ALL
+        .into_iter()
+        .flat_map(|pin| pinned_with_prefix(dir, pin.prefix()).into_iter().map(move |i| (i, pin)))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Detaches the egress counter recorded by `pin` from `iface`. For a
+/// netlink attachment (in the caller's network namespace): the filter, then
+/// the clsact qdisc only if tollgate created it, then the marker. An
+/// interface that no longer exists took its filter and qdisc with it.
+pub fn detach_egress(dir: &Path, iface: &str, pin: EgressPin) -> Result<()> {
+    let path = pin.path(dir, iface);
+    if let EgressPin::Netlink { own_qdisc } = pin {
+        match if_index(iface) {
+            Err(_) => warn!(
+                "{iface}: no such interface in this network namespace; if it exists elsewhere, its tollgate_egress TC filter{} stays",
+                if own_qdisc { " and clsact qdisc" } else { "" }
+            ),
+            Ok(ifindex) => {
+                match qdisc_detach_program(iface, TcAttachType::Egress, tollgate_common::PROG_EGRESS) {
+                    Ok(()) => {}
+                    Err(e) if tc_errno(&e) == Some(libc::ENOENT) => {}
+                    Err(e) => {
+                        return Err(Error::EgressFilter { iface: iface.to_owned(), error: Box::new(e) });
+                    }
+                }
+                if own_qdisc {
+                    clsact_delete(iface, ifindex)?;
+                }
+            }
+        }
+    }
+    fs::remove_file(&path).map_err(Error::io(format!("removing {}", path.display())))
 }
 
 fn pinned_with_prefix(dir: &Path, prefix: &str) -> Vec<String> {
@@ -358,17 +581,6 @@ fn pinned_with_prefix(dir: &Path, prefix: &str) -> Vec<String> {
 /// Interfaces with a pinned XDP link in `dir`.
 pub fn pinned_links(dir: &Path) -> Vec<String> {
     pinned_with_prefix(dir, LINK_PREFIX)
-}
-
-/// Interfaces with a pinned TC egress link in `dir`.
-pub fn pinned_egress_links(dir: &Path) -> Vec<String> {
-    pinned_with_prefix(dir, EGRESS_PREFIX)
-}
-
-/// Removes the pinned egress link for `iface`.
-pub fn unpin_egress_link(dir: &Path, iface: &str) -> Result<()> {
-    let pin = dir.join(format!("{EGRESS_PREFIX}{iface}"));
-    fs::remove_file(&pin).map_err(Error::io(format!("removing {}", pin.display())))
 }
 
 /// Removes the pinned link for `iface`: the program detaches from it once no
@@ -389,9 +601,9 @@ pub fn remove_pinned_state(dir: &Path) -> Result<Vec<String>> {
         unpin_link(dir, iface)?;
         info!("detached from {iface}");
     }
-    for iface in pinned_egress_links(dir) {
-        unpin_egress_link(dir, &iface)?;
-        info!("detached the egress counter from {iface}");
+    for (iface, pin) in pinned_egress(dir) {
+        detach_egress(dir, &iface, pin)?;
+        info!("detached the egress counter from {iface} ({})", pin.describe());
     }
     for map in PINNED_MAPS {
         let p = dir.join(map);
@@ -438,5 +650,20 @@ mod tests {
             e.to_string(),
             "tollgate needs Linux 5.18 or newer (bpf_xdp_load_bytes, bpf_loop); this kernel is 5.10.0"
         );
+    }
+
+    #[test]
+    fn egress_pin_names_cannot_be_confused() {
+        let dir = Path::new("/x");
+        let names: Vec<PathBuf> = EgressPin::ALL.iter().map(|p| p.path(dir, "tc-eth0")).collect();
+        assert_eq!(
+            names,
+            ["/x/egress-tc-eth0", "/x/tc-egress-tc-eth0", "/x/tcq-egress-tc-eth0"].map(PathBuf::from)
+        );
+        for a in EgressPin::ALL {
+            for b in EgressPin::ALL {
+                assert!(a == b || !a.prefix().starts_with(b.prefix()), "{a:?} {b:?}");
+            }
+        }
     }
 }

@@ -45,6 +45,8 @@ const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     loader::require_root("run")?;
     loader::require_kernel()?;
+    // Checked before anything is attached.
+    let egress_mode = if args.egress_ifaces.is_empty() { None } else { Some(loader::egress_mode()?) };
     if args.policy.country_restrict_max > args.policy.max_restriction {
         anyhow::bail!(
             "--country-restrict-max ({}) must not exceed --max-restriction ({})",
@@ -82,7 +84,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let fresh = !pin_dir.exists();
     fs::create_dir_all(pin_dir).map_err(Error::io(format!("creating {}", pin_dir.display())))?;
-    let started = start(&args, pin_dir, &plan, &countries);
+    let started = start(&args, pin_dir, &plan, &countries, egress_mode);
     let (mut ebpf, maps, attached) = match started {
         Ok(s) => s,
         Err(e) => {
@@ -198,6 +200,7 @@ fn start(
     pin_dir: &Path,
     plan: &NumberPlan,
     countries: &Countries,
+    egress_mode: Option<loader::EgressMode>,
 ) -> anyhow::Result<Started> {
     let mut ebpf = loader::load_with(Some(pin_dir), args.detect.max_sources)?;
     forward_kernel_logs(&mut ebpf);
@@ -225,9 +228,14 @@ fn start(
         attached.push((iface.clone(), mode.to_owned()));
     }
     for iface in &args.egress_ifaces {
-        match loader::attach_egress(&mut ebpf, iface, pin_dir)? {
-            Attachment::Attached { .. } => info!("counting SIP responses leaving {iface} (tc egress)"),
-            Attachment::Adopted => info!("{iface}: took over the egress counter left by a previous agent"),
+        let mode = egress_mode.expect("decided in run() when --egress-iface is given");
+        match loader::attach_egress(&mut ebpf, iface, pin_dir, mode)? {
+            Attachment::Attached { mode } => {
+                info!("counting SIP responses leaving {iface}: tc egress ({mode})")
+            }
+            Attachment::Adopted => {
+                info!("{iface}: took over the egress counter left by a previous agent: tc egress (tcx)")
+            }
         }
         attached.push((iface.clone(), "tc-egress".to_owned()));
     }
@@ -237,9 +245,9 @@ fn start(
             info!("detached from {stale}: no longer given with --iface");
         }
     }
-    for stale in loader::pinned_egress_links(pin_dir) {
+    for (stale, pin) in loader::pinned_egress(pin_dir) {
         if !args.egress_ifaces.contains(&stale) {
-            loader::unpin_egress_link(pin_dir, &stale)?;
+            loader::detach_egress(pin_dir, &stale, pin)?;
             info!("detached the egress counter from {stale}: no longer given with --egress-iface");
         }
     }
@@ -743,6 +751,11 @@ pub fn status(args: PinArgs) -> anyhow::Result<()> {
     let links = loader::pinned_links(dir);
     println!("state:        {}", dir.display());
     println!("attached to:  {}", if links.is_empty() { "nothing".to_owned() } else { links.join(", ") });
+    let egress: Vec<String> =
+        loader::pinned_egress(dir).into_iter().map(|(i, pin)| format!("{i} ({})", pin.describe())).collect();
+    if !egress.is_empty() {
+        println!("egress:       {}", egress.join(", "));
+    }
     let config = maps.config()?;
     println!(
         "block scope:  {}",
