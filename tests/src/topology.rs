@@ -144,6 +144,8 @@ pub struct Agent {
     edge_ns: String,
     iface: String,
     args: Vec<String>,
+    /// Extra environment for the agent process (kept across restarts).
+    env: Vec<(String, String)>,
 }
 
 pub const METRICS_ADDR: &str = "127.0.0.1:9465";
@@ -157,6 +159,22 @@ impl Agent {
 
     /// Like [`Agent::start`], with the pin directory of an earlier agent.
     pub fn start_with_pin(topo: &Topology, pin_dir: &std::path::Path, args: &[&str]) -> Self {
+        Self::start_with(topo, pin_dir, &[], args)
+    }
+
+    /// Like [`Agent::start`], with extra environment variables for the agent
+    /// (e.g. `TOLLGATE_EGRESS_ATTACH`), kept when it is restarted.
+    pub fn start_with_env(topo: &Topology, env: &[(&str, &str)], args: &[&str]) -> Self {
+        Self::start_with(topo, &PathBuf::from(PIN_ROOT).join(unique("pin")), env, args)
+    }
+
+    /// The general form: an earlier agent's pin directory, extra environment.
+    pub fn start_with(
+        topo: &Topology,
+        pin_dir: &std::path::Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Self {
         let pin_dir = pin_dir.to_owned();
         let log = std::env::temp_dir().join(format!("{}.log", unique("agent")));
         let mut agent = Self {
@@ -167,6 +185,7 @@ impl Agent {
             edge_ns: topo.edge.path(),
             iface: topo.edge_if.clone(),
             args: args.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         agent.spawn();
         agent
@@ -186,21 +205,12 @@ impl Agent {
             .arg("--control-socket")
             .arg(&self.control_socket)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log);
-        let ns = self.edge_ns.clone();
-        // SAFETY: only async-signal-safe work (open + setns) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let f = std::fs::File::open(&ns)?;
-                if libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        in_namespace(&mut cmd, &self.edge_ns);
         self.child = Some(cmd.spawn().expect("spawning tollgate"));
         let want = format!("tollgate_xdp_attached{{interface=\"{}\"", self.iface);
         let ready = wait_for(Duration::from_secs(20), || {
@@ -276,13 +286,13 @@ impl Agent {
     }
 
     /// Runs `tollgate SUBCOMMAND --pin-path <this agent's pins>` (status,
-    /// top, detach) and returns its standard output, panicking on failure.
+    /// top, detach) in the agent's network namespace, as an operator would
+    /// on its host, and returns its standard output, panicking on failure.
     pub fn cli(&self, subcommand: &str) -> String {
-        let out = Command::new(crate::tollgate_bin())
-            .args([subcommand, "--pin-path"])
-            .arg(&self.pin_dir)
-            .output()
-            .expect("running tollgate");
+        let mut cmd = Command::new(crate::tollgate_bin());
+        cmd.args([subcommand, "--pin-path"]).arg(&self.pin_dir);
+        in_namespace(&mut cmd, &self.edge_ns);
+        let out = cmd.output().expect("running tollgate");
         assert!(out.status.success(), "tollgate {subcommand}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -306,6 +316,22 @@ impl Agent {
     /// Packets counted under one verdict code.
     pub fn packets(&self, verdict: u32) -> u64 {
         self.verdicts()[verdict as usize].packets
+    }
+}
+
+/// Makes `cmd` run in the network namespace at `ns` (only the network
+/// namespace: the BPF filesystem stays visible, unlike `ip netns exec`).
+fn in_namespace(cmd: &mut Command, ns: &str) {
+    let ns = ns.to_owned();
+    // SAFETY: only async-signal-safe work (open + setns) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let f = std::fs::File::open(&ns)?;
+            if libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
