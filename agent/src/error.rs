@@ -44,6 +44,11 @@ pub enum Error {
     )]
     IncompatiblePins { dir: PathBuf, maps: String },
 
+    #[error(
+        "tollgate's SIP parsing does not work on this kernel: in a start-up self-test {what}; refusing to start, since it would enforce static blocks only and detect nothing"
+    )]
+    SelfTest { what: String },
+
     #[error("the kernel rejected the XDP program: {0}")]
     Verifier(#[source] Box<aya::programs::ProgramError>),
 

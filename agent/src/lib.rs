@@ -16,5 +16,6 @@ pub mod maps;
 pub mod metrics;
 pub mod policy;
 pub mod run;
+pub mod selftest;
 
 pub use loader::EBPF_OBJECT;

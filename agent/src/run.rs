@@ -82,6 +82,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let control_listener = control::bind(&args.control_socket)?;
     let _socket_file = control::SocketFile(args.control_socket.clone());
 
+    // Before touching what is pinned or attached: prove on this kernel that
+    // the program, as its verifier accepted it, reads SIP.
+    let tested = std::time::Instant::now();
+    crate::selftest::sip_self_test()?;
+    info!("SIP self-test passed on this kernel in {} ms", tested.elapsed().as_millis());
     let fresh = !pin_dir.exists();
     fs::create_dir_all(pin_dir).map_err(Error::io(format!("creating {}", pin_dir.display())))?;
     let started = start(&args, pin_dir, &plan, &countries, egress_mode);
