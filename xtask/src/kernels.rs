@@ -53,8 +53,24 @@ const GUEST_TESTS: &[(&str, &[&str])] = &[
     ("baselines", &[]),
     ("enforcement", &["blocklisted_sources_are_dropped_on_sip_ports_and_pass_elsewhere"]),
     ("sip", &[]),
-    ("decisions", &["an_international_surge_is_intl_suspended_but_domestic_and_emergency_calls_pass"]),
+    (
+        "decisions",
+        &[
+            "a_brute_force_is_auth_suspended_while_a_customer_keeps_registering",
+            "an_international_surge_is_intl_suspended_but_domestic_and_emergency_calls_pass",
+        ],
+    ),
     ("lifecycle", &["a_block_expires_on_time_with_the_agent_running"]),
+    // Egress counting in the kernel's own mode (netlink TC before 6.6,
+    // TCX after) and through a clsact qdisc everywhere.
+    (
+        "egress",
+        &[
+            "egress_is_counted_once_and_detached_in_the_kernels_own_mode",
+            "egress_with_a_netlink_filter_creates_and_removes_its_clsact",
+            "egress_with_a_netlink_filter_keeps_someone_elses_clsact",
+        ],
+    ),
 ];
 
 /// What the guest prints on the console.
