@@ -19,7 +19,7 @@
 mod observe;
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK, xdp_action},
+    bindings::{BPF_F_NO_PREALLOC, TC_ACT_UNSPEC, xdp_action},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, ProgramArray, lpm_trie::Key},
@@ -161,30 +161,33 @@ pub fn tollgate_sip_count(ctx: XdpContext) -> u32 {
 }
 
 /// Counts the SIP a local registrar sends (responses to its clients) on
-/// egress. Never drops: enforcement happens on ingress in XDP.
+/// egress. Never drops: enforcement happens on ingress in XDP. Every TC
+/// program here returns TC_ACT_UNSPEC ("no opinion"): TC_ACT_OK would end
+/// the egress chain and skip whatever other programs or filters the host
+/// runs after the counter (TCX and classic tc alike).
 #[classifier]
 pub fn tollgate_egress(ctx: TcContext) -> i32 {
     if let Ok(h) = parse_headers(&View(&ctx))
         && let Transport::Ports(p) = h.transport
         && (is_sip_port(p.proto, p.src_port) || is_sip_port(p.proto, p.dst_port))
-        && observe::stage(&ctx, &h, &p, TC_ACT_OK, tollgate_common::NO_VERDICT, 0, true)
+        && observe::stage(&ctx, &h, &p, TC_ACT_UNSPEC, tollgate_common::NO_VERDICT, 0, true)
     {
         unsafe { JUMP_TC.tail_call(&ctx, JUMP_PARSE) };
     }
-    TC_ACT_OK
+    TC_ACT_UNSPEC
 }
 
 #[classifier]
 pub fn tollgate_sip_parse_tc(ctx: TcContext) -> i32 {
     observe::parse_stage();
     unsafe { JUMP_TC.tail_call(&ctx, JUMP_COUNT) };
-    TC_ACT_OK
+    TC_ACT_UNSPEC
 }
 
 #[classifier]
 pub fn tollgate_sip_count_tc(ctx: TcContext) -> i32 {
     observe::count_stage(&ctx);
-    TC_ACT_OK
+    TC_ACT_UNSPEC
 }
 
 /// The baseline for benchmarks: the cheapest possible XDP program.

@@ -281,9 +281,9 @@ pub(crate) fn staged_verdict() -> i32 {
             }
             sc.action
         }
-        // Unreachable for a one-element array; XDP_PASS and TC_ACT_OK are
-        // both "let it through".
-        None => 2,
+        // Unreachable for a one-element array. Only the XDP parse stage
+        // asks (the TC stages never take the staged action): 2 is XDP_PASS.
+        None => xdp_action::XDP_PASS as i32,
     }
 }
 

@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use tollgate::maps::Maps;
 use tollgate_common::{
     BlockEntry, CONFIG_BLOCK_ALL_PORTS, Config, IPPROTO_TCP, IPPROTO_UDP, MAP_EVENTS, PROG_BASELINE,
-    PROG_ENFORCE, ThresholdEvent, reason,
+    PROG_EGRESS, PROG_ENFORCE, ThresholdEvent, reason,
 };
 
 pub const XDP_DROP: u32 = 1;
@@ -129,6 +129,20 @@ impl Loaded {
             .collect();
         counts.sort();
         counts
+    }
+
+    /// Attaches this copy's egress counter to `iface` (resolved in the
+    /// calling thread's namespace) as the last TCX program, to see what
+    /// reaches programs after the agent's. Detached when dropped. Linux 6.6+.
+    pub fn attach_egress_last(&mut self, iface: &str) {
+        use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions};
+        let prog: &mut SchedClassifier =
+            self.ebpf.program_mut(PROG_EGRESS).expect("program").try_into().expect("tc");
+        if prog.fd().is_err() {
+            prog.load().expect("verifier accepts the egress program");
+        }
+        prog.attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::last()))
+            .expect("attach as the last TCX program");
     }
 
     /// Runs a program `repeat` times in the kernel; returns the action and

@@ -17,8 +17,8 @@ use aya::{
     util::KernelVersion,
 };
 use tollgate::loader::{EGRESS_ATTACH_ENV, EgressPin};
-use tollgate_common::corpus::CORPUS;
-use tollgate_tests::{privileged, topology::*, traffic::UdpSink, wait_for};
+use tollgate_common::{corpus::CORPUS, sip_stat};
+use tollgate_tests::{privileged, testrun::Loaded, topology::*, traffic::UdpSink, wait_for};
 
 const BURST: u64 = 5;
 
@@ -234,4 +234,33 @@ fn switching_from_netlink_to_tcx_counts_once() {
     assert_eq!(second.stop(libc::SIGINT), Some(0));
     second.cli("detach");
     assert!(tcx_programs(&topo).is_empty());
+}
+
+/// The counter has no opinion on a packet: programs the host runs after it
+/// on egress still see every packet and decide. Returning TC_ACT_OK would
+/// end the chain there (for TCX programs after it and classic tc filters
+/// alike). Shown with a second copy of tollgate's own counter attached as
+/// the last TCX program: it must count the responses too.
+#[test]
+fn programs_after_the_counter_still_see_every_packet() {
+    if !privileged("programs_after_the_counter_still_see_every_packet") {
+        return;
+    }
+    if !tcx_kernel() {
+        eprintln!("programs_after_the_counter_still_see_every_packet: skipped, TCX needs Linux 6.6");
+        return;
+    }
+    let topo = Topology::new();
+    let sink = UdpSink::bind(&topo.peer, SocketAddr::new(CUSTOMER_V4, 5060));
+    let iface = topo.edge_if.clone();
+    let agent =
+        Agent::start_with_env(&topo, &[(EGRESS_ATTACH_ENV, "tcx")], &["--egress-iface", &iface, "--dry-run"]);
+    let after = in_edge(&topo, |iface| {
+        let mut l = Loaded::new();
+        l.attach_egress_last(iface);
+        l
+    });
+    respond_and_count(&topo, &agent, &sink);
+    let seen = after.maps.sip_totals().expect("SIP_STATS")[sip_stat::RESPONSE_REGISTER_CHALLENGE as usize];
+    assert_eq!(seen, BURST, "the program after tollgate's saw every response");
 }
