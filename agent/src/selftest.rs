@@ -92,13 +92,13 @@ pub fn sip_self_test() -> Result<()> {
 
 /// Whether a probe moved its own counter (and not the unparsed ones).
 fn judge(what: &str, counter: u32, before: &[u64], after: &[u64]) -> Result<()> {
-    let moved = |i: u32| {
-        after.get(i as usize).copied().unwrap_or(0) > before.get(i as usize).copied().unwrap_or(0)
-    };
+    let moved =
+        |i: u32| after.get(i as usize).copied().unwrap_or(0) > before.get(i as usize).copied().unwrap_or(0);
     if moved(counter) {
         return Ok(());
     }
-    let seen = if moved(sip_stat::UNPARSED_UDP) { "counted as unparsed" } else { "not counted as it must be" };
+    let seen =
+        if moved(sip_stat::UNPARSED_UDP) { "counted as unparsed" } else { "not counted as it must be" };
     Err(Error::SelfTest { what: format!("{what} was {seen}") })
 }
 

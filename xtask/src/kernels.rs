@@ -183,7 +183,8 @@ fn build_guest_binaries() -> Result<BTreeMap<String, PathBuf>> {
         let (Some(exe), Some(src)) = (json_str(line, "executable"), json_str(line, "src_path")) else {
             continue;
         };
-        if let Some(name) = src.strip_suffix(".rs").and_then(|s| s.rsplit_once("/tests/tests/")).map(|(_, n)| n)
+        if let Some(name) =
+            src.strip_suffix(".rs").and_then(|s| s.rsplit_once("/tests/tests/")).map(|(_, n)| n)
         {
             bins.insert(name.to_owned(), PathBuf::from(exe));
         }
@@ -252,9 +253,8 @@ fn read_line(line: &str, o: &mut Outcome) {
 
 /// The newest package whose name matches `pattern`.
 fn newest_package(pattern: &str) -> Result<String> {
-    let search = || {
-        output(Command::new("apt-cache").args(["search", "--names-only", pattern])).unwrap_or_default()
-    };
+    let search =
+        || output(Command::new("apt-cache").args(["search", "--names-only", pattern])).unwrap_or_default();
     let mut found = search();
     if found.trim().is_empty() {
         run(Command::new("apt-get").args(["update", "-qq"])).context("apt-get update")?;
@@ -303,10 +303,8 @@ fn fetch_kernel(dir: &Path, package: &str) -> Result<Kernel> {
             .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
             .context("no vmlinuz in the package")?;
         fs::rename(&image, &vmlinuz)?;
-        let release = fs::read_dir(root.join("lib/modules"))?
-            .next()
-            .context("no modules in the package")??
-            .path();
+        let release =
+            fs::read_dir(root.join("lib/modules"))?.next().context("no modules in the package")??.path();
         let staged = kdir.join("mods");
         let mdir = staged.join("lib/modules/tollgate");
         fs::create_dir_all(&mdir)?;
@@ -376,7 +374,9 @@ fn install(root: &Path, src: &Path, libs: bool) -> Result<()> {
 fn make_common_initramfs(tests: &BTreeMap<String, PathBuf>, out: &Path) -> Result<()> {
     let root = out.with_extension("d");
     let _ = fs::remove_dir_all(&root);
-    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "run", "tmp", "root", "etc", "tests"] {
+    for d in
+        ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "run", "tmp", "root", "etc", "tests"]
+    {
         fs::create_dir_all(root.join(d))?;
     }
     fs::create_dir_all(root.join("var"))?;
@@ -409,7 +409,12 @@ fn make_common_initramfs(tests: &BTreeMap<String, PathBuf>, out: &Path) -> Resul
         let _ = writeln!(
             script,
             "run_test {name} {}",
-            filters.iter().chain(["--test-threads=1", "--nocapture"].iter()).copied().collect::<Vec<_>>().join(" ")
+            filters
+                .iter()
+                .chain(["--test-threads=1", "--nocapture"].iter())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" ")
         );
     }
     // Test fixtures are read from the path the tests were built at.
@@ -533,7 +538,9 @@ fn boot(label: &str, kernel: &Kernel, common: &Path, dir: &Path) -> Result<Outco
                             current = Some(((*name).to_owned(), false));
                         }
                         ["end", name, _rc] => {
-                            if current.take().is_none_or(|(_, seen)| !seen) {
+                            // A binary that ended without its result line crashed.
+                            let reported = current.take().is_some_and(|(_, seen)| seen);
+                            if !reported {
                                 o.broken.push((*name).to_owned());
                             }
                         }

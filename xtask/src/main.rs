@@ -289,7 +289,9 @@ fn test(extra: &[String]) -> Result<()> {
     let matrix = if extra.is_empty() {
         Some(kernels::kernels(&kernels::Options { only: None, verbose: false }))
     } else {
-        eprintln!("\n!!!!! kernel matrix SKIPPED: test arguments given; `cargo xtask kernels` runs it !!!!!\n");
+        eprintln!(
+            "\n!!!!! kernel matrix SKIPPED: test arguments given; `cargo xtask kernels` runs it !!!!!\n"
+        );
         None
     };
     let (kp, kf) = match &matrix {
