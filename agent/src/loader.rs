@@ -240,8 +240,15 @@ pub fn enforcement_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     Ok(prog)
 }
 
+/// The pin file for `iface` under `prefix`. bpffs refuses names with a '.'
+/// (EPERM), which VLAN sub-interfaces (`eth0.100`) have; ':' is never in an
+/// interface name (the kernel refuses it), so it stands in for '.'.
+fn pin_file(dir: &Path, prefix: &str, iface: &str) -> PathBuf {
+    dir.join(format!("{prefix}{}", iface.replace('.', ":")))
+}
+
 fn link_pin(dir: &Path, iface: &str) -> PathBuf {
-    dir.join(format!("{LINK_PREFIX}{iface}"))
+    pin_file(dir, LINK_PREFIX, iface)
 }
 
 /// How the program ended up on an interface.
@@ -371,7 +378,7 @@ impl EgressPin {
     }
 
     fn path(self, dir: &Path, iface: &str) -> PathBuf {
-        dir.join(format!("{}{iface}", self.prefix()))
+        pin_file(dir, self.prefix(), iface)
     }
 
     /// For logs and `tollgate status`.
@@ -572,7 +579,7 @@ fn pinned_with_prefix(dir: &Path, prefix: &str) -> Vec<String> {
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.strip_prefix(prefix).map(str::to_owned))
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix(prefix).map(|i| i.replace(':', ".")))
         .collect();
     v.sort();
     v

@@ -140,3 +140,34 @@ fn restart_with_different_flags_reconciles_blocks_and_interfaces() {
     assert!(text.contains("198.51.100.0/24") && !text.contains("203.0.113.10"), "{text}");
     assert_eq!(again.stop(libc::SIGTERM), Some(0));
 }
+
+/// VLAN sub-interfaces are named like `eth0.100`, and bpffs refuses a '.'
+/// in a pin's name: the agent must still attach, keep, adopt and detach
+/// them (XDP and the egress counter).
+#[test]
+fn a_vlan_style_dotted_interface_is_attached_adopted_and_detached() {
+    if !privileged("a_vlan_style_dotted_interface_is_attached_adopted_and_detached") {
+        return;
+    }
+    let topo = Topology::new();
+    let dotted = format!("{}.7", topo.edge_if);
+    let peer = format!("{}.8", topo.edge_if);
+    topo.edge.exec(&["ip", "link", "add", &dotted, "type", "veth", "peer", "name", &peer]);
+    for i in [&dotted, &peer] {
+        topo.edge.exec(&["ip", "link", "set", i, "up"]);
+    }
+    let args = ["--iface", &dotted, "--egress-iface", &dotted, "--keep-attached-on-exit"];
+    let mut agent = Agent::start(&topo, &args);
+    assert_eq!(agent.stop(libc::SIGINT), Some(0));
+    let text = agent.cli("status");
+    assert!(text.contains(&dotted), "{text}");
+    let mut again = Agent::start_with_pin(&topo, &agent.pin_dir, &args);
+    let log = again.log_text();
+    assert!(log.contains(&format!("{dotted}: took over the link")), "{log}");
+    assert!(log.contains(&format!("{dotted}: took over the egress counter")), "{log}");
+    assert_eq!(again.stop(libc::SIGINT), Some(0));
+    again.cli("detach");
+    assert!(!again.pin_dir.exists());
+    let link = String::from_utf8_lossy(&topo.edge.exec(&["ip", "link", "show", &dotted]).stdout).into_owned();
+    assert!(!link.contains("xdp"), "detached: {link}");
+}
