@@ -12,12 +12,9 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use aya::{
-    TestRunOptions,
-    programs::{TestRun as _, Xdp},
-};
+use aya::{TestRunOptions, programs::TestRun as _};
 use tollgate_common::{
-    Config, IPPROTO_UDP, PROG_ENFORCE,
+    Config, IPPROTO_UDP,
     frames::FrameBuilder,
     number::{NumberPlan, class},
     sip::method,
@@ -65,12 +62,7 @@ pub fn sip_self_test() -> Result<()> {
     maps.set_country_codes(&[81, 232])?;
     maps.set_sip_ports(&[(IPPROTO_UDP, 5060)])?;
     maps.set_config(Config::default())?;
-    let prog: &mut Xdp = ebpf
-        .program_mut(PROG_ENFORCE)
-        .expect("the object always contains the enforcement program")
-        .try_into()
-        .expect("the enforcement program is XDP");
-    prog.load().map_err(|e| Error::Verifier(Box::new(e)))?;
+    let prog = loader::enforcement_program(&mut ebpf)?;
     let src = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
     let dst = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
     for (what, message, counter) in PROBES {
