@@ -443,14 +443,15 @@ fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
 }
 
 /// The guest's init: mount what the agent and the tests use, load the
-/// modules, run each test binary, report, power off.
+/// modules, run each test binary, report, power off. The binaries and
+/// fixtures sit at the paths they were built at, which may be under /tmp:
+/// nothing is mounted over /tmp (the initramfs itself is in RAM).
 const INIT: &str = r#"#!/bin/sh
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TMPDIR=/tmp
 export TOLLGATE_BIN=/bin/tollgate TOLLGATE_REQUIRE_PRIVILEGED=1 RUST_BACKTRACE=1
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-mount -t tmpfs tmp /tmp
 mount -t tmpfs run /run
 mount -t bpf bpf /sys/fs/bpf
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
