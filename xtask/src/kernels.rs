@@ -99,6 +99,36 @@ struct Outcome {
 }
 
 impl Outcome {
+    fn new(label: &str, log: PathBuf) -> Self {
+        Self {
+            label: label.to_owned(),
+            release: String::new(),
+            passed: 0,
+            failed: 0,
+            broken: Vec::new(),
+            verifier: BTreeMap::new(),
+            seconds: 0,
+            log,
+        }
+    }
+
+    /// Takes in what one line of a test binary's output says; true for its
+    /// closing `test result:` line.
+    fn read_line(&mut self, line: &str) -> bool {
+        // "verifier: PROGRAM INSNS" (printed by the verifier_budget test);
+        // libtest prints a test's output right after "test NAME ... ".
+        if let Some(at) = line.find("verifier: ")
+            && let Some((prog, n)) = line[at + "verifier: ".len()..].split_once(' ')
+            && let Ok(n) = n.split_whitespace().next().unwrap_or("").parse()
+        {
+            self.verifier.insert(prog.to_owned(), n);
+        }
+        let Some(rest) = line.strip_prefix("test result: ") else { return false };
+        self.passed += crate::count_before(rest, "passed");
+        self.failed += crate::count_before(rest, "failed");
+        true
+    }
+
     fn ok(&self) -> bool {
         self.failed == 0 && self.broken.is_empty() && self.passed > 0
     }
@@ -132,6 +162,12 @@ pub fn kernels(opts: &Options) -> Result<Totals> {
         let kernel = fetch_kernel(&dir, &package)?;
         eprintln!("kernels: booting {package} under qemu (software emulation, a few minutes)");
         outcomes.push(boot(label, &kernel, &common, &dir)?);
+    }
+    if outcomes.len() == 1
+        && let Some(only) = &opts.only
+    {
+        let labels: Vec<&str> = KERNELS.iter().map(|(l, _)| *l).collect();
+        bail!("no kernel matches --only {only:?} (labels: {}, or part of a package name)", labels.join(", "));
     }
 
     println!("\nkernel matrix (verifier: instructions processed of 1,000,000 per program)");
@@ -218,37 +254,13 @@ fn host(tests: &BTreeMap<String, PathBuf>) -> Result<Outcome> {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     fs::write(&log, &text)?;
     let release = output(Command::new("uname").arg("-r")).unwrap_or_default().trim().to_owned();
-    let mut o = Outcome {
-        label: "host".to_owned(),
-        release,
-        passed: 0,
-        failed: 0,
-        broken: Vec::new(),
-        verifier: BTreeMap::new(),
-        seconds: 0,
-        log,
-    };
+    let mut o = Outcome::new("host", log);
+    o.release = release;
     for line in text.lines() {
-        read_line(line, &mut o);
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            o.passed += crate::count_before(rest, "passed");
-            o.failed += crate::count_before(rest, "failed");
-        }
+        o.read_line(line);
     }
     o.seconds = started.elapsed().as_secs();
     Ok(o)
-}
-
-/// Takes what one console line says into `o`.
-fn read_line(line: &str, o: &mut Outcome) {
-    // "verifier: PROGRAM INSNS" (printed by the verifier_budget test).
-    // libtest prints a test's output right after "test NAME ... ".
-    if let Some(at) = line.find("verifier: ")
-        && let Some((prog, n)) = line[at + "verifier: ".len()..].split_once(' ')
-        && let Ok(n) = n.split_whitespace().next().unwrap_or("").parse()
-    {
-        o.verifier.insert(prog.to_owned(), n);
-    }
 }
 
 /// The newest package whose name matches `pattern`.
@@ -501,16 +513,7 @@ fn boot(label: &str, kernel: &Kernel, common: &Path, dir: &Path) -> Result<Outco
             }
         }
     });
-    let mut o = Outcome {
-        label: label.to_owned(),
-        release: String::new(),
-        passed: 0,
-        failed: 0,
-        broken: Vec::new(),
-        verifier: BTreeMap::new(),
-        seconds: 0,
-        log: log.clone(),
-    };
+    let mut o = Outcome::new(label, log.clone());
     let mut console = String::new();
     let mut current: Option<(String, bool)> = None;
     let mut done = false;
@@ -521,13 +524,10 @@ fn boot(label: &str, kernel: &Kernel, common: &Path, dir: &Path) -> Result<Outco
                 let line = line.trim_end_matches('\r').to_owned();
                 console.push_str(&line);
                 console.push('\n');
-                read_line(&line, &mut o);
-                if let Some(rest) = line.strip_prefix("test result: ") {
-                    o.passed += crate::count_before(rest, "passed");
-                    o.failed += crate::count_before(rest, "failed");
-                    if let Some((_, seen)) = current.as_mut() {
-                        *seen = true;
-                    }
+                if o.read_line(&line)
+                    && let Some((_, seen)) = current.as_mut()
+                {
+                    *seen = true;
                 }
                 // The console may put terminal escapes before a mark.
                 if let Some(at) = line.find(MARK) {
