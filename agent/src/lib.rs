@@ -7,6 +7,7 @@ pub mod baseline;
 pub mod cli;
 pub mod clock;
 pub mod clsact;
+pub mod commands;
 pub mod control;
 pub mod countries;
 pub mod error;

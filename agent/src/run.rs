@@ -1,4 +1,4 @@
-//! `tollgate run`, `tollgate status` and `tollgate detach`.
+//! `tollgate run`.
 
 use std::{
     fs,
@@ -17,16 +17,13 @@ use tollgate_common::{
     Baseline, BlockEntry, CONFIG_BLOCK_ALL_PORTS, Config, CountryRestriction, EVENT_COUNTRY_INVITES,
     EVENT_INTL_INVITES, NO_EXPIRY,
     number::{MAX_EMERGENCY_NUMBERS, MAX_INTL_PREFIXES, NumberPlan},
-    reason, verdict,
+    reason,
 };
 
 use crate::{
     audit::Auditor,
     baseline::{BaselineConfig, Baselines, Change},
-    cli::{
-        BlockDuration, BlockSpec, ControlArgs, DetectArgs, LiftArgs, ManualKind, PinArgs, PlanArgs,
-        RestrictArgs, RunArgs, TopArgs,
-    },
+    cli::{BlockDuration, BlockSpec, DetectArgs, PlanArgs, RunArgs},
     clock::{expiry_after, monotonic_now_ns},
     control,
     countries::Countries,
@@ -571,66 +568,6 @@ fn parse_manual(kind: &str, target: &str) -> Result<(Kind, Target), String> {
     Ok((kind, target))
 }
 
-fn print_restrictions(list: &[control::RestrictionView]) {
-    if list.is_empty() {
-        println!("no restrictions in force");
-        return;
-    }
-    println!(
-        "{:>4}  {:<17} {:<43} {:<11} {:>10}  {:<8} note",
-        "id", "kind", "target", "reason", "left", "mode"
-    );
-    for r in list {
-        println!(
-            "{:>4}  {:<17} {:<43} {:<11} {:>10}  {:<8} {}",
-            r.id,
-            r.kind,
-            r.target,
-            r.reason,
-            humantime::format_duration(Duration::from_secs(r.expires_in_secs)).to_string(),
-            if r.enforced { "enforced" } else { "dry-run" },
-            r.note.as_deref().unwrap_or("")
-        );
-    }
-}
-
-fn ask(path: &Path, request: control::Request) -> anyhow::Result<Vec<control::RestrictionView>> {
-    let response = control::call(path, &request)?;
-    if !response.ok {
-        anyhow::bail!("{}", response.error.unwrap_or_else(|| "refused".to_owned()));
-    }
-    Ok(response.restrictions)
-}
-
-pub fn restrictions_list(args: ControlArgs) -> anyhow::Result<()> {
-    print_restrictions(&ask(&args.control_socket, control::Request::List)?);
-    Ok(())
-}
-
-pub fn restrict(args: RestrictArgs) -> anyhow::Result<()> {
-    let kind = match args.kind {
-        ManualKind::Auth => "auth",
-        ManualKind::Intl => "intl",
-        ManualKind::Block => "block",
-        ManualKind::Country => "country",
-    };
-    let request = control::Request::Restrict {
-        kind: kind.to_owned(),
-        target: args.target,
-        seconds: args.duration.as_secs().max(1),
-        note: args.reason,
-    };
-    print_restrictions(&ask(&args.control.control_socket, request)?);
-    Ok(())
-}
-
-pub fn lift(args: LiftArgs) -> anyhow::Result<()> {
-    let lifted = ask(&args.control.control_socket, control::Request::Lift { id: args.id })?;
-    println!("lifted:");
-    print_restrictions(&lifted);
-    Ok(())
-}
-
 /// The dialling plan from the flags, checked against the country table.
 fn number_plan(args: &PlanArgs, countries: &Countries) -> anyhow::Result<NumberPlan> {
     if countries.label(args.home_cc).is_none() {
@@ -743,161 +680,4 @@ fn forward_kernel_logs(ebpf: &mut Ebpf) {
         },
         Err(e) => warn!("kernel log forwarding unavailable: {e}"),
     }
-}
-
-pub fn status(args: PinArgs) -> anyhow::Result<()> {
-    loader::require_root("status")?;
-    let dir = args.pin_path.as_path();
-    if !dir.exists() {
-        return Err(Error::NothingPinned { path: dir.to_owned() }.into());
-    }
-    let maps = Maps::open_pinned(dir)?;
-    let now = monotonic_now_ns();
-    let links = loader::pinned_links(dir);
-    println!("state:        {}", dir.display());
-    println!("attached to:  {}", if links.is_empty() { "nothing".to_owned() } else { links.join(", ") });
-    let egress: Vec<String> =
-        loader::pinned_egress(dir).into_iter().map(|(i, pin)| format!("{i} ({})", pin.describe())).collect();
-    if !egress.is_empty() {
-        println!("egress:       {}", egress.join(", "));
-    }
-    let config = maps.config()?;
-    println!(
-        "block scope:  {}",
-        if config.flags & CONFIG_BLOCK_ALL_PORTS != 0 { "all ports" } else { "SIP ports" }
-    );
-    let ports: Vec<String> = maps
-        .sip_ports()
-        .iter()
-        .map(|(p, n)| format!("{}/{n}", if *p == tollgate_common::IPPROTO_UDP { "udp" } else { "tcp" }))
-        .collect();
-    println!("SIP ports:    {}", ports.join(" "));
-    let allows = maps.allowlist.prefixes();
-    println!(
-        "allowlist:    {}",
-        if allows.is_empty() {
-            "empty".to_owned()
-        } else {
-            allows.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" ")
-        }
-    );
-    let blocks = maps.blocklist.entries();
-    println!("blocklist:    {} entries", blocks.len());
-    for (net, e) in blocks {
-        let left = if e.expires_at_ns == NO_EXPIRY {
-            "permanent".to_owned()
-        } else if e.is_active(now) {
-            format!(
-                "expires in {}",
-                humantime::format_duration(Duration::from_secs((e.expires_at_ns - now) / 1_000_000_000))
-            )
-        } else {
-            "expired".to_owned()
-        };
-        println!("  {:<43} reason={:<8} {left}", net.to_string(), reason::name(e.reason));
-    }
-    println!("verdicts:");
-    let totals = maps.verdict_totals()?;
-    for (code, action, why) in verdict::ALL {
-        let c = totals[code as usize];
-        println!("  {action:<5} {why:<18} {:>14} packets {:>16} bytes", c.packets, c.bytes);
-    }
-    Ok(())
-}
-
-pub fn detach(args: PinArgs) -> anyhow::Result<()> {
-    loader::require_root("detach")?;
-    let dir = args.pin_path.as_path();
-    if !dir.exists() {
-        println!("nothing to detach: {} does not exist", dir.display());
-        return Ok(());
-    }
-    let ifaces = loader::remove_pinned_state(dir)?;
-    if ifaces.is_empty() {
-        println!("removed {} (no interface was attached)", dir.display());
-    } else {
-        println!("detached from {} and removed {}", ifaces.join(", "), dir.display());
-    }
-    Ok(())
-}
-
-fn window_text(config: &Config) -> String {
-    humantime::format_duration(Duration::from_secs(config.window_ns / 1_000_000_000)).to_string()
-}
-
-pub fn top(args: TopArgs) -> anyhow::Result<()> {
-    loader::require_root("top")?;
-    let dir = args.pin.pin_path.as_path();
-    if !dir.exists() {
-        return Err(Error::NothingPinned { path: dir.to_owned() }.into());
-    }
-    let maps = Maps::open_pinned(dir)?;
-    let countries = Countries::shipped();
-    let now = monotonic_now_ns();
-    let mut sources = maps.sources();
-    let ago =
-        |ns: u64| humantime::format_duration(Duration::from_secs(now.saturating_sub(ns) / 1_000_000_000));
-    println!("{} sources tracked", sources.len());
-    println!("\nREGISTER authentication failures (rejections beyond the first challenge):");
-    sources.sort_by_key(|(_, s)| std::cmp::Reverse(s.auth_failures()));
-    println!(
-        "  {:<40} {:>9} {:>9} {:>9} {:>9} {:>12}",
-        "source", "failures", "with-auth", "no-auth", "ok", "last seen"
-    );
-    for (addr, s) in sources.iter().filter(|(_, s)| s.auth_failures() > 0).take(args.count) {
-        println!(
-            "  {:<40} {:>9} {:>9} {:>9} {:>9} {:>12}",
-            addr.to_string(),
-            s.auth_failures(),
-            s.register_auth,
-            s.register_noauth,
-            s.register_ok,
-            format!("{} ago", ago(s.last_seen_ns))
-        );
-    }
-    // The threshold in force for each: learned above the ceiling, or it.
-    let config = maps.config()?;
-    let judged = |learned: Option<Baseline>, ceiling: u32| match learned {
-        _ if ceiling == 0 => ("off".to_owned(), "-".to_owned()),
-        Some(b) if b.threshold > ceiling => {
-            (b.threshold.to_string(), format!("{:.1}", b.peacetime_milli as f64 / 1000.0))
-        }
-        _ => (ceiling.to_string(), "-".to_owned()),
-    };
-    let learned = maps.intl_baselines();
-    println!(
-        "\nInternational INVITEs (threshold per {}-window; normal: the learned level):",
-        window_text(&config)
-    );
-    sources.sort_by_key(|(_, s)| std::cmp::Reverse(s.intl_invites));
-    println!(
-        "  {:<40} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12}",
-        "source", "intl", "all", "emergency", "threshold", "normal", "last seen"
-    );
-    for (addr, s) in sources.iter().filter(|(_, s)| s.intl_invites > 0).take(args.count) {
-        let b = learned.iter().find(|(a, _)| a == addr).map(|(_, b)| *b);
-        let (threshold, normal) = judged(b, config.intl_invite_threshold);
-        println!(
-            "  {:<40} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12}",
-            addr.to_string(),
-            s.intl_invites,
-            s.invites,
-            s.emergency_invites,
-            threshold,
-            normal,
-            format!("{} ago", ago(s.last_seen_ns))
-        );
-    }
-    println!("\nInternational INVITEs by destination country:");
-    let mut by_country = maps.country_invites()?;
-    by_country.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
-    let learned = maps.country_baselines()?;
-    println!("  {:<5} {:<10} {:>9} {:>9} {:>9}", "cc", "country", "intl", "threshold", "normal");
-    for (cc, n) in by_country.into_iter().take(args.count) {
-        let b = learned.iter().find(|(c, _)| *c == cc).map(|(_, b)| *b);
-        let (threshold, normal) = judged(b, config.country_invite_threshold);
-        let label = countries.label(cc).unwrap_or("unassigned");
-        println!("  +{cc:<4} {label:<10} {n:>9} {threshold:>9} {normal:>9}");
-    }
-    Ok(())
 }
