@@ -10,13 +10,13 @@ pub mod clsact;
 pub mod commands;
 pub mod control;
 pub mod countries;
+pub mod daemon;
 pub mod error;
 pub mod events;
 pub mod loader;
 pub mod maps;
 pub mod metrics;
 pub mod policy;
-pub mod run;
 pub mod selftest;
 
 pub use loader::EBPF_OBJECT;

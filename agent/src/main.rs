@@ -14,7 +14,7 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(tollgate::run::run(*args))),
+            .and_then(|rt| rt.block_on(tollgate::daemon::run(*args))),
         Command::Status(args) => commands::status::status(args),
         Command::Detach(args) => commands::detach::detach(args),
         Command::Top(args) => commands::top::top(args),
