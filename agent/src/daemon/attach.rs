@@ -10,8 +10,11 @@ use super::{actuator, setup::Setup};
 use crate::{
     cli::RunArgs,
     error::Error,
-    loader::{self, Attachment},
-    maps::Maps,
+    kernel::{
+        Kernel,
+        loader::{self, Attachment},
+        maps::Maps,
+    },
 };
 
 pub(super) type Started = (Ebpf, Maps, Vec<(String, String)>);
@@ -37,15 +40,11 @@ pub(super) fn start(args: &RunArgs, setup: &Setup) -> anyhow::Result<Started> {
 }
 
 fn load_and_attach(args: &RunArgs, setup: &Setup, pin_dir: &Path) -> anyhow::Result<Started> {
-    let mut ebpf = loader::load_with(Some(pin_dir), args.detect.max_sources)?;
-    forward_kernel_logs(&mut ebpf);
     // Configure the maps and the SIP stages before attaching anything new,
     // so the program never runs with an empty configuration.
-    loader::load_sip_stages(&mut ebpf)?;
-    let mut maps = Maps::take(&mut ebpf)?;
-    configure(&mut maps, args, setup)?;
-    maps.set_number_plan(setup.plan)?;
-    maps.set_country_codes(&setup.countries.codes())?;
+    let Kernel { mut ebpf, mut maps } = Kernel::start(Some(pin_dir), &setup.kernel)?;
+    forward_kernel_logs(&mut ebpf);
+    configure(&mut maps, args)?;
 
     let prog = loader::enforcement_program(&mut ebpf)?;
     let mut attached = Vec::new();
@@ -89,9 +88,8 @@ fn load_and_attach(args: &RunArgs, setup: &Setup, pin_dir: &Path) -> anyhow::Res
     Ok((ebpf, maps, attached))
 }
 
-fn configure(maps: &mut Maps, args: &RunArgs, setup: &Setup) -> anyhow::Result<()> {
-    maps.set_config(setup.kernel)?;
-    maps.set_sip_ports(&setup.sip_ports)?;
+/// The allowlist and the command-line blocks, as the flags give them.
+fn configure(maps: &mut Maps, args: &RunArgs) -> anyhow::Result<()> {
     maps.allowlist.replace(&args.allows)?;
     actuator::apply_cli_blocks(maps, &args.blocks, args.block_duration, &args.allows)
 }

@@ -14,7 +14,7 @@ use crate::{
     cli::{PlanArgs, RunArgs},
     countries::Countries,
     error::Error,
-    loader,
+    kernel::{KernelConfig, loader},
     policy::PolicyConfig,
 };
 
@@ -23,11 +23,8 @@ pub struct Setup {
     /// The TC attachment for `--egress-iface`, when one is given.
     pub egress_mode: Option<loader::EgressMode>,
     pub countries: Countries,
-    pub plan: NumberPlan,
-    /// The kernel program's configuration.
-    pub kernel: Config,
-    /// The SIP ports as (IP protocol, port).
-    pub sip_ports: Vec<(u8, u16)>,
+    /// What the kernel program is configured with.
+    pub kernel: KernelConfig,
     pub policy: PolicyConfig,
     pub auditor: Auditor,
 }
@@ -63,10 +60,14 @@ impl Setup {
         loader::ensure_bpffs(args.pin.pin_path.as_path())?;
         Ok(Self {
             egress_mode,
+            kernel: KernelConfig {
+                max_sources: args.detect.max_sources,
+                plan,
+                country_codes: countries.codes(),
+                sip_ports: args.sip_ports.iter().flat_map(|p| p.keys()).collect(),
+                config: kernel_config(args),
+            },
             countries,
-            plan,
-            kernel: kernel_config(args),
-            sip_ports: args.sip_ports.iter().flat_map(|p| p.keys()).collect(),
             policy: policy_config(args),
             auditor,
         })
