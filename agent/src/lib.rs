@@ -6,16 +6,14 @@ pub mod audit;
 pub mod baseline;
 pub mod cli;
 pub mod clock;
-pub mod clsact;
+pub mod commands;
 pub mod control;
 pub mod countries;
+pub mod daemon;
 pub mod error;
-pub mod events;
-pub mod loader;
-pub mod maps;
+pub mod kernel;
 pub mod metrics;
 pub mod policy;
-pub mod run;
-pub mod selftest;
 
-pub use loader::EBPF_OBJECT;
+// The kernel side keeps its short paths (`tollgate::loader`, ...).
+pub use kernel::{clsact, events, loader, loader::EBPF_OBJECT, maps, selftest};

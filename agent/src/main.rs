@@ -1,7 +1,10 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use tollgate::cli::{Cli, Command, RestrictionsCommand};
+use tollgate::{
+    cli::{Cli, Command, RestrictionsCommand},
+    commands,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -11,15 +14,15 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(tollgate::run::run(*args))),
-        Command::Status(args) => tollgate::run::status(args),
-        Command::Detach(args) => tollgate::run::detach(args),
-        Command::Top(args) => tollgate::run::top(args),
+            .and_then(|rt| rt.block_on(tollgate::daemon::run(*args))),
+        Command::Status(args) => commands::status::status(args),
+        Command::Detach(args) => commands::detach::detach(args),
+        Command::Top(args) => commands::top::top(args),
         Command::Restrictions { command: RestrictionsCommand::List(args) } => {
-            tollgate::run::restrictions_list(args)
+            commands::restrictions::list(args)
         }
-        Command::Restrict(args) => tollgate::run::restrict(args),
-        Command::Lift(args) => tollgate::run::lift(args),
+        Command::Restrict(args) => commands::restrictions::restrict(args),
+        Command::Lift(args) => commands::restrictions::lift(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

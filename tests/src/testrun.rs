@@ -9,10 +9,13 @@ use aya::{
     programs::{TestRun as _, Xdp},
 };
 use ipnet::IpNet;
-use tollgate::maps::Maps;
+use tollgate::{
+    kernel::{Kernel, KernelConfig},
+    maps::Maps,
+};
 use tollgate_common::{
     BlockEntry, CONFIG_BLOCK_ALL_PORTS, Config, IPPROTO_TCP, IPPROTO_UDP, MAP_EVENTS, PROG_BASELINE,
-    PROG_EGRESS, PROG_ENFORCE, ThresholdEvent, reason,
+    PROG_EGRESS, PROG_ENFORCE, SOURCES_CAPACITY, ThresholdEvent, reason,
 };
 
 pub const XDP_DROP: u32 = 1;
@@ -27,24 +30,25 @@ pub struct Loaded {
 
 impl Loaded {
     pub fn new() -> Self {
-        let mut ebpf = tollgate::loader::load(None).expect("load the embedded object");
-        tollgate::loader::load_sip_stages(&mut ebpf).expect("verifier accepts the SIP stages");
-        let mut maps = Maps::take(&mut ebpf).expect("maps");
+        let country_codes: Vec<u16> =
+            tollgate_common::number::country_table(tollgate_common::number::COUNTRY_TABLE)
+                .map(|r| r.expect("valid table").0)
+                .collect();
+        let config = KernelConfig {
+            max_sources: SOURCES_CAPACITY,
+            plan: tollgate_common::corpus::japan(),
+            country_codes,
+            sip_ports: vec![
+                (IPPROTO_UDP, 5060),
+                (IPPROTO_TCP, 5060),
+                (IPPROTO_UDP, 5080),
+                (IPPROTO_TCP, 5080),
+            ],
+            config: Config::default(),
+        };
+        let Kernel { mut ebpf, maps } = Kernel::start(None, &config).expect("load and configure the object");
         let events = ebpf.take_map(MAP_EVENTS).expect("EVENTS map");
         let events = RingBuf::try_from(events).expect("EVENTS is a ring buffer");
-        maps.set_number_plan(tollgate_common::corpus::japan()).expect("plan");
-        let codes: Vec<u16> = tollgate_common::number::country_table(tollgate_common::number::COUNTRY_TABLE)
-            .map(|r| r.expect("valid table").0)
-            .collect();
-        maps.set_country_codes(&codes).expect("country codes");
-        maps.set_sip_ports(&[
-            (IPPROTO_UDP, 5060),
-            (IPPROTO_TCP, 5060),
-            (IPPROTO_UDP, 5080),
-            (IPPROTO_TCP, 5080),
-        ])
-        .expect("ports");
-        maps.set_config(Config::default()).expect("config");
         for name in [PROG_ENFORCE, PROG_BASELINE] {
             let prog: &mut Xdp = ebpf.program_mut(name).expect("program").try_into().expect("xdp");
             prog.load().expect("verifier accepts the program");

@@ -68,7 +68,7 @@ fn main() {
         let cli =
             tollgate::cli::Cli::try_parse_from(["tollgate", "run", "--iface", "bench"]).expect("defaults");
         let tollgate::cli::Command::Run(args) = cli.command else { unreachable!("parsed `run`") };
-        tollgate::run::kernel_config(&args)
+        tollgate::daemon::setup::kernel_config(&args)
     };
     l.maps.set_config(defaults).expect("config");
 

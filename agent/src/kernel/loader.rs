@@ -105,6 +105,7 @@ fn is_bpffs(path: &Path) -> bool {
     let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
     // SAFETY: statfs is plain data; the pointers are valid for the call.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` is a valid statfs to write to.
     let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
     rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
 }

@@ -21,11 +21,8 @@ use tollgate_common::{
     sip_stat,
 };
 
-use crate::{
-    error::{Error, Result},
-    loader,
-    maps::Maps,
-};
+use super::{Kernel, KernelConfig, loader};
+use crate::error::{Error, Result};
 
 /// The messages and what each must move in SIP_STATS.
 const PROBES: &[(&str, &[u8], u32)] = &[
@@ -53,15 +50,18 @@ const PROBES: &[(&str, &[u8], u32)] = &[
 
 /// Runs the probes through a private copy of the program on this kernel.
 pub fn sip_self_test() -> Result<()> {
-    // A small per-source map: the probes come from one address.
-    let mut ebpf = loader::load_with(None, 64)?;
-    loader::load_sip_stages(&mut ebpf)?;
-    let mut maps = Maps::take(&mut ebpf)?;
-    // Sierra Leone (+232) is international to any home country but itself.
-    maps.set_number_plan(NumberPlan { home_cc: 81, ..NumberPlan::default() })?;
-    maps.set_country_codes(&[81, 232])?;
-    maps.set_sip_ports(&[(IPPROTO_UDP, 5060)])?;
-    maps.set_config(Config::default())?;
+    let Kernel { mut ebpf, maps } = Kernel::start(
+        None,
+        &KernelConfig {
+            // A small per-source map: the probes come from one address.
+            max_sources: 64,
+            // Sierra Leone (+232) is international to any home country but itself.
+            plan: NumberPlan { home_cc: 81, ..NumberPlan::default() },
+            country_codes: vec![81, 232],
+            sip_ports: vec![(IPPROTO_UDP, 5060)],
+            config: Config::default(),
+        },
+    )?;
     let prog = loader::enforcement_program(&mut ebpf)?;
     let src = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
     let dst = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));

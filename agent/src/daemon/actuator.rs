@@ -1,0 +1,181 @@
+//! Decisions into the kernel: the restriction maps, the blocklist, and the
+//! audit and decision counters that go with every change.
+
+use std::time::Duration;
+
+use ipnet::IpNet;
+use log::{info, warn};
+use tollgate_common::{BlockEntry, CountryRestriction, NO_EXPIRY, reason};
+
+use crate::{
+    audit::Auditor,
+    cli::{BlockDuration, BlockSpec},
+    clock::{expiry_after, monotonic_now_ns},
+    maps::Maps,
+    metrics,
+    policy::{ADOPTED, Active, COUNTRY_SURGE, Decision, Engine, Kind, Target},
+};
+
+/// Restrictions still in force in the kernel (the agent restarted): the
+/// engine takes them over so their expiry is audited, and repeat offences
+/// escalate from them.
+pub(super) fn adopt_restrictions(maps: &Maps, engine: &mut Engine) {
+    let now = monotonic_now_ns();
+    // (kind, target, reason, imposed at, until)
+    let mut found: Vec<(Kind, Target, &'static str, u64, u64)> = Vec::new();
+    for (net, r) in maps.restrictions.entries() {
+        found.push((Kind::AuthSuspend, Target::Source(net), ADOPTED, now, r.auth_until_ns));
+        found.push((Kind::IntlSuspend, Target::Source(net), ADOPTED, now, r.intl_until_ns));
+    }
+    for (net, b) in maps.blocklist.entries() {
+        if b.reason == reason::OPERATOR && b.expires_at_ns != NO_EXPIRY {
+            found.push((Kind::Block, Target::Source(net), ADOPTED, now, b.expires_at_ns));
+        }
+    }
+    for (cc, r) in maps.country_restrictions().unwrap_or_default() {
+        let (why, since) =
+            if r.reason == reason::COUNTRY_SURGE { (COUNTRY_SURGE, r.imposed_at_ns) } else { (ADOPTED, now) };
+        found.push((Kind::CountryRestrict, Target::Country(cc), why, since, r.until_ns));
+    }
+    for (kind, target, why, since, until) in found.into_iter().filter(|f| f.4 > now) {
+        engine.adopt(kind, target, why, since, until);
+        info!(
+            "{} on {target} still in force, {} left",
+            kind.name(),
+            humantime::format_duration(Duration::from_secs((until - now) / 1_000_000_000))
+        );
+    }
+}
+
+/// Writes a restriction into (or, with `until` 0, removes it from) the
+/// kernel map that enforces its kind.
+fn write_restriction(maps: &mut Maps, a: &Active, until: u64) -> crate::error::Result<()> {
+    match (a.kind, a.target) {
+        (Kind::AuthSuspend | Kind::IntlSuspend, Target::Source(net)) => {
+            let existing = maps.restrictions.get(&net);
+            let mut r = existing.unwrap_or_default();
+            if a.kind == Kind::AuthSuspend {
+                r.auth_until_ns = until;
+            } else {
+                r.intl_until_ns = until;
+            }
+            match (r.auth_until_ns == 0 && r.intl_until_ns == 0, existing.is_some()) {
+                (true, true) => maps.restrictions.remove(&net),
+                (true, false) => Ok(()),
+                (false, _) => maps.restrictions.set(&net, r),
+            }
+        }
+        (Kind::Block, Target::Source(net)) => {
+            if until != 0 {
+                maps.blocklist.insert(
+                    &net,
+                    BlockEntry { expires_at_ns: until, reason: reason::OPERATOR, prefix_len: 0 },
+                )
+            } else if maps.blocklist.entries().iter().any(|(n, _)| *n == net) {
+                maps.blocklist.remove(&net)
+            } else {
+                Ok(())
+            }
+        }
+        (Kind::CountryRestrict, Target::Country(cc)) => {
+            let r = if until == 0 {
+                CountryRestriction::default()
+            } else {
+                CountryRestriction {
+                    until_ns: until,
+                    imposed_at_ns: a.imposed_at_ns,
+                    reason: if a.reason == COUNTRY_SURGE { reason::COUNTRY_SURGE } else { reason::OPERATOR },
+                    _reserved: 0,
+                }
+            };
+            maps.set_country_restriction(cc, r)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Applies the engine's decisions: writes the enforced ones into the kernel,
+/// audits and counts every one.
+pub(super) struct Actuator {
+    auditor: Auditor,
+    counts: metrics::DecisionCounts,
+}
+
+impl Actuator {
+    pub(super) fn new(auditor: Auditor) -> Self {
+        Self { auditor, counts: metrics::DecisionCounts::default() }
+    }
+
+    /// The decisions counted so far, for the metrics.
+    pub(super) fn counts(&self) -> &metrics::DecisionCounts {
+        &self.counts
+    }
+
+    /// Writes an enforced decision into the kernel and audits every decision.
+    pub(super) fn apply(&self, maps: &mut Maps, d: &Decision, latency_us: Option<u64>) {
+        let written = match d {
+            Decision::Impose(a) | Decision::Extend(a) if a.enforced => {
+                write_restriction(maps, a, a.expires_at_ns)
+            }
+            Decision::Expire(a) | Decision::Lift(a, _) if a.enforced => write_restriction(maps, a, 0),
+            _ => Ok(()),
+        };
+        if let Err(e) = written {
+            warn!("applying a decision to the kernel failed: {e}");
+        }
+        self.counts.record(d);
+        self.auditor.record(d, latency_us);
+    }
+}
+
+/// Makes the CLI-given blocks exactly `specs`: new entries are written before
+/// stale ones are removed, so a prefix blocked before and after a restart is
+/// never momentarily unblocked. Blocks imposed by other means are kept.
+pub(super) fn apply_cli_blocks(
+    maps: &mut Maps,
+    specs: &[BlockSpec],
+    default: Duration,
+    allows: &[IpNet],
+) -> anyhow::Result<()> {
+    let now = monotonic_now_ns();
+    for spec in specs {
+        let (expires_at_ns, lasts) = match spec.duration {
+            BlockDuration::Permanent => (NO_EXPIRY, "until removed".to_owned()),
+            BlockDuration::Default => {
+                (expiry_after(now, default), humantime::format_duration(default).to_string())
+            }
+            BlockDuration::For(d) => (expiry_after(now, d), humantime::format_duration(d).to_string()),
+        };
+        maps.blocklist.insert(&spec.net, BlockEntry { expires_at_ns, reason: reason::CLI, prefix_len: 0 })?;
+        info!("block {} (reason cli), lasts {lasts}", spec.net);
+        if spec.duration == BlockDuration::Permanent {
+            warn!("block {} is permanent: it never lapses by itself", spec.net);
+        }
+        for allow in allows {
+            if allow.contains(&spec.net) || spec.net.contains(allow) {
+                warn!("block {} overlaps allow {allow}: the allowlist wins for {allow}", spec.net);
+            }
+        }
+    }
+    for (net, entry) in maps.blocklist.entries() {
+        if entry.reason == reason::CLI && !specs.iter().any(|s| s.net == net) {
+            maps.blocklist.remove(&net)?;
+            info!("unblock {net}: no longer given with --block");
+        }
+    }
+    Ok(())
+}
+
+/// Removes expired command-line blocks (operator blocks are lifted by the
+/// engine, which audits them).
+pub(super) fn remove_expired(maps: &mut Maps) {
+    let now = monotonic_now_ns();
+    for (net, entry) in maps.blocklist.entries() {
+        if !entry.is_active(now) && entry.reason != reason::OPERATOR {
+            match maps.blocklist.remove(&net) {
+                Ok(()) => info!("block {net} (reason {}) expired and was lifted", reason::name(entry.reason)),
+                Err(e) => warn!("removing expired block {net}: {e}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! `tollgate run`: the wiring of the daemon and its main loop.
+
+mod actuator;
+mod attach;
+mod learning;
+mod operator;
+pub mod setup;
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use log::info;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+use tollgate_common::ThresholdEvent;
+
+use self::{
+    actuator::Actuator,
+    learning::{Learned, Snapshot},
+    setup::Setup,
+};
+use crate::{
+    cli::RunArgs, clock::monotonic_now_ns, control, events, loader, maps::Maps, metrics, policy::Engine,
+};
+
+/// How often expired blocks are removed from the map. The kernel already
+/// ignores them once expired; this only keeps the map and the audit tidy.
+const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let setup = Setup::check(&args)?;
+    let pin_dir = args.pin.pin_path.as_path();
+    // Bind before touching the kernel, so a busy port fails cleanly.
+    let listener = metrics::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
+
+    let control_listener = control::bind(&args.control_socket)?;
+    let _socket_file = control::SocketFile(args.control_socket.clone());
+
+    let (mut ebpf, maps, attached) = attach::start(&args, &setup)?;
+    let mut engine = Engine::new(setup.policy, args.allows.clone());
+    actuator::adopt_restrictions(&maps, &mut engine);
+    let mut learned = Learned::new(&args.detect);
+    learned.adopt(&maps);
+    let maps = Arc::new(Mutex::new(maps));
+    // A second, read-only handle on the same pinned maps for the whole-map
+    // reads (metrics scrapes, the learning pass: ~60 ms for 65,536 sources),
+    // so they never hold up a decision.
+    let reader = Arc::new(Mutex::new(Maps::open_pinned(pin_dir)?));
+    let event_counts = events::EventCounts::default();
+    let (tx, rx) = mpsc::unbounded_channel();
+    events::spawn(&mut ebpf, event_counts.clone(), tx)?;
+    let actuator = Actuator::new(setup.auditor);
+    let registry = Arc::new(prometheus::Registry::new());
+    registry
+        .register(Box::new(metrics::KernelCollector::new(
+            Arc::clone(&reader),
+            attached.clone(),
+            setup.countries,
+            event_counts,
+            actuator.counts().clone(),
+            args.detect.max_sources,
+        )))
+        .expect("collector registers once");
+    let server = tokio::spawn(metrics::serve(listener, Arc::clone(&registry)));
+    let (ctl_tx, ctl_rx) = mpsc::channel::<control::Pending>(16);
+    let control_server = tokio::spawn(control::serve(control_listener, ctl_tx));
+    info!(
+        "enforcing on {}; metrics on http://{}/metrics; state pinned in {}",
+        attached.iter().map(|(i, m)| format!("{i} ({m})")).collect::<Vec<_>>().join(", "),
+        args.metrics_addr,
+        pin_dir.display()
+    );
+
+    let daemon = Daemon { engine, learned, maps, reader, actuator, window: args.detect.window };
+    let signame = daemon.run(rx, ctl_rx).await?;
+    server.abort();
+    control_server.abort();
+    shut_down(&args, pin_dir, signame)?;
+    // Dropping the object closes our link and map descriptors; with the pins
+    // gone that detaches the program.
+    drop(ebpf);
+    Ok(())
+}
+
+/// Leaves the program attached or removes it, as `--keep-attached-on-exit`
+/// says.
+fn shut_down(args: &RunArgs, pin_dir: &Path, signame: &str) -> anyhow::Result<()> {
+    if args.keep_attached_on_exit {
+        info!(
+            "{signame}: leaving the program attached and its state pinned in {} (--keep-attached-on-exit); `tollgate detach` removes it",
+            pin_dir.display()
+        );
+    } else {
+        let detached = loader::remove_pinned_state(pin_dir)?;
+        info!("{signame}: detached from {} and removed {}", detached.join(", "), pin_dir.display());
+    }
+    Ok(())
+}
+
+/// What the main loop owns: the engine, the learned levels and the maps the
+/// decisions are written to.
+struct Daemon {
+    engine: Engine,
+    learned: Learned,
+    maps: Arc<Mutex<Maps>>,
+    reader: Arc<Mutex<Maps>>,
+    actuator: Actuator,
+    /// The detection and learning window.
+    window: Duration,
+}
+
+fn lock(maps: &Mutex<Maps>) -> MutexGuard<'_, Maps> {
+    maps.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Daemon {
+    /// Runs until SIGTERM or SIGINT; returns the signal's name.
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<ThresholdEvent>,
+        mut ctl_rx: mpsc::Receiver<control::Pending>,
+    ) -> anyhow::Result<&'static str> {
+        let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut sweep = tokio::time::interval(EXPIRY_SWEEP);
+        // The first learning window is a whole one: adopted levels must not
+        // learn from the moment between start-up and the first tick.
+        let mut learn = tokio::time::interval_at(tokio::time::Instant::now() + self.window, self.window);
+        let (snap_tx, mut snap_rx) = mpsc::channel::<Snapshot>(1);
+        Ok(loop {
+            tokio::select! {
+                _ = sigterm.recv() => break "SIGTERM",
+                _ = sigint.recv() => break "SIGINT",
+                Some(event) = rx.recv() => self.event(&event),
+                _ = learn.tick() => self.read_snapshot(&snap_tx),
+                Some(snapshot) = snap_rx.recv() => self.window_passed(snapshot),
+                Some((request, reply)) = ctl_rx.recv() => {
+                    let mut m = lock(&self.maps);
+                    let _ = reply.send(operator::handle_control(request, &mut self.engine, &mut m, &self.actuator));
+                }
+                _ = sweep.tick() => self.sweep(),
+            }
+        })
+    }
+
+    fn event(&mut self, event: &ThresholdEvent) {
+        let now = monotonic_now_ns();
+        let latency_us = now.saturating_sub(event.at_ns) / 1000;
+        let mut m = lock(&self.maps);
+        for d in self.learned.decide(&mut self.engine, now, event, self.window) {
+            self.actuator.apply(&mut m, &d, Some(latency_us));
+        }
+    }
+
+    /// Reads the window's counts off the main loop; the snapshot comes back
+    /// through `tx`.
+    fn read_snapshot(&self, tx: &mpsc::Sender<Snapshot>) {
+        let (reader, tx) = (Arc::clone(&self.reader), tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let snapshot = Snapshot::read(&lock(&reader));
+            let _ = tx.blocking_send(snapshot);
+        });
+    }
+
+    fn window_passed(&mut self, snapshot: Snapshot) {
+        let mut m = lock(&self.maps);
+        for d in self.learned.window_passed(snapshot, &mut m, &mut self.engine) {
+            self.actuator.apply(&mut m, &d, None);
+        }
+    }
+
+    fn sweep(&mut self) {
+        let mut m = lock(&self.maps);
+        for d in self.engine.expire(monotonic_now_ns()) {
+            self.actuator.apply(&mut m, &d, None);
+        }
+        actuator::remove_expired(&mut m);
+    }
+}

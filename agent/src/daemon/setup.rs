@@ -1,0 +1,133 @@
+//! `tollgate run`'s flags turned into every configuration the daemon needs,
+//! with all their checks in one place.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use tollgate_common::{
+    CONFIG_BLOCK_ALL_PORTS, Config,
+    number::{MAX_EMERGENCY_NUMBERS, MAX_INTL_PREFIXES, NumberPlan},
+};
+
+use crate::{
+    audit::Auditor,
+    cli::{PlanArgs, RunArgs},
+    countries::Countries,
+    error::Error,
+    kernel::{KernelConfig, loader},
+    policy::PolicyConfig,
+};
+
+/// What the flags of `tollgate run` configure, checked.
+pub struct Setup {
+    /// The TC attachment for `--egress-iface`, when one is given.
+    pub egress_mode: Option<loader::EgressMode>,
+    pub countries: Countries,
+    /// What the kernel program is configured with.
+    pub kernel: KernelConfig,
+    pub policy: PolicyConfig,
+    pub auditor: Auditor,
+}
+
+impl Setup {
+    /// Checks the flags and the host before anything is bound or attached.
+    pub fn check(args: &RunArgs) -> anyhow::Result<Self> {
+        loader::require_root("run")?;
+        loader::require_kernel()?;
+        // Checked before anything is attached.
+        let egress_mode = if args.egress_ifaces.is_empty() { None } else { Some(loader::egress_mode()?) };
+        if args.policy.country_restrict_max > args.policy.max_restriction {
+            anyhow::bail!(
+                "--country-restrict-max ({}) must not exceed --max-restriction ({})",
+                humantime::format_duration(args.policy.country_restrict_max),
+                humantime::format_duration(args.policy.max_restriction)
+            );
+        }
+        check_interfaces(args)?;
+        let countries = Countries::shipped();
+        let plan = number_plan(&args.plan, &countries)?;
+        let auditor = Auditor::open(
+            args.policy.audit_log.as_deref(),
+            args.policy.dry_run,
+            args.policy.on_decision.clone(),
+        )
+        .with_context(|| {
+            format!(
+                "cannot open --audit-log {}",
+                args.policy.audit_log.as_deref().unwrap_or(Path::new("")).display()
+            )
+        })?;
+        loader::ensure_bpffs(args.pin.pin_path.as_path())?;
+        Ok(Self {
+            egress_mode,
+            kernel: KernelConfig {
+                max_sources: args.detect.max_sources,
+                plan,
+                country_codes: countries.codes(),
+                sip_ports: args.sip_ports.iter().flat_map(|p| p.keys()).collect(),
+                config: kernel_config(args),
+            },
+            countries,
+            policy: policy_config(args),
+            auditor,
+        })
+    }
+}
+
+/// Every interface exists and is given once per list.
+fn check_interfaces(args: &RunArgs) -> anyhow::Result<()> {
+    for list in [&args.ifaces, &args.egress_ifaces] {
+        for (i, iface) in list.iter().enumerate() {
+            if list[..i].contains(iface) {
+                return Err(Error::DuplicateInterface { name: iface.clone() }.into());
+            }
+            loader::if_index(iface)?;
+        }
+    }
+    Ok(())
+}
+
+fn policy_config(args: &RunArgs) -> PolicyConfig {
+    PolicyConfig {
+        auth_suspend: args.policy.auth_suspend,
+        intl_suspend: args.policy.intl_suspend,
+        max_restriction: args.policy.max_restriction,
+        prefix_cap: args.policy.prefix_cap,
+        dry_run: args.policy.dry_run,
+        window: args.detect.window,
+        country_restrict: args.policy.allow_country_restrict,
+        country_restrict_for: args.policy.country_restrict_for,
+        country_restrict_max: args.policy.country_restrict_max,
+    }
+}
+
+/// The dialling plan from the flags, checked against the country table.
+fn number_plan(args: &PlanArgs, countries: &Countries) -> anyhow::Result<NumberPlan> {
+    if countries.label(args.home_cc).is_none() {
+        anyhow::bail!("--home-cc {} is not an assigned E.164 country code", args.home_cc);
+    }
+    if args.intl_prefixes.len() > MAX_INTL_PREFIXES {
+        anyhow::bail!("at most {MAX_INTL_PREFIXES} --intl-prefix values");
+    }
+    if args.emergency_numbers.len() > MAX_EMERGENCY_NUMBERS {
+        anyhow::bail!("at most {MAX_EMERGENCY_NUMBERS} --emergency-number values");
+    }
+    let mut plan =
+        NumberPlan { home_cc: args.home_cc, trunk_prefix: args.trunk_prefix, ..NumberPlan::default() };
+    plan.intl_prefixes[..args.intl_prefixes.len()].copy_from_slice(&args.intl_prefixes);
+    plan.emergency[..args.emergency_numbers.len()].copy_from_slice(&args.emergency_numbers);
+    Ok(plan)
+}
+
+/// The kernel's configuration for these flags.
+pub fn kernel_config(args: &RunArgs) -> Config {
+    Config {
+        flags: if args.block_all_ports { CONFIG_BLOCK_ALL_PORTS } else { 0 },
+        auth_failure_threshold: args.detect.auth_failure_threshold,
+        window_ns: u64::try_from(args.detect.window.as_nanos()).unwrap_or(u64::MAX),
+        intl_invite_threshold: args.detect.intl_invite_threshold,
+        country_invite_threshold: args.detect.country_invite_threshold,
+        country_min_sources: args.detect.country_min_sources,
+        _reserved: 0,
+    }
+}

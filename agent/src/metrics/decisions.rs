@@ -1,0 +1,119 @@
+//! The decision families: threshold events from the kernel, restrictions
+//! in force, and the policy engine's decisions.
+
+use std::sync::{Arc, Mutex, atomic::Ordering::Relaxed};
+
+use ipnet::IpNet;
+use prometheus::proto::{MetricFamily, MetricType};
+use tollgate_common::BlockEntry;
+
+use super::{Family, family, sample};
+use crate::{events::EventCounts, maps::Maps};
+
+pub(super) const EVENTS: Family = Family {
+    name: "tollgate_threshold_events_total",
+    help: "Sources reported by the kernel for crossing a per-window threshold, by kind.",
+    kind: MetricType::COUNTER,
+};
+pub(super) const RESTRICTIONS_ACTIVE: Family = Family {
+    name: "tollgate_restrictions_active",
+    help: "Restrictions in force in the kernel now, by kind.",
+    kind: MetricType::GAUGE,
+};
+pub(super) const DECISIONS: Family = Family {
+    name: "tollgate_decisions_total",
+    help: "Decisions of the policy engine, by event (impose, extend, expire, lift, alert), kind and mode.",
+    kind: MetricType::COUNTER,
+};
+
+/// (event, kind, mode) of a decision.
+type DecisionKey = (&'static str, &'static str, &'static str);
+
+/// Decisions taken, by (event, kind, mode).
+#[derive(Clone, Default)]
+pub struct DecisionCounts(Arc<Mutex<std::collections::BTreeMap<DecisionKey, u64>>>);
+
+impl DecisionCounts {
+    pub fn record(&self, d: &crate::policy::Decision) {
+        use crate::policy::Decision::*;
+        let (event, kind, enforced) = match d {
+            Impose(a) => ("impose", a.kind, a.enforced),
+            Extend(a) => ("extend", a.kind, a.enforced),
+            Expire(a) => ("expire", a.kind, a.enforced),
+            Lift(a, _) => ("lift", a.kind, a.enforced),
+            Alert { kind, .. } => ("alert", *kind, false),
+        };
+        let mode = if enforced || event == "alert" { "enforce" } else { "dry-run" };
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()).entry((event, kind.name(), mode)).or_insert(0) += 1;
+    }
+}
+
+impl DecisionCounts {
+    /// The decisions taken so far, by event, kind and mode.
+    pub(super) fn family(&self) -> MetricFamily {
+        let decisions = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        family(
+            &DECISIONS,
+            decisions
+                .iter()
+                .map(|((event, kind, mode), n)| {
+                    sample(
+                        &[("event", event), ("kind", kind), ("mode", mode)],
+                        *n as f64,
+                        MetricType::COUNTER,
+                    )
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Threshold events received, by kind.
+pub(super) fn events(events: &EventCounts) -> MetricFamily {
+    family(
+        &EVENTS,
+        vec![
+            sample(
+                &[("kind", "auth_failures")],
+                events.auth_failures.load(Relaxed) as f64,
+                MetricType::COUNTER,
+            ),
+            sample(
+                &[("kind", "intl_invites")],
+                events.intl_invites.load(Relaxed) as f64,
+                MetricType::COUNTER,
+            ),
+            sample(
+                &[("kind", "country_invites")],
+                events.country_invites.load(Relaxed) as f64,
+                MetricType::COUNTER,
+            ),
+        ],
+    )
+}
+
+/// Restrictions in force in the kernel now, by kind.
+pub(super) fn restrictions_active(maps: &Maps, entries: &[(IpNet, BlockEntry)], now: u64) -> MetricFamily {
+    let restrictions = maps.restrictions.entries();
+    let active = |f: fn(&tollgate_common::Restriction) -> u64| {
+        restrictions.iter().filter(|(_, r)| f(r) > now).count() as f64
+    };
+    let countries_restricted =
+        maps.country_restrictions().map(|v| v.iter().filter(|(_, r)| r.until_ns > now).count()).unwrap_or(0);
+    family(
+        &RESTRICTIONS_ACTIVE,
+        vec![
+            sample(&[("kind", "auth-suspend")], active(|r| r.auth_until_ns), MetricType::GAUGE),
+            sample(&[("kind", "intl-suspend")], active(|r| r.intl_until_ns), MetricType::GAUGE),
+            sample(
+                &[("kind", "block")],
+                entries
+                    .iter()
+                    .filter(|(_, e)| e.reason == tollgate_common::reason::OPERATOR && e.is_active(now))
+                    .count() as f64,
+                MetricType::GAUGE,
+            ),
+            sample(&[("kind", "country-restrict")], countries_restricted as f64, MetricType::GAUGE),
+        ],
+    )
+}

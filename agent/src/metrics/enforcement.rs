@@ -1,0 +1,81 @@
+//! The enforcement families: verdict counters, the lists and where the
+//! program is attached.
+
+use ipnet::IpNet;
+use prometheus::proto::{MetricFamily, MetricType};
+use tollgate_common::{BLOCKLIST_CAPACITY, BlockEntry, verdict};
+
+use super::{Family, family, sample};
+use crate::maps::Maps;
+
+pub(super) const PACKETS: Family = Family {
+    name: "tollgate_xdp_packets_total",
+    help: "Packets seen by the XDP program, by action and reason.",
+    kind: MetricType::COUNTER,
+};
+pub(super) const BYTES: Family = Family {
+    name: "tollgate_xdp_bytes_total",
+    help: "Bytes seen by the XDP program, by action and reason.",
+    kind: MetricType::COUNTER,
+};
+pub(super) const BLOCKLIST: Family = Family {
+    name: "tollgate_blocklist_entries",
+    help: "Blocklist entries; expired ones no longer drop and are removed within seconds.",
+    kind: MetricType::GAUGE,
+};
+pub(super) const BLOCKLIST_CAP: Family = Family {
+    name: "tollgate_blocklist_capacity_entries",
+    help: "Maximum number of blocklist entries the kernel map holds.",
+    kind: MetricType::GAUGE,
+};
+pub(super) const ALLOWLIST: Family = Family {
+    name: "tollgate_allowlist_entries",
+    help: "Prefixes in the allowlist.",
+    kind: MetricType::GAUGE,
+};
+pub(super) const ATTACHED: Family = Family {
+    name: "tollgate_xdp_attached",
+    help: "1 for each interface the XDP program is attached to, with its mode.",
+    kind: MetricType::GAUGE,
+};
+
+/// Packets and bytes by verdict.
+pub(super) fn verdicts(maps: &Maps) -> crate::error::Result<Vec<MetricFamily>> {
+    let totals = maps.verdict_totals()?;
+    let (mut packets, mut bytes) = (Vec::new(), Vec::new());
+    for (code, action, reason) in verdict::ALL {
+        let c = totals[code as usize];
+        let labels = [("action", action), ("reason", reason)];
+        packets.push(sample(&labels, c.packets as f64, MetricType::COUNTER));
+        bytes.push(sample(&labels, c.bytes as f64, MetricType::COUNTER));
+    }
+    Ok(vec![family(&PACKETS, packets), family(&BYTES, bytes)])
+}
+
+/// The blocklist and allowlist sizes and the attachments.
+pub(super) fn lists(
+    maps: &Maps,
+    entries: &[(IpNet, BlockEntry)],
+    now: u64,
+    attached: &[(String, String)],
+) -> Vec<MetricFamily> {
+    let active = entries.iter().filter(|(_, e)| e.is_active(now)).count();
+    vec![
+        family(
+            &BLOCKLIST,
+            vec![
+                sample(&[("state", "active")], active as f64, MetricType::GAUGE),
+                sample(&[("state", "expired")], (entries.len() - active) as f64, MetricType::GAUGE),
+            ],
+        ),
+        family(&BLOCKLIST_CAP, vec![sample(&[], BLOCKLIST_CAPACITY as f64, MetricType::GAUGE)]),
+        family(&ALLOWLIST, vec![sample(&[], maps.allowlist.prefixes().len() as f64, MetricType::GAUGE)]),
+        family(
+            &ATTACHED,
+            attached
+                .iter()
+                .map(|(iface, mode)| sample(&[("interface", iface), ("mode", mode)], 1.0, MetricType::GAUGE))
+                .collect(),
+        ),
+    ]
+}

@@ -1,0 +1,183 @@
+//! Prometheus metrics, read from the kernel's maps at scrape time (no second
+//! copy of the counters in the agent), served over plain HTTP.
+//!
+//! Labels are bounded: verdict codes, interface names from the command line.
+//! No address, number or user name ever becomes a label.
+
+mod decisions;
+mod enforcement;
+mod http;
+mod learning;
+mod sip;
+
+use std::sync::{Arc, Mutex};
+
+use log::warn;
+use prometheus::{
+    core::{Collector, Desc},
+    proto::{self, LabelPair, MetricFamily, MetricType},
+};
+
+pub use self::{
+    decisions::DecisionCounts,
+    http::{bind, render, serve},
+};
+use crate::{clock::monotonic_now_ns, countries::Countries, events::EventCounts, maps::Maps};
+
+/// One (name, help, type) family with its samples.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+}
+
+const SCRAPE_ERRORS: Family = Family {
+    name: "tollgate_map_read_errors_total",
+    help: "Scrapes during which a kernel map could not be read.",
+    kind: MetricType::COUNTER,
+};
+
+const FAMILIES: [&Family; 23] = [
+    &learning::LEARNED,
+    &learning::COUNTRY_THRESHOLD,
+    &decisions::RESTRICTIONS_ACTIVE,
+    &decisions::DECISIONS,
+    &enforcement::PACKETS,
+    &enforcement::BYTES,
+    &enforcement::BLOCKLIST,
+    &enforcement::BLOCKLIST_CAP,
+    &enforcement::ALLOWLIST,
+    &enforcement::ATTACHED,
+    &SCRAPE_ERRORS,
+    &sip::SIP_REQUESTS,
+    &sip::REGISTERS,
+    &sip::REGISTER_RESPONSES,
+    &sip::OTHER_RESPONSES,
+    &sip::INVITES,
+    &sip::INTL_BY_COUNTRY,
+    &sip::KEEPALIVES,
+    &sip::UNPARSED,
+    &decisions::EVENTS,
+    &sip::EVENTS_LOST,
+    &learning::SOURCES,
+    &learning::SOURCES_CAP,
+];
+
+fn counter(f: &Family, labels: &[(&str, &str)], v: u64) -> MetricFamily {
+    family(f, vec![sample(labels, v as f64, f.kind)])
+}
+
+fn sample(labels: &[(&str, &str)], value: f64, kind: MetricType) -> proto::Metric {
+    let mut m = proto::Metric::default();
+    let pairs: Vec<LabelPair> = labels
+        .iter()
+        .map(|(k, v)| {
+            let mut p = LabelPair::default();
+            p.set_name((*k).to_owned());
+            p.set_value((*v).to_owned());
+            p
+        })
+        .collect();
+    m.set_label(pairs);
+    match kind {
+        MetricType::COUNTER => {
+            let mut c = proto::Counter::default();
+            c.set_value(value);
+            m.set_counter(c);
+        }
+        _ => {
+            let mut g = proto::Gauge::default();
+            g.set_value(value);
+            m.set_gauge(g);
+        }
+    }
+    m
+}
+
+fn family(f: &Family, samples: Vec<proto::Metric>) -> MetricFamily {
+    let mut mf = MetricFamily::default();
+    mf.set_name(f.name.to_owned());
+    mf.set_help(f.help.to_owned());
+    mf.set_field_type(f.kind);
+    mf.set_metric(samples);
+    mf
+}
+
+/// Collects kernel state on every scrape.
+pub struct KernelCollector {
+    maps: Arc<Mutex<Maps>>,
+    attached: Vec<(String, String)>,
+    countries: Countries,
+    events: EventCounts,
+    decisions: DecisionCounts,
+    max_sources: u32,
+    descs: Vec<Desc>,
+    read_errors: std::sync::atomic::AtomicU64,
+}
+
+impl KernelCollector {
+    pub fn new(
+        maps: Arc<Mutex<Maps>>,
+        attached: Vec<(String, String)>,
+        countries: Countries,
+        events: EventCounts,
+        decisions: DecisionCounts,
+        max_sources: u32,
+    ) -> Self {
+        let descs = FAMILIES
+            .iter()
+            .map(|f| Desc::new(f.name.to_owned(), f.help.to_owned(), vec![], Default::default()))
+            .collect::<Result<_, _>>()
+            .expect("metric names are valid");
+        Self {
+            maps,
+            attached,
+            countries,
+            events,
+            decisions,
+            max_sources,
+            descs,
+            read_errors: Default::default(),
+        }
+    }
+}
+
+impl Collector for KernelCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        self.read(&mut out, enforcement::verdicts(&maps));
+        let now = monotonic_now_ns();
+        let entries = maps.blocklist.entries();
+        out.extend(enforcement::lists(&maps, &entries, now, &self.attached));
+        self.read(&mut out, sip::families(&maps, &self.countries));
+        out.push(decisions::events(&self.events));
+        out.push(decisions::restrictions_active(&maps, &entries, now));
+        out.push(self.decisions.family());
+        self.read(&mut out, learning::levels(&maps, &self.countries));
+        out.extend(learning::sources(&maps, self.max_sources));
+        out.push(family(
+            &SCRAPE_ERRORS,
+            vec![sample(&[], self.read_errors.load(Relaxed) as f64, MetricType::COUNTER)],
+        ));
+        out
+    }
+}
+
+impl KernelCollector {
+    /// Adds the families read, or counts a scrape whose map read failed.
+    fn read(&self, out: &mut Vec<MetricFamily>, families: crate::error::Result<Vec<MetricFamily>>) {
+        match families {
+            Ok(mut families) => out.append(&mut families),
+            Err(e) => {
+                warn!("metrics: {e}");
+                self.read_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The SIP families: requests, REGISTER outcomes, INVITE classes and
+//! destination countries, keep-alives and what could not be parsed.
+
+use prometheus::proto::{MetricFamily, MetricType};
+use tollgate_common::{number::class, sip::method, sip_stat};
+
+use super::{Family, counter, family, sample};
+use crate::{countries::Countries, maps::Maps};
+
+pub(super) const SIP_REQUESTS: Family = Family {
+    name: "tollgate_sip_requests_total",
+    help: "SIP requests seen, by method.",
+    kind: MetricType::COUNTER,
+};
+pub(super) const REGISTERS: Family = Family {
+    name: "tollgate_sip_register_requests_total",
+    help: "REGISTER requests, by whether they carried credentials.",
+    kind: MetricType::COUNTER,
+};
+pub(super) const REGISTER_RESPONSES: Family = Family {
+    name: "tollgate_sip_register_responses_total",
+    help: "Responses to REGISTER: challenge (401/407), forbidden (403), ok (2xx), other.",
+    kind: MetricType::COUNTER,
+};
+pub(super) const OTHER_RESPONSES: Family = Family {
+    name: "tollgate_sip_other_responses_total",
+    help: "Responses to methods other than REGISTER.",
+    kind: MetricType::COUNTER,
+};
+pub(super) const INVITES: Family = Family {
+    name: "tollgate_sip_invites_total",
+    help: "INVITEs by class of the dialled number.",
+    kind: MetricType::COUNTER,
+};
+pub(super) const INTL_BY_COUNTRY: Family = Family {
+    name: "tollgate_sip_international_invites_total",
+    help: "International INVITEs by destination country (label, E.164 code).",
+    kind: MetricType::COUNTER,
+};
+pub(super) const KEEPALIVES: Family = Family {
+    name: "tollgate_sip_keepalives_total",
+    help: "CRLF keep-alives on SIP ports.",
+    kind: MetricType::COUNTER,
+};
+pub(super) const UNPARSED: Family = Family {
+    name: "tollgate_sip_unparsed_total",
+    help: "Payloads on SIP ports not counted as SIP (not a message start, or cut off before what is needed).",
+    kind: MetricType::COUNTER,
+};
+pub(super) const EVENTS_LOST: Family = Family {
+    name: "tollgate_threshold_events_lost_total",
+    help: "Threshold events the kernel could not deliver (ring buffer full).",
+    kind: MetricType::COUNTER,
+};
+
+/// Every SIP family, from the kernel's SIP counters.
+pub(super) fn families(maps: &Maps, countries: &Countries) -> crate::error::Result<Vec<MetricFamily>> {
+    let t = maps.sip_totals()?;
+    let at = |i: u32| t[i as usize];
+    let requests = (0..method::COUNT as u32)
+        .filter(|m| *m != method::NONE as u32)
+        .map(|m| {
+            sample(
+                &[("method", method::NAMES[m as usize])],
+                at(sip_stat::REQUEST_BASE + m) as f64,
+                MetricType::COUNTER,
+            )
+        })
+        .collect();
+    let with_auth = at(sip_stat::REGISTER_WITH_AUTH);
+    let registers = at(sip_stat::REQUEST_BASE + method::REGISTER as u32);
+    let invites = (0..class::COUNT as u32)
+        .map(|c| {
+            sample(
+                &[("class", class::NAMES[c as usize])],
+                at(sip_stat::INVITE_CLASS_BASE + c) as f64,
+                MetricType::COUNTER,
+            )
+        })
+        .collect();
+    let by_country = maps
+        .country_invites()?
+        .into_iter()
+        .map(|(cc, n)| {
+            let code = cc.to_string();
+            let label = countries.label(cc).unwrap_or("unassigned");
+            sample(&[("country", label), ("cc", &code)], n as f64, MetricType::COUNTER)
+        })
+        .collect();
+    Ok(vec![
+        family(&SIP_REQUESTS, requests),
+        family(
+            &REGISTERS,
+            vec![
+                sample(&[("credentials", "present")], with_auth as f64, MetricType::COUNTER),
+                sample(
+                    &[("credentials", "absent")],
+                    registers.saturating_sub(with_auth) as f64,
+                    MetricType::COUNTER,
+                ),
+            ],
+        ),
+        family(
+            &REGISTER_RESPONSES,
+            [
+                ("challenge", sip_stat::RESPONSE_REGISTER_CHALLENGE),
+                ("forbidden", sip_stat::RESPONSE_REGISTER_FORBIDDEN),
+                ("ok", sip_stat::RESPONSE_REGISTER_OK),
+                ("other", sip_stat::RESPONSE_REGISTER_OTHER),
+            ]
+            .iter()
+            .map(|(r, i)| sample(&[("result", r)], at(*i) as f64, MetricType::COUNTER))
+            .collect(),
+        ),
+        counter(&OTHER_RESPONSES, &[], at(sip_stat::RESPONSE_OTHER)),
+        family(&INVITES, invites),
+        family(&INTL_BY_COUNTRY, by_country),
+        counter(&KEEPALIVES, &[], at(sip_stat::KEEPALIVE)),
+        family(
+            &UNPARSED,
+            vec![
+                sample(&[("transport", "udp")], at(sip_stat::UNPARSED_UDP) as f64, MetricType::COUNTER),
+                sample(&[("transport", "tcp")], at(sip_stat::UNPARSED_TCP) as f64, MetricType::COUNTER),
+            ],
+        ),
+        counter(&EVENTS_LOST, &[], at(sip_stat::EVENTS_LOST)),
+    ])
+}
