@@ -9,6 +9,7 @@
 #[cfg(any(test, feature = "frames"))]
 extern crate std;
 
+pub mod abi;
 #[cfg(any(test, feature = "frames"))]
 pub mod corpus;
 #[cfg(any(test, feature = "frames"))]
@@ -18,4 +19,4 @@ pub mod number;
 pub mod packet;
 pub mod sip;
 
-pub use maps::*;
+pub use abi::*;

@@ -1,0 +1,331 @@
+//! Record layouts: the `#[repr(C)]` keys and values the kernel and the
+//! agent read and write through the maps. Their sizes are asserted below.
+
+// Intra-doc links name items of the other abi files.
+#[cfg(doc)]
+#[allow(unused_imports)]
+use super::*;
+
+/// What the first program hands the SIP stages (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SipContext {
+    pub src: AddrKey,
+    pub dst: AddrKey,
+    /// Bytes of payload copied into the scratch buffer (1..=SIP_WINDOW).
+    pub len: u32,
+    /// What the stages must return (the enforcement verdict).
+    pub action: i32,
+    pub proto: u8,
+    /// Egress: only responses are counted.
+    pub responses_only: u8,
+    /// The source is allowlisted: no restriction may apply.
+    pub allowlisted: u8,
+    pub _reserved: [u8; 1],
+    /// Verdict code to count ([`verdict`]), or [`NO_VERDICT`] (egress).
+    pub code: u32,
+    /// Frame bytes, for the verdict counter.
+    pub bytes: u32,
+}
+
+/// SIP restrictions on one source prefix, each with its own expiry
+/// (CLOCK_MONOTONIC ns; 0 = not restricted in that way). Every restriction
+/// is temporary: the kernel stops applying it at its expiry by itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Restriction {
+    /// auth-suspend: REGISTER and requests carrying credentials are dropped.
+    pub auth_until_ns: u64,
+    /// intl-suspend: INVITEs to international numbers are dropped.
+    pub intl_until_ns: u64,
+    /// The LPM prefix length of this entry (see [`BlockEntry::prefix_len`]).
+    pub prefix_len: u32,
+    pub _reserved: u32,
+}
+
+/// A learned normal ("peacetime") level and the reporting threshold made
+/// from it. Kept in pinned maps, so a restarted agent goes on from what the
+/// last one learned. The kernel reads only `threshold`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Baseline {
+    /// Windowed count at which the kernel reports (0: the global ceiling).
+    pub threshold: u32,
+    /// Windows the level was learned from.
+    pub windows: u32,
+    /// The learned level: events per window, in thousandths.
+    pub peacetime_milli: u64,
+}
+
+/// One country's current counting window (international INVITEs to it from
+/// every source), kept by the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CountryWindow {
+    pub window_start_ns: u64,
+    pub count: u32,
+    /// `EVENT_*` bits already emitted in this window.
+    pub events: u32,
+    /// One bit per bucket of [`source_bucket`]: the number of bits set is a
+    /// lower bound of the distinct source addresses in the window (two
+    /// sources may share a bucket, never one source two buckets), so a
+    /// surge is never judged to come from more sources than it does.
+    pub sources: [u64; 2],
+}
+
+/// A restriction on international INVITEs to one country code, from every
+/// source. Kept with its origin and start so that a restarted agent applies
+/// the same rules to it (an automatic one stays bounded by its maximum and
+/// is lifted when the surge ends; an operator's is left as set).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CountryRestriction {
+    /// CLOCK_MONOTONIC ns until which it applies (0: not restricted).
+    pub until_ns: u64,
+    pub imposed_at_ns: u64,
+    /// [`reason::OPERATOR`] or [`reason::COUNTRY_SURGE`].
+    pub reason: u32,
+    pub _reserved: u32,
+}
+
+/// IPv6 address bytes, or an IPv4 address mapped into `::ffff:0:0/96`, so one
+/// LPM lookup serves both families.
+pub type AddrKey = [u8; 16];
+
+/// Prefix length of the IPv4-mapped range: an IPv4 `/n` is stored as `/96+n`.
+pub const V4_MAPPED_PREFIX_LEN: u32 = 96;
+
+/// Maps an IPv4 address (network byte order octets) into an [`AddrKey`].
+#[inline(always)]
+pub const fn v4_mapped(octets: [u8; 4]) -> AddrKey {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]]
+}
+
+/// Returns the IPv4 octets if `key` is an IPv4-mapped address.
+pub fn v4_unmapped(key: &AddrKey) -> Option<[u8; 4]> {
+    if key[..10].iter().all(|b| *b == 0) && key[10] == 0xff && key[11] == 0xff {
+        Some([key[12], key[13], key[14], key[15]])
+    } else {
+        None
+    }
+}
+
+/// A blocklist entry.
+///
+/// `expires_at_ns` is compared in the kernel with `bpf_ktime_get_ns()`
+/// (CLOCK_MONOTONIC), so a block lapses on time even when no agent is running.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockEntry {
+    /// CLOCK_MONOTONIC nanoseconds after which the entry no longer drops;
+    /// [`NO_EXPIRY`] means it never lapses by itself.
+    pub expires_at_ns: u64,
+    /// Why the entry exists (one of [`reason`]).
+    pub reason: u32,
+    /// The LPM prefix length of this entry's key. When an entry has expired
+    /// the kernel looks up the next shorter prefix with it, so an expired
+    /// narrow entry never shadows a broader active one.
+    pub prefix_len: u32,
+}
+
+pub const NO_EXPIRY: u64 = 0;
+
+/// How many nested blocklist entries the kernel walks past expired ones.
+pub const MAX_NESTED_BLOCKS: usize = 4;
+
+impl BlockEntry {
+    /// Whether the entry still drops at `now_ns` (CLOCK_MONOTONIC).
+    #[inline(always)]
+    pub const fn is_active(&self, now_ns: u64) -> bool {
+        self.expires_at_ns == NO_EXPIRY || now_ns < self.expires_at_ns
+    }
+}
+
+/// An allowlist entry; its presence is what matters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AllowEntry {
+    pub _reserved: u32,
+}
+
+/// Global configuration, element 0 of [`MAP_CONFIG`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// Bit set of `CONFIG_*` flags.
+    pub flags: u32,
+    /// REGISTER authentication failures from one source within a window
+    /// that make the kernel emit an [`EVENT_AUTH_FAILURES`] (0: never).
+    pub auth_failure_threshold: u32,
+    /// Length of a source's counting window, in nanoseconds.
+    pub window_ns: u64,
+    /// International INVITEs from one source within a window that make the
+    /// kernel emit an [`EVENT_INTL_INVITES`] (0: never), unless the source
+    /// has a higher learned threshold in [`MAP_INTL_BASELINE`].
+    pub intl_invite_threshold: u32,
+    /// International INVITEs to one country (from all sources) within a
+    /// window that make the kernel emit an [`EVENT_COUNTRY_INVITES`] (0:
+    /// never), unless the country has a higher learned threshold.
+    pub country_invite_threshold: u32,
+    /// Distinct sources (at least, see [`CountryWindow::sources`]) a
+    /// country's window must have for the event.
+    pub country_min_sources: u32,
+    pub _reserved: u32,
+}
+
+/// SIP counters of one source address. Requests count against the sender;
+/// responses against the address they are sent TO (the client).
+///
+/// Cumulative fields only grow. `win_*` fields restart when a packet arrives
+/// more than `Config::window_ns` after `window_start_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SourceStats {
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    pub window_start_ns: u64,
+    /// REGISTERs without credentials (the first leg of digest auth).
+    pub register_noauth: u64,
+    /// REGISTERs carrying Authorization or Proxy-Authorization.
+    pub register_auth: u64,
+    /// 401/407 responses to REGISTER sent to this address.
+    pub register_challenged: u64,
+    /// 403 responses to REGISTER sent to this address.
+    pub register_forbidden: u64,
+    /// 2xx responses to REGISTER sent to this address.
+    pub register_ok: u64,
+    pub invites: u64,
+    pub intl_invites: u64,
+    pub emergency_invites: u64,
+    pub win_register_noauth: u32,
+    /// 401/407/403 to REGISTER within the window.
+    pub win_register_rejected: u32,
+    pub win_intl_invites: u32,
+    /// `EVENT_*` bits already emitted in this window.
+    pub win_events: u32,
+}
+
+impl SourceStats {
+    /// REGISTER authentication failures: rejections that are not the normal
+    /// challenge of an uncredentialed first REGISTER. A phone that registers
+    /// correctly has none; with no responses visible the result is 0, so
+    /// missing visibility can never look like an attack.
+    pub const fn auth_failures(&self) -> u64 {
+        (self.register_challenged + self.register_forbidden).saturating_sub(self.register_noauth)
+    }
+
+    /// The same, within the current window.
+    pub const fn window_auth_failures(&self) -> u32 {
+        self.win_register_rejected.saturating_sub(self.win_register_noauth)
+    }
+}
+
+/// A source (or, for [`EVENT_COUNTRY_INVITES`], a destination country)
+/// crossed a threshold within its window. One per kind and window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ThresholdEvent {
+    /// The source; all zero for a country event.
+    pub addr: AddrKey,
+    /// `EVENT_*`.
+    pub kind: u32,
+    /// The windowed count that crossed the threshold.
+    pub count: u32,
+    pub window_start_ns: u64,
+    pub at_ns: u64,
+    /// The threshold in force (the ceiling, or a learned one above it).
+    pub threshold: u32,
+    /// The E.164 country code of a country event (else 0).
+    pub cc: u16,
+    /// Distinct sources in the window, at least (country events; else 0).
+    pub sources: u16,
+}
+
+/// Packet and byte counter, one slot per verdict code in [`MAP_STATS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)] structs of integers with explicit
+    // padding fields, so every bit pattern is valid and there is no padding.
+    unsafe impl aya::Pod for super::BlockEntry {}
+    unsafe impl aya::Pod for super::AllowEntry {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::SourceStats {}
+    unsafe impl aya::Pod for super::Restriction {}
+    unsafe impl aya::Pod for super::ThresholdEvent {}
+    unsafe impl aya::Pod for super::Baseline {}
+    unsafe impl aya::Pod for super::CountryRestriction {}
+    unsafe impl aya::Pod for super::CountryWindow {}
+    unsafe impl aya::Pod for crate::number::NumberPlan {}
+}
+
+// The kernel and the agent must agree on these sizes; a mismatch would be
+// silently misread through the maps.
+const _: () = assert!(core::mem::size_of::<BlockEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<AllowEntry>() == 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 32);
+const _: () = assert!(core::mem::size_of::<SourceStats>() == 104);
+const _: () = assert!(core::mem::size_of::<ThresholdEvent>() == 48);
+const _: () = assert!(core::mem::size_of::<Baseline>() == 16);
+const _: () = assert!(core::mem::size_of::<CountryRestriction>() == 24);
+const _: () = assert!(core::mem::size_of::<CountryWindow>() == 32);
+const _: () = assert!(core::mem::size_of::<crate::number::NumberPlan>() == 216);
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::codes::reason;
+
+    #[test]
+    fn v4_mapping_round_trips() {
+        let key = v4_mapped([203, 0, 113, 7]);
+        assert_eq!(v4_unmapped(&key), Some([203, 0, 113, 7]));
+        let mut v6 = [0u8; 16];
+        v6[0] = 0x20;
+        v6[1] = 0x01;
+        assert_eq!(v4_unmapped(&v6), None);
+    }
+
+    #[test]
+    fn expiry_semantics() {
+        let forever = BlockEntry { expires_at_ns: NO_EXPIRY, reason: reason::CLI, prefix_len: 128 };
+        assert!(forever.is_active(u64::MAX));
+        let timed = BlockEntry { expires_at_ns: 100, reason: reason::CLI, prefix_len: 128 };
+        assert!(timed.is_active(99));
+        assert!(!timed.is_active(100));
+    }
+
+    #[test]
+    fn a_phone_that_registers_correctly_has_no_failures() {
+        // Every minute: REGISTER without credentials, 401, REGISTER with
+        // credentials, 200 OK.
+        let mut s = SourceStats::default();
+        for _ in 0..60 {
+            s.register_noauth += 1;
+            s.register_challenged += 1;
+            s.register_auth += 1;
+            s.register_ok += 1;
+        }
+        assert_eq!(s.auth_failures(), 0);
+        // A wrong password: the credentialed REGISTER is rejected again.
+        s.register_noauth += 1;
+        s.register_challenged += 2;
+        assert_eq!(s.auth_failures(), 1);
+        // A brute forcer that always sends credentials.
+        let mut b = SourceStats { register_auth: 500, register_challenged: 500, ..SourceStats::default() };
+        assert_eq!(b.auth_failures(), 500);
+        b.register_forbidden = 3;
+        assert_eq!(b.auth_failures(), 503);
+        // No responses visible: never failures.
+        let blind = SourceStats { register_noauth: 10, register_auth: 10, ..SourceStats::default() };
+        assert_eq!(blind.auth_failures(), 0);
+    }
+}

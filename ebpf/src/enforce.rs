@@ -1,0 +1,97 @@
+//! The allowlist/blocklist verdict of every packet the XDP program sees,
+//! and its counter.
+
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::XdpContext};
+use tollgate_common::{
+    CONFIG_BLOCK_ALL_PORTS, Config, MAX_NESTED_BLOCKS,
+    packet::{Headers, ParseError, Ports, Transport, parse_headers},
+    port_key, verdict,
+};
+
+use crate::{
+    maps::{ALLOWLIST, BLOCKLIST, CONFIG, SIP_PORTS, STATS},
+    sip::View,
+};
+
+const DEFAULT_CONFIG: Config = Config {
+    flags: 0,
+    auth_failure_threshold: 0,
+    window_ns: 0,
+    intl_invite_threshold: 0,
+    country_invite_threshold: 0,
+    country_min_sources: 0,
+    _reserved: 0,
+};
+
+/// The verdict, its counter, and the headers of a SIP-port packet.
+#[inline(always)]
+pub(crate) fn evaluate(ctx: &XdpContext) -> (u32, u32, Option<(Headers, Ports)>) {
+    const PASS: u32 = xdp_action::XDP_PASS;
+    let h: Headers = match parse_headers(&View(ctx)) {
+        Ok(h) => h,
+        Err(ParseError::NotIp) => return (PASS, verdict::PASS_NOT_IP, None),
+        Err(ParseError::Malformed) => return (PASS, verdict::PASS_MALFORMED, None),
+    };
+    let cfg = CONFIG.get(0).unwrap_or(&DEFAULT_CONFIG);
+    let (is_sip, sip) = match h.transport {
+        Transport::Ports(p) => {
+            let sip = is_sip_port(p.proto, p.dst_port) || is_sip_port(p.proto, p.src_port);
+            (sip, if sip { Some((h, p)) } else { None })
+        }
+        // The port is unknown: a blocked source must not slip through.
+        Transport::Opaque => (true, None),
+        Transport::Other(_) | Transport::Fragment => (false, None),
+    };
+    if !is_sip && cfg.flags & CONFIG_BLOCK_ALL_PORTS == 0 {
+        return (PASS, verdict::PASS_NOT_SIP, None);
+    }
+    let (action, code) = enforce(&h, is_sip);
+    (action, code, sip)
+}
+
+#[inline(always)]
+fn enforce(h: &Headers, is_sip: bool) -> (u32, u32) {
+    const PASS: u32 = xdp_action::XDP_PASS;
+    let mut key = Key::new(128, h.src);
+    if ALLOWLIST.get(&key).is_some() {
+        return (PASS, verdict::PASS_ALLOWLISTED);
+    }
+    let mut expired = false;
+    for _ in 0..MAX_NESTED_BLOCKS {
+        let Some(entry) = BLOCKLIST.get(&key) else { break };
+        // Read the clock only when an entry matches.
+        // SAFETY: bpf_ktime_get_ns takes no arguments and cannot fail.
+        if entry.is_active(unsafe { bpf_ktime_get_ns() }) {
+            return (xdp_action::XDP_DROP, verdict::DROP_BLOCKLIST);
+        }
+        // Expired: a broader entry enclosing it may still be active.
+        expired = true;
+        if entry.prefix_len == 0 {
+            break;
+        }
+        key = Key::new(entry.prefix_len - 1, h.src);
+    }
+    if expired {
+        return (PASS, verdict::PASS_EXPIRED);
+    }
+    if is_sip { (PASS, verdict::PASS_SIP) } else { (PASS, verdict::PASS_NOT_SIP) }
+}
+
+#[inline(always)]
+pub(crate) fn is_sip_port(proto: u8, port: u16) -> bool {
+    // SAFETY: the value is a plain u8 and is only checked for presence.
+    unsafe { SIP_PORTS.get(port_key(proto, port)) }.is_some()
+}
+
+/// Counts a packet under its verdict `code`.
+#[inline(always)]
+pub(crate) fn count(code: u32, bytes: u64) {
+    if let Some(c) = STATS.get_ptr_mut(code) {
+        // SAFETY: per-CPU slot, so no other program instance writes it
+        // concurrently; the pointer comes from a successful lookup.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+        }
+    }
+}

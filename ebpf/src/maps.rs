@@ -1,0 +1,107 @@
+//! Every map of the kernel programs. Names, key and value layouts and sizes
+//! are shared with the agent through `tollgate-common`.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+};
+use tollgate_common::{
+    ALLOWLIST_CAPACITY, AddrKey, AllowEntry, BLOCKLIST_CAPACITY, Baseline, BlockEntry, Config, Counter,
+    CountryRestriction, CountryWindow, EVENTS_BYTES, INTL_BASELINE_CAPACITY, RESTRICTIONS_CAPACITY,
+    Restriction, SIP_PORTS_CAPACITY, SOURCES_CAPACITY, SipContext, SourceStats,
+    number::{COUNTRY_CODE_SLOTS, NumberPlan},
+    sip::SipSummary,
+    sip_stat, verdict,
+};
+
+use crate::sip::stages::Scratch;
+
+// Enforcement (the first program).
+
+#[map]
+pub(crate) static BLOCKLIST: LpmTrie<AddrKey, BlockEntry> =
+    LpmTrie::with_max_entries(BLOCKLIST_CAPACITY, BPF_F_NO_PREALLOC);
+
+#[map]
+pub(crate) static ALLOWLIST: LpmTrie<AddrKey, AllowEntry> =
+    LpmTrie::with_max_entries(ALLOWLIST_CAPACITY, BPF_F_NO_PREALLOC);
+
+#[map]
+pub(crate) static SIP_PORTS: HashMap<u32, u8> = HashMap::with_max_entries(SIP_PORTS_CAPACITY, 0);
+
+#[map]
+pub(crate) static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Tail-call targets: SIP parsing and counting, each verified on its own.
+#[map]
+pub(crate) static JUMP_XDP: ProgramArray = ProgramArray::with_max_entries(2, 0);
+
+#[map]
+pub(crate) static JUMP_TC: ProgramArray = ProgramArray::with_max_entries(2, 0);
+
+#[map]
+pub(crate) static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(verdict::COUNT, 0);
+
+// SIP counting.
+
+#[map]
+pub(crate) static SOURCES: LruHashMap<AddrKey, SourceStats> =
+    LruHashMap::with_max_entries(SOURCES_CAPACITY, 0);
+
+#[map]
+pub(crate) static SIP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(sip_stat::COUNT, 0);
+
+#[map]
+pub(crate) static COUNTRY_INVITES: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTRY_CODE_SLOTS, 0);
+
+#[map]
+pub(crate) static COUNTRY_CODES: Array<u32> = Array::with_max_entries(COUNTRY_CODE_SLOTS, 0);
+
+#[map]
+pub(crate) static NUMBER_PLAN: Array<NumberPlan> = Array::with_max_entries(1, 0);
+
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+// SIP restrictions and learned thresholds.
+
+/// auth-suspend and intl-suspend per source prefix, decided by the agent.
+#[map]
+pub(crate) static RESTRICTIONS: LpmTrie<AddrKey, Restriction> =
+    LpmTrie::with_max_entries(RESTRICTIONS_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// Learned per-source thresholds for international INVITEs (written by the
+/// agent; only sources whose normal volume is high have one).
+#[map]
+pub(crate) static INTL_BASELINE: HashMap<AddrKey, Baseline> =
+    HashMap::with_max_entries(INTL_BASELINE_CAPACITY, 0);
+
+/// Learned per-country thresholds (written by the agent).
+#[map]
+pub(crate) static COUNTRY_BASELINE: Array<Baseline> = Array::with_max_entries(COUNTRY_CODE_SLOTS, 0);
+
+/// Each destination country's current window (written here).
+#[map]
+pub(crate) static COUNTRY_WINDOW: Array<CountryWindow> = Array::with_max_entries(COUNTRY_CODE_SLOTS, 0);
+
+/// country-restrict: expiry per E.164 country code.
+#[map]
+pub(crate) static COUNTRY_RESTRICT: Array<CountryRestriction> =
+    Array::with_max_entries(COUNTRY_CODE_SLOTS, 0);
+
+// Hand-over between the SIP stages.
+
+/// The parse result, from stage 2 to stage 3.
+#[map]
+pub(crate) static SUMMARY: PerCpuArray<SipSummary> = PerCpuArray::with_max_entries(1, 0);
+
+/// Addresses, payload length and verdict, from the first program to the
+/// stages.
+#[map]
+pub(crate) static SIP_CTX: PerCpuArray<SipContext> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where the payload window is copied, and the state of the scans over it;
+/// per CPU, so no locking.
+#[map]
+pub(crate) static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -1,0 +1,285 @@
+//! The SIP counters the count stage updates: per message kind
+//! ([`SIP_STATS`]), per source ([`SOURCES`]), per destination country, and
+//! the threshold events they raise. Counters are updated with atomic adds:
+//! the same source can be seen on several CPUs at once.
+
+use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
+
+use aya_ebpf::{EbpfContext, bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use aya_log_ebpf::warn;
+use tollgate_common::{
+    AddrKey, Config, EVENT_AUTH_FAILURES, EVENT_COUNTRY_INVITES, EVENT_INTL_INVITES, SourceStats,
+    ThresholdEvent,
+    number::class,
+    sip::{SipSummary, method},
+    sip_stat, source_bucket, sources_at_least,
+};
+
+use crate::maps::{
+    COUNTRY_BASELINE, COUNTRY_INVITES, COUNTRY_WINDOW, EVENTS, INTL_BASELINE, SIP_STATS, SOURCES,
+};
+
+/// Counts a request against its sender.
+#[inline(always)]
+pub(super) fn request<C: EbpfContext>(
+    ctx: &C,
+    src: &AddrKey,
+    s: &SipSummary,
+    class: u8,
+    cc: u16,
+    cfg: &Config,
+) {
+    stat(sip_stat::REQUEST_BASE + s.method as u32);
+    // SAFETY: bpf_ktime_get_ns takes no arguments and cannot fail.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(e) = source(src, now, cfg) else { return };
+    match s.method {
+        method::REGISTER => {
+            if s.has_auth {
+                stat(sip_stat::REGISTER_WITH_AUTH);
+                // SAFETY: e points into a live map value (from `source`);
+                // its fields are naturally aligned (repr(C)).
+                unsafe { add64(&raw mut (*e).register_auth) };
+            } else {
+                // SAFETY: as above.
+                unsafe {
+                    add64(&raw mut (*e).register_noauth);
+                    add32(&raw mut (*e).win_register_noauth);
+                }
+            }
+        }
+        method::INVITE => {
+            stat(sip_stat::INVITE_CLASS_BASE + class as u32);
+            // SAFETY: as above.
+            unsafe { add64(&raw mut (*e).invites) };
+            if class == class::INTERNATIONAL {
+                // SAFETY: as above.
+                unsafe {
+                    add64(&raw mut (*e).intl_invites);
+                    add32(&raw mut (*e).win_intl_invites);
+                }
+                if let Some(slot) = COUNTRY_INVITES.get_ptr_mut(cc as u32) {
+                    // SAFETY: per-CPU slot from a successful lookup.
+                    unsafe { *slot += 1 };
+                }
+                country_window(ctx, src, cc, cfg, now);
+            } else if class == class::EMERGENCY {
+                // SAFETY: as above.
+                unsafe { add64(&raw mut (*e).emergency_invites) };
+            }
+        }
+        _ => return,
+    }
+    // SAFETY: e points into a live map value (from `source`); no other
+    // reference to it is held here.
+    check_thresholds(ctx, unsafe { &mut *e }, src, cfg, now);
+}
+
+/// Counts a response against the client it is sent to.
+#[inline(always)]
+pub(super) fn response<C: EbpfContext>(ctx: &C, dst: &AddrKey, s: &SipSummary, cfg: &Config) {
+    if s.cseq_method != method::REGISTER {
+        stat(sip_stat::RESPONSE_OTHER);
+        return;
+    }
+    // SAFETY: bpf_ktime_get_ns takes no arguments and cannot fail.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match s.status {
+        401 | 407 => stat(sip_stat::RESPONSE_REGISTER_CHALLENGE),
+        403 => stat(sip_stat::RESPONSE_REGISTER_FORBIDDEN),
+        200..=299 => stat(sip_stat::RESPONSE_REGISTER_OK),
+        _ => {
+            stat(sip_stat::RESPONSE_REGISTER_OTHER);
+            return;
+        }
+    }
+    // A response counts against the client it is sent to.
+    let Some(e) = source(dst, now, cfg) else { return };
+    match s.status {
+        401 | 407 => {
+            // SAFETY: as in `request`.
+            unsafe {
+                add64(&raw mut (*e).register_challenged);
+                add32(&raw mut (*e).win_register_rejected);
+            }
+        }
+        403 => {
+            // SAFETY: as in `request`.
+            unsafe {
+                add64(&raw mut (*e).register_forbidden);
+                add32(&raw mut (*e).win_register_rejected);
+            }
+        }
+        // SAFETY: as in `request`.
+        _ => unsafe { add64(&raw mut (*e).register_ok) },
+    }
+    // SAFETY: as in `request`.
+    check_thresholds(ctx, unsafe { &mut *e }, dst, cfg, now);
+}
+
+/// The entry for `addr`, created if needed, with its window rolled over if
+/// it has ended. The LRU map bounds memory under a spoofed-source flood.
+#[inline(always)]
+fn source(addr: &AddrKey, now: u64, cfg: &Config) -> Option<*mut SourceStats> {
+    let e = match SOURCES.get_ptr_mut(addr) {
+        Some(e) => e,
+        None => {
+            let fresh = SourceStats {
+                first_seen_ns: now,
+                last_seen_ns: now,
+                window_start_ns: now,
+                ..SourceStats::default()
+            };
+            // Another CPU may have created it meanwhile: then keep theirs.
+            let _ = SOURCES.insert(addr, fresh, BPF_NOEXIST as u64);
+            SOURCES.get_ptr_mut(addr)?
+        }
+    };
+    // SAFETY: e points into a live map value. Plain stores race benignly
+    // with other CPUs here: at worst a window restarts twice.
+    unsafe {
+        (*e).last_seen_ns = now;
+        if now.wrapping_sub((*e).window_start_ns) >= cfg.window_ns && cfg.window_ns != 0 {
+            (*e).window_start_ns = now;
+            (*e).win_register_noauth = 0;
+            (*e).win_register_rejected = 0;
+            (*e).win_intl_invites = 0;
+            (*e).win_events = 0;
+        }
+    }
+    Some(e)
+}
+
+/// Reports `addr` once per window for each per-source threshold its window
+/// has reached.
+#[inline(always)]
+fn check_thresholds<C: EbpfContext>(ctx: &C, st: &mut SourceStats, addr: &AddrKey, cfg: &Config, now: u64) {
+    let fails = st.window_auth_failures();
+    if cfg.auth_failure_threshold != 0
+        && fails >= cfg.auth_failure_threshold
+        && st.win_events & EVENT_AUTH_FAILURES == 0
+    {
+        st.win_events |= EVENT_AUTH_FAILURES;
+        let threshold = cfg.auth_failure_threshold;
+        let event = Emit { kind: EVENT_AUTH_FAILURES, count: fails, threshold, cc: 0, sources: 0 };
+        emit(ctx, addr, &event, st.window_start_ns, now);
+    }
+    let intl = st.win_intl_invites;
+    if cfg.intl_invite_threshold != 0
+        && intl >= cfg.intl_invite_threshold
+        && st.win_events & EVENT_INTL_INVITES == 0
+    {
+        // Only a source already at the ceiling pays for this lookup: a
+        // learned threshold is never below it.
+        let threshold = INTL_BASELINE
+            .get_ptr(addr)
+            // SAFETY: b points into a live map value from a successful lookup.
+            .map(|b| unsafe { (*b).threshold })
+            .filter(|t| *t > cfg.intl_invite_threshold)
+            .unwrap_or(cfg.intl_invite_threshold);
+        if intl >= threshold {
+            st.win_events |= EVENT_INTL_INVITES;
+            let event = Emit { kind: EVENT_INTL_INVITES, count: intl, threshold, cc: 0, sources: 0 };
+            emit(ctx, addr, &event, st.window_start_ns, now);
+        }
+    }
+}
+
+/// Counts an international INVITE to `cc` from `src` in the country's
+/// window, and reports the country once per window when the count reaches
+/// its threshold with enough distinct sources.
+#[inline(always)]
+fn country_window<C: EbpfContext>(ctx: &C, src: &AddrKey, cc: u16, cfg: &Config, now: u64) {
+    if cfg.country_invite_threshold == 0 {
+        return;
+    }
+    let Some(w) = COUNTRY_WINDOW.get_ptr_mut(cc as u32) else { return };
+    let bucket = source_bucket(src);
+    // SAFETY: w points into a live map value. As for sources, plain stores
+    // race benignly: a lost bit only undercounts the sources.
+    let w = unsafe { &mut *w };
+    if now.wrapping_sub(w.window_start_ns) >= cfg.window_ns && cfg.window_ns != 0 {
+        w.window_start_ns = now;
+        w.count = 0;
+        w.events = 0;
+        w.sources = [0; 2];
+    }
+    w.sources[((bucket >> 6) & 1) as usize] |= 1 << (bucket & 63);
+    // SAFETY: derived from a live reference to an aligned u32.
+    unsafe { add32(&raw mut w.count) };
+    let count = w.count;
+    if count < cfg.country_invite_threshold || w.events & EVENT_COUNTRY_INVITES != 0 {
+        return;
+    }
+    let threshold = COUNTRY_BASELINE
+        .get(cc as u32)
+        .map(|b| b.threshold)
+        .filter(|t| *t > cfg.country_invite_threshold)
+        .unwrap_or(cfg.country_invite_threshold);
+    let sources = sources_at_least(&w.sources);
+    if count >= threshold && sources >= cfg.country_min_sources {
+        w.events |= EVENT_COUNTRY_INVITES;
+        let event = Emit { kind: EVENT_COUNTRY_INVITES, count, threshold, cc, sources: sources as u16 };
+        emit(ctx, &[0; 16], &event, w.window_start_ns, now);
+    }
+}
+
+/// What a threshold event reports, besides where and when.
+struct Emit {
+    kind: u32,
+    count: u32,
+    threshold: u32,
+    cc: u16,
+    sources: u16,
+}
+
+#[inline(always)]
+fn emit<C: EbpfContext>(ctx: &C, addr: &AddrKey, e: &Emit, window_start_ns: u64, at_ns: u64) {
+    let event = ThresholdEvent {
+        addr: *addr,
+        kind: e.kind,
+        count: e.count,
+        window_start_ns,
+        at_ns,
+        threshold: e.threshold,
+        cc: e.cc,
+        sources: e.sources,
+    };
+    if EVENTS.output::<ThresholdEvent>(&event, 0).is_err() {
+        stat(sip_stat::EVENTS_LOST);
+        warn!(ctx, "threshold event lost: the agent is not draining the ring buffer");
+    }
+}
+
+/// Counts one SIP message under `index` ([`sip_stat`]).
+#[inline(always)]
+pub(super) fn stat(index: u32) {
+    if let Some(c) = SIP_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot from a successful lookup.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Adds 1 to a counter shared between CPUs.
+///
+/// # Safety
+///
+/// `p` must point into a live map value and be 8-byte aligned.
+#[inline(always)]
+unsafe fn add64(p: *mut u64) {
+    // SAFETY: p points into a live map value, 8-byte aligned (the caller's
+    // contract; the value types are repr(C)).
+    unsafe { atomic_xadd::<u64, u64, { Relaxed }>(p, 1) };
+}
+
+/// Adds 1 to a counter shared between CPUs.
+///
+/// # Safety
+///
+/// `p` must point into a live map value and be 4-byte aligned.
+#[inline(always)]
+unsafe fn add32(p: *mut u32) {
+    // SAFETY: p points into a live map value, 4-byte aligned (the caller's
+    // contract; the value types are repr(C)).
+    unsafe { atomic_xadd::<u32, u32, { Relaxed }>(p, 1) };
+}
