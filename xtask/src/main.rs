@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 mod kernels;
 
 /// The bpf-linker release known to work with this machine's toolchains and
-/// Debian's LLVM 22 (see ../shared/TOOLCHAIN.md).
+/// Debian's LLVM 22 (README: Development, Toolchain).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_MAJOR: &str = "22";
 const APT_PACKAGES: &[&str] = &[
