@@ -64,21 +64,9 @@ pub struct ControlArgs {
     pub control_socket: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ManualKind {
-    /// auth-suspend a source: drop its REGISTERs and credentialed requests.
-    Auth,
-    /// intl-suspend a source: drop its international INVITEs.
-    Intl,
-    /// block a source: drop all its SIP.
-    Block,
-    /// country-restrict: drop international INVITEs to a country code.
-    Country,
-}
-
 #[derive(Debug, Args)]
 pub struct RestrictArgs {
-    pub kind: ManualKind,
+    pub kind: crate::policy::Kind,
     /// A source address or prefix, or for `country` an E.164 code (232).
     pub target: String,
     /// How long (every restriction is temporary).

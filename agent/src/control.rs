@@ -26,7 +26,7 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tollgate.sock";
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Request {
     List,
-    Restrict { kind: String, target: String, seconds: u64, note: Option<String> },
+    Restrict { kind: crate::policy::Kind, target: String, seconds: u64, note: Option<String> },
     Lift { id: u64 },
 }
 
@@ -134,5 +134,35 @@ pub struct SocketFile(pub PathBuf);
 impl Drop for SocketFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Kind;
+
+    /// The wire form is what clients of earlier releases send: kinds in
+    /// their short form.
+    #[test]
+    fn restrict_requests_keep_their_wire_form() {
+        for (kind, short) in [
+            (Kind::AuthSuspend, "auth"),
+            (Kind::IntlSuspend, "intl"),
+            (Kind::Block, "block"),
+            (Kind::CountryRestrict, "country"),
+        ] {
+            let request = Request::Restrict { kind, target: "x".into(), seconds: 1, note: None };
+            let json = serde_json::to_string(&request).expect("serialize");
+            assert_eq!(
+                json,
+                format!(r#"{{"op":"restrict","kind":"{short}","target":"x","seconds":1,"note":null}}"#)
+            );
+            assert_eq!(serde_json::from_str::<Request>(&json).expect("parse"), request);
+        }
+        assert!(
+            serde_json::from_str::<Request>(r#"{"op":"restrict","kind":"nope","target":"x","seconds":1}"#)
+                .is_err()
+        );
     }
 }

@@ -38,13 +38,40 @@ use std::{
 use ipnet::IpNet;
 use tollgate_common::{EVENT_AUTH_FAILURES, EVENT_INTL_INVITES};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A kind of restriction: the one vocabulary of the engine, the operator's
+/// command line (`tollgate restrict auth|intl|block|country`) and the control
+/// socket, which use the short form; audit lines, metrics and tables use
+/// [`Kind::name`].
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum Kind {
+    /// auth-suspend a source: drop its REGISTERs and credentialed requests.
+    #[value(name = "auth")]
+    #[serde(rename = "auth")]
     AuthSuspend,
+    /// intl-suspend a source: drop its international INVITEs.
+    #[value(name = "intl")]
+    #[serde(rename = "intl")]
     IntlSuspend,
-    /// All SIP from a source prefix (manual only).
+    /// block a source: drop all its SIP.
+    // Manual only.
     Block,
-    /// International INVITEs to one country code (last resort).
+    /// country-restrict: drop international INVITEs to a country code.
+    // The last resort.
+    #[value(name = "country")]
+    #[serde(rename = "country")]
     CountryRestrict,
 }
 

@@ -4,7 +4,7 @@
 use std::{path::Path, time::Duration};
 
 use crate::{
-    cli::{ControlArgs, LiftArgs, ManualKind, RestrictArgs},
+    cli::{ControlArgs, LiftArgs, RestrictArgs},
     control,
 };
 
@@ -45,14 +45,8 @@ pub fn list(args: ControlArgs) -> anyhow::Result<()> {
 }
 
 pub fn restrict(args: RestrictArgs) -> anyhow::Result<()> {
-    let kind = match args.kind {
-        ManualKind::Auth => "auth",
-        ManualKind::Intl => "intl",
-        ManualKind::Block => "block",
-        ManualKind::Country => "country",
-    };
     let request = control::Request::Restrict {
-        kind: kind.to_owned(),
+        kind: args.kind,
         target: args.target,
         seconds: args.duration.as_secs().max(1),
         note: args.reason,

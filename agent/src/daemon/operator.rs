@@ -33,7 +33,7 @@ pub(super) fn handle_control(
     let decision = match request {
         control::Request::List => Ok(None),
         control::Request::Restrict { kind, target, seconds, note } => {
-            parse_manual(&kind, &target).and_then(|(kind, target)| {
+            parse_target(kind, &target).and_then(|target| {
                 engine.impose_manual(now, kind, target, Duration::from_secs(seconds), note).map(Some)
             })
         }
@@ -55,19 +55,12 @@ pub(super) fn handle_control(
     }
 }
 
-fn parse_manual(kind: &str, target: &str) -> Result<(Kind, Target), String> {
-    let kind = match kind {
-        "auth" => Kind::AuthSuspend,
-        "intl" => Kind::IntlSuspend,
-        "block" => Kind::Block,
-        "country" => Kind::CountryRestrict,
-        other => return Err(format!("unknown kind {other:?}")),
-    };
-    let target = if kind == Kind::CountryRestrict {
+/// What a restriction of `kind` given by an operator applies to.
+fn parse_target(kind: Kind, target: &str) -> Result<Target, String> {
+    if kind == Kind::CountryRestrict {
         let code = target.trim_start_matches('+');
-        Target::Country(code.parse().map_err(|_| format!("{target:?} is not an E.164 country code"))?)
+        Ok(Target::Country(code.parse().map_err(|_| format!("{target:?} is not an E.164 country code"))?))
     } else {
-        Target::Source(crate::cli::parse_cidr(target)?)
-    };
-    Ok((kind, target))
+        Ok(Target::Source(crate::cli::parse_cidr(target)?))
+    }
 }
