@@ -98,31 +98,13 @@ enum Task {
         #[arg(long)]
         target: Option<String>,
     },
-    /// Benchmarks that print ratios measured side by side in one run.
+    /// Benchmarks that print ratios measured side by side in one run:
+    /// `bench verdict [--repeat N] [--rounds N]`, `bench time-to-block
+    /// [--runs N] [--sources N]` (`cargo xtask bench help` lists them). The arguments
+    /// go to the bench binary, which defines them once.
     Bench {
-        #[command(subcommand)]
-        which: Bench,
-    },
-}
-
-#[derive(Subcommand)]
-enum Bench {
-    /// Threshold crossing to the first dropped packet, end to end through
-    /// the agent in throw-away namespaces (median of several runs), idle and
-    /// with a full per-source map under continuous metrics scrapes.
-    TimeToBlock {
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
-        /// Tracked sources in the loaded case.
-        #[arg(long, default_value_t = 60_000)]
-        sources: u32,
-    },
-    /// BPF_PROG_TEST_RUN ns per packet for each verdict path, next to a bare
-    /// XDP_PASS program in the same run.
-    Verdict {
-        /// Runs per measurement (the kernel reports the average).
-        #[arg(long, default_value_t = 1_000_000)]
-        repeat: u32,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
 }
 
@@ -175,47 +157,16 @@ fn task(task: Task) -> Result<()> {
             setup()?;
             fuzz(seconds, target.as_deref())
         }
-        Task::Bench { which: Bench::TimeToBlock { runs, sources } } => {
+        Task::Bench { args } => {
             setup()?;
+            // time-to-block runs the release agent; building it is cheap
+            // when nothing changed.
             build(true)?;
             let bin = target_dir().join("release/tollgate");
-            cargo(
-                &[
-                    "run",
-                    "--release",
-                    "--quiet",
-                    "-p",
-                    "tollgate-tests",
-                    "--bin",
-                    "tollgate-bench",
-                    "--",
-                    "time-to-block",
-                    "--runs",
-                    &runs.to_string(),
-                    "--sources",
-                    &sources.to_string(),
-                ],
-                &[("TOLLGATE_BIN", bin.to_str().context("non-UTF-8 target dir")?)],
-            )
-        }
-        Task::Bench { which: Bench::Verdict { repeat } } => {
-            setup()?;
-            cargo(
-                &[
-                    "run",
-                    "--release",
-                    "--quiet",
-                    "-p",
-                    "tollgate-tests",
-                    "--bin",
-                    "tollgate-bench",
-                    "--",
-                    "verdict",
-                    "--repeat",
-                    &repeat.to_string(),
-                ],
-                &[],
-            )
+            let mut cmd =
+                vec!["run", "--release", "--quiet", "-p", "tollgate-tests", "--bin", "tollgate-bench", "--"];
+            cmd.extend(args.iter().map(String::as_str));
+            cargo(&cmd, &[("TOLLGATE_BIN", bin.to_str().context("non-UTF-8 target dir")?)])
         }
     }
 }

@@ -14,7 +14,10 @@ use tollgate_tests::{
     topology::*,
 };
 
+/// Benchmarks that print ratios measured side by side in one run (run
+/// through `cargo xtask bench ...`).
 #[derive(Parser)]
+#[command(name = "cargo xtask bench")]
 struct Cli {
     #[command(subcommand)]
     which: Which,
@@ -23,7 +26,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Which {
     /// Threshold crossing to the first dropped packet, end to end through
-    /// the agent, in throw-away namespaces.
+    /// the agent in throw-away namespaces (median of several runs), idle and
+    /// with a full per-source map under continuous metrics scrapes.
     TimeToBlock {
         #[arg(long, default_value_t = 5)]
         runs: usize,
@@ -31,7 +35,10 @@ enum Which {
         #[arg(long, default_value_t = 60_000)]
         sources: u32,
     },
+    /// BPF_PROG_TEST_RUN ns per packet for each verdict path, next to a bare
+    /// XDP_PASS program in the same run.
     Verdict {
+        /// Runs per measurement (the kernel reports the average).
         #[arg(long, default_value_t = 1_000_000)]
         repeat: u32,
         /// Interleaved rounds; the median is reported.
@@ -43,12 +50,13 @@ enum Which {
 const SIP: &[u8] = b"REGISTER sip:edge.example SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.10:5060\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
 
 fn main() {
+    let cli = Cli::parse();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("the benchmark loads the XDP program: run it as root");
         std::process::exit(1);
     }
-    let (repeat, rounds) = match Cli::parse().which {
+    let (repeat, rounds) = match cli.which {
         Which::Verdict { repeat, rounds } => (repeat, rounds),
         Which::TimeToBlock { runs, sources } => return time_to_block(runs, sources),
     };
