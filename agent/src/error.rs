@@ -1,4 +1,8 @@
 //! Errors an operator can act on. Each renders as one line.
+//!
+//! Causes are part of each message and deliberately not `#[source]`: the
+//! binary prints errors with `{:#}`, which would repeat a source after the
+//! message that already names it.
 
 use std::path::PathBuf;
 
@@ -31,9 +35,9 @@ pub enum Error {
     )]
     NotBpfFs { path: PathBuf },
 
-    #[error("loading the eBPF object failed: {source}{hint}")]
+    #[error("loading the eBPF object failed: {error}{hint}")]
     Load {
-        source: Box<aya::EbpfError>,
+        error: Box<aya::EbpfError>,
         /// Extra advice, e.g. when pinned maps from another version are in the way.
         hint: String,
     },
@@ -50,10 +54,19 @@ pub enum Error {
     SelfTest { what: String },
 
     #[error("the kernel rejected the XDP program: {0}")]
-    Verifier(#[source] Box<aya::programs::ProgramError>),
+    Verifier(Box<aya::programs::ProgramError>),
 
-    #[error("attaching to {iface} in {mode} mode failed: {source}")]
-    Attach { iface: String, mode: &'static str, source: Box<aya::programs::ProgramError> },
+    #[error("attaching to {iface} in {mode} mode failed: {error}")]
+    Attach { iface: String, mode: &'static str, error: Box<aya::programs::ProgramError> },
+
+    #[error("{iface}: the kernel attached {hook} without a bpf_link, which {needs}")]
+    NoLink { iface: String, hook: &'static str, needs: &'static str },
+
+    #[error("pinning {what} at {}: {error}", path.display())]
+    Pin { what: &'static str, path: PathBuf, error: String },
+
+    #[error("the embedded eBPF object cannot be parsed: {error}")]
+    Object { error: String },
 
     #[error("TOLLGATE_EGRESS_ATTACH={value:?}: expected `netlink` or `tcx` (or leave it unset)")]
     EgressAttachEnv { value: String },
@@ -69,23 +82,37 @@ pub enum Error {
     #[error("no tollgate state under {}", path.display())]
     NothingPinned { path: PathBuf },
 
-    #[error("{context}: {source}")]
-    Map { context: String, source: aya::maps::MapError },
+    #[error("{context}: {error}")]
+    Map { context: String, error: aya::maps::MapError },
 
-    #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    #[error("{context}: {error}")]
+    Io { context: String, error: std::io::Error },
 }
 
 impl Error {
     pub fn map(context: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> Self {
         let context = context.into();
-        move |source| Self::Map { context, source }
+        move |error| Self::Map { context, error }
     }
 
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let context = context.into();
-        move |source| Self::Io { context, source }
+        move |error| Self::Io { context, error }
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the binary prints (`{:#}` of an anyhow chain) names a cause once.
+    #[test]
+    fn a_cause_is_printed_once() {
+        let e = Error::io("removing /x")(std::io::Error::other("busy"));
+        assert_eq!(format!("{:#}", anyhow::Error::from(e)), "removing /x: busy");
+        let e = Error::Pin { what: "the XDP link", path: "/p".into(), error: "EPERM".into() };
+        assert_eq!(format!("{:#}", anyhow::Error::from(e)), "pinning the XDP link at /p: EPERM");
+    }
+}

@@ -143,10 +143,7 @@ pub fn load(pin_dir: Option<&Path>) -> Result<Ebpf> {
 /// kernel and the agent misread it, and the verifier does not always
 /// notice (a smaller value read only in its first bytes passes).
 pub fn incompatible_pins(dir: &Path) -> Result<Vec<String>> {
-    let obj = aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| Error::Io {
-        context: "parsing the embedded eBPF object".to_owned(),
-        source: std::io::Error::other(e),
-    })?;
+    let obj = aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| Error::Object { error: e.to_string() })?;
     let mut bad = Vec::new();
     for name in PINNED_MAPS {
         let path = dir.join(name);
@@ -195,7 +192,7 @@ pub fn load_with(pin_dir: Option<&Path>, max_sources: u32) -> Result<Ebpf> {
             ),
             _ => String::new(),
         };
-        Error::Load { source: Box::new(source), hint }
+        Error::Load { error: Box::new(source), hint }
     })
 }
 
@@ -278,18 +275,20 @@ pub fn attach(prog: &mut Xdp, iface: &str, mode: XdpModeArg, pin_dir: &Path) -> 
     let link = prog.take_link(id).map_err(|source| Error::Attach {
         iface: iface.to_owned(),
         mode,
-        source: Box::new(source),
+        error: Box::new(source),
     })?;
     // A bpf_link (Linux >= 5.9) is what can be pinned; without one the
     // program would detach whenever the agent exits, silently ending
     // enforcement, so refuse instead.
-    let fd_link = FdLink::try_from(link).map_err(|_| Error::Io {
-        context: format!("{iface}: the kernel attached XDP without a bpf_link"),
-        source: std::io::Error::other("tollgate needs Linux 5.9 or newer"),
+    let fd_link = FdLink::try_from(link).map_err(|_| Error::NoLink {
+        iface: iface.to_owned(),
+        hook: "XDP",
+        needs: "needs Linux 5.9 or newer",
     })?;
-    fd_link.pin(&pin).map_err(|e| Error::Io {
-        context: format!("pinning the XDP link at {}", pin.display()),
-        source: std::io::Error::other(e.to_string()),
+    fd_link.pin(&pin).map_err(|e| Error::Pin {
+        what: "the XDP link",
+        path: pin.clone(),
+        error: e.to_string(),
     })?;
     Ok(Attachment::Attached { mode })
 }
@@ -305,7 +304,7 @@ fn attach_in_mode(prog: &mut Xdp, iface: &str, mode: XdpModeArg) -> Result<(XdpL
         prog.attach(iface, m).map(|id| (id, name)).map_err(|source| Error::Attach {
             iface: iface.to_owned(),
             mode: name,
-            source: Box::new(source),
+            error: Box::new(source),
         })
     };
     match mode {
@@ -435,18 +434,20 @@ fn attach_egress_tcx(prog: &mut SchedClassifier, iface: &str, pin_dir: &Path) ->
         }
     }
     let attach_err =
-        |source| Error::Attach { iface: iface.to_owned(), mode: "tc egress (tcx)", source: Box::new(source) };
+        |source| Error::Attach { iface: iface.to_owned(), mode: "tc egress (tcx)", error: Box::new(source) };
     let id = prog
         .attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::default()))
         .map_err(attach_err)?;
     let link = prog.take_link(id).map_err(attach_err)?;
-    let fd_link = FdLink::try_from(link).map_err(|_| Error::Io {
-        context: format!("{iface}: the kernel attached TC without a link"),
-        source: std::io::Error::other("TCX needs Linux 6.6 or newer"),
+    let fd_link = FdLink::try_from(link).map_err(|_| Error::NoLink {
+        iface: iface.to_owned(),
+        hook: "TC",
+        needs: "TCX needs (Linux 6.6 or newer)",
     })?;
-    fd_link.pin(&pin).map_err(|e| Error::Io {
-        context: format!("pinning the egress link at {}", pin.display()),
-        source: std::io::Error::other(e.to_string()),
+    fd_link.pin(&pin).map_err(|e| Error::Pin {
+        what: "the egress link",
+        path: pin.clone(),
+        error: e.to_string(),
     })?;
     Ok(Attachment::Attached { mode: "tcx" })
 }
@@ -498,7 +499,7 @@ fn attach_egress_netlink(prog: &mut SchedClassifier, iface: &str, pin_dir: &Path
         .attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::Netlink(options))
         .map_err(|source| {
             undo("a failed attach");
-            Error::Attach { iface: iface.to_owned(), mode: "tc egress (netlink)", source: Box::new(source) }
+            Error::Attach { iface: iface.to_owned(), mode: "tc egress (netlink)", error: Box::new(source) }
         })?;
     // Dropping the link would detach the filter (when `ebpf` is dropped
     // at exit); it must outlive the agent like the pinned links do. It is
@@ -507,7 +508,7 @@ fn attach_egress_netlink(prog: &mut SchedClassifier, iface: &str, pin_dir: &Path
     let link = prog.take_link(id).map_err(|source| Error::Attach {
         iface: iface.to_owned(),
         mode: "tc egress (netlink)",
-        source: Box::new(source),
+        error: Box::new(source),
     })?;
     std::mem::forget(link);
     for old in [EgressPin::Netlink { own_qdisc: false }, EgressPin::Netlink { own_qdisc: true }] {
@@ -516,10 +517,7 @@ fn attach_egress_netlink(prog: &mut SchedClassifier, iface: &str, pin_dir: &Path
     let path = pin.path(pin_dir, iface);
     if let Err(e) = prog.pin(&path) {
         undo("a failed pin");
-        return Err(Error::Io {
-            context: format!("pinning the egress marker at {}", path.display()),
-            source: std::io::Error::other(e.to_string()),
-        });
+        return Err(Error::Pin { what: "the egress marker", path, error: e.to_string() });
     }
     Ok(Attachment::Attached {
         mode: match (created, owned_before) {

@@ -111,7 +111,7 @@ impl Maps {
         Self::from_source(|name| {
             ebpf.take_map(name).ok_or_else(|| Error::Map {
                 context: format!("map {name} missing from the eBPF object"),
-                source: aya::maps::MapError::InvalidName { name: name.to_owned() },
+                error: aya::maps::MapError::InvalidName { name: name.to_owned() },
             })
         })
     }
