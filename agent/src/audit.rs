@@ -144,7 +144,7 @@ impl Auditor {
             id: Some(a.id),
             kind: a.kind.name(),
             target: a.target.to_string(),
-            reason: a.reason,
+            reason: a.reason.name(),
             evidence: evidence(&a.evidence),
             start: Some(wall(a.imposed_at_ns)),
             expires: Some(wall(a.expires_at_ns)),

@@ -36,7 +36,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use tollgate_common::{EVENT_AUTH_FAILURES, EVENT_INTL_INVITES};
+use tollgate_common::{EVENT_AUTH_FAILURES, EVENT_INTL_INVITES, reason};
 
 /// A kind of restriction: the one vocabulary of the engine, the operator's
 /// command line (`tollgate restrict auth|intl|block|country`) and the control
@@ -128,8 +128,8 @@ pub struct Active {
     pub id: u64,
     pub kind: Kind,
     pub target: Target,
-    /// Which policy decided it ("operator" for manual ones).
-    pub reason: &'static str,
+    /// Which policy decided it ([`Reason::Operator`] for manual ones).
+    pub reason: Reason,
     /// The operator's own words, for manual restrictions.
     pub note: Option<String>,
     pub evidence: Evidence,
@@ -179,11 +179,54 @@ pub struct PolicyConfig {
     pub country_restrict_max: Duration,
 }
 
-/// The reason of an automatic country restriction.
-pub const COUNTRY_SURGE: &str = "country-surge";
-/// The reason of a restriction found in force at start-up whose origin the
-/// kernel does not keep.
-pub const ADOPTED: &str = "adopted";
+/// Why a restriction was imposed: which rule decided it, or who. Its string
+/// form ([`Reason::name`]) is what the audit trail, the control socket and
+/// the tables show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Authentication failures over the threshold.
+    BruteForce,
+    /// International INVITEs over the source's threshold.
+    IntlSurge,
+    /// Imposed by an operator.
+    Operator,
+    /// An automatic country restriction.
+    CountrySurge,
+    /// Found in force at start-up, with an origin the kernel does not keep.
+    Adopted,
+}
+
+impl Reason {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::BruteForce => "brute-force",
+            Reason::IntlSurge => "intl-surge",
+            Reason::Operator => OPERATOR,
+            Reason::CountrySurge => "country-surge",
+            Reason::Adopted => "adopted",
+        }
+    }
+
+    /// The origin the kernel's maps keep with a restriction (only a country
+    /// surge's matters after a restart: it is lifted when the surge ends).
+    pub const fn kernel_code(self) -> u32 {
+        match self {
+            Reason::CountrySurge => reason::COUNTRY_SURGE,
+            _ => reason::OPERATOR,
+        }
+    }
+
+    /// The reason of a restriction found in force with the kernel's `code`.
+    pub const fn adopted(code: u32) -> Self {
+        if code == reason::COUNTRY_SURGE { Reason::CountrySurge } else { Reason::Adopted }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 pub struct Engine {
     cfg: PolicyConfig,
@@ -236,8 +279,8 @@ impl Engine {
         evidence: Evidence,
     ) -> Vec<Decision> {
         let (kind, base, reason) = match event_kind {
-            EVENT_AUTH_FAILURES => (Kind::AuthSuspend, self.cfg.auth_suspend, "brute-force"),
-            EVENT_INTL_INVITES => (Kind::IntlSuspend, self.cfg.intl_suspend, "intl-surge"),
+            EVENT_AUTH_FAILURES => (Kind::AuthSuspend, self.cfg.auth_suspend, Reason::BruteForce),
+            EVENT_INTL_INVITES => (Kind::IntlSuspend, self.cfg.intl_suspend, Reason::IntlSurge),
             _ => return Vec::new(),
         };
         let target = Target::Source(IpNet::from(addr));
@@ -281,7 +324,7 @@ impl Engine {
         &mut self,
         kind: Kind,
         target: Target,
-        reason: &'static str,
+        reason: Reason,
         evidence: Evidence,
         now_ns: u64,
         duration: Duration,
@@ -316,7 +359,7 @@ impl Engine {
         }
         let (step, max) = (nanos(self.cfg.country_restrict_for), nanos(self.cfg.country_restrict_max));
         if let Some(a) = self.active.iter_mut().find(|a| a.kind == kind && a.target == target) {
-            if a.reason != COUNTRY_SURGE {
+            if a.reason != Reason::CountrySurge {
                 // An operator's restriction stays exactly as they set it.
                 return Vec::new();
             }
@@ -334,7 +377,15 @@ impl Engine {
         }
         let offence = self.offence(kind, target);
         let duration = self.cfg.country_restrict_for.min(self.cfg.country_restrict_max);
-        vec![Decision::Impose(self.push(kind, target, COUNTRY_SURGE, evidence, now_ns, duration, offence))]
+        vec![Decision::Impose(self.push(
+            kind,
+            target,
+            Reason::CountrySurge,
+            evidence,
+            now_ns,
+            duration,
+            offence,
+        ))]
     }
 
     /// A window that began at `window_start_ns` passed with international
@@ -344,7 +395,7 @@ impl Engine {
         self.exhausted.remove(&cc);
         let target = Target::Country(cc);
         let calm = |a: &Active| {
-            a.target == target && a.reason == COUNTRY_SURGE && a.imposed_at_ns <= window_start_ns
+            a.target == target && a.reason == Reason::CountrySurge && a.imposed_at_ns <= window_start_ns
         };
         match self.active.iter().position(calm) {
             Some(i) => vec![Decision::Lift(self.active.remove(i), SURGE_ENDED)],
@@ -359,7 +410,7 @@ impl Engine {
         self.active = keep;
         let max = nanos(self.cfg.country_restrict_max);
         for a in &done {
-            if let (COUNTRY_SURGE, Target::Country(cc)) = (a.reason, a.target)
+            if let (Reason::CountrySurge, Target::Country(cc)) = (a.reason, a.target)
                 && a.expires_at_ns.saturating_sub(a.imposed_at_ns) >= max
             {
                 self.exhausted.insert(cc);
@@ -369,14 +420,14 @@ impl Engine {
     }
 
     /// Takes over a restriction found in the kernel at start-up (restart),
-    /// so that its expiry is audited too. `reason` is [`ADOPTED`] unless
-    /// the kernel kept its origin ([`COUNTRY_SURGE`]: the automatic rules
+    /// so that its expiry is audited too. `reason` is [`Reason::Adopted`] unless
+    /// the kernel kept its origin ([`Reason::CountrySurge`]: the automatic rules
     /// go on applying to it, from its original start).
     pub fn adopt(
         &mut self,
         kind: Kind,
         target: Target,
-        reason: &'static str,
+        reason: Reason,
         imposed_at_ns: u64,
         expires_at_ns: u64,
     ) {
@@ -437,7 +488,7 @@ impl Engine {
             id: self.next_id,
             kind,
             target,
-            reason: "operator",
+            reason: Reason::Operator,
             note,
             evidence: Evidence::default(),
             imposed_at_ns: now_ns,
@@ -503,7 +554,10 @@ mod tests {
     fn brute_force_is_auth_suspended_and_escalates_up_to_the_cap() {
         let mut e = Engine::new(cfg(), vec![]);
         let a = imposed(&on(&mut e, 0, ip("203.0.113.10"), EVENT_AUTH_FAILURES, 12)).clone();
-        assert_eq!((a.kind, a.reason, a.offence, a.enforced), (Kind::AuthSuspend, "brute-force", 1, true));
+        assert_eq!(
+            (a.kind, a.reason, a.offence, a.enforced),
+            (Kind::AuthSuspend, Reason::BruteForce, 1, true)
+        );
         assert_eq!(a.expires_at_ns, 600 * S);
         assert_eq!((a.evidence.count, a.evidence.threshold), (12, 10));
         // Nothing lapses early; then it lapses exactly on time.
@@ -580,7 +634,10 @@ mod tests {
         let d =
             e.impose_manual(0, Kind::Block, src("198.51.100.0/24"), hour, Some("ticket 42".into())).unwrap();
         let Decision::Impose(a) = d else { panic!() };
-        assert_eq!((a.reason, a.note.as_deref(), a.expires_at_ns), ("operator", Some("ticket 42"), 3600 * S));
+        assert_eq!(
+            (a.reason, a.note.as_deref(), a.expires_at_ns),
+            (Reason::Operator, Some("ticket 42"), 3600 * S)
+        );
         let c = e.impose_manual(0, Kind::CountryRestrict, Target::Country(232), hour, None).unwrap();
         assert!(matches!(c, Decision::Impose(ref x) if x.target == Target::Country(232)));
         // Refusals, each with a reason the operator can act on.
@@ -608,8 +665,14 @@ mod tests {
     #[test]
     fn adopted_restrictions_expire_and_count_as_offences() {
         let mut e = Engine::new(cfg(), vec![]);
-        e.adopt(Kind::AuthSuspend, Target::Source("203.0.113.10/32".parse().unwrap()), ADOPTED, 0, 50 * S);
-        assert!(matches!(e.expire(50 * S).as_slice(), [Decision::Expire(a)] if a.reason == "adopted"));
+        e.adopt(
+            Kind::AuthSuspend,
+            Target::Source("203.0.113.10/32".parse().unwrap()),
+            Reason::Adopted,
+            0,
+            50 * S,
+        );
+        assert!(matches!(e.expire(50 * S).as_slice(), [Decision::Expire(a)] if a.reason == Reason::Adopted));
         let again = imposed(&on(&mut e, 60 * S, ip("203.0.113.10"), EVENT_AUTH_FAILURES, 10)).clone();
         assert_eq!(again.offence, 2);
     }
@@ -658,7 +721,10 @@ mod country_tests {
             [Decision::Impose(a)] => a.clone(),
             other => panic!("{other:?}"),
         };
-        assert_eq!((a.reason, a.target, a.expires_at_ns), (COUNTRY_SURGE, Target::Country(232), 910 * S));
+        assert_eq!(
+            (a.reason, a.target, a.expires_at_ns),
+            (Reason::CountrySurge, Target::Country(232), 910 * S)
+        );
         assert_eq!(a.evidence.sources, Some(12));
         // Another report a window later extends it, by the step.
         match e.on_country_surge(60 * S, 232, surge(140, 15)).as_slice() {

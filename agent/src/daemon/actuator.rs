@@ -13,7 +13,7 @@ use crate::{
     clock::{expiry_after, monotonic_now_ns},
     maps::Maps,
     metrics,
-    policy::{ADOPTED, Active, COUNTRY_SURGE, Decision, Engine, Kind, Target},
+    policy::{Active, Decision, Engine, Kind, Reason, Target},
 };
 
 /// Restrictions still in force in the kernel (the agent restarted): the
@@ -22,19 +22,19 @@ use crate::{
 pub(super) fn adopt_restrictions(maps: &Maps, engine: &mut Engine) {
     let now = monotonic_now_ns();
     // (kind, target, reason, imposed at, until)
-    let mut found: Vec<(Kind, Target, &'static str, u64, u64)> = Vec::new();
+    let mut found: Vec<(Kind, Target, Reason, u64, u64)> = Vec::new();
     for (net, r) in maps.restrictions.entries() {
-        found.push((Kind::AuthSuspend, Target::Source(net), ADOPTED, now, r.auth_until_ns));
-        found.push((Kind::IntlSuspend, Target::Source(net), ADOPTED, now, r.intl_until_ns));
+        found.push((Kind::AuthSuspend, Target::Source(net), Reason::Adopted, now, r.auth_until_ns));
+        found.push((Kind::IntlSuspend, Target::Source(net), Reason::Adopted, now, r.intl_until_ns));
     }
     for (net, b) in maps.blocklist.entries() {
         if b.reason == reason::OPERATOR && b.expires_at_ns != NO_EXPIRY {
-            found.push((Kind::Block, Target::Source(net), ADOPTED, now, b.expires_at_ns));
+            found.push((Kind::Block, Target::Source(net), Reason::Adopted, now, b.expires_at_ns));
         }
     }
     for (cc, r) in maps.country_restrictions().unwrap_or_default() {
-        let (why, since) =
-            if r.reason == reason::COUNTRY_SURGE { (COUNTRY_SURGE, r.imposed_at_ns) } else { (ADOPTED, now) };
+        let why = Reason::adopted(r.reason);
+        let since = if why == Reason::CountrySurge { r.imposed_at_ns } else { now };
         found.push((Kind::CountryRestrict, Target::Country(cc), why, since, r.until_ns));
     }
     for (kind, target, why, since, until) in found.into_iter().filter(|f| f.4 > now) {
@@ -84,7 +84,7 @@ fn write_restriction(maps: &mut Maps, a: &Active, until: u64) -> crate::error::R
                 CountryRestriction {
                     until_ns: until,
                     imposed_at_ns: a.imposed_at_ns,
-                    reason: if a.reason == COUNTRY_SURGE { reason::COUNTRY_SURGE } else { reason::OPERATOR },
+                    reason: a.reason.kernel_code(),
                     _reserved: 0,
                 }
             };

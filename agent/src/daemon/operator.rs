@@ -15,7 +15,7 @@ fn view(a: &Active, now: u64) -> control::RestrictionView {
         id: a.id,
         kind: a.kind.name().to_owned(),
         target: a.target.to_string(),
-        reason: a.reason.to_owned(),
+        reason: a.reason.name().to_owned(),
         note: a.note.clone(),
         expires_in_secs: a.expires_at_ns.saturating_sub(now) / 1_000_000_000,
         enforced: a.enforced,
