@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, bail};
+use crate::error::{Error, Result};
 use log::{debug, warn};
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -61,17 +61,17 @@ pub type Pending = (Request, oneshot::Sender<Response>);
 
 /// Binds the socket (root only). A leftover socket from a dead agent is
 /// replaced; a live one is an error (two agents would fight over the maps).
-pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+pub fn bind(path: &Path) -> Result<UnixListener> {
     if path.exists() {
         if StdUnixStream::connect(path).is_ok() {
-            bail!("another tollgate agent is listening on {}", path.display());
+            return Err(Error::AgentRunning { path: path.to_owned() });
         }
         std::fs::remove_file(path)
-            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+            .map_err(Error::io(format!("removing the stale socket {}", path.display())))?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let listener = UnixListener::bind(path).map_err(Error::io(format!("binding {}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("restricting {} to root", path.display()))?;
+        .map_err(Error::io(format!("restricting {} to root", path.display())))?;
     Ok(listener)
 }
 
@@ -115,17 +115,16 @@ pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Pending>) {
 use tokio::io::AsyncReadExt as _;
 
 /// Sends one request to a running agent (used by the CLI).
-pub fn call(path: &Path, request: &Request) -> anyhow::Result<Response> {
-    let mut stream = StdUnixStream::connect(path).with_context(|| {
-        format!("cannot reach the agent at {} (is `tollgate run` running? are you root?)", path.display())
-    })?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut line = serde_json::to_string(request)?;
+pub fn call(path: &Path, request: &Request) -> Result<Response> {
+    let mut stream = StdUnixStream::connect(path)
+        .map_err(|error| Error::AgentUnreachable { path: path.to_owned(), error })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(Error::io("setting a read timeout"))?;
+    let mut line = serde_json::to_string(request).expect("requests serialize");
     line.push('\n');
-    stream.write_all(line.as_bytes())?;
+    stream.write_all(line.as_bytes()).map_err(Error::io("sending the request"))?;
     let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer).context("reading the agent's answer")?;
-    serde_json::from_str(&answer).context("the agent's answer is not valid")
+    BufReader::new(stream).read_line(&mut answer).map_err(Error::io("reading the agent's answer"))?;
+    serde_json::from_str(&answer).map_err(|error| Error::BadAnswer { error })
 }
 
 /// Where the socket is removed when the agent exits.

@@ -79,6 +79,15 @@ pub enum Error {
     #[error("{iface}: removing tollgate's egress TC filter failed: {error}")]
     EgressFilter { iface: String, error: Box<aya::programs::tc::TcError> },
 
+    #[error("another tollgate agent is listening on {}", path.display())]
+    AgentRunning { path: PathBuf },
+
+    #[error("cannot reach the agent at {} (is `tollgate run` running? are you root?): {error}", path.display())]
+    AgentUnreachable { path: PathBuf, error: std::io::Error },
+
+    #[error("the agent's answer is not valid: {error}")]
+    BadAnswer { error: serde_json::Error },
+
     #[error("no tollgate state under {}", path.display())]
     NothingPinned { path: PathBuf },
 

@@ -13,7 +13,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
 use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
@@ -23,7 +22,11 @@ use tollgate_common::{
     EVENT_AUTH_FAILURES, EVENT_COUNTRY_INVITES, EVENT_INTL_INVITES, MAP_EVENTS, ThresholdEvent,
 };
 
-use crate::{clock::monotonic_now_ns, maps::key_addr};
+use crate::{
+    clock::monotonic_now_ns,
+    error::{Error, Result},
+    maps::key_addr,
+};
 
 /// Events received, by kind.
 #[derive(Clone, Default)]
@@ -39,13 +42,16 @@ pub fn spawn(
     ebpf: &mut Ebpf,
     counts: EventCounts,
     tx: tokio::sync::mpsc::UnboundedSender<ThresholdEvent>,
-) -> anyhow::Result<()> {
-    let map = ebpf.take_map(MAP_EVENTS).context("the object has no EVENTS map")?;
-    let ring: RingBuf<MapData> = RingBuf::try_from(map).context("EVENTS is not a ring buffer")?;
+) -> Result<()> {
+    let map = ebpf.take_map(MAP_EVENTS).ok_or_else(|| Error::Map {
+        context: format!("map {MAP_EVENTS} missing from the eBPF object"),
+        error: aya::maps::MapError::InvalidName { name: MAP_EVENTS.to_owned() },
+    })?;
+    let ring: RingBuf<MapData> = RingBuf::try_from(map).map_err(Error::map(format!("map {MAP_EVENTS}")))?;
     // SAFETY: the ring buffer owns its descriptor and moves into the AsyncFd.
     let mut fd =
         unsafe { tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("watching the event ring buffer: {e}"))?;
+            .map_err(|e| Error::io("watching the event ring buffer")(e.into()))?;
     tokio::spawn(async move {
         loop {
             let Ok(mut guard) = fd.readable_mut().await else {
