@@ -151,7 +151,6 @@ impl CountryCodes for KernelCountryCodes {
 /// Stage 1: copies the payload of a SIP-port packet and notes what the
 /// later stages need. Returns false when there is nothing to parse.
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "one plain record for the next stages")]
 pub(crate) fn stage<C: Packet>(
     ctx: &C,
     h: &Headers,
