@@ -36,7 +36,9 @@ use std::{
 };
 
 use ipnet::IpNet;
-use tollgate_common::{EVENT_AUTH_FAILURES, EVENT_INTL_INVITES, reason};
+use tollgate_common::reason;
+
+use crate::events::EventKind;
 
 /// A kind of restriction: the one vocabulary of the engine, the operator's
 /// command line (`tollgate restrict auth|intl|block|country`) and the control
@@ -275,13 +277,14 @@ impl Engine {
         &mut self,
         now_ns: u64,
         addr: IpAddr,
-        event_kind: u32,
+        event_kind: EventKind,
         evidence: Evidence,
     ) -> Vec<Decision> {
         let (kind, base, reason) = match event_kind {
-            EVENT_AUTH_FAILURES => (Kind::AuthSuspend, self.cfg.auth_suspend, Reason::BruteForce),
-            EVENT_INTL_INVITES => (Kind::IntlSuspend, self.cfg.intl_suspend, Reason::IntlSurge),
-            _ => return Vec::new(),
+            EventKind::AuthFailures => (Kind::AuthSuspend, self.cfg.auth_suspend, Reason::BruteForce),
+            EventKind::IntlInvites => (Kind::IntlSuspend, self.cfg.intl_suspend, Reason::IntlSurge),
+            // Country surges come through on_country_surge.
+            EventKind::CountryInvites => return Vec::new(),
         };
         let target = Target::Source(IpNet::from(addr));
         if self.allow.iter().any(|a| a.contains(&addr)) {
@@ -533,8 +536,8 @@ mod tests {
     }
 
     /// A kernel report with the ceiling thresholds (10 and 30) in force.
-    fn on(e: &mut Engine, now: u64, addr: IpAddr, kind: u32, count: u32) -> Vec<Decision> {
-        let threshold = if kind == EVENT_AUTH_FAILURES { 10 } else { 30 };
+    fn on(e: &mut Engine, now: u64, addr: IpAddr, kind: EventKind, count: u32) -> Vec<Decision> {
+        let threshold = if kind == EventKind::AuthFailures { 10 } else { 30 };
         let evidence = Evidence { count, threshold, window: Duration::from_secs(60), ..Evidence::default() };
         e.on_event(now, addr, kind, evidence)
     }
@@ -553,7 +556,7 @@ mod tests {
     #[test]
     fn brute_force_is_auth_suspended_and_escalates_up_to_the_cap() {
         let mut e = Engine::new(cfg(), vec![]);
-        let a = imposed(&on(&mut e, 0, ip("203.0.113.10"), EVENT_AUTH_FAILURES, 12)).clone();
+        let a = imposed(&on(&mut e, 0, ip("203.0.113.10"), EventKind::AuthFailures, 12)).clone();
         assert_eq!(
             (a.kind, a.reason, a.offence, a.enforced),
             (Kind::AuthSuspend, Reason::BruteForce, 1, true)
@@ -566,8 +569,9 @@ mod tests {
         assert!(e.active().is_empty());
         // Each repeat offence doubles the duration, until the 1 h cap.
         for (offence, secs) in [(2, 1200), (3, 2400), (4, 3600), (5, 3600)] {
-            let b = imposed(&on(&mut e, 10_000 * S * offence, ip("203.0.113.10"), EVENT_AUTH_FAILURES, 15))
-                .clone();
+            let b =
+                imposed(&on(&mut e, 10_000 * S * offence, ip("203.0.113.10"), EventKind::AuthFailures, 15))
+                    .clone();
             assert_eq!((b.offence, b.expires_at_ns - b.imposed_at_ns), (offence as u32, secs * S));
             e.expire(u64::MAX);
         }
@@ -576,9 +580,9 @@ mod tests {
     #[test]
     fn a_surge_that_goes_on_extends_the_suspension() {
         let mut e = Engine::new(cfg(), vec![]);
-        let a = imposed(&on(&mut e, 0, ip("198.51.100.10"), EVENT_INTL_INVITES, 31)).clone();
+        let a = imposed(&on(&mut e, 0, ip("198.51.100.10"), EventKind::IntlInvites, 31)).clone();
         assert_eq!((a.kind, a.expires_at_ns), (Kind::IntlSuspend, 1800 * S));
-        match on(&mut e, 1000 * S, ip("198.51.100.10"), EVENT_INTL_INVITES, 40).as_slice() {
+        match on(&mut e, 1000 * S, ip("198.51.100.10"), EventKind::IntlInvites, 40).as_slice() {
             [Decision::Extend(x)] => {
                 assert_eq!((x.id, x.expires_at_ns, x.evidence.count), (a.id, 2800 * S, 40))
             }
@@ -586,7 +590,7 @@ mod tests {
         }
         assert!(e.expire(2799 * S).is_empty());
         // Both kinds are independent.
-        imposed(&on(&mut e, 1000 * S, ip("198.51.100.10"), EVENT_AUTH_FAILURES, 11));
+        imposed(&on(&mut e, 1000 * S, ip("198.51.100.10"), EventKind::AuthFailures, 11));
         assert_eq!(e.active().len(), 2);
     }
 
@@ -594,34 +598,34 @@ mod tests {
     fn the_allowlist_wins_and_the_prefix_cap_limits_spoofed_damage() {
         let mut e = Engine::new(cfg(), vec!["203.0.113.20/32".parse().unwrap()]);
         assert!(matches!(
-            on(&mut e, 0, ip("203.0.113.20"), EVENT_AUTH_FAILURES, 99).as_slice(),
+            on(&mut e, 0, ip("203.0.113.20"), EventKind::AuthFailures, 99).as_slice(),
             [Decision::Alert { why: "allowlisted source", .. }]
         ));
         for i in 1..=3 {
-            imposed(&on(&mut e, 0, ip(&format!("198.51.100.{i}")), EVENT_AUTH_FAILURES, 10));
+            imposed(&on(&mut e, 0, ip(&format!("198.51.100.{i}")), EventKind::AuthFailures, 10));
         }
         assert!(matches!(
-            on(&mut e, 0, ip("198.51.100.4"), EVENT_AUTH_FAILURES, 10).as_slice(),
+            on(&mut e, 0, ip("198.51.100.4"), EventKind::AuthFailures, 10).as_slice(),
             [Decision::Alert { why: "prefix cap reached", .. }]
         ));
         // Another /24 and another kind are not affected.
-        imposed(&on(&mut e, 0, ip("192.0.2.9"), EVENT_AUTH_FAILURES, 10));
-        imposed(&on(&mut e, 0, ip("198.51.100.4"), EVENT_INTL_INVITES, 30));
+        imposed(&on(&mut e, 0, ip("192.0.2.9"), EventKind::AuthFailures, 10));
+        imposed(&on(&mut e, 0, ip("198.51.100.4"), EventKind::IntlInvites, 30));
         // IPv6 neighbourhoods are /48s.
         for i in 1..=3 {
-            imposed(&on(&mut e, 0, ip(&format!("2001:db8:7:{i}::1")), EVENT_AUTH_FAILURES, 10));
+            imposed(&on(&mut e, 0, ip(&format!("2001:db8:7:{i}::1")), EventKind::AuthFailures, 10));
         }
         assert!(matches!(
-            on(&mut e, 0, ip("2001:db8:7:ff::1"), EVENT_AUTH_FAILURES, 10).as_slice(),
+            on(&mut e, 0, ip("2001:db8:7:ff::1"), EventKind::AuthFailures, 10).as_slice(),
             [Decision::Alert { .. }]
         ));
-        imposed(&on(&mut e, 0, ip("2001:db8:8::1"), EVENT_AUTH_FAILURES, 10));
+        imposed(&on(&mut e, 0, ip("2001:db8:8::1"), EventKind::AuthFailures, 10));
     }
 
     #[test]
     fn dry_run_decides_everything_and_enforces_nothing() {
         let mut e = Engine::new(PolicyConfig { dry_run: true, ..cfg() }, vec![]);
-        let a = imposed(&on(&mut e, 0, ip("203.0.113.10"), EVENT_AUTH_FAILURES, 10)).clone();
+        let a = imposed(&on(&mut e, 0, ip("203.0.113.10"), EventKind::AuthFailures, 10)).clone();
         assert!(!a.enforced);
         assert!(matches!(e.expire(600 * S).as_slice(), [Decision::Expire(x)] if !x.enforced));
     }
@@ -658,8 +662,11 @@ mod tests {
 
     #[test]
     fn unknown_event_kinds_are_ignored() {
+        // An unknown code never becomes an event kind...
+        assert_eq!(EventKind::from_code(1 << 7), None);
+        // ...and a country report is not a source's.
         let mut e = Engine::new(cfg(), vec![]);
-        assert!(on(&mut e, 0, ip("203.0.113.10"), 1 << 7, 10).is_empty());
+        assert!(on(&mut e, 0, ip("203.0.113.10"), EventKind::CountryInvites, 10).is_empty());
     }
 
     #[test]
@@ -673,7 +680,7 @@ mod tests {
             50 * S,
         );
         assert!(matches!(e.expire(50 * S).as_slice(), [Decision::Expire(a)] if a.reason == Reason::Adopted));
-        let again = imposed(&on(&mut e, 60 * S, ip("203.0.113.10"), EVENT_AUTH_FAILURES, 10)).clone();
+        let again = imposed(&on(&mut e, 60 * S, ip("203.0.113.10"), EventKind::AuthFailures, 10)).clone();
         assert_eq!(again.offence, 2);
     }
 }

@@ -4,8 +4,9 @@
 
 use std::{net::IpAddr, time::Duration};
 
+use crate::events::EventKind;
 use log::{info, warn};
-use tollgate_common::{Baseline, EVENT_COUNTRY_INVITES, EVENT_INTL_INVITES};
+use tollgate_common::Baseline;
 
 use crate::{
     baseline::{BaselineConfig, Baselines, Change},
@@ -93,18 +94,20 @@ impl Learned {
             p.filter(|_| e.threshold > ceiling).map(|p| (p * 1000.0).round() as u64)
         };
         let mut evidence = Evidence { count: e.count, threshold: e.threshold, window, ..Evidence::default() };
-        match e.kind {
-            EVENT_COUNTRY_INVITES => {
+        match EventKind::from_code(e.kind) {
+            Some(EventKind::CountryInvites) => {
                 evidence.peacetime_milli =
                     peacetime(self.countries.peacetime(e.cc), self.countries.ceiling());
                 evidence.sources = Some(u32::from(e.sources));
                 engine.on_country_surge(now, e.cc, evidence)
             }
-            EVENT_INTL_INVITES => {
+            Some(EventKind::IntlInvites) => {
                 evidence.peacetime_milli = peacetime(self.sources.peacetime(addr), self.sources.ceiling());
-                engine.on_event(now, addr, e.kind, evidence)
+                engine.on_event(now, addr, EventKind::IntlInvites, evidence)
             }
-            kind => engine.on_event(now, addr, kind, evidence),
+            Some(kind) => engine.on_event(now, addr, kind, evidence),
+            // Already reported as unknown when it was read.
+            None => Vec::new(),
         }
     }
 

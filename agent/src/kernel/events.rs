@@ -76,33 +76,57 @@ pub fn spawn(
     Ok(())
 }
 
+/// What the kernel reports, typed: the one agent-side form of the ABI's
+/// `EVENT_*` codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A source's authentication failures reached their threshold.
+    AuthFailures,
+    /// A source's international INVITEs reached its threshold.
+    IntlInvites,
+    /// International INVITEs to one country, from many sources, reached its
+    /// threshold.
+    CountryInvites,
+}
+
+impl EventKind {
+    pub const fn from_code(code: u32) -> Option<Self> {
+        match code {
+            EVENT_AUTH_FAILURES => Some(Self::AuthFailures),
+            EVENT_INTL_INVITES => Some(Self::IntlInvites),
+            EVENT_COUNTRY_INVITES => Some(Self::CountryInvites),
+            _ => None,
+        }
+    }
+}
+
 fn report(e: &ThresholdEvent, counts: &EventCounts) {
     let addr = key_addr(&e.addr);
     let window_age = Duration::from_millis(monotonic_now_ns().saturating_sub(e.window_start_ns) / 1_000_000);
     let age = humantime::format_duration(window_age);
     let threshold = e.threshold;
-    match e.kind {
-        EVENT_AUTH_FAILURES => {
+    match EventKind::from_code(e.kind) {
+        Some(EventKind::AuthFailures) => {
             counts.auth_failures.fetch_add(1, Relaxed);
             info!(
                 "source {addr}: {} REGISTER authentication failures in the current window (threshold {threshold}, window started {age} ago)",
                 e.count
             );
         }
-        EVENT_INTL_INVITES => {
+        Some(EventKind::IntlInvites) => {
             counts.intl_invites.fetch_add(1, Relaxed);
             info!(
                 "source {addr}: {} international INVITEs in the current window (threshold {threshold}, window started {age} ago)",
                 e.count
             );
         }
-        EVENT_COUNTRY_INVITES => {
+        Some(EventKind::CountryInvites) => {
             counts.country_invites.fetch_add(1, Relaxed);
             info!(
                 "country +{}: {} international INVITEs from at least {} sources in the current window (threshold {threshold}, window started {age} ago)",
                 e.cc, e.count, e.sources
             );
         }
-        other => warn!("unknown event kind {other} from the kernel"),
+        None => warn!("unknown event kind {} from the kernel", e.kind),
     }
 }
