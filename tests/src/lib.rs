@@ -6,8 +6,10 @@
 //! documentation address ranges, and is removed on drop, including when a
 //! test panics. Debris left by a killed earlier run is swept on first use.
 
+pub mod kamailio;
 pub mod netns;
 pub mod sipp;
+pub mod sipvicious;
 pub mod testrun;
 pub mod topology;
 pub mod traffic;
@@ -38,6 +40,20 @@ pub fn privileged(test: &str) -> bool {
     }
     let msg =
         format!("{test}: needs root (network namespaces, XDP); run it through `cargo xtask test` as root");
+    if std::env::var_os("TOLLGATE_REQUIRE_PRIVILEGED").is_some_and(|v| v == "1") {
+        panic!("{msg}");
+    }
+    eprintln!("\n!!!!! SKIPPED {msg} !!!!!\n");
+    false
+}
+
+/// Whether a tool a test needs is installed (`found`). When it is not,
+/// says so loudly; with TOLLGATE_REQUIRE_PRIVILEGED=1 it fails instead.
+pub fn tool_present(test: &str, tool: &str, found: bool) -> bool {
+    if found {
+        return true;
+    }
+    let msg = format!("{test}: {tool} is not installed; run `cargo xtask setup`");
     if std::env::var_os("TOLLGATE_REQUIRE_PRIVILEGED").is_some_and(|v| v == "1") {
         panic!("{msg}");
     }

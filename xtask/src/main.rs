@@ -29,8 +29,13 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     // The test proving XDP blocks are not bypassed by conntrack.
     "nftables",
-    // Real SIP peers for the integration tests (sipp).
+    // Real SIP peers for the integration tests (sipp) and a real registrar
+    // for the acceptance tests (Kamailio; its base package has auth,
+    // auth_db, db_text, registrar and usrloc).
     "sip-tester",
+    "kamailio",
+    // The venv SIPVicious is installed into.
+    "python3-venv",
     // Inspecting attached programs and maps by hand.
     "bpftool",
     // The kernel matrix: Debian's kernels booted under qemu with an
@@ -312,7 +317,33 @@ fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
 fn setup() -> Result<()> {
     apt_packages()?;
     rust_src()?;
-    bpf_linker()
+    bpf_linker()?;
+    sipvicious()
+}
+
+/// The SIPVicious release the acceptance tests attack with (Debian's 0.3.3
+/// is older than the one whose svcrack behaviour they rely on).
+const SIPVICIOUS_VERSION: &str = "0.3.8";
+
+/// Installs SIPVicious from PyPI into a venv of the repository's own,
+/// target/venv (where tests/src/sipvicious.rs looks for it).
+fn sipvicious() -> Result<()> {
+    let venv = target_dir().join("venv");
+    let pip = venv.join("bin/pip");
+    let installed = output(Command::new(&pip).args(["show", "sipvicious"]))
+        .is_some_and(|s| s.lines().any(|l| l.trim() == format!("Version: {SIPVICIOUS_VERSION}")));
+    if installed {
+        return Ok(());
+    }
+    eprintln!("setup: installing SIPVicious {SIPVICIOUS_VERSION} into {}", venv.display());
+    if !pip.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+            .context("python3 -m venv failed (Debian package python3-venv)")?;
+    }
+    run(Command::new(&pip)
+        .args(["install", "-q", "--disable-pip-version-check"])
+        .arg(format!("sipvicious=={SIPVICIOUS_VERSION}")))
+    .context("pip install sipvicious failed")
 }
 
 fn apt_packages() -> Result<()> {

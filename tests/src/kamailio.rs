@@ -1,0 +1,117 @@
+//! Kamailio (Debian package `kamailio`) as a real digest registrar in a test
+//! namespace, with the configuration and subscriber table kept in
+//! tests/fixtures/kamailio/. Stopped on drop.
+
+use std::{
+    fs,
+    net::IpAddr,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use crate::{netns::NetNs, unique, wait_for};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/kamailio")
+}
+
+/// The subscriber sipp's phones register as (tests/fixtures/sipp/good.csv):
+/// (user, domain, password).
+pub const CUSTOMER: (&str, &str, &str) = ("1001", "edge.example", "secret");
+/// The subscriber the acceptance tests attack; its password is long and
+/// not in any list of usual passwords.
+pub const VICTIM: (&str, &str, &str) = ("1002", "edge.example", "zebra-quartz-71");
+
+/// Kamailio running in the foreground in a namespace, listening on UDP
+/// `addr`:5060, with its own run directory (and copy of the subscriber
+/// table) under the temporary directory.
+pub struct Kamailio {
+    child: Option<Child>,
+    rundir: PathBuf,
+}
+
+impl Kamailio {
+    pub fn start(ns: &NetNs, addr: IpAddr) -> Self {
+        let rundir = std::env::temp_dir().join(unique("kam"));
+        let db = rundir.join("db");
+        fs::create_dir_all(&db).expect("kamailio run directory");
+        for table in ["version", "subscriber"] {
+            fs::copy(fixtures().join("db").join(table), db.join(table))
+                .expect("copying the subscriber table");
+        }
+        let log = fs::File::create(rundir.join("kamailio.log")).expect("kamailio log");
+        let listen = if addr.is_ipv6() { format!("udp:[{addr}]:5060") } else { format!("udp:{addr}:5060") };
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns.name(), "kamailio", "-f"])
+            .arg(fixtures().join("kamailio.cfg"))
+            .args(["-DD", "-E", "-Y"])
+            .arg(&rundir)
+            .args(["-m", "64", "-M", "8", "-A", &format!("LISTEN={listen}"), "-A"])
+            .arg(format!("DBURL=\"text://{}\"", db.display()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            // Its own process group, so that drop can stop the workers too.
+            .process_group(0)
+            .spawn()
+            .expect("kamailio (Debian package kamailio) must be installed: cargo xtask setup installs it");
+        // `ip netns exec` execs kamailio, so the child is its main process.
+        let mut kamailio = Self { child: Some(child), rundir };
+        let listening = wait_for(Duration::from_secs(10), || {
+            if let Some(status) = kamailio.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("kamailio exited during start-up ({status}):\n{}", kamailio.log_text());
+            }
+            let out = ns.exec(&["ss", "-lnuH", "sport", "= :5060"]);
+            (!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(())
+        });
+        assert!(listening.is_some(), "kamailio did not listen on udp/5060:\n{}", kamailio.log_text());
+        kamailio
+    }
+
+    pub fn rundir(&self) -> &Path {
+        &self.rundir
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(self.rundir.join("kamailio.log")).unwrap_or_default()
+    }
+
+    /// How many REGISTERs from `src` Kamailio's script has seen.
+    pub fn registers_from(&self, src: IpAddr) -> usize {
+        self.count(&format!("tollgate-register from {src} "))
+    }
+
+    /// How many registrations from `src` it accepted (200 OK).
+    pub fn accepted_from(&self, src: IpAddr) -> usize {
+        self.count(&format!("tollgate-register-ok from {src} "))
+    }
+
+    /// How many REGISTERs from `src` it answered 403 (wrong password).
+    pub fn forbidden_from(&self, src: IpAddr) -> usize {
+        self.count(&format!("tollgate-register-forbidden from {src} "))
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.log_text().lines().filter(|l| l.contains(needle)).count()
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Nothing to save (no database writes, usrloc in memory): SIGKILL
+            // the whole process group, our child and the workers it forked.
+            // (SIGTERM to the main process alone sometimes left a worker
+            // deadlocked in its handler, orphaned in the namespace.)
+            // SAFETY: signalling our own child's process group.
+            unsafe { libc::killpg(child.id() as i32, libc::SIGKILL) };
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- kamailio log ---\n{}", self.log_text());
+        }
+        let _ = fs::remove_dir_all(&self.rundir);
+    }
+}
