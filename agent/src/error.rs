@@ -59,7 +59,7 @@ pub enum Error {
     #[error("attaching to {iface} in {mode} mode failed: {error}")]
     Attach { iface: String, mode: &'static str, error: Box<aya::programs::ProgramError> },
 
-    #[error("{iface}: the kernel attached {hook} without a bpf_link, which {needs}")]
+    #[error("{iface}: the kernel attached {hook} without a bpf_link, which needs {needs} or newer")]
     NoLink { iface: String, hook: &'static str, needs: &'static str },
 
     #[error("pinning {what} at {}: {error}", path.display())]

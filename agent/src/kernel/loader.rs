@@ -280,17 +280,23 @@ pub fn attach(prog: &mut Xdp, iface: &str, mode: XdpModeArg, pin_dir: &Path) -> 
     // A bpf_link (Linux >= 5.9) is what can be pinned; without one the
     // program would detach whenever the agent exits, silently ending
     // enforcement, so refuse instead.
-    let fd_link = FdLink::try_from(link).map_err(|_| Error::NoLink {
-        iface: iface.to_owned(),
-        hook: "XDP",
-        needs: "needs Linux 5.9 or newer",
-    })?;
-    fd_link.pin(&pin).map_err(|e| Error::Pin {
-        what: "the XDP link",
-        path: pin.clone(),
-        error: e.to_string(),
-    })?;
+    pin_link(link, iface, ("XDP", "Linux 5.9"), "the XDP link", &pin)?;
     Ok(Attachment::Attached { mode })
+}
+
+/// Pins the bpf_link the kernel made for `iface`'s `hook` at `pin`, so the
+/// attachment outlives the agent; fails if the kernel made none (it would
+/// need `needs`).
+fn pin_link<L: TryInto<FdLink>>(
+    link: L,
+    iface: &str,
+    (hook, needs): (&'static str, &'static str),
+    what: &'static str,
+    pin: &Path,
+) -> Result<()> {
+    let fd_link = link.try_into().map_err(|_| Error::NoLink { iface: iface.to_owned(), hook, needs })?;
+    fd_link.pin(pin).map_err(|e| Error::Pin { what, path: pin.to_owned(), error: e.to_string() })?;
+    Ok(())
 }
 
 fn adopt(prog: &mut Xdp, pin: &Path) -> std::result::Result<XdpLinkId, String> {
@@ -439,16 +445,7 @@ fn attach_egress_tcx(prog: &mut SchedClassifier, iface: &str, pin_dir: &Path) ->
         .attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::default()))
         .map_err(attach_err)?;
     let link = prog.take_link(id).map_err(attach_err)?;
-    let fd_link = FdLink::try_from(link).map_err(|_| Error::NoLink {
-        iface: iface.to_owned(),
-        hook: "TC",
-        needs: "TCX needs (Linux 6.6 or newer)",
-    })?;
-    fd_link.pin(&pin).map_err(|e| Error::Pin {
-        what: "the egress link",
-        path: pin.clone(),
-        error: e.to_string(),
-    })?;
+    pin_link(link, iface, ("TC (TCX)", "Linux 6.6"), "the egress link", &pin)?;
     Ok(Attachment::Attached { mode: "tcx" })
 }
 
