@@ -33,7 +33,26 @@ pub struct Kamailio {
 }
 
 impl Kamailio {
+    /// A registrar on UDP `addr`:5060 only.
     pub fn start(ns: &NetNs, addr: IpAddr) -> Self {
+        let listen = if addr.is_ipv6() { format!("udp:[{addr}]:5060") } else { format!("udp:{addr}:5060") };
+        Self::start_with(ns, &[listen], None)
+    }
+
+    /// A registrar and proxy on UDP and TCP port 5060 of `v4` and `v6`,
+    /// relaying authenticated calls to the UAS at `uas` (a SIP URI).
+    pub fn core(ns: &NetNs, v4: IpAddr, v6: IpAddr, uas: &str) -> Self {
+        let listens: Vec<String> = ["udp", "tcp"]
+            .iter()
+            .flat_map(|t| [format!("{t}:{v4}:5060"), format!("{t}:[{v6}]:5060")])
+            .collect();
+        Self::start_with(ns, &listens, Some(uas))
+    }
+
+    /// The general form: up to four listen sockets (Kamailio's `listen=`
+    /// syntax), and where to relay calls.
+    pub fn start_with(ns: &NetNs, listens: &[String], uas: Option<&str>) -> Self {
+        assert!((1..=4).contains(&listens.len()), "kamailio.cfg takes one to four listen sockets");
         let rundir = std::env::temp_dir().join(unique("kam"));
         let db = rundir.join("db");
         fs::create_dir_all(&db).expect("kamailio run directory");
@@ -42,13 +61,21 @@ impl Kamailio {
                 .expect("copying the subscriber table");
         }
         let log = fs::File::create(rundir.join("kamailio.log")).expect("kamailio log");
-        let listen = if addr.is_ipv6() { format!("udp:[{addr}]:5060") } else { format!("udp:{addr}:5060") };
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "kamailio", "-f"])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns.name(), "kamailio", "-f"])
             .arg(fixtures().join("kamailio.cfg"))
             .args(["-DD", "-E", "-Y"])
             .arg(&rundir)
-            .args(["-m", "64", "-M", "8", "-A", &format!("LISTEN={listen}"), "-A"])
+            .args(["-m", "64", "-M", "8"]);
+        for (i, listen) in listens.iter().enumerate() {
+            let name = if i == 0 { "LISTEN".to_owned() } else { format!("LISTEN{}", i + 1) };
+            cmd.arg("-A").arg(format!("{name}={listen}"));
+        }
+        if let Some(uas) = uas {
+            cmd.arg("-A").arg(format!("UAS={uas}"));
+        }
+        let child = cmd
+            .arg("-A")
             .arg(format!("DBURL=\"text://{}\"", db.display()))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
@@ -80,21 +107,40 @@ impl Kamailio {
 
     /// How many REGISTERs from `src` Kamailio's script has seen.
     pub fn registers_from(&self, src: IpAddr) -> usize {
-        self.count(&format!("tollgate-register from {src} "))
+        self.logged("tollgate-register", src)
     }
 
     /// How many registrations from `src` it accepted (200 OK).
     pub fn accepted_from(&self, src: IpAddr) -> usize {
-        self.count(&format!("tollgate-register-ok from {src} "))
+        self.logged("tollgate-register-ok", src)
     }
 
     /// How many REGISTERs from `src` it answered 403 (wrong password).
     pub fn forbidden_from(&self, src: IpAddr) -> usize {
-        self.count(&format!("tollgate-register-forbidden from {src} "))
+        self.logged("tollgate-register-forbidden", src)
     }
 
-    fn count(&self, needle: &str) -> usize {
-        self.log_text().lines().filter(|l| l.contains(needle)).count()
+    /// How many of its `event` lines (tests/fixtures/kamailio/kamailio.cfg
+    /// lists them) name `src` as the sender.
+    pub fn logged(&self, event: &str, src: IpAddr) -> usize {
+        let needle = format!("{event} from {src}");
+        self.log_text()
+            .lines()
+            .filter(|l| {
+                l.split_once(&needle).is_some_and(|(_, rest)| rest.is_empty() || rest.starts_with(' '))
+            })
+            .count()
+    }
+
+    /// How many INVITEs from `src` it authenticated and relayed, and to
+    /// which Request-URI users (the dialled numbers, in order).
+    pub fn calls_relayed_from(&self, src: IpAddr) -> Vec<String> {
+        let needle = format!("tollgate-invite-ok from {src} ");
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .filter_map(|l| l.split(" to ").nth(1).map(|n| n.trim().to_owned()))
+            .collect()
     }
 }
 

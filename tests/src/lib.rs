@@ -8,8 +8,10 @@
 
 pub mod kamailio;
 pub mod netns;
+pub mod report;
 pub mod sipp;
 pub mod sipvicious;
+pub mod site;
 pub mod testrun;
 pub mod topology;
 pub mod traffic;

@@ -92,3 +92,137 @@ pub fn try_register(
         String::from_utf8_lossy(&out.stderr)
     ))
 }
+
+/// A sipp server (e.g. the UAS calls are relayed to) in a namespace, on
+/// UDP `addr`:`port`, with a scenario file of tests/fixtures/sipp or one of
+/// sipp's built-in ones (`-sn uas`); killed on drop.
+pub struct Server(Child);
+
+impl Server {
+    pub fn uas(ns: &NetNs, addr: IpAddr, port: u16) -> Self {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns.name(), "sipp", "-sn", "uas"])
+            .args(["-i", &addr.to_string(), "-p", &port.to_string(), "-t", "u1", "-nostdin"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipp (apt package sip-tester) must be installed: cargo xtask setup installs it");
+        let listening = wait_for(Duration::from_secs(10), || {
+            let out = ns.exec(&["ss", "-lnuH", "sport", &format!("= :{port}")]);
+            (!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(())
+        });
+        assert!(listening.is_some(), "sipp UAS did not listen on udp/{port}");
+        Self(child)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One sipp client run: `calls` calls of `scenario` (a file in
+/// tests/fixtures/sipp) from `src` to `dst`:5060, each taking its fields from
+/// a row of `csv` (a fixture name or a path), at `rate` calls per second.
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub scenario: String,
+    pub csv: PathBuf,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub tcp: bool,
+    pub calls: u32,
+    pub rate: u32,
+    /// The Request-URI user (`-s`): the dialled number of a call.
+    pub service: Option<String>,
+    /// How long to wait for any one expected message before the call fails.
+    pub recv_timeout_ms: u32,
+    /// A socket per call (`-t un`): many phones from one address.
+    pub socket_per_call: bool,
+    /// The scenario's `<pause/>` (sipp's `-d`).
+    pub pause_ms: Option<u32>,
+}
+
+/// What a sipp client run did, from its own final statistics.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub successful: u64,
+    pub failed: u64,
+    /// sipp's last lines of output, for failure messages.
+    pub text: String,
+}
+
+impl Client {
+    pub fn new(scenario: &str, csv: impl Into<PathBuf>, src: IpAddr, dst: IpAddr) -> Self {
+        let csv = csv.into();
+        let csv = if csv.is_absolute() { csv } else { fixture(csv.to_str().expect("utf-8")) };
+        Self {
+            scenario: scenario.to_owned(),
+            csv,
+            src,
+            dst,
+            tcp: false,
+            calls: 1,
+            rate: 10,
+            service: None,
+            recv_timeout_ms: 5000,
+            socket_per_call: false,
+            pause_ms: None,
+        }
+    }
+
+    /// Runs it to the end in `ns` (a namespace name, so it can run on a
+    /// thread of its own).
+    pub fn run(&self, ns: &str) -> Outcome {
+        let transport = match (self.tcp, self.socket_per_call) {
+            (false, false) => "u1",
+            (false, true) => "un",
+            (true, false) => "t1",
+            (true, true) => "tn",
+        };
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, "timeout", "120", "sipp", "-sf"])
+            .arg(fixture(&self.scenario))
+            .arg("-inf")
+            .arg(&self.csv)
+            .args(["-i", &self.src.to_string(), "-t", transport, "-m", &self.calls.to_string()])
+            .args(["-r", &self.rate.to_string(), "-l", "100", "-max_socket", "200"])
+            .args(["-recv_timeout", &self.recv_timeout_ms.to_string(), "-nostdin"]);
+        if let Some(s) = &self.service {
+            cmd.args(["-s", s]);
+        }
+        if let Some(ms) = self.pause_ms {
+            cmd.args(["-d", &ms.to_string()]);
+        }
+        let out = cmd.arg(format!("{}:5060", host(self.dst))).output().expect("running sipp");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stat = |name: &str| {
+            stdout
+                .lines()
+                .rev()
+                .find(|l| l.trim_start().starts_with(name))
+                .and_then(|l| l.split('|').filter_map(|f| f.trim().parse::<u64>().ok()).last())
+                .unwrap_or(0)
+        };
+        Outcome {
+            successful: stat("Successful call"),
+            failed: stat("Failed call"),
+            text: format!(
+                "{}{}",
+                stdout
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+}

@@ -31,6 +31,8 @@ pub fn svcrack_bin() -> Option<PathBuf> {
 pub struct Svcrack<'a> {
     pub ns: &'a str,
     pub iface: &'a str,
+    /// The next hop towards `dst`, when it is not on the link.
+    pub via: Option<IpAddr>,
     pub src: IpAddr,
     pub dst: IpAddr,
     pub user: &'a str,
@@ -39,34 +41,63 @@ pub struct Svcrack<'a> {
     pub max_time: u32,
 }
 
-impl Svcrack<'_> {
-    /// Runs it and returns its standard output and error.
-    ///
-    /// svcrack 0.3.8 ignores its `--bindingip`, so the source address is
-    /// chosen with a route to `dst` through `iface` with `src` as preferred
-    /// source, removed afterwards.
-    pub fn run(&self) -> String {
-        let bin = svcrack_bin().expect("sipvicious_svcrack not installed: run `cargo xtask setup`");
-        let dst = self.dst;
+/// A route to `dst` through `iface` (and `via`, when it is not on the
+/// link) with `src` as its preferred source, removed on drop. SIPVicious
+/// 0.3.8 ignores its `--bindingip`: this is how a test chooses the address
+/// svcrack, svmap or svwar sends from.
+pub struct SourceRoute {
+    ns: String,
+    prefix: String,
+}
+
+impl SourceRoute {
+    pub fn new(ns: &str, iface: &str, via: Option<IpAddr>, src: IpAddr, dst: IpAddr) -> Self {
         let prefix = if dst.is_ipv6() { format!("{dst}/128") } else { format!("{dst}/32") };
-        ip(&["-n", self.ns, "route", "replace", &prefix, "dev", self.iface, "src", &self.src.to_string()]);
-        struct Route<'a>(&'a str, String);
-        impl Drop for Route<'_> {
-            fn drop(&mut self) {
-                let _ = Command::new("ip").args(["-n", self.0, "route", "del", &self.1]).output();
-            }
+        let src = src.to_string();
+        let mut route = vec!["-n", ns, "route", "replace", &prefix, "dev", iface, "src", &src];
+        let via = via.map(|v| v.to_string());
+        if let Some(v) = &via {
+            route.extend(["via", v]);
         }
-        let _route = Route(self.ns, prefix);
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", self.ns, "timeout", "60"])
-            .arg(bin)
-            .args(["-u", self.user, "--domain", self.domain, "-d"])
-            .arg(self.words)
-            .args(["--maximumtime", &self.max_time.to_string()]);
-        if dst.is_ipv6() {
-            cmd.arg("-6");
+        ip(&route);
+        Self { ns: ns.to_owned(), prefix }
+    }
+}
+
+impl Drop for SourceRoute {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["-n", &self.ns, "route", "del", &self.prefix]).output();
+    }
+}
+
+/// Runs `sipvicious_TOOL ARGS` in the namespace `ns` (at most a minute) and
+/// returns its standard output and error.
+pub fn run_tool(tool: &str, ns: &str, args: &[&str]) -> String {
+    let bin = venv().join("bin").join(format!("sipvicious_{tool}"));
+    assert!(bin.exists(), "{} not installed: run `cargo xtask setup`", bin.display());
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "timeout", "60"])
+        .arg(bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running sipvicious_{tool}: {e}"));
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+impl Svcrack<'_> {
+    /// Runs it and returns its standard output and error, from `src` (see
+    /// [`SourceRoute`]).
+    pub fn run(&self) -> String {
+        let _route = SourceRoute::new(self.ns, self.iface, self.via, self.src, self.dst);
+        let words = self.words.to_str().expect("utf-8 word list path");
+        let max_time = self.max_time.to_string();
+        let dst = self.dst.to_string();
+        let mut args =
+            vec!["-u", self.user, "--domain", self.domain, "-d", words, "--maximumtime", &max_time];
+        if self.dst.is_ipv6() {
+            args.push("-6");
         }
-        let out = cmd.arg(dst.to_string()).output().expect("running sipvicious_svcrack");
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        args.push(&dst);
+        run_tool("svcrack", self.ns, &args)
     }
 }

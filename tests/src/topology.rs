@@ -142,7 +142,8 @@ pub struct Agent {
     pub control_socket: PathBuf,
     log: PathBuf,
     edge_ns: String,
-    iface: String,
+    /// Every interface it attaches to (`--iface` each).
+    ifaces: Vec<String>,
     args: Vec<String>,
     /// Extra environment for the agent process (kept across restarts).
     env: Vec<(String, String)>,
@@ -175,6 +176,18 @@ impl Agent {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Self {
+        Self::start_on(&topo.edge, &[&topo.edge_if], pin_dir, env, args)
+    }
+
+    /// The most general form: in namespace `ns`, attached to every one of
+    /// `ifaces` (a router with XDP on each interface SIP enters by).
+    pub fn start_on(
+        ns: &NetNs,
+        ifaces: &[&str],
+        pin_dir: &std::path::Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Self {
         let pin_dir = pin_dir.to_owned();
         let log = std::env::temp_dir().join(format!("{}.log", unique("agent")));
         let mut agent = Self {
@@ -182,8 +195,8 @@ impl Agent {
             control_socket: std::env::temp_dir().join(format!("{}.sock", unique("ctl"))),
             pin_dir,
             log,
-            edge_ns: topo.edge.path(),
-            iface: topo.edge_if.clone(),
+            edge_ns: ns.path(),
+            ifaces: ifaces.iter().map(|s| s.to_string()).collect(),
             args: args.iter().map(|s| s.to_string()).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
@@ -200,7 +213,11 @@ impl Agent {
     fn spawn(&mut self) {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("agent log");
         let mut cmd = Command::new(crate::tollgate_bin());
-        cmd.args(["run", "--iface", &self.iface, "--metrics-addr", METRICS_ADDR, "--pin-path"])
+        cmd.arg("run");
+        for iface in &self.ifaces {
+            cmd.args(["--iface", iface]);
+        }
+        cmd.args(["--metrics-addr", METRICS_ADDR, "--pin-path"])
             .arg(&self.pin_dir)
             .arg("--control-socket")
             .arg(&self.control_socket)
@@ -212,12 +229,13 @@ impl Agent {
             .stderr(log);
         in_namespace(&mut cmd, &self.edge_ns);
         self.child = Some(cmd.spawn().expect("spawning tollgate"));
-        let want = format!("tollgate_xdp_attached{{interface=\"{}\"", self.iface);
+        let want: Vec<String> =
+            self.ifaces.iter().map(|i| format!("tollgate_xdp_attached{{interface=\"{i}\"")).collect();
         let ready = wait_for(Duration::from_secs(20), || {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("tollgate exited during start-up ({status}):\n{}", self.log_text());
             }
-            self.metrics().filter(|m| m.contains(&want))
+            self.metrics().filter(|m| want.iter().all(|w| m.contains(w)))
         });
         assert!(ready.is_some(), "tollgate did not become ready:\n{}", self.log_text());
     }
@@ -311,6 +329,16 @@ impl Agent {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// What the kernel counts for one source address, read from the pinned
+    /// per-source map.
+    pub fn source(&self, addr: IpAddr) -> Option<tollgate_common::SourceStats> {
+        tollgate::maps::Maps::open_pinned(&self.pin_dir)
+            .expect("open pinned maps")
+            .sources()
+            .into_iter()
+            .find_map(|(a, s)| (a == addr).then_some(s))
     }
 
     /// Packets counted under one verdict code.

@@ -1,23 +1,40 @@
 //! Acceptance tests against real SIP software (issue 10): Kamailio as the
-//! registrar, SIPVicious as the attacker, sipp as customers' phones.
+//! registrar and proxy (digest authentication for REGISTER, 407 proxy
+//! authentication for calls, relaying to a sipp UAS), SIPVicious and sipp as
+//! attackers, sipp as customers' phones and PBXs.
 //!
-//! Kamailio runs on the edge host itself, so the agent counts its responses
-//! with TC on `--egress-iface` (README: "Where to attach"). Judged by the
-//! registrar's own log wherever possible, not only by tollgate's counters.
+//! The edge host is a router with tollgate's XDP on every interface
+//! ([`tollgate_tests::site`]): it sees requests on the way in and Kamailio's
+//! responses on the way back. Kamailio's own log is the ground truth: what
+//! reached it, what it accepted, which calls it relayed; not tollgate's
+//! counters. Every scenario also runs in `--dry-run` (nothing blocked,
+//! everything audited) and writes a row of the report
+//! ([`tollgate_tests::report`]). `cargo xtask acceptance` runs the full
+//! version; `cargo xtask test` a short one (smaller word lists, fewer
+//! phones and calls).
 
 use std::{
     net::IpAddr,
     path::PathBuf,
     process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use tollgate_tests::{
     kamailio::{Kamailio, VICTIM},
-    privileged, sipp,
-    sipvicious::{Svcrack, svcrack_bin},
+    netns::PIN_ROOT,
+    privileged,
+    report::{self, Row, scale},
+    sipp::{Client, Outcome, Server},
+    sipvicious::{SourceRoute, Svcrack, run_tool, svcrack_bin},
+    site::*,
     tool_present,
-    topology::*,
+    topology::Agent,
     unique, wait_for,
 };
 
@@ -48,60 +65,199 @@ impl Drop for TempFile {
 fn tools_present(test: &str) -> bool {
     let kamailio =
         Command::new("sh").args(["-c", "command -v kamailio"]).output().is_ok_and(|o| o.status.success());
-    tool_present(test, "kamailio (Debian package kamailio)", kamailio)
+    privileged(test)
+        && tool_present(test, "kamailio (Debian package kamailio)", kamailio)
         && tool_present(test, "sipvicious_svcrack (target/venv)", svcrack_bin().is_some())
 }
-
-/// Where the right password sits in svcrack's word list: far enough down
-/// that only an attacker left alone would reach it.
-const PASSWORD_AT: usize = 500;
 
 /// Wrong passwords from one source that get it auth-suspended (the default).
 const THRESHOLD: usize = 10;
 
-#[test]
-fn svcrack_is_auth_suspended_before_it_finds_the_password_while_a_customer_registers() {
-    let test = "svcrack_is_auth_suspended_before_it_finds_the_password_while_a_customer_registers";
-    if !privileged(test) || !tools_present(test) {
+/// The test bed: the site, Kamailio and its UAS in the core, and the agent
+/// on the edge with XDP on every interface, auditing to a file.
+struct Bed {
+    // Field order is drop order: processes first, namespaces last.
+    agent: Agent,
+    kamailio: Kamailio,
+    _uas: Server,
+    audit: TempFile,
+    dry: bool,
+    site: Site,
+}
+
+impl Bed {
+    fn start(dry: bool, args: &[&str]) -> Self {
+        let site = Site::new();
+        let kamailio = Kamailio::core(&site.core, CORE_V4, CORE_V6, &format!("sip:{CORE_V4}:{UAS_PORT}"));
+        let uas = Server::uas(&site.core, CORE_V4, UAS_PORT);
+        let audit = TempFile::new("audit");
+        let mut all = vec!["--audit-log", audit.path()];
+        if dry {
+            all.push("--dry-run");
+        }
+        all.extend_from_slice(args);
+        let pin = PathBuf::from(PIN_ROOT).join(unique("pin"));
+        let agent = Agent::start_on(&site.edge, &site.edge_ifaces(), &pin, &[], &all);
+        Self { agent, kamailio, _uas: uas, audit, dry, site }
+    }
+
+    fn inet(&self) -> String {
+        self.site.inet.name().to_owned()
+    }
+
+    /// The first audit line with all of `needles`, waiting up to `timeout`.
+    fn audited(&self, needles: &[&str], timeout: Duration) -> Option<String> {
+        wait_for(timeout, || {
+            self.audit.text().lines().find(|l| needles.iter().all(|n| l.contains(n))).map(str::to_owned)
+        })
+    }
+
+    /// The impose line of a `kind` restriction of `target`, checked for the
+    /// mode: enforced, or only audited in dry-run.
+    fn imposed(&self, kind: &str, target: &str, timeout: Duration) -> String {
+        let k = format!(r#""kind":"{kind}""#);
+        let t = format!(r#""target":"{target}""#);
+        let line = self.audited(&[r#""event":"impose""#, &k, &t], timeout).unwrap_or_else(|| {
+            panic!("no {kind} of {target} audited; kamailio:\n{}", self.kamailio.log_text())
+        });
+        let want = if self.dry { r#""enforced":false"# } else { r#""enforced":true"# };
+        assert!(line.contains(want), "{line}");
+        let mode = if self.dry { r#""mode":"dry-run""# } else { r#""mode":"enforce""# };
+        assert!(line.contains(mode), "{line}");
+        line
+    }
+
+    /// Impose lines in the audit trail (restrictions decided, or in
+    /// dry-run only audited).
+    fn impositions(&self) -> Vec<String> {
+        self.audit.text().lines().filter(|l| l.contains(r#""event":"impose""#)).map(str::to_owned).collect()
+    }
+
+    /// What the agent lists as in force.
+    fn in_force(&self) -> String {
+        let (ok, list, err) = self.agent.control(&["restrictions", "list"]);
+        assert!(ok, "{err}");
+        list
+    }
+}
+
+/// Runs a sipp client `every` interval on a thread until stopped, counting
+/// its successful and failed calls: a customer's normal traffic going on
+/// during an attack.
+struct Repeater {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<(u64, u64)>>,
+}
+
+impl Repeater {
+    fn start(ns: String, client: Client, every: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, 0);
+            while !stopped.load(Ordering::Relaxed) {
+                let out = client.run(&ns);
+                ok += out.successful;
+                failed += out.failed + u64::from(out.successful + out.failed == 0);
+                if out.failed > 0 {
+                    eprintln!("legitimate client {} failed:\n{}", client.src, out.text);
+                }
+                std::thread::sleep(every);
+            }
+            (ok, failed)
+        });
+        Self { stop, thread: Some(thread) }
+    }
+
+    /// Stops it and returns (successful, failed) calls.
+    fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().expect("running").join().expect("repeater thread")
+    }
+}
+
+impl Drop for Repeater {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A sipp CSV of credentials for `user`: wrong passwords, with the right
+/// one at position `right_at` (1-based) of `rows`.
+fn guesses_csv(user: &str, right: &str, right_at: usize, rows: usize) -> TempFile {
+    let f = TempFile::new("guesses");
+    let mut text = String::from("SEQUENTIAL\n");
+    for i in 1..=rows {
+        let pw = if i == right_at { right.to_owned() } else { format!("guess{i:04}") };
+        text.push_str(&format!("{user};[authentication username={user} password={pw}]\n"));
+    }
+    std::fs::write(&f.0, text).expect("guesses csv");
+    f
+}
+
+/// A sipp CSV of `users` with their right passwords.
+fn users_csv(users: &[(String, String)]) -> TempFile {
+    let f = TempFile::new("users");
+    let mut text = String::from("SEQUENTIAL\n");
+    for (u, pw) in users {
+        text.push_str(&format!("{u};[authentication username={u} password={pw}]\n"));
+    }
+    std::fs::write(&f.0, text).expect("users csv");
+    f
+}
+
+fn target(addr: IpAddr) -> String {
+    if addr.is_ipv4() { format!("{addr}/32") } else { format!("{addr}/128") }
+}
+
+/// One registration attempt from `src` with a wrong password (to see
+/// whether the attacker reaches Kamailio again once the block lapses).
+fn probe_register(bed: &Bed, src: IpAddr) -> Outcome {
+    let mut c = Client::new("register-client.xml", "bad.csv", src, core_for(src));
+    c.recv_timeout_ms = 1500;
+    c.run(&bed.inet())
+}
+
+// ---------------------------------------------------------------------------
+// 1. Password guessing: svcrack over UDP/IPv4, a sipp brute force over
+//    TCP/IPv6, a customer registering every two seconds throughout.
+// ---------------------------------------------------------------------------
+
+const SUSPEND_SECS: u64 = 6;
+
+fn brute_force(test: &str, dry: bool) {
+    if !tools_present(test) {
         return;
     }
-    let started = Instant::now();
-    let topo = Topology::new();
-    let audit = TempFile::new("audit");
-    let egress = topo.edge_if.clone();
-    let agent = Agent::start(
-        &topo,
-        &[
-            "--egress-iface",
-            &egress,
-            "--auth-failure-threshold",
-            &THRESHOLD.to_string(),
-            "--audit-log",
-            audit.path(),
-        ],
+    let password_at: usize = scale(200, 500);
+    let suspend = format!("{SUSPEND_SECS}s");
+    let bed =
+        Bed::start(dry, &["--auth-failure-threshold", &THRESHOLD.to_string(), "--auth-suspend", &suspend]);
+    let (udp_attacker, tcp_attacker) = (attacker_v4(0), attacker_v6(1));
+    let customer = Repeater::start(
+        bed.inet(),
+        Client::new("register-client.xml", "good.csv", customer_v4(0), CORE_V4),
+        Duration::from_secs(2),
     );
-    let kamailio = Kamailio::start(&topo.edge, EDGE_V4);
-    let attacker: IpAddr = ATTACKER_V4;
 
-    // A customer registers before the attack...
-    sipp::register(&topo.peer, CUSTOMER_V4, EDGE_V4, false, true, 1);
-    assert_eq!(kamailio.accepted_from(CUSTOMER_V4), 1, "{}", kamailio.log_text());
-
-    // ...then svcrack works through a word list with the right password far down.
+    // svcrack works through a word list with the right password far down...
     let words = TempFile::new("words");
-    let list: Vec<String> = (1..=PASSWORD_AT + 20)
-        .map(|i| if i == PASSWORD_AT { VICTIM.2.to_owned() } else { format!("guess{i:04}") })
+    let list: Vec<String> = (1..=password_at + 20)
+        .map(|i| if i == password_at { VICTIM.2.to_owned() } else { format!("guess{i:04}") })
         .collect();
     std::fs::write(&words.0, list.join("\n") + "\n").expect("word list");
-    let peer = topo.peer.name().to_owned();
-    let peer_if = format!("{}p", topo.edge_if);
-    let words_path = words.0.clone();
-    let attack = std::thread::spawn(move || {
+    let started = Instant::now();
+    let (ns, iface, words_path) = (bed.inet(), bed.site.inet_if.clone(), words.0.clone());
+    let svcrack = std::thread::spawn(move || {
         Svcrack {
-            ns: &peer,
-            iface: &peer_if,
-            src: attacker,
-            dst: EDGE_V4,
+            ns: &ns,
+            iface: &iface,
+            via: Some(EDGE_OUTSIDE_V4),
+            src: udp_attacker,
+            dst: CORE_V4,
             user: VICTIM.0,
             domain: VICTIM.1,
             words: &words_path,
@@ -109,43 +265,497 @@ fn svcrack_is_auth_suspended_before_it_finds_the_password_while_a_customer_regis
         }
         .run()
     });
+    // ...and sipp does the same over TCP and IPv6.
+    let csv = guesses_csv(VICTIM.0, VICTIM.2, password_at, password_at + 5);
+    let mut sipp = Client::new("register-client.xml", csv.0.clone(), tcp_attacker, CORE_V6);
+    sipp.tcp = true;
+    sipp.calls = (password_at + 5) as u32;
+    sipp.rate = 50;
+    sipp.recv_timeout_ms = 2000;
+    let ns = bed.inet();
+    let brute = std::thread::spawn(move || sipp.run(&ns));
 
-    // tollgate suspends the attacker's registrations...
-    let line = wait_for(Duration::from_secs(15), || {
-        audit
-            .text()
-            .lines()
-            .find(|l| {
-                l.contains(r#""event":"impose""#)
-                    && l.contains(r#""kind":"auth-suspend""#)
-                    && l.contains(r#""target":"203.0.113.10/32""#)
-            })
-            .map(str::to_owned)
-    })
-    .unwrap_or_else(|| panic!("no auth-suspend of the attacker; kamailio:\n{}", kamailio.log_text()));
-    assert!(line.contains(r#""enforced":true"#), "{line}");
-    // ...and from shortly after, Kamailio receives none of them any more
-    // (svcrack keeps resending until --maximumtime).
+    let udp_line = bed.imposed("auth-suspend", &target(udp_attacker), Duration::from_secs(20));
+    let udp_time = started.elapsed();
+    let tcp_line = bed.imposed("auth-suspend", &target(tcp_attacker), Duration::from_secs(20));
+    let tcp_time = started.elapsed();
+    for line in [&udp_line, &tcp_line] {
+        assert!(line.contains(&format!(r#""threshold":{THRESHOLD}"#)), "{line}");
+    }
+    let (udp_at_block, tcp_at_block) =
+        (bed.kamailio.forbidden_from(udp_attacker), bed.kamailio.forbidden_from(tcp_attacker));
     std::thread::sleep(Duration::from_millis(500));
-    let seen = kamailio.registers_from(attacker);
-    let out = attack.join().expect("svcrack thread");
-    assert_eq!(
-        kamailio.registers_from(attacker),
-        seen,
-        "REGISTERs from the attacker reached Kamailio after the suspension"
+    let (udp_seen, tcp_seen) =
+        (bed.kamailio.registers_from(udp_attacker), bed.kamailio.registers_from(tcp_attacker));
+    let svcrack_out = svcrack.join().expect("svcrack thread");
+    let brute_out = brute.join().expect("sipp thread");
+    let (udp_tried, tcp_tried) =
+        (bed.kamailio.forbidden_from(udp_attacker), bed.kamailio.forbidden_from(tcp_attacker));
+    eprintln!(
+        "svcrack: {udp_tried} wrong passwords reached Kamailio ({udp_at_block} at the block); \
+         sipp over TCP/IPv6: {tcp_tried} ({tcp_at_block} at the block)"
     );
-    let tried = kamailio.forbidden_from(attacker);
-    eprintln!("svcrack: {seen} REGISTERs reached Kamailio, {tried} passwords tried before the suspension");
-    assert!((THRESHOLD..PASSWORD_AT / 2).contains(&tried), "{tried} wrong passwords reached Kamailio");
-    assert!(!out.contains(VICTIM.2), "svcrack found the password:\n{out}");
-    assert_eq!(kamailio.accepted_from(attacker), 0);
+    if dry {
+        // Nothing blocked: both attackers reach the right password.
+        assert!(
+            svcrack_out.contains(VICTIM.2),
+            "svcrack did not find the password in dry-run:\n{svcrack_out}"
+        );
+        assert_eq!(bed.kamailio.accepted_from(tcp_attacker), 1, "{}", brute_out.text);
+        assert!(udp_tried >= password_at - 1 && tcp_tried >= password_at - 1);
+        assert_eq!(bed.in_force().lines().filter(|l| l.contains("auth-suspend")).count(), 0);
+    } else {
+        // Kamailio receives nothing from either after the suspension
+        // (svcrack keeps resending until --maximumtime).
+        assert_eq!(bed.kamailio.registers_from(udp_attacker), udp_seen, "UDP attacker reached Kamailio");
+        assert_eq!(bed.kamailio.registers_from(tcp_attacker), tcp_seen, "TCP attacker reached Kamailio");
+        for tried in [udp_tried, tcp_tried] {
+            assert!(
+                (THRESHOLD..password_at / 2).contains(&tried),
+                "{tried} wrong passwords reached Kamailio"
+            );
+        }
+        assert!(!svcrack_out.contains(VICTIM.2), "svcrack found the password:\n{svcrack_out}");
+        assert_eq!(bed.kamailio.accepted_from(udp_attacker) + bed.kamailio.accepted_from(tcp_attacker), 0);
+        let list = bed.in_force();
+        for a in [udp_attacker, tcp_attacker] {
+            assert!(list.lines().any(|l| l.contains("auth-suspend") && l.contains(&target(a))), "{list}");
+        }
+        // The suspension lapses on time, by itself: the attacker reaches
+        // Kamailio again.
+        for a in [udp_attacker, tcp_attacker] {
+            bed.audited(
+                &[r#""event":"expire""#, &format!(r#""target":"{}""#, target(a))],
+                Duration::from_secs(15),
+            )
+            .unwrap_or_else(|| panic!("the suspension of {a} did not lapse"));
+        }
+        assert!(started.elapsed() >= Duration::from_secs(SUSPEND_SECS));
+        for a in [udp_attacker, tcp_attacker] {
+            let before = bed.kamailio.registers_from(a);
+            probe_register(&bed, a);
+            assert!(bed.kamailio.registers_from(a) > before, "{a} still blocked after the suspension lapsed");
+        }
+    }
+    let (ok, lost) = customer.finish();
+    let customer_ok = bed.kamailio.accepted_from(customer_v4(0));
+    assert_eq!(lost, 0, "the customer lost registrations");
+    assert!(ok >= 2 && customer_ok as u64 == ok, "customer: {ok} sipp successes, {customer_ok} at Kamailio");
+    for (name, attempts, time, seen) in [
+        ("1a. svcrack, UDP/IPv4", udp_at_block, udp_time, udp_tried),
+        ("1b. sipp brute force, TCP/IPv6", tcp_at_block, tcp_time, tcp_tried),
+    ] {
+        report::record(&Row {
+            scenario: name,
+            dry_run: dry,
+            attempts: Some(attempts),
+            time_to_block: Some(time),
+            legit_lost: lost as usize,
+            reached: format!(
+                "{seen} wrong passwords of {password_at}; customer's {customer_ok} registrations all accepted"
+            ),
+        });
+    }
+}
 
-    let (ok, list, err) = agent.control(&["restrictions", "list"]);
-    assert!(ok, "{err}");
-    assert!(list.lines().any(|l| l.contains("auth-suspend") && l.contains("203.0.113.10/32")), "{list}");
+#[test]
+fn brute_force_is_suspended_before_the_password_is_found() {
+    brute_force("brute_force_is_suspended_before_the_password_is_found", false);
+}
 
-    // The customer still registers, and Kamailio says 200 OK.
-    sipp::register(&topo.peer, CUSTOMER_V4, EDGE_V4, false, true, 2);
-    assert_eq!(kamailio.accepted_from(CUSTOMER_V4), 3, "{}", kamailio.log_text());
-    eprintln!("acceptance test took {:?}", started.elapsed());
+#[test]
+fn brute_force_dry_run_audits_and_blocks_nothing() {
+    brute_force("brute_force_dry_run_audits_and_blocks_nothing", true);
+}
+
+// ---------------------------------------------------------------------------
+// 2. Scans: svmap (OPTIONS) and svwar (REGISTER per extension).
+// ---------------------------------------------------------------------------
+
+fn scans(test: &str, dry: bool) {
+    if !tools_present(test) {
+        return;
+    }
+    let bed = Bed::start(dry, &[]);
+    let scanner = attacker_v4(2);
+    let ns = bed.inet();
+    let _route = SourceRoute::new(&ns, &bed.site.inet_if, Some(EDGE_OUTSIDE_V4), scanner, CORE_V4);
+    let core = CORE_V4.to_string();
+    let map = run_tool("svmap", &ns, &[&core]);
+    let war = run_tool("svwar", &ns, &["--force", "-e1000-1010,2001-2005", "-m", "REGISTER", &core]);
+    eprintln!("svmap:\n{map}\nsvwar:\n{war}");
+    assert!(map.contains(&CORE_V4.to_string()), "svmap did not find Kamailio:\n{map}");
+    for ext in ["1001", "1002", "2001"] {
+        assert!(war.contains(ext), "svwar did not find extension {ext}:\n{war}");
+    }
+    // Scanning is not password guessing: rate alone is no evidence, and no
+    // credentials were rejected. Nothing restricted, nothing audited.
+    assert!(bed.impositions().is_empty(), "{:?}", bed.impositions());
+    let registers = bed.kamailio.registers_from(scanner);
+    let unknown = bed.kamailio.logged("tollgate-register-unknown", scanner);
+    let options = bed.kamailio.logged("tollgate-options", scanner);
+    let stats = bed.agent.source(scanner).expect("the scanner is tracked");
+    eprintln!("tollgate counted for the scanner: {stats:?}");
+    assert_eq!(stats.auth_failures(), 0);
+    report::record(&Row {
+        scenario: "2. svmap + svwar scans",
+        dry_run: dry,
+        attempts: None,
+        time_to_block: None,
+        legit_lost: 0,
+        reached: format!(
+            "{options} OPTIONS, {registers} REGISTERs ({unknown} for unknown users); tollgate: \
+             {} without credentials, 0 failures, no restriction",
+            stats.register_noauth
+        ),
+    });
+}
+
+#[test]
+fn scans_are_counted_and_restrict_nothing() {
+    scans("scans_are_counted_and_restrict_nothing", false);
+}
+
+#[test]
+fn scans_dry_run() {
+    scans("scans_dry_run", true);
+}
+
+// ---------------------------------------------------------------------------
+// 3. A hijacked PBX: a subscriber authenticating correctly floods short
+//    calls to +232 in the three dialling forms; its domestic and emergency
+//    calls keep completing.
+// ---------------------------------------------------------------------------
+
+/// `calls` calls of `call-uac.xml` (407 proxy authentication with the CSV's
+/// credentials, relayed to the UAS) to `number`.
+fn call(csv: impl Into<PathBuf>, src: IpAddr, number: &str, calls: u32, rate: u32) -> Client {
+    let mut c = Client::new("call-uac.xml", csv, src, core_for(src));
+    c.service = Some(number.to_owned());
+    c.calls = calls;
+    c.rate = rate;
+    c.recv_timeout_ms = 2000;
+    c
+}
+
+fn hijacked_pbx(test: &str, dry: bool) {
+    if !tools_present(test) {
+        return;
+    }
+    // Each call is two INVITEs at the edge (the 407 leg and the
+    // authenticated one): 20 is ten calls.
+    let bed = Bed::start(dry, &["--intl-invite-threshold", "20", "--intl-suspend", "60s"]);
+    let pbx = customer_v4(5);
+    let csv = "pbx.csv";
+    let per_form: u32 = scale(12, 30);
+    let started = Instant::now();
+    let floods: Vec<JoinHandle<Outcome>> = ["+23276000001", "0023276000002", "01023276000003"]
+        .into_iter()
+        .map(|n| {
+            let c = call(csv, pbx, n, per_form, 4);
+            let ns = bed.inet();
+            std::thread::spawn(move || c.run(&ns))
+        })
+        .collect();
+    // Its domestic and emergency calls, throughout and after.
+    let domestic =
+        Repeater::start(bed.inet(), call(csv, pbx, "0312345678", 1, 1), Duration::from_millis(500));
+    let emergency = Repeater::start(bed.inet(), call(csv, pbx, "110", 1, 1), Duration::from_millis(700));
+    let line = bed.imposed("intl-suspend", &target(pbx), Duration::from_secs(30));
+    let time = started.elapsed();
+    let intl = |b: &Bed| b.kamailio.calls_relayed_from(pbx).iter().filter(|n| n.contains("2327600")).count();
+    let at_block = intl(&bed);
+    // The audit record has the evidence and no number.
+    assert!(line.contains(r#""reason":"intl-surge""#) && line.contains(r#""count":20"#), "{line}");
+    for n in ["232760", "0312345678", "\"110\""] {
+        assert!(!line.contains(n), "the audit record carries a dialled number: {line}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after_block = intl(&bed);
+    let outcomes: Vec<Outcome> = floods.into_iter().map(|t| t.join().expect("flood")).collect();
+    let (dom_ok, dom_lost) = domestic.finish();
+    let (em_ok, em_lost) = emergency.finish();
+    let total = intl(&bed);
+    let relayed = bed.kamailio.calls_relayed_from(pbx);
+    let dom_relayed = relayed.iter().filter(|n| n.contains("0312345678")).count();
+    let em_relayed = relayed.iter().filter(|n| *n == "110").count();
+    let intl_ok: u64 = outcomes.iter().map(|o| o.successful).sum();
+    eprintln!(
+        "hijacked PBX: {at_block} international calls relayed at the block, {total} in all \
+         ({intl_ok} answered); domestic {dom_ok}/{}, emergency {em_ok}/{}",
+        dom_ok + dom_lost,
+        em_ok + em_lost
+    );
+    if dry {
+        assert_eq!(total, 3 * per_form as usize, "dry-run must block nothing");
+    } else {
+        assert_eq!(total, after_block, "international calls were relayed after the suspension");
+        assert!(total < 3 * per_form as usize);
+        assert!(bed.in_force().lines().any(|l| l.contains("intl-suspend") && l.contains(&target(pbx))));
+    }
+    assert_eq!(dom_lost + em_lost, 0, "domestic or emergency calls were lost");
+    assert!(dom_ok >= 2 && em_ok >= 2, "domestic {dom_ok}, emergency {em_ok}");
+    assert_eq!((dom_relayed as u64, em_relayed as u64), (dom_ok, em_ok));
+    report::record(&Row {
+        scenario: "3. hijacked PBX to +232 (3 dialling forms)",
+        dry_run: dry,
+        attempts: Some(at_block),
+        time_to_block: Some(time),
+        legit_lost: (dom_lost + em_lost) as usize,
+        reached: format!(
+            "{total} of {} international calls relayed; {dom_relayed} domestic and {em_relayed} emergency calls, all answered",
+            3 * per_form
+        ),
+    });
+}
+
+#[test]
+fn hijacked_pbx_is_intl_suspended_while_domestic_and_emergency_calls_complete() {
+    hijacked_pbx("hijacked_pbx_is_intl_suspended_while_domestic_and_emergency_calls_complete", false);
+}
+
+#[test]
+fn hijacked_pbx_dry_run() {
+    hijacked_pbx("hijacked_pbx_dry_run", true);
+}
+
+// ---------------------------------------------------------------------------
+// 4. The NAT'd office: dozens of phones behind one public address
+//    registering at once, then re-registering with their cached nonces.
+// ---------------------------------------------------------------------------
+
+fn office(test: &str, dry: bool) {
+    if !tools_present(test) {
+        return;
+    }
+    let phones: u32 = scale(24, 40);
+    let bed = Bed::start(dry, &["--auth-failure-threshold", &THRESHOLD.to_string()]);
+    // One row per phone (users 2001..2040), taken in order.
+    let mut c = Client::new("register-reuse-nonce.xml", "office.csv", OFFICE_LAN, CORE_V4);
+    c.calls = phones;
+    c.rate = phones;
+    c.socket_per_call = true;
+    // Within the registrar's nonce lifetime (30 s): the cached nonce is
+    // accepted again.
+    c.pause_ms = Some(1000);
+    let rounds = scale(1, 2);
+    let mut lost = 0;
+    for _ in 0..rounds {
+        let out = c.run(bed.site.office.name());
+        assert_eq!(out.successful, u64::from(phones), "office phones failed:\n{}", out.text);
+        lost += out.failed as usize;
+    }
+    let accepted = bed.kamailio.accepted_from(OFFICE_PUBLIC);
+    let ports = bed.kamailio.registers_from(OFFICE_PUBLIC);
+    // Two registrations per phone and round (the second with the cached
+    // nonce), all from one address.
+    assert_eq!(accepted, 2 * (phones * rounds) as usize, "{}", bed.kamailio.log_text());
+    let stats = bed.agent.source(OFFICE_PUBLIC).expect("the office is tracked");
+    assert_eq!(stats.auth_failures(), 0, "{stats:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(bed.impositions().is_empty(), "{:?}", bed.impositions());
+    report::record(&Row {
+        scenario: "4. NAT'd office, cached nonces",
+        dry_run: dry,
+        attempts: None,
+        time_to_block: None,
+        legit_lost: lost,
+        reached: format!(
+            "{phones} phones x {rounds} rounds from one address: {ports} REGISTERs, {accepted} accepted; \
+             tollgate: 0 failures, no restriction"
+        ),
+    });
+}
+
+#[test]
+fn nat_office_registers_without_failures_or_restriction() {
+    office("nat_office_registers_without_failures_or_restriction", false);
+}
+
+#[test]
+fn nat_office_dry_run() {
+    office("nat_office_dry_run", true);
+}
+
+// ---------------------------------------------------------------------------
+// 5. A country surge from many customers, each below its own threshold,
+//    with country-restrict opted in.
+// ---------------------------------------------------------------------------
+
+fn country_surge(test: &str, dry: bool) {
+    if !tools_present(test) {
+        return;
+    }
+    let bed = Bed::start(
+        dry,
+        &[
+            "--window",
+            "4s",
+            "--intl-invite-threshold",
+            "40",
+            "--country-invite-threshold",
+            "24",
+            "--country-min-sources",
+            "5",
+            "--allow-country-restrict",
+            "--country-restrict-for",
+            "20s",
+            "--country-restrict-max",
+            "60s",
+        ],
+    );
+    let pbxs: Vec<(IpAddr, TempFile)> = (0..8u8)
+        .map(|i| (pbx_v4(i), users_csv(&[(format!("300{}", i + 1), format!("pbx-300{}", i + 1))])))
+        .collect();
+    let customer = "pbx.csv";
+    let started = Instant::now();
+    // Every PBX places two calls a second to +232 (four INVITEs at the
+    // edge), far below its own threshold of 40 a window.
+    let per_pbx: u32 = scale(4, 8);
+    let surge: Vec<JoinHandle<Outcome>> = pbxs
+        .iter()
+        .enumerate()
+        .map(|(i, (src, csv))| {
+            let c = call(csv.0.clone(), *src, &format!("+2327600001{i}"), per_pbx, 2);
+            let ns = bed.inet();
+            std::thread::spawn(move || c.run(&ns))
+        })
+        .collect();
+    // Another customer's calls to +44 and to a domestic number go on.
+    let other = customer_v4(6);
+    let uk =
+        Repeater::start(bed.inet(), call(customer, other, "+442071234567", 1, 1), Duration::from_millis(700));
+    let line = bed.imposed("country-restrict", "+232", Duration::from_secs(30));
+    let time = started.elapsed();
+    assert!(line.contains(r#""reason":"country-surge""#) && line.contains("sources_at_least"), "{line}");
+    let relayed_232 =
+        |b: &Bed| pbxs.iter().map(|(src, _)| b.kamailio.calls_relayed_from(*src).len()).sum::<usize>();
+    let at_block = relayed_232(&bed);
+    // While it is in force a customer's +232 call is dropped (enforce) or
+    // still relayed (dry-run)...
+    let probe = call(customer, other, "+23276999999", 1, 1).run(&bed.inet());
+    assert_eq!(
+        probe.successful,
+        u64::from(dry),
+        "a +232 call while the country is restricted:\n{}",
+        probe.text
+    );
+    let outcomes: Vec<Outcome> = surge.into_iter().map(|t| t.join().expect("surge")).collect();
+    let answered: u64 = outcomes.iter().map(|o| o.successful).sum();
+    // ...and lifted once a whole window after the surge stays calm.
+    let lift = bed.audited(
+        &[r#""event":"lift""#, r#""target":"+232""#, r#""lifted_by":"surge-ended""#],
+        Duration::from_secs(20),
+    );
+    let (uk_ok, uk_lost) = uk.finish();
+    if dry {
+        // Nothing was enforced, so there is nothing to lift.
+        assert_eq!(answered, 8 * u64::from(per_pbx), "dry-run must block nothing");
+    } else {
+        lift.unwrap_or_else(|| panic!("+232 was not lifted after the surge:\n{}", bed.audit.text()));
+        let after = call(customer, other, "+23276999998", 1, 1).run(&bed.inet());
+        assert_eq!(after.successful, 1, "a +232 call after the lift:\n{}", after.text);
+        assert!(answered < 8 * u64::from(per_pbx));
+    }
+    assert_eq!(uk_lost, 0, "calls to +44 were lost");
+    assert!(uk_ok >= 2, "{uk_ok} calls to +44");
+    let total = relayed_232(&bed);
+    report::record(&Row {
+        scenario: "5. country surge to +232 from 8 PBXs",
+        dry_run: dry,
+        attempts: Some(at_block),
+        time_to_block: Some(time),
+        legit_lost: uk_lost as usize,
+        reached: format!(
+            "{total} of {} surge calls relayed; {uk_ok} calls to +44 all answered; lifted after the surge: {}",
+            8 * per_pbx,
+            if dry { "n/a" } else { "yes" }
+        ),
+    });
+}
+
+#[test]
+fn country_surge_is_restricted_and_lifted_while_other_countries_flow() {
+    country_surge("country_surge_is_restricted_and_lifted_while_other_countries_flow", false);
+}
+
+#[test]
+fn country_surge_dry_run() {
+    country_surge("country_surge_dry_run", true);
+}
+
+// ---------------------------------------------------------------------------
+// 6. The agent killed during a suspension: enforcement continues, the
+//    restarted agent adopts it, and it lapses on time.
+// ---------------------------------------------------------------------------
+
+fn agent_killed(test: &str, dry: bool) {
+    if !tools_present(test) {
+        return;
+    }
+    let suspend = 10u64;
+    let mut bed = Bed::start(
+        dry,
+        &["--auth-failure-threshold", &THRESHOLD.to_string(), "--auth-suspend", &format!("{suspend}s")],
+    );
+    let attacker = attacker_v4(1);
+    let csv = guesses_csv(VICTIM.0, VICTIM.2, 1000, 40);
+    let mut c = Client::new("register-client.xml", csv.0.clone(), attacker, CORE_V4);
+    c.calls = 20;
+    c.rate = 20;
+    c.recv_timeout_ms = 1000;
+    let started = Instant::now();
+    c.run(&bed.inet());
+    bed.imposed("auth-suspend", &target(attacker), Duration::from_secs(10));
+    let time = started.elapsed();
+    let at_block = bed.kamailio.forbidden_from(attacker);
+    bed.agent.kill();
+    // No agent: the kernel keeps enforcing by itself.
+    let before = bed.kamailio.registers_from(attacker);
+    probe_register(&bed, attacker);
+    let during = bed.kamailio.registers_from(attacker) - before;
+    assert_eq!(during, usize::from(dry) * 2, "with the agent dead");
+    bed.agent.restart();
+    let list = bed.in_force();
+    if dry {
+        assert!(!list.contains("auth-suspend"), "{list}");
+    } else {
+        assert!(list.lines().any(|l| l.contains("auth-suspend") && l.contains(&target(attacker))), "{list}");
+        assert!(bed.agent.log_text().contains("adopt"), "{}", bed.agent.log_text());
+        // It lapses on time (audited by the restarted agent).
+        bed.audited(
+            &[r#""event":"expire""#, &format!(r#""target":"{}""#, target(attacker))],
+            Duration::from_secs(20),
+        )
+        .expect("the adopted suspension did not lapse");
+        let lapsed = started.elapsed();
+        assert!(
+            lapsed >= Duration::from_secs(suspend) && lapsed < Duration::from_secs(suspend + 6),
+            "{lapsed:?}"
+        );
+        let before = bed.kamailio.registers_from(attacker);
+        probe_register(&bed, attacker);
+        assert!(bed.kamailio.registers_from(attacker) > before, "still blocked after the lapse");
+    }
+    report::record(&Row {
+        scenario: "6. agent killed during a suspension",
+        dry_run: dry,
+        attempts: Some(at_block),
+        time_to_block: Some(time),
+        legit_lost: 0,
+        reached: format!(
+            "{during} REGISTERs while the agent was dead; {}",
+            if dry { "nothing to adopt" } else { "adopted by the restarted agent, lapsed on time" }
+        ),
+    });
+}
+
+#[test]
+fn agent_killed_during_a_suspension_keeps_enforcing_and_lapses_on_time() {
+    agent_killed("agent_killed_during_a_suspension_keeps_enforcing_and_lapses_on_time", false);
+}
+
+#[test]
+fn agent_killed_dry_run() {
+    agent_killed("agent_killed_dry_run", true);
 }

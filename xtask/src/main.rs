@@ -93,6 +93,15 @@ enum Task {
         #[arg(long)]
         verbose: bool,
     },
+    /// Run the acceptance scenarios against real SIP software (Kamailio as
+    /// registrar and proxy, SIPVicious and sipp as attackers and phones) in
+    /// their full size, each enforced and in dry-run, and print the report
+    /// table. (`cargo xtask test` runs a short version of the same.)
+    Acceptance {
+        /// Extra arguments for the test binary (e.g. a scenario name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Fuzz the SIP and header parsers with cargo-fuzz (nightly) for a
     /// bounded time, seeded with tests/fixtures/sip. Installs cargo-fuzz.
     Fuzz {
@@ -158,6 +167,10 @@ fn task(task: Task) -> Result<()> {
             }
             Ok(())
         }
+        Task::Acceptance { args } => {
+            setup()?;
+            acceptance(&args)
+        }
         Task::Fuzz { seconds, target } => {
             setup()?;
             fuzz(seconds, target.as_deref())
@@ -210,10 +223,57 @@ fn build(release: bool) -> Result<()> {
     cargo(&args, &[])
 }
 
+/// Where the acceptance scenarios write their report rows (README:
+/// Acceptance); `name` tells the short run's report from the full one's.
+fn acceptance_report(name: &str) -> Result<PathBuf> {
+    let dir = target_dir().join("acceptance");
+    std::fs::create_dir_all(&dir).context("creating target/acceptance")?;
+    let path = dir.join(name);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(path),
+    }
+}
+
+/// Prints the acceptance report table: its header, then the rows sorted by
+/// scenario and mode (they are written in the order the scenarios finish).
+fn print_report(path: &Path) {
+    let Ok(text) = std::fs::read_to_string(path) else { return };
+    let mut lines: Vec<&str> = text.lines().collect();
+    if lines.len() < 3 {
+        return;
+    }
+    let rows = &mut lines[2..];
+    rows.sort_unstable();
+    println!("\nacceptance report ({}):\n{}\n", path.display(), lines.join("\n"));
+}
+
+fn acceptance(extra: &[String]) -> Result<()> {
+    build(false)?;
+    let report = acceptance_report("report.md")?;
+    let mut args = vec!["test", "-p", "tollgate-tests", "--test", "acceptance", "--"];
+    args.extend(extra.iter().map(String::as_str));
+    let bin = target_dir().join("debug/tollgate");
+    let result = cargo(
+        &args,
+        &[
+            ("TOLLGATE_BIN", bin.to_str().context("non-UTF-8 target dir")?),
+            ("TOLLGATE_REQUIRE_PRIVILEGED", "1"),
+            ("TOLLGATE_ACCEPTANCE", "full"),
+            ("TOLLGATE_ACCEPTANCE_REPORT", report.to_str().context("non-UTF-8 target dir")?),
+        ],
+    );
+    print_report(&report);
+    result
+}
+
 fn test(extra: &[String]) -> Result<()> {
     // The integration tests run the real binary; build it first.
     build(false)?;
     let bin = target_dir().join("debug/tollgate");
+    let report = acceptance_report("report-short.md")?;
     // Default members: everything but the BPF-only eBPF crate.
     let mut args = vec!["test", "--no-fail-fast"];
     args.extend(extra.iter().map(String::as_str));
@@ -222,6 +282,7 @@ fn test(extra: &[String]) -> Result<()> {
         .args(&args)
         .env("TOLLGATE_BIN", &bin)
         .env("TOLLGATE_REQUIRE_PRIVILEGED", "1")
+        .env("TOLLGATE_ACCEPTANCE_REPORT", &report)
         .current_dir(workspace_root())
         .stdout(Stdio::piped())
         .spawn()
@@ -239,6 +300,7 @@ fn test(extra: &[String]) -> Result<()> {
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
+    print_report(&report);
     // Every change to the kernel program is judged on every kernel: the
     // matrix is part of the whole run (a filtered run is a developer's
     // shortcut, and says so).
