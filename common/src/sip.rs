@@ -179,8 +179,26 @@ pub struct SipSummary {
     pub status: u16,
     /// Method named in CSeq (responses only).
     pub cseq_method: u8,
+    /// What a sweep of the whole window found ([`sweep`] bits; only for
+    /// restricted sources, see [`parse_with`]).
+    pub sweep: u8,
     /// The Request-URI's user part as a number (requests only).
     pub number: Number,
+}
+
+/// Bits of [`SipSummary::sweep`]: what a restricted source's packet might
+/// carry beyond its first message, where the kernel reads no further.
+pub mod sweep {
+    /// The window was swept (the source is restricted).
+    pub const SWEPT: u8 = 1;
+    /// A line after the first starts like a REGISTER request.
+    pub const LATER_REGISTER: u8 = 2;
+    /// A line after the first starts like an INVITE request.
+    pub const LATER_INVITE: u8 = 4;
+    /// The first message's headers do not end inside the window: a
+    /// credential could follow in the part not seen (a later segment or IP
+    /// fragment, or past the window).
+    pub const HEADERS_OPEN: u8 = 8;
 }
 
 impl SipSummary {
@@ -192,6 +210,7 @@ impl SipSummary {
             has_auth: false,
             status: 0,
             cseq_method: method::NONE,
+            sweep: 0,
             number: Number::NONE,
         }
     }
@@ -299,11 +318,28 @@ pub fn parse<B: ByteWindow + ?Sized>(b: &B) -> SipSummary {
     parse_with(b, false)
 }
 
-/// Like [`parse`]; with `auth_in_any_request`, every request (not only
-/// REGISTER) is scanned for credentials. The kernel asks for that only for
-/// auth-suspended sources, whose credentialed requests are dropped.
+/// Like [`parse`]; with `sweep_all`, the whole window is also swept (see
+/// [`HeaderScan::sweep`]) for credentials in any request and for REGISTER or
+/// INVITE start lines after the first message, with the result in
+/// [`SipSummary::sweep`]. The kernel asks for that only for restricted
+/// sources: what it cannot prove harmless for their restriction is dropped.
 #[inline(always)]
-pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, auth_in_any_request: bool) -> SipSummary {
+pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, sweep_all: bool) -> SipSummary {
+    let mut summary = parse_first(b);
+    if sweep_all && summary.kind != kind::EMPTY && summary.kind != kind::KEEPALIVE {
+        let s = b.scan_headers(HeaderScan::sweep());
+        summary.has_auth |= s.has_auth;
+        summary.sweep = sweep::SWEPT
+            | if s.later_register { sweep::LATER_REGISTER } else { 0 }
+            | if s.later_invite { sweep::LATER_INVITE } else { 0 }
+            | if s.complete { 0 } else { sweep::HEADERS_OPEN };
+    }
+    summary
+}
+
+/// The first message of the window.
+#[inline(always)]
+fn parse_first<B: ByteWindow + ?Sized>(b: &B) -> SipSummary {
     let len = b.len();
     if len == 0 {
         return SipSummary::of_kind(kind::EMPTY);
@@ -315,11 +351,7 @@ pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, auth_in_any_request: bool) -> S
     if start == len {
         return SipSummary::of_kind(kind::KEEPALIVE);
     }
-    if starts_with(b, start, b"SIP/2.0 ") {
-        parse_response(b, start + 8)
-    } else {
-        parse_request(b, start, auth_in_any_request)
-    }
+    if starts_with(b, start, b"SIP/2.0 ") { parse_response(b, start + 8) } else { parse_request(b, start) }
 }
 
 #[inline(always)]
@@ -342,7 +374,7 @@ fn parse_response<B: ByteWindow + ?Sized>(b: &B, at: usize) -> SipSummary {
 }
 
 #[inline(always)]
-fn parse_request<B: ByteWindow + ?Sized>(b: &B, at: usize, auth_in_any_request: bool) -> SipSummary {
+fn parse_request<B: ByteWindow + ?Sized>(b: &B, at: usize) -> SipSummary {
     let Some((method, mlen)) = method_at(b, at) else {
         return SipSummary::of_kind(kind::UNPARSED);
     };
@@ -378,9 +410,6 @@ fn parse_request<B: ByteWindow + ?Sized>(b: &B, at: usize, auth_in_any_request: 
             summary.has_auth = scan.has_auth;
         }
         _ => {}
-    }
-    if auth_in_any_request && method != method::REGISTER {
-        summary.has_auth = scan_headers(b, true).has_auth;
     }
     summary
 }
@@ -507,11 +536,21 @@ fn uri_number<B: ByteWindow + ?Sized>(b: &B, tel: bool) -> Number {
 }
 
 /// State of a header scan: one [`HeaderScan::step`] per byte. Header names
-/// are only looked at where a line starts after the start line.
+/// are only looked at where a line starts after the start line (CR/LF
+/// before the start line, which receivers ignore, start no line: a blank
+/// line there would otherwise end the scan before the headers).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HeaderScan {
     /// The previous byte ended a line.
     pub line_start: bool,
+    /// A byte other than CR/LF was seen: the start line has begun.
+    pub seen_text: bool,
+    /// Sweep mode: read to the end of the window whatever is found.
+    pub sweep: bool,
+    /// (sweep) A later line starts like a REGISTER request.
+    pub later_register: bool,
+    /// (sweep) A later line starts like an INVITE request.
+    pub later_invite: bool,
     pub has_auth: bool,
     /// Offset of the CSeq header's value (0: not found). Only the position
     /// is recorded here, so each step stays small for the verifier.
@@ -529,6 +568,16 @@ impl HeaderScan {
         Self { want_auth, ..Self::default() }
     }
 
+    /// A scan of the whole window for a restricted source: credentials in
+    /// any header line, REGISTER or INVITE start lines after the first line
+    /// (several messages in one TCP segment), and whether the first
+    /// message's headers end in the window. It stops at nothing but the
+    /// window's end. Method names are matched case-insensitively, which
+    /// only ever flags more.
+    pub fn sweep() -> Self {
+        Self { want_auth: true, sweep: true, ..Self::default() }
+    }
+
     /// Examines the byte at `pos`; steps must come in order from 0.
     /// Returns false when the scan is over.
     #[inline(always)]
@@ -538,7 +587,19 @@ impl HeaderScan {
             return false;
         }
         let c = b.at(pos);
-        if self.line_start {
+        if self.line_start && self.sweep {
+            if c == b'\r' || c == b'\n' {
+                self.complete = true;
+            } else if header_value(b, pos, b"authorization").is_some()
+                || header_value(b, pos, b"proxy-authorization").is_some()
+            {
+                self.has_auth = true;
+            } else if name_at(b, pos, b"register ") {
+                self.later_register = true;
+            } else if name_at(b, pos, b"invite ") {
+                self.later_invite = true;
+            }
+        } else if self.line_start {
             if c == b'\r' || c == b'\n' {
                 self.complete = true;
                 self.stop = true;
@@ -558,7 +619,8 @@ impl HeaderScan {
                 return false;
             }
         }
-        self.line_start = c == b'\n';
+        self.seen_text |= c != b'\r' && c != b'\n';
+        self.line_start = c == b'\n' && self.seen_text;
         true
     }
 }
@@ -663,6 +725,7 @@ mod tests {
         let invite = crate::corpus::CORPUS.iter().find(|c| c.name == "invite-with-auth.sip").unwrap().bytes;
         assert!(!parse(invite).has_auth);
         assert!(parse_with(invite, true).has_auth);
+        assert_eq!(parse_with(invite, true).sweep, sweep::SWEPT);
         let plain =
             crate::corpus::CORPUS.iter().find(|c| c.name == "invite-intl-plus-232.sip").unwrap().bytes;
         assert!(!parse_with(plain, true).has_auth);

@@ -4,9 +4,9 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use tollgate_common::{
-    AddrKey, MAX_NESTED_BLOCKS, NO_VERDICT, SipContext,
+    AddrKey, IPPROTO_TCP, MAX_NESTED_BLOCKS, NO_VERDICT, SipContext,
     number::class,
-    sip::{SipSummary, kind, method},
+    sip::{SipSummary, kind, method, sweep},
     verdict,
 };
 
@@ -37,23 +37,64 @@ pub(crate) fn restricted(addr: &AddrKey, kind: u8, now: u64) -> bool {
     false
 }
 
+/// What a restricted source sent that the kernel cannot prove harmless for
+/// its restriction, and so drops (fail closed for the restricted; everyone
+/// else fails open). Only packets the parse stage swept get here: it sweeps
+/// exactly those of auth- or intl-suspended sources.
+///
+/// Over TCP the registrar reads a byte stream: a later message in the same
+/// segment, or one beyond the window, is as real as the first. Over UDP a
+/// receiver discards what follows the first message (RFC 3261 18.3), so
+/// only the first counts there. An emergency call is dropped only when it
+/// shares a TCP segment with a later REGISTER or INVITE from a restricted
+/// source (README: "What is dropped").
+#[inline(always)]
+fn fail_closed(sc: &SipContext, s: &SipSummary, class: u8, now: u64) -> Option<u32> {
+    let auth = restricted(&sc.src, AUTH, now);
+    let intl = restricted(&sc.src, INTL, now);
+    if !auth && !intl {
+        return None;
+    }
+    let tcp = sc.proto == IPPROTO_TCP;
+    // Unreadable (a continuation segment, a start line split across
+    // segments, garbage) or not read to its end: it could be anything.
+    if s.kind == kind::UNPARSED || (tcp && sc.truncated != 0) {
+        return Some(verdict::DROP_RESTRICTED_UNREADABLE);
+    }
+    if tcp && auth && s.sweep & sweep::LATER_REGISTER != 0 {
+        return Some(verdict::DROP_AUTH_SUSPENDED);
+    }
+    if tcp && intl && s.sweep & sweep::LATER_INVITE != 0 {
+        return Some(verdict::DROP_RESTRICTED_UNREADABLE);
+    }
+    // Credentials could sit in the part of the headers not read (a second
+    // IP fragment, the next segment).
+    if auth && s.kind == kind::REQUEST && class != class::EMERGENCY && s.sweep & sweep::HEADERS_OPEN != 0 {
+        return Some(verdict::DROP_RESTRICTED_UNREADABLE);
+    }
+    None
+}
+
 /// The final verdict of a SIP request: the first program's, unless a SIP
-/// restriction applies. Allowlisted sources and emergency calls are never
-/// restricted; a packet already dropped stays dropped.
+/// restriction applies. Allowlisted sources and readable emergency calls
+/// are never restricted; a packet already dropped stays dropped.
 #[inline(always)]
 pub(crate) fn restrict(sc: &SipContext, s: &SipSummary, class: u8, cc: u16) -> (i32, u32) {
     let staged = (sc.action, sc.code);
-    if sc.code == NO_VERDICT
-        || sc.action != xdp_action::XDP_PASS as i32
-        || sc.allowlisted != 0
-        || s.kind != kind::REQUEST
-        || class == class::EMERGENCY
-    {
+    if sc.code == NO_VERDICT || sc.action != xdp_action::XDP_PASS as i32 || sc.allowlisted != 0 {
         return staged;
     }
     // SAFETY: bpf_ktime_get_ns takes no arguments and cannot fail.
     let now = unsafe { bpf_ktime_get_ns() };
     let drop = xdp_action::XDP_DROP as i32;
+    if s.sweep & sweep::SWEPT != 0
+        && let Some(code) = fail_closed(sc, s, class, now)
+    {
+        return (drop, code);
+    }
+    if s.kind != kind::REQUEST || class == class::EMERGENCY {
+        return staged;
+    }
     if (s.method == method::REGISTER || s.has_auth) && restricted(&sc.src, AUTH, now) {
         return (drop, verdict::DROP_AUTH_SUSPENDED);
     }

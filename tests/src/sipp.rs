@@ -144,6 +144,8 @@ pub struct Client {
     pub socket_per_call: bool,
     /// The scenario's `<pause/>` (sipp's `-d`).
     pub pause_ms: Option<u32>,
+    /// Most calls under way at once (sipp's `-l`).
+    pub limit: u32,
 }
 
 /// What a sipp client run did, from its own final statistics.
@@ -171,6 +173,7 @@ impl Client {
             recv_timeout_ms: 5000,
             socket_per_call: false,
             pause_ms: None,
+            limit: 100,
         }
     }
 
@@ -189,7 +192,8 @@ impl Client {
             .arg("-inf")
             .arg(&self.csv)
             .args(["-i", &self.src.to_string(), "-t", transport, "-m", &self.calls.to_string()])
-            .args(["-r", &self.rate.to_string(), "-l", "100", "-max_socket", "200"])
+            .args(["-r", &self.rate.to_string(), "-l", &self.limit.to_string()])
+            .args(["-max_socket", &(self.limit + 100).to_string()])
             .args(["-recv_timeout", &self.recv_timeout_ms.to_string(), "-nostdin"]);
         if let Some(s) = &self.service {
             cmd.args(["-s", s]);

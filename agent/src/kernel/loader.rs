@@ -139,9 +139,11 @@ pub fn load(pin_dir: Option<&Path>) -> Result<Ebpf> {
 }
 
 /// Pinned maps whose key or value layout differs from this build's, as
-/// "NAME (key/value bytes pinned, here)". Adopting one would make the
-/// kernel and the agent misread it, and the verifier does not always
-/// notice (a smaller value read only in its first bytes passes).
+/// "NAME (key/value bytes pinned, here)", or whose number of entries does
+/// (the per-source map excepted: `--max-sources` sizes it). Adopting one
+/// would make the kernel and the agent misread it, and the verifier does
+/// not always notice (a smaller value read only in its first bytes passes;
+/// a counter array with fewer entries than verdicts silently loses some).
 pub fn incompatible_pins(dir: &Path) -> Result<Vec<String>> {
     let obj = aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| Error::Object { error: e.to_string() })?;
     let mut bad = Vec::new();
@@ -149,15 +151,21 @@ pub fn incompatible_pins(dir: &Path) -> Result<Vec<String>> {
         let path = dir.join(name);
         let Some(def) = obj.maps.get(name).filter(|_| path.exists()) else { continue };
         let want = (def.key_size(), def.value_size());
+        let sized_here = name != tollgate_common::MAP_SOURCES;
         match aya::maps::MapInfo::from_pin(&path) {
-            Ok(info) if (info.key_size(), info.value_size()) == want => {}
-            Ok(info) => bad.push(format!(
+            Ok(info) if (info.key_size(), info.value_size()) != want => bad.push(format!(
                 "{name}: {}/{} bytes pinned, {}/{} here",
                 info.key_size(),
                 info.value_size(),
                 want.0,
                 want.1
             )),
+            Ok(info) if sized_here && info.max_entries() != def.max_entries() => bad.push(format!(
+                "{name}: {} entries pinned, {} here",
+                info.max_entries(),
+                def.max_entries()
+            )),
+            Ok(_) => {}
             Err(e) => bad.push(format!("{name}: {e}")),
         }
     }

@@ -110,8 +110,14 @@ pub mod verdict {
     pub const DROP_INTL_SUSPENDED: u32 = 8;
     /// Dropped: international INVITE to a restricted country code.
     pub const DROP_COUNTRY_RESTRICTED: u32 = 9;
+    /// Dropped: a SIP-port packet from an auth- or intl-suspended source
+    /// that the kernel cannot prove harmless for that restriction (not
+    /// readable as a SIP message, a TCP segment longer than the window or
+    /// with a later INVITE, a request whose headers go on past what was
+    /// read). Fail open for everyone, fail closed for the restricted.
+    pub const DROP_RESTRICTED_UNREADABLE: u32 = 10;
 
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
 
     /// `(code, action, reason)` for every verdict, for metrics and status.
     pub const ALL: [(u32, &str, &str); COUNT as usize] = [
@@ -125,6 +131,7 @@ pub mod verdict {
         (DROP_AUTH_SUSPENDED, "drop", "auth_suspended"),
         (DROP_INTL_SUSPENDED, "drop", "intl_suspended"),
         (DROP_COUNTRY_RESTRICTED, "drop", "country_restricted"),
+        (DROP_RESTRICTED_UNREADABLE, "drop", "restricted_unreadable"),
     ];
 }
 

@@ -21,7 +21,9 @@ pub struct SipContext {
     pub responses_only: u8,
     /// The source is allowlisted: no restriction may apply.
     pub allowlisted: u8,
-    pub _reserved: [u8; 1],
+    /// The payload was longer than the copied window: something could lie
+    /// beyond what was read (only a restricted source pays for that).
+    pub truncated: u8,
     /// Verdict code to count ([`verdict`]), or [`NO_VERDICT`] (egress).
     pub code: u32,
     /// Frame bytes, for the verdict counter.

@@ -35,7 +35,7 @@ use super::{
 use crate::{
     enforce::count,
     maps::{CONFIG, COUNTRY_CODES, NUMBER_PLAN, SCRATCH, SIP_CTX, SUMMARY},
-    restrict::{AUTH, restrict, restricted},
+    restrict::{AUTH, INTL, restrict, restricted},
 };
 
 /// The value of [`SCRATCH`].
@@ -166,7 +166,8 @@ pub(crate) fn stage<C: Packet>(
         return false;
     }
     let mut len = total - off;
-    if len > SIP_WINDOW {
+    let truncated = len > SIP_WINDOW;
+    if truncated {
         len = SIP_WINDOW;
     }
     // Same value for 1..=SIP_WINDOW, but in a form whose range the verifier
@@ -189,7 +190,7 @@ pub(crate) fn stage<C: Packet>(
             proto: p.proto,
             responses_only: responses_only as u8,
             allowlisted: (code == verdict::PASS_ALLOWLISTED) as u8,
-            _reserved: [0; 1],
+            truncated: truncated as u8,
             code,
             bytes,
         }
@@ -233,15 +234,17 @@ pub(crate) fn parse_stage() {
     // tracks the value through the stack.
     // SAFETY: reading a local.
     let len = unsafe { core::ptr::read_volatile(&len) };
-    // Credentials in any request matter only for an auth-suspended source.
-    let auth_any = sc.responses_only == 0
+    // Only a restricted source's packets are swept whole (credentials in
+    // any request, later messages in a TCP segment): see restrict.rs.
+    // SAFETY: bpf_ktime_get_ns takes no arguments and cannot fail.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let sweep = sc.responses_only == 0
         && sc.allowlisted == 0
-        // SAFETY: bpf_ktime_get_ns takes no arguments and cannot fail.
-        && restricted(&sc.src, AUTH, unsafe { bpf_ktime_get_ns() });
+        && (restricted(&sc.src, AUTH, now) || restricted(&sc.src, INTL, now));
     // SAFETY: buf is the SIP_WINDOW-byte payload of a live per-CPU map value.
     let window = unsafe { Window::new(buf, len) };
     // SAFETY: per-CPU map value from a successful lookup.
-    unsafe { *slot = sip::parse_with(&window, auth_any) };
+    unsafe { *slot = sip::parse_with(&window, sweep) };
 }
 
 /// Stage 3: counts the parsed message, applies the SIP restrictions, and
