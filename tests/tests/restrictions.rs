@@ -130,3 +130,158 @@ fn a_blocklisted_source_stays_a_blocklist_drop() {
         .unwrap();
     assert_eq!(l.run(&msg(ATTACKER_V4, "register-auth.sip")), (XDP_DROP, DROP_BLOCKLIST));
 }
+
+fn fixture(name: &str) -> &'static [u8] {
+    CORPUS.iter().find(|c| c.name == name).expect("fixture").bytes
+}
+
+/// Fixtures one after the other, as one TCP segment or UDP datagram.
+fn joined(names: &[&str]) -> Vec<u8> {
+    names.iter().flat_map(|n| fixture(n).iter().copied()).collect()
+}
+
+fn tcp_from(src: IpAddr, payload: &[u8]) -> Vec<u8> {
+    FrameBuilder::tcp(src, edge_for(src), 40000, 5060).payload(payload).build()
+}
+
+fn udp_from(src: IpAddr, payload: &[u8]) -> Vec<u8> {
+    FrameBuilder::udp(src, edge_for(src), 40000, 5060).payload(payload).build()
+}
+
+/// `bytes` padded with an extra header line to `len` bytes (past the
+/// 2,048-byte window when `len` is larger), before its blank line.
+fn padded(bytes: &[u8], len: usize) -> Vec<u8> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("headers end") + 2;
+    let mut out = bytes[..end].to_vec();
+    let pad = len.saturating_sub(bytes.len() + 12);
+    out.extend_from_slice(b"X-Pad: ");
+    out.extend(std::iter::repeat_n(b'a', pad));
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&bytes[end..]);
+    out
+}
+
+/// A fixture cut before its Call-ID header: headers that go on beyond what
+/// the kernel sees.
+fn cut_at_call_id(name: &str) -> Vec<u8> {
+    let b = fixture(name);
+    b[..b.windows(7).position(|w| w == b"Call-ID").expect("a Call-ID")].to_vec()
+}
+
+/// Fail closed for the restricted: what the kernel cannot prove harmless
+/// for a source's restriction is dropped; the same bytes from anyone else
+/// pass as before.
+#[test]
+fn restricted_sources_fail_closed_on_what_cannot_be_read() {
+    if !privileged("restricted_sources_fail_closed_on_what_cannot_be_read") {
+        return;
+    }
+    let mut l = Loaded::new();
+    let until = monotonic_now_ns() + HOUR;
+    for n in ["203.0.113.10/32", "2001:db8:1::10/128"] {
+        l.maps.restrictions.set(&net(n), Restriction { auth_until_ns: until, ..Default::default() }).unwrap();
+    }
+    l.maps
+        .restrictions
+        .set(&net("198.51.100.10/32"), Restriction { intl_until_ns: until, ..Default::default() })
+        .unwrap();
+    let pipelined = joined(&["options-keepalive.sip", "register-auth.sip"]);
+    let harmless = joined(&["options-keepalive.sip", "options-keepalive.sip"]);
+    let long_options = padded(fixture("options-keepalive.sip"), 2200);
+    let mut long_body = fixture("invite-intl-plus-232.sip").to_vec();
+    long_body.extend(std::iter::repeat_n(b'a', 2200 - long_body.len()));
+    let mut open_invite = fixture("invite-with-auth.sip").to_vec();
+    let headers_end = open_invite.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    // A first IP fragment, or a segment, ending before the headers do.
+    let cut = open_invite.windows(14).position(|w| w == b"Authorization:").unwrap();
+    open_invite.truncate(cut);
+    assert!(cut < headers_end);
+    let open_emergency = cut_at_call_id("invite-emergency-110.sip");
+    let mut blank_first = b"\r\n\r\n".to_vec();
+    blank_first.extend_from_slice(fixture("register-auth.sip"));
+    for src in [ATTACKER_V4, ATTACKER_V6] {
+        let cases: Vec<(&str, Vec<u8>, (u32, u32))> = vec![
+            (
+                "a REGISTER pipelined after an OPTIONS",
+                tcp_from(src, &pipelined),
+                (XDP_DROP, DROP_AUTH_SUSPENDED),
+            ),
+            ("two OPTIONS in one segment", tcp_from(src, &harmless), (XDP_PASS, PASS_SIP)),
+            (
+                "a continuation segment",
+                tcp_from(src, fixture("tcp-continuation.sip")),
+                (XDP_DROP, DROP_RESTRICTED_UNREADABLE),
+            ),
+            (
+                "a segment longer than the window",
+                tcp_from(src, &long_options),
+                (XDP_DROP, DROP_RESTRICTED_UNREADABLE),
+            ),
+            (
+                "a datagram longer than the window, headers read",
+                udp_from(src, &long_body),
+                (XDP_PASS, PASS_SIP),
+            ),
+            (
+                "headers longer than the window",
+                udp_from(src, &long_options),
+                (XDP_DROP, DROP_RESTRICTED_UNREADABLE),
+            ),
+            (
+                "headers cut before the credentials",
+                udp_from(src, &open_invite),
+                (XDP_DROP, DROP_RESTRICTED_UNREADABLE),
+            ),
+            ("an emergency call cut short", udp_from(src, &open_emergency), (XDP_PASS, PASS_SIP)),
+            ("a blank line before a REGISTER", tcp_from(src, &blank_first), (XDP_DROP, DROP_AUTH_SUSPENDED)),
+            ("garbage", udp_from(src, fixture("garbage.sip")), (XDP_DROP, DROP_RESTRICTED_UNREADABLE)),
+            ("a keep-alive", udp_from(src, fixture("keepalive-crlf.sip")), (XDP_PASS, PASS_SIP)),
+        ];
+        for (name, frame, want) in cases {
+            assert_eq!(l.run(&frame), want, "auth-suspended {src}: {name}");
+        }
+    }
+    // Everyone else fails open, as before.
+    for (name, frame) in [
+        ("pipelined", tcp_from(CUSTOMER_V6, &pipelined)),
+        ("continuation", tcp_from(CUSTOMER_V6, fixture("tcp-continuation.sip"))),
+        ("longer than the window", tcp_from(CUSTOMER_V6, &long_options)),
+        ("headers cut", udp_from(CUSTOMER_V6, &open_invite)),
+        ("garbage", udp_from(CUSTOMER_V6, fixture("garbage.sip"))),
+    ] {
+        assert_eq!(l.run(&frame), (XDP_PASS, PASS_SIP), "unrestricted: {name}");
+    }
+    // A blank line before the start line no longer hides credentials: the
+    // REGISTER counts as credentialed (it used to offset failures).
+    l.run(&tcp_from(CUSTOMER_V6, &blank_first));
+    let s = l.maps.source(CUSTOMER_V6).unwrap();
+    // (The REGISTER pipelined after an OPTIONS above is not counted: only
+    // the first message of a segment is, so far.)
+    assert_eq!((s.register_auth, s.register_noauth), (1, 0), "{s:?}");
+
+    // intl-suspended: a later INVITE in a TCP segment cannot be classified.
+    let intl = CUSTOMER_V4;
+    let later_intl = joined(&["invite-emergency-110.sip", "invite-intl-plus-232.sip"]);
+    let domestic_then_options = joined(&["invite-domestic-trunk.sip", "options-keepalive.sip"]);
+    let cases: Vec<(&str, Vec<u8>, (u32, u32))> = vec![
+        ("a later INVITE in a segment", tcp_from(intl, &later_intl), (XDP_DROP, DROP_RESTRICTED_UNREADABLE)),
+        ("a domestic call and an OPTIONS", tcp_from(intl, &domestic_then_options), (XDP_PASS, PASS_SIP)),
+        // Over UDP a receiver discards what follows the first message.
+        ("a later INVITE in a datagram", udp_from(intl, &later_intl), (XDP_PASS, PASS_SIP)),
+        ("an emergency call", tcp_from(intl, fixture("invite-emergency-110.sip")), (XDP_PASS, PASS_SIP)),
+        (
+            "a continuation",
+            tcp_from(intl, fixture("tcp-continuation.sip")),
+            (XDP_DROP, DROP_RESTRICTED_UNREADABLE),
+        ),
+        ("an international call cut short", udp_from(intl, &open_invite), (XDP_DROP, DROP_INTL_SUSPENDED)),
+        (
+            "a domestic call cut short (credentials are not its restriction)",
+            udp_from(intl, &cut_at_call_id("invite-domestic-trunk.sip")),
+            (XDP_PASS, PASS_SIP),
+        ),
+    ];
+    for (name, frame, want) in cases {
+        assert_eq!(l.run(&frame), want, "intl-suspended: {name}");
+    }
+}

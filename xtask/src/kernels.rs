@@ -51,6 +51,9 @@ const GUEST_TESTS: &[(&str, &[&str])] = &[
     ("test_run", &[]),
     ("sip_corpus", &[]),
     ("baselines", &[]),
+    // What each restriction drops, and the fail-closed rule for restricted
+    // sources (BPF_PROG_TEST_RUN, no veth).
+    ("restrictions", &[]),
     ("enforcement", &["blocklisted_sources_are_dropped_on_sip_ports_and_pass_elsewhere"]),
     ("sip", &[]),
     (

@@ -160,11 +160,9 @@ pub fn incompatible_pins(dir: &Path) -> Result<Vec<String>> {
                 want.0,
                 want.1
             )),
-            Ok(info) if sized_here && info.max_entries() != def.max_entries() => bad.push(format!(
-                "{name}: {} entries pinned, {} here",
-                info.max_entries(),
-                def.max_entries()
-            )),
+            Ok(info) if sized_here && info.max_entries() != def.max_entries() => {
+                bad.push(format!("{name}: {} entries pinned, {} here", info.max_entries(), def.max_entries()))
+            }
             Ok(_) => {}
             Err(e) => bad.push(format!("{name}: {e}")),
         }
