@@ -8,6 +8,10 @@
 //! [`ByteWindow::at`], which the kernel implements with a masked index into a
 //! fixed scratch buffer, so the verifier sees no unchecked access.
 
+use crate::headers::{
+    LineScan, MAX_LINE_STEPS, MAX_PARAM_STEPS, ParamScan, Span, later, number_at, value_hash,
+};
+
 /// Bytes of a message examined. A power of two, so the kernel can mask.
 pub const SIP_WINDOW: usize = 2048;
 /// Longest method token.
@@ -34,19 +38,66 @@ pub trait ByteWindow {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Runs a header scan over the window, one byte per [`HeaderScan::step`].
-    /// The kernel overrides this to drive the steps with `bpf_loop`.
-    ///
-    /// Each step is given the position to examine, so nothing the verifier
-    /// must track precisely is carried from one step to the next.
+    /// The 8 bytes from `i` as a little-endian word; bytes at or past
+    /// [`Self::len`] read as 0. The kernel overrides this with one load.
     #[inline(always)]
-    fn scan_headers(&self, mut scan: HeaderScan) -> HeaderScan {
-        let mut pos = 0;
-        while pos < SIP_WINDOW {
-            if !scan.step(self, pos) {
+    fn word(&self, i: usize) -> u64 {
+        let mut w = 0u64;
+        let mut k = 0;
+        while k < 8 {
+            w |= (self.at(i + k) as u64) << (8 * k);
+            k += 1;
+        }
+        w
+    }
+    /// `v`, unchanged. The kernel passes it through map memory, whose
+    /// contents the verifier does not track: the paths out of a search loop
+    /// (one per iteration it may stop at) then carry the same unknown value
+    /// and are checked once from there on, instead of once each.
+    #[inline(always)]
+    fn launder(&self, v: usize) -> usize {
+        v
+    }
+    /// The hash of the value in `span` ([`value_hash`]). The kernel
+    /// computes this, [`Self::cseq`] and [`Self::number`] each in a
+    /// callback of its own, so that the paths through their loops do not
+    /// multiply with the rest of the program's in the verifier.
+    #[inline(always)]
+    fn hash(&self, span: Span) -> u64 {
+        value_hash(self, span)
+    }
+    /// The CSeq value at `at`: its number and method ([`cseq_at`]).
+    #[inline(always)]
+    fn cseq(&self, at: usize) -> (u32, u8) {
+        cseq_at(self, at)
+    }
+    /// The decimal number at `at` ([`number_at`]).
+    #[inline(always)]
+    fn number(&self, at: usize) -> u32 {
+        number_at(self, at).0
+    }
+    /// Runs a line scan to its end, one line per [`LineScan::step`]; the
+    /// kernel overrides it with `bpf_loop`.
+    #[inline(always)]
+    fn scan_lines(&self, mut scan: LineScan) -> LineScan {
+        let mut n = 0;
+        while n < MAX_LINE_STEPS {
+            if !scan.step(self) {
                 break;
             }
-            pos += 1;
+            n += 1;
+        }
+        scan
+    }
+    /// Runs a digest parameter scan to its end, likewise.
+    #[inline(always)]
+    fn scan_params(&self, mut scan: ParamScan) -> ParamScan {
+        let mut n = 0;
+        while n < MAX_PARAM_STEPS {
+            if !scan.step(self) {
+                break;
+            }
+            n += 1;
         }
         scan
     }
@@ -172,18 +223,42 @@ pub struct SipSummary {
     pub method: u8,
     /// Request-URI scheme (requests only).
     pub scheme: u8,
-    /// An Authorization or Proxy-Authorization header is present. Looked
-    /// for in REGISTER requests, and in any request with `parse_with`.
+    /// An Authorization or Proxy-Authorization header is present (every
+    /// request but ACK and CANCEL is read for it).
     pub has_auth: bool,
     /// Response status code (responses only).
     pub status: u16,
-    /// Method named in CSeq (responses only).
+    /// Method named in CSeq.
     pub cseq_method: u8,
     /// What a sweep of the whole window found ([`sweep`] bits; only for
     /// restricted sources, see [`parse_with`]).
     pub sweep: u8,
     /// The Request-URI's user part as a number (requests only).
     pub number: Number,
+    /// The CSeq number (0: none found).
+    pub cseq: u32,
+    /// A challenge (401/407) with `stale=true`: a retry with a fresh nonce
+    /// is asked for, not a wrong password.
+    pub stale: bool,
+    // Explicit padding as scalars: a zeroed array would be a memset call,
+    // which the kernel's verifier walks byte by byte.
+    pub _pad8: u8,
+    pub _pad16: u16,
+    /// Hash of the Call-ID value (0: none). With [`Self::cseq`] and
+    /// [`Self::cseq_method`] it names the transaction a response answers.
+    pub call_id: u64,
+    /// Hash of the nonce the credentials answer (0: none).
+    pub auth_nonce: u64,
+    /// Hash of the nonce a 401/407 challenge issues (0: none).
+    pub challenge_nonce: u64,
+    /// Where the digest username is, in the window (empty: none). Only its
+    /// keyed hash is ever kept ([`crate::hash`]).
+    pub username: Span,
+    /// Offset of the body: just past the blank line ending the headers (0:
+    /// the headers did not end in the window).
+    pub body: u32,
+    /// The Content-Length value (0 when absent).
+    pub content_length: u32,
 }
 
 /// Bits of [`SipSummary::sweep`]: what a restricted source's packet might
@@ -212,6 +287,16 @@ impl SipSummary {
             cseq_method: method::NONE,
             sweep: 0,
             number: Number::NONE,
+            cseq: 0,
+            stale: false,
+            _pad8: 0,
+            _pad16: 0,
+            call_id: 0,
+            auth_nonce: 0,
+            challenge_nonce: 0,
+            username: Span { start: 0, end: 0 },
+            body: 0,
+            content_length: 0,
         }
     }
 }
@@ -245,42 +330,6 @@ fn starts_with<B: ByteWindow + ?Sized>(b: &B, at: usize, lit: &[u8]) -> bool {
         i += 1;
     }
     true
-}
-
-/// Whether the header name `name` (lower-case letters and '-') is at `at`,
-/// case-insensitively. Branch-free over the name: one range check, then the
-/// differences of all bytes are OR-ed together (`| 0x20` lower-cases a
-/// letter). Per-byte early exits would multiply the kernel verifier's paths.
-#[inline(always)]
-fn name_at<B: ByteWindow + ?Sized>(b: &B, at: usize, name: &[u8]) -> bool {
-    if at + name.len() > b.len() {
-        return false;
-    }
-    let mut diff = 0u8;
-    let mut i = 0;
-    while i < name.len() {
-        diff |= (b.raw(at + i) | 0x20) ^ name[i];
-        i += 1;
-    }
-    diff == 0
-}
-
-/// If a header named `name` (lower case) starts at `at`, the offset just
-/// after its colon (HCOLON allows spaces and tabs before the colon).
-#[inline(always)]
-fn header_value<B: ByteWindow + ?Sized>(b: &B, at: usize, name: &[u8]) -> Option<usize> {
-    if !name_at(b, at, name) {
-        return None;
-    }
-    let mut i = at + name.len();
-    for _ in 0..4 {
-        match b.at(i) {
-            b' ' | b'\t' => i += 1,
-            b':' => return Some(i + 1),
-            _ => return None,
-        }
-    }
-    None
 }
 
 /// The method token at `at` and its length, or `None` if it is not one.
@@ -319,27 +368,75 @@ pub fn parse<B: ByteWindow + ?Sized>(b: &B) -> SipSummary {
 }
 
 /// Like [`parse`]; with `sweep_all`, the whole window is also swept (see
-/// [`HeaderScan::sweep`]) for credentials in any request and for REGISTER or
+/// [`LineScan::sweep`]) for credentials in any request and for REGISTER or
 /// INVITE start lines after the first message, with the result in
 /// [`SipSummary::sweep`]. The kernel asks for that only for restricted
 /// sources: what it cannot prove harmless for their restriction is dropped.
 #[inline(always)]
 pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, sweep_all: bool) -> SipSummary {
-    let mut summary = parse_first(b);
-    if sweep_all && summary.kind != kind::EMPTY && summary.kind != kind::KEEPALIVE {
-        let s = b.scan_headers(HeaderScan::sweep());
-        summary.has_auth |= s.has_auth;
-        summary.sweep = sweep::SWEPT
-            | if s.later_register { sweep::LATER_REGISTER } else { 0 }
-            | if s.later_invite { sweep::LATER_INVITE } else { 0 }
-            | if s.complete { 0 } else { sweep::HEADERS_OPEN };
+    let mut summary = start_line(b);
+    let k = summary.kind;
+    // ACK and CANCEL are never challenged; every other request may carry
+    // credentials, whose rejection is a failure. Every response is read
+    // for its transaction. One scan reads them (and sweeps, when asked).
+    let read = (k == kind::REQUEST && summary.method != method::ACK && summary.method != method::CANCEL)
+        || k == kind::RESPONSE
+        || (sweep_all && k == kind::UNPARSED)
+        || (sweep_all && k == kind::REQUEST);
+    if !read {
+        return summary;
+    }
+    let lines = b.scan_lines(if sweep_all { LineScan::sweep() } else { LineScan::new(0) });
+    summary.call_id = b.hash(lines.call_id);
+    if lines.cseq != 0 {
+        (summary.cseq, summary.cseq_method) = b.cseq(lines.cseq as usize);
+    }
+    if lines.content_length != 0 {
+        summary.content_length = b.number(lines.content_length as usize);
+    }
+    summary.body = lines.body;
+    summary.has_auth = !lines.credentials.is_empty();
+    let challenge = k == kind::RESPONSE && (summary.status == 401 || summary.status == 407);
+    let digest = if challenge { lines.challenge } else { lines.credentials };
+    if (challenge || k == kind::REQUEST) && !digest.is_empty() {
+        let p = b.scan_params(ParamScan::new(b, digest)).params;
+        let nonce = b.hash(p.nonce);
+        if challenge {
+            summary.challenge_nonce = nonce;
+            summary.stale = p.stale != 0;
+        } else {
+            summary.username = p.username;
+            summary.auth_nonce = nonce;
+        }
+    }
+    let mut swept = 0;
+    if sweep_all {
+        summary.has_auth |= lines.later & later::CREDENTIALS != 0;
+        swept = sweep::SWEPT
+            | if lines.later & later::REGISTER != 0 { sweep::LATER_REGISTER } else { 0 }
+            | if lines.later & later::INVITE != 0 { sweep::LATER_INVITE } else { 0 }
+            | if lines.complete() { 0 } else { sweep::HEADERS_OPEN };
+    }
+    summary.sweep = swept;
+    // Every response has a CSeq: without it, it cannot be attributed. A
+    // REGISTER whose headers did not end in the window may have its
+    // credentials in the part not seen: do not guess.
+    let unreadable = (k == kind::RESPONSE && summary.cseq_method == method::NONE)
+        || (k == kind::REQUEST
+            && summary.method == method::REGISTER
+            && !summary.has_auth
+            && !lines.complete());
+    if unreadable {
+        return SipSummary { sweep: swept, ..SipSummary::of_kind(kind::UNPARSED) };
     }
     summary
 }
 
-/// The first message of the window.
+/// The start line of the first message of the window: its kind, and the
+/// method, scheme and dialled number of a request or the status of a
+/// response.
 #[inline(always)]
-fn parse_first<B: ByteWindow + ?Sized>(b: &B) -> SipSummary {
+fn start_line<B: ByteWindow + ?Sized>(b: &B) -> SipSummary {
     let len = b.len();
     if len == 0 {
         return SipSummary::of_kind(kind::EMPTY);
@@ -351,11 +448,11 @@ fn parse_first<B: ByteWindow + ?Sized>(b: &B) -> SipSummary {
     if start == len {
         return SipSummary::of_kind(kind::KEEPALIVE);
     }
-    if starts_with(b, start, b"SIP/2.0 ") { parse_response(b, start + 8) } else { parse_request(b, start) }
+    if starts_with(b, start, b"SIP/2.0 ") { status_line(b, start + 8) } else { request_line(b, start) }
 }
 
 #[inline(always)]
-fn parse_response<B: ByteWindow + ?Sized>(b: &B, at: usize) -> SipSummary {
+fn status_line<B: ByteWindow + ?Sized>(b: &B, at: usize) -> SipSummary {
     let (d0, d1, d2) = (b.at(at), b.at(at + 1), b.at(at + 2));
     if !(d0.is_ascii_digit() && d1.is_ascii_digit() && d2.is_ascii_digit()) || b.at(at + 3) != b' ' {
         return SipSummary::of_kind(kind::UNPARSED);
@@ -364,17 +461,11 @@ fn parse_response<B: ByteWindow + ?Sized>(b: &B, at: usize) -> SipSummary {
     if !(100..700).contains(&status) {
         return SipSummary::of_kind(kind::UNPARSED);
     }
-    let scan = scan_headers(b, false);
-    let cseq = if scan.cseq_value == 0 { method::NONE } else { cseq_method(b, scan.cseq_value) };
-    if cseq == method::NONE {
-        // Every response has a CSeq; without it we cannot attribute it.
-        return SipSummary::of_kind(kind::UNPARSED);
-    }
-    SipSummary { status, cseq_method: cseq, ..SipSummary::of_kind(kind::RESPONSE) }
+    SipSummary { status, ..SipSummary::of_kind(kind::RESPONSE) }
 }
 
 #[inline(always)]
-fn parse_request<B: ByteWindow + ?Sized>(b: &B, at: usize) -> SipSummary {
+fn request_line<B: ByteWindow + ?Sized>(b: &B, at: usize) -> SipSummary {
     let Some((method, mlen)) = method_at(b, at) else {
         return SipSummary::of_kind(kind::UNPARSED);
     };
@@ -383,33 +474,21 @@ fn parse_request<B: ByteWindow + ?Sized>(b: &B, at: usize) -> SipSummary {
         return SipSummary::of_kind(kind::UNPARSED);
     }
     let mut summary = SipSummary { method, ..SipSummary::of_kind(kind::REQUEST) };
-    match method {
-        // The dialled number only matters for INVITE.
-        method::INVITE => {
-            let scheme = if starts_with_ci(b, uri, b"sip:") {
-                scheme::SIP
-            } else if starts_with_ci(b, uri, b"sips:") {
-                scheme::SIPS
-            } else if starts_with_ci(b, uri, b"tel:") {
-                scheme::TEL
-            } else {
-                scheme::OTHER
-            };
-            summary.scheme = scheme;
-            if scheme != scheme::OTHER {
-                summary.number = uri_number(b, scheme == scheme::TEL);
-            }
+    // The dialled number only matters for INVITE.
+    if method == method::INVITE {
+        let scheme = if starts_with_ci(b, uri, b"sip:") {
+            scheme::SIP
+        } else if starts_with_ci(b, uri, b"sips:") {
+            scheme::SIPS
+        } else if starts_with_ci(b, uri, b"tel:") {
+            scheme::TEL
+        } else {
+            scheme::OTHER
+        };
+        summary.scheme = scheme;
+        if scheme != scheme::OTHER {
+            summary.number = uri_number(b, scheme == scheme::TEL);
         }
-        // Credentials only matter for REGISTER.
-        method::REGISTER => {
-            let scan = scan_headers(b, true);
-            if !scan.has_auth && !scan.complete {
-                // Credentials may be in the part we did not see: do not guess.
-                return SipSummary::of_kind(kind::UNPARSED);
-            }
-            summary.has_auth = scan.has_auth;
-        }
-        _ => {}
     }
     summary
 }
@@ -535,106 +614,18 @@ fn uri_number<B: ByteWindow + ?Sized>(b: &B, tel: bool) -> Number {
     b.scan_user(UserScan::new(tel)).finish()
 }
 
-/// State of a header scan: one [`HeaderScan::step`] per byte. Header names
-/// are only looked at where a line starts after the start line (CR/LF
-/// before the start line, which receivers ignore, start no line: a blank
-/// line there would otherwise end the scan before the headers).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HeaderScan {
-    /// The previous byte ended a line.
-    pub line_start: bool,
-    /// A byte other than CR/LF was seen: the start line has begun.
-    pub seen_text: bool,
-    /// Sweep mode: read to the end of the window whatever is found.
-    pub sweep: bool,
-    /// (sweep) A later line starts like a REGISTER request.
-    pub later_register: bool,
-    /// (sweep) A later line starts like an INVITE request.
-    pub later_invite: bool,
-    pub has_auth: bool,
-    /// Offset of the CSeq header's value (0: not found). Only the position
-    /// is recorded here, so each step stays small for the verifier.
-    pub cseq_value: usize,
-    /// The empty line ending the headers was seen.
-    pub complete: bool,
-    /// Stop: found what was wanted, or the headers ended.
-    pub stop: bool,
-    /// Looking for credentials (REGISTER) rather than CSeq (responses).
-    pub want_auth: bool,
-}
-
-impl HeaderScan {
-    pub fn new(want_auth: bool) -> Self {
-        Self { want_auth, ..Self::default() }
-    }
-
-    /// A scan of the whole window for a restricted source: credentials in
-    /// any header line, REGISTER or INVITE start lines after the first line
-    /// (several messages in one TCP segment), and whether the first
-    /// message's headers end in the window. It stops at nothing but the
-    /// window's end. Method names are matched case-insensitively, which
-    /// only ever flags more.
-    pub fn sweep() -> Self {
-        Self { want_auth: true, sweep: true, ..Self::default() }
-    }
-
-    /// Examines the byte at `pos`; steps must come in order from 0.
-    /// Returns false when the scan is over.
-    #[inline(always)]
-    pub fn step<B: ByteWindow + ?Sized>(&mut self, b: &B, pos: usize) -> bool {
-        if self.stop || pos >= b.len() {
-            self.stop = true;
-            return false;
-        }
-        let c = b.at(pos);
-        if self.line_start && self.sweep {
-            if c == b'\r' || c == b'\n' {
-                self.complete = true;
-            } else if header_value(b, pos, b"authorization").is_some()
-                || header_value(b, pos, b"proxy-authorization").is_some()
-            {
-                self.has_auth = true;
-            } else if name_at(b, pos, b"register ") {
-                self.later_register = true;
-            } else if name_at(b, pos, b"invite ") {
-                self.later_invite = true;
-            }
-        } else if self.line_start {
-            if c == b'\r' || c == b'\n' {
-                self.complete = true;
-                self.stop = true;
-                return false;
-            }
-            if self.want_auth {
-                if header_value(b, pos, b"authorization").is_some()
-                    || header_value(b, pos, b"proxy-authorization").is_some()
-                {
-                    self.has_auth = true;
-                    self.stop = true;
-                    return false;
-                }
-            } else if let Some(v) = header_value(b, pos, b"cseq") {
-                self.cseq_value = v;
-                self.stop = true;
-                return false;
-            }
-        }
-        self.seen_text |= c != b'\r' && c != b'\n';
-        self.line_start = c == b'\n' && self.seen_text;
-        true
-    }
-}
-
-/// Scans the headers for credentials or for CSeq.
+/// A CSeq value (`1 REGISTER`): its number and method, or `(0, NONE)`.
 #[inline(always)]
-fn scan_headers<B: ByteWindow + ?Sized>(b: &B, want_auth: bool) -> HeaderScan {
-    b.scan_headers(HeaderScan::new(want_auth))
+pub fn cseq_at<B: ByteWindow + ?Sized>(b: &B, at: usize) -> (u32, u8) {
+    let (n, after) = number_at(b, at);
+    let m = cseq_method(b, at);
+    if after > at && m != method::NONE { (n, m) } else { (0, method::NONE) }
 }
 
 /// The method in a CSeq value (`1 REGISTER`), or NONE.
 #[inline(always)]
 fn cseq_method<B: ByteWindow + ?Sized>(b: &B, at: usize) -> u8 {
-    let mut i = at;
+    let mut i = b.launder(at);
     let mut saw_digit = false;
     for _ in 0..16 {
         match b.at(i) {
@@ -650,11 +641,13 @@ fn cseq_method<B: ByteWindow + ?Sized>(b: &B, at: usize) -> u8 {
     if !saw_digit {
         return method::NONE;
     }
+    let mut i = b.launder(i);
     for _ in 0..4 {
         if matches!(b.at(i), b' ' | b'\t') {
             i += 1;
         }
     }
+    let i = b.launder(i);
     match method_at(b, i) {
         Some((m, _)) => m,
         None => method::NONE,
@@ -721,9 +714,9 @@ mod tests {
     }
 
     #[test]
-    fn credentials_in_other_requests_only_when_asked() {
+    fn credentials_in_every_request() {
         let invite = crate::corpus::CORPUS.iter().find(|c| c.name == "invite-with-auth.sip").unwrap().bytes;
-        assert!(!parse(invite).has_auth);
+        assert!(parse(invite).has_auth);
         assert!(parse_with(invite, true).has_auth);
         assert_eq!(parse_with(invite, true).sweep, sweep::SWEPT);
         let plain =

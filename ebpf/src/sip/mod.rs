@@ -8,8 +8,9 @@ pub(crate) mod stages;
 
 use aya_ebpf::programs::{TcContext, XdpContext};
 use tollgate_common::{
+    headers::{LineScan, ParamScan, Span},
     packet::{MAX_HEADER_OFFSET, PacketView},
-    sip::{ByteWindow, HeaderScan, SIP_WINDOW, UserScan},
+    sip::{ByteWindow, SIP_WINDOW, UserScan},
 };
 
 /// Direct access to the linear part of a packet, with the bounds checks the
@@ -94,21 +95,62 @@ impl<P: Packet> PacketView for View<'_, P> {
     }
 }
 
+/// Bytes of [`Payload`]: twice the window, so that any index masked with
+/// `PAYLOAD_MASK` leaves room for the two aligned words a [`Window::word`]
+/// reads, plus the word [`ByteWindow::launder`] uses.
+const PAYLOAD_WORDS: usize = 2 * SIP_WINDOW / 8 + 3;
+const PAYLOAD_MASK: usize = 2 * SIP_WINDOW - 1;
+const LAUNDER_WORD: usize = PAYLOAD_WORDS - 1;
+/// Bytes after the payload that [`zero_tail`] clears: as far as any read
+/// goes past `len` (a header name compared three words from a line start).
+pub(crate) const TAIL: usize = 24;
+
+/// The per-CPU scratch buffer the payload is copied into, as words so that
+/// it is 8-aligned.
+pub(crate) type Payload = [u64; PAYLOAD_WORDS];
+
+/// Clears the `TAIL` bytes after the first `len` of `buf`: a word read
+/// that runs past the payload sees zeros, as on the host.
+///
+/// # Safety
+///
+/// `buf` must point to a live map value holding a [`Payload`].
+#[inline(always)]
+pub(crate) unsafe fn zero_tail(buf: *mut Payload, len: usize) {
+    let bytes = buf as *mut u8;
+    let mut k = 0;
+    while k < TAIL {
+        // SAFETY: the index is masked to PAYLOAD_MASK < the Payload's size.
+        // Volatile: a loop of plain stores becomes a memset call, which the
+        // verifier walks byte by byte.
+        unsafe { core::ptr::write_volatile(bytes.add((len + k) & PAYLOAD_MASK), 0) };
+        k += 1;
+    }
+}
+
 /// The copied payload. Reads past `len` yield 0; the mask keeps every index
 /// inside the buffer whatever the verifier knows about `i`.
 pub(crate) struct Window {
-    buf: *const [u8; SIP_WINDOW],
+    buf: *const Payload,
     len: usize,
 }
 
 impl Window {
     /// # Safety
     ///
-    /// `buf` must point to a live map value of `SIP_WINDOW` bytes for as
-    /// long as the window is used.
+    /// `buf` must point to a live map value holding a [`Payload`] whose
+    /// `TAIL` bytes after `len` are zero ([`zero_tail`]), for as long as
+    /// the window is used.
     #[inline(always)]
-    pub(crate) unsafe fn new(buf: *const [u8; SIP_WINDOW], len: usize) -> Self {
+    pub(crate) unsafe fn new(buf: *const Payload, len: usize) -> Self {
         Self { buf, len }
+    }
+
+    #[inline(always)]
+    fn byte(&self, i: usize) -> u8 {
+        // SAFETY: the index is masked inside the live Payload (the
+        // contract of Window::new).
+        unsafe { *(self.buf as *const u8).add(i & PAYLOAD_MASK) }
     }
 }
 
@@ -120,26 +162,73 @@ impl ByteWindow for Window {
 
     #[inline(always)]
     fn at(&self, i: usize) -> u8 {
-        if i < self.len {
-            // SAFETY: buf is a live map value of SIP_WINDOW bytes (the
-            // contract of Window::new).
-            unsafe { (*self.buf)[i & (SIP_WINDOW - 1)] }
-        } else {
-            0
-        }
+        if i < self.len { self.byte(i) } else { 0 }
     }
 
     #[inline(always)]
     fn raw(&self, i: usize) -> u8 {
-        // SAFETY: buf is a live map value of SIP_WINDOW bytes (the contract
-        // of Window::new).
-        unsafe { (*self.buf)[i & (SIP_WINDOW - 1)] }
+        self.byte(i & (SIP_WINDOW - 1))
     }
 
-    /// A `bpf_loop` scan: see [`stages::scan_headers`].
+    /// Two aligned loads and shifts, no branch: callers read at most
+    /// `TAIL` bytes past `len`, which [`zero_tail`] cleared, so bytes past
+    /// the payload read as 0 as on the host.
     #[inline(always)]
-    fn scan_headers(&self, scan: HeaderScan) -> HeaderScan {
-        stages::scan_headers(self.len, scan)
+    fn word(&self, i: usize) -> u64 {
+        let w = (i & PAYLOAD_MASK) >> 3;
+        let off = ((i & 7) * 8) as u32;
+        // SAFETY: w + 1 < PAYLOAD_WORDS: both words lie inside the live
+        // Payload (the contract of Window::new).
+        let (lo, hi) = unsafe {
+            let words = self.buf as *const u64;
+            (*words.add(w), *words.add(w + 1))
+        };
+        // `hi << 1 << (63 - off)` is `hi << (64 - off)` without the
+        // undefined shift by 64 when off is 0.
+        (lo >> off) | ((hi << 1) << (63 - off))
+    }
+
+    /// Through the last word of the payload buffer, never read as payload
+    /// (reads stop `TAIL` bytes after `len <= SIP_WINDOW`).
+    #[inline(always)]
+    fn launder(&self, v: usize) -> usize {
+        // SAFETY: LAUNDER_WORD is inside the live Payload (the contract of
+        // Window::new), a map value and so writable; nothing else on this
+        // CPU uses it meanwhile.
+        unsafe {
+            let slot = (self.buf as *mut u64).add(LAUNDER_WORD);
+            core::ptr::write_volatile(slot, v as u64);
+            core::ptr::read_volatile(slot) as usize
+        }
+    }
+
+    /// In a callback of its own: see [`stages::isolated`].
+    #[inline(always)]
+    fn hash(&self, span: Span) -> u64 {
+        stages::isolated(self.len, stages::op::HASH, span.start as u64, span.end as u64)
+    }
+
+    #[inline(always)]
+    fn cseq(&self, at: usize) -> (u32, u8) {
+        let v = stages::isolated(self.len, stages::op::CSEQ, at as u64, 0);
+        (v as u32, (v >> 32) as u8)
+    }
+
+    #[inline(always)]
+    fn number(&self, at: usize) -> u32 {
+        stages::isolated(self.len, stages::op::NUMBER, at as u64, 0) as u32
+    }
+
+    /// One `bpf_loop` step per header line: see [`stages::scan_lines`].
+    #[inline(always)]
+    fn scan_lines(&self, scan: LineScan) -> LineScan {
+        stages::scan_lines(self.len, scan)
+    }
+
+    /// One `bpf_loop` step per digest parameter.
+    #[inline(always)]
+    fn scan_params(&self, scan: ParamScan) -> ParamScan {
+        stages::scan_params(self.len, scan)
     }
 
     /// The same for the Request-URI user part.

@@ -22,15 +22,17 @@ use aya_ebpf::{
 };
 use tollgate_common::{
     IPPROTO_TCP, NO_VERDICT, SipContext,
+    headers::{self, LineScan, MAX_LINE_STEPS, MAX_PARAM_STEPS, ParamScan, Span},
     number::{CountryCodes, class, classify},
     packet::{Headers, Ports},
-    sip::{self, HeaderScan, MAX_USER_SCAN, SIP_WINDOW, UserScan, kind, method},
+    sip::{self, MAX_USER_SCAN, SIP_WINDOW, UserScan, kind, method},
     sip_stat, verdict,
 };
 
 use super::{
-    Packet, Window,
+    Packet, Payload, Window,
     counters::{request, response, stat},
+    zero_tail,
 };
 use crate::{
     enforce::count,
@@ -40,9 +42,76 @@ use crate::{
 
 /// The value of [`SCRATCH`].
 pub(crate) struct Scratch {
-    payload: [u8; SIP_WINDOW],
-    header: ScanState<HeaderScan>,
+    payload: Payload,
     user: ScanState<UserScan>,
+    lines: ScanState<LineScan>,
+    params: ScanState<ParamScan>,
+    call: Isolated,
+}
+
+/// The arguments and result of one computation done in a callback of its
+/// own ([`isolated`]).
+#[derive(Clone, Copy)]
+struct Isolated {
+    len: usize,
+    op: u64,
+    a: u64,
+    b: u64,
+    out: u64,
+}
+
+/// [`Isolated::op`]s.
+pub(super) mod op {
+    pub const HASH: u64 = 0;
+    pub const CSEQ: u64 = 1;
+    pub const NUMBER: u64 = 2;
+}
+
+/// Runs `op` on (`a`, `b`) in [`isolated_step`], called once by
+/// `bpf_loop`: the verifier checks the callback on its own, so the paths
+/// through the computation's loops (one per iteration it may stop at) do
+/// not multiply with the paths through the rest of the parse stage.
+#[inline(always)]
+pub(super) fn isolated(len: usize, op: u64, a: u64, b: u64) -> u64 {
+    let Some(sc) = SCRATCH.get_ptr_mut(0) else { return 0 };
+    // SAFETY: a live per-CPU map value.
+    let st = unsafe { &raw mut (*sc).call };
+    // SAFETY: as in scan_user.
+    unsafe {
+        (*st).len = len;
+        (*st).op = op;
+        (*st).a = a;
+        (*st).b = b;
+        (*st).out = 0;
+    }
+    // SAFETY: as in scan_user, with isolated_step.
+    unsafe {
+        bpf_loop(1, isolated_step as *mut c_void, core::ptr::null_mut(), 0);
+    }
+    // SAFETY: as in scan_user.
+    unsafe { core::ptr::read_volatile(&raw const (*st).out) }
+}
+
+/// # Safety
+///
+/// As for [`user_step`], with [`isolated`].
+#[inline(never)]
+unsafe extern "C" fn isolated_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(sc) = SCRATCH.get_ptr_mut(0) else { return 1 };
+    // SAFETY: a live per-CPU map value, owned by this computation until it returns.
+    let sc = unsafe { &mut *sc };
+    // SAFETY: as in user_step.
+    let window = unsafe { Window::new(&raw const sc.payload, sc.call.len) };
+    let (a, b) = (sc.call.a, sc.call.b);
+    sc.call.out = match sc.call.op {
+        op::HASH => headers::value_hash(&window, Span { start: a as u32, end: b as u32 }),
+        op::CSEQ => {
+            let (n, m) = sip::cseq_at(&window, a as usize);
+            ((m as u64) << 32) | n as u64
+        }
+        _ => headers::number_at(&window, a as usize).0 as u64,
+    };
+    1
 }
 
 /// The state of a `bpf_loop` scan, between its steps and back to the
@@ -67,74 +136,126 @@ struct ScanState<S> {
     scan: S,
 }
 
-/// One `bpf_loop` iteration per byte, the byte's position being the loop
-/// index: the verifier checks the step once, with nothing it must track
-/// precisely carried between iterations. The scan's state lives in a map
-/// value, not on the stack: see [`ScanState`]. `len` is the payload's.
+/// Writes `v` to `dst` a 32-bit word at a time, volatile: a plain store of
+/// a mostly zero struct becomes a memset call, which the verifier walks
+/// byte by byte (over a million instructions with the line scan).
+///
+/// # Safety
+///
+/// `dst` must be valid for writes and 4-aligned; `T` must be a multiple of
+/// 4 bytes long.
 #[inline(always)]
-pub(super) fn scan_headers(len: usize, scan: HeaderScan) -> HeaderScan {
-    let Some(sc) = SCRATCH.get_ptr_mut(0) else { return HeaderScan { stop: true, ..scan } };
-    // SAFETY: a live per-CPU map value.
-    let st = unsafe { &raw mut (*sc).header };
-    // SAFETY: st is a live per-CPU map value; nothing else on this CPU
-    // runs between here and the read below.
-    unsafe {
-        (*st).len = len;
-        (*st).scan = scan;
+unsafe fn store<T: Copy>(dst: *mut T, v: T) {
+    const { assert!(size_of::<T>() % 4 == 0) };
+    let src = (&raw const v).cast::<u32>();
+    let dst = dst.cast::<u32>();
+    let mut i = 0;
+    while i < size_of::<T>() / 4 {
+        // SAFETY: i < size_of::<T>() / 4: inside both (the caller's contract).
+        unsafe { core::ptr::write_volatile(dst.add(i), core::ptr::read(src.add(i))) };
+        i += 1;
     }
-    // SAFETY: header_step matches bpf_loop's callback ABI and takes no
-    // context (NULL is allowed).
-    unsafe {
-        bpf_loop(len as u32, header_step as *mut c_void, core::ptr::null_mut(), 0);
-    }
-    // SAFETY: as above. Volatile: the callback wrote it behind LLVM's back.
-    unsafe { core::ptr::read_volatile(&raw const (*st).scan) }
 }
 
-/// The same for the Request-URI user part.
+/// The Request-URI number scan: one `bpf_loop` iteration per byte, the
+/// byte's position being the loop index, with the scan's state in a map
+/// value, not on the stack (see [`ScanState`]): the verifier checks the
+/// step once, with nothing it must track precisely carried between
+/// iterations. `len` is the payload's.
 #[inline(always)]
 pub(super) fn scan_user(len: usize, scan: UserScan) -> UserScan {
     let Some(sc) = SCRATCH.get_ptr_mut(0) else { return UserScan { done: true, ..scan } };
     // SAFETY: a live per-CPU map value.
     let st = unsafe { &raw mut (*sc).user };
-    // SAFETY: as in scan_headers.
+    // SAFETY: st is a live per-CPU map value; nothing else on this CPU
+    // runs between here and the read below.
     unsafe {
         (*st).len = len;
-        (*st).scan = scan;
+        store(&raw mut (*st).scan, scan);
     }
-    // SAFETY: as in scan_headers, with user_step.
+    // SAFETY: user_step matches bpf_loop's callback ABI and takes no
+    // context (NULL is allowed).
     unsafe {
         bpf_loop(MAX_USER_SCAN as u32, user_step as *mut c_void, core::ptr::null_mut(), 0);
     }
-    // SAFETY: as in scan_headers.
+    // SAFETY: as above. Volatile: the callback wrote it behind LLVM's back.
     unsafe { core::ptr::read_volatile(&raw const (*st).scan) }
 }
 
-/// One step: one map lookup finds both the payload and the state.
-///
-/// # Safety
-///
-/// Only for `bpf_loop`, which calls it with the loop index and the NULL
-/// context [`scan_headers`] passes.
-#[inline(never)]
-unsafe extern "C" fn header_step(index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(sc) = SCRATCH.get_ptr_mut(0) else { return 1 };
-    // SAFETY: a live per-CPU map value, owned by this scan until it returns.
-    let sc = unsafe { &mut *sc };
-    // SAFETY: payload is part of the same live map value.
-    let window = unsafe { Window::new(&raw const sc.payload, sc.header.len) };
-    if sc.header.scan.step(&window, index as usize) { 0 } else { 1 }
+/// The same, one step per header line (README: Performance).
+#[inline(always)]
+pub(super) fn scan_lines(len: usize, scan: LineScan) -> LineScan {
+    let Some(sc) = SCRATCH.get_ptr_mut(0) else { return LineScan { done: 1, ..scan } };
+    // SAFETY: a live per-CPU map value.
+    let st = unsafe { &raw mut (*sc).lines };
+    // SAFETY: as in scan_user.
+    unsafe {
+        (*st).len = len;
+        store(&raw mut (*st).scan, scan);
+    }
+    // SAFETY: as in scan_user, with line_step.
+    unsafe {
+        bpf_loop(MAX_LINE_STEPS as u32, line_step as *mut c_void, core::ptr::null_mut(), 0);
+    }
+    // SAFETY: as in scan_user.
+    unsafe { core::ptr::read_volatile(&raw const (*st).scan) }
+}
+
+/// The same, one step per digest parameter.
+#[inline(always)]
+pub(super) fn scan_params(len: usize, scan: ParamScan) -> ParamScan {
+    let Some(sc) = SCRATCH.get_ptr_mut(0) else { return ParamScan { done: 1, ..scan } };
+    // SAFETY: a live per-CPU map value.
+    let st = unsafe { &raw mut (*sc).params };
+    // SAFETY: as in scan_user.
+    unsafe {
+        (*st).len = len;
+        store(&raw mut (*st).scan, scan);
+    }
+    // SAFETY: as in scan_user, with param_step.
+    unsafe {
+        bpf_loop(MAX_PARAM_STEPS as u32, param_step as *mut c_void, core::ptr::null_mut(), 0);
+    }
+    // SAFETY: as in scan_user.
+    unsafe { core::ptr::read_volatile(&raw const (*st).scan) }
 }
 
 /// # Safety
 ///
-/// As for [`header_step`], with [`scan_user`].
+/// As for [`user_step`], with [`scan_lines`].
+#[inline(never)]
+unsafe extern "C" fn line_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(sc) = SCRATCH.get_ptr_mut(0) else { return 1 };
+    // SAFETY: a live per-CPU map value, owned by this scan until it returns.
+    let sc = unsafe { &mut *sc };
+    // SAFETY: a live per-CPU map value, owned by this scan until it returns.
+    let window = unsafe { Window::new(&raw const sc.payload, sc.lines.len) };
+    if sc.lines.scan.step(&window) { 0 } else { 1 }
+}
+
+/// # Safety
+///
+/// As for [`user_step`], with [`scan_params`].
+#[inline(never)]
+unsafe extern "C" fn param_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(sc) = SCRATCH.get_ptr_mut(0) else { return 1 };
+    // SAFETY: a live per-CPU map value, owned by this scan until it returns.
+    let sc = unsafe { &mut *sc };
+    // SAFETY: a live per-CPU map value, owned by this scan until it returns.
+    let window = unsafe { Window::new(&raw const sc.payload, sc.params.len) };
+    if sc.params.scan.step(&window) { 0 } else { 1 }
+}
+
+/// # Safety
+///
+/// Only for `bpf_loop`, which calls it with the loop index and the NULL
+/// context [`scan_user`] passes.
 #[inline(never)]
 unsafe extern "C" fn user_step(index: u64, _ctx: *mut c_void) -> i64 {
     let Some(sc) = SCRATCH.get_ptr_mut(0) else { return 1 };
-    // SAFETY: as in header_step.
+    // SAFETY: a live per-CPU map value, owned by this scan until it returns.
     let sc = unsafe { &mut *sc };
-    // SAFETY: as in header_step.
+    // SAFETY: a live per-CPU map value, owned by this scan until it returns.
     let window = unsafe { Window::new(&raw const sc.payload, sc.user.len) };
     if sc.user.scan.step(&window, index as usize) { 0 } else { 1 }
 }
@@ -176,10 +297,12 @@ pub(crate) fn stage<C: Packet>(
     let (Some(scratch), Some(sc)) = (SCRATCH.get_ptr_mut(0), SIP_CTX.get_ptr_mut(0)) else { return false };
     // SAFETY: a live per-CPU map value.
     let buf = unsafe { &raw mut (*scratch).payload };
-    // SAFETY: buf is SIP_WINDOW writable bytes and len <= SIP_WINDOW.
+    // SAFETY: buf is more than SIP_WINDOW writable bytes and len <= SIP_WINDOW.
     if !unsafe { ctx.load(off, buf.cast(), len) } {
         return false;
     }
+    // SAFETY: buf is a live Payload.
+    unsafe { zero_tail(buf, len) };
     // SAFETY: per-CPU map value from a successful lookup.
     unsafe {
         *sc = SipContext {
