@@ -51,6 +51,15 @@ pub enum Command {
     Lift(LiftArgs),
 }
 
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// Directory of tollgate's persistent state: the identity key, made at
+    /// the first `run` (the directory is created 0700, the key 0600). Kept
+    /// by `detach`; not on the BPF filesystem.
+    #[arg(long, value_name = "DIR", default_value = crate::state::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum RestrictionsCommand {
     /// List every restriction in force with its id, reason and time left.
@@ -158,6 +167,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub pin: PinArgs,
+
+    #[command(flatten)]
+    pub state: StateArgs,
 
     #[command(flatten)]
     pub detect: DetectArgs,

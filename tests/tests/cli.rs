@@ -72,8 +72,18 @@ fn a_pin_path_off_bpffs_is_refused() {
     if !privileged("a_pin_path_off_bpffs_is_refused") {
         return;
     }
-    let out = tollgate(&["run", "--iface", "lo", "--pin-path", "/tmp/tgt-not-bpffs"]);
+    let state = std::env::temp_dir().join(tollgate_tests::unique("state"));
+    let out = tollgate(&[
+        "run",
+        "--iface",
+        "lo",
+        "--pin-path",
+        "/tmp/tgt-not-bpffs",
+        "--state-dir",
+        state.to_str().expect("UTF-8"),
+    ]);
     assert_clean_failure(&out, "not on a BPF filesystem");
+    assert!(!state.exists(), "a start refused for its flags makes no state directory or key");
 }
 
 #[test]
@@ -114,9 +124,46 @@ fn maps_pinned_by_an_incompatible_version_are_named_and_left_alone() {
         .output()
         .expect("bpftool (installed by cargo xtask setup)");
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    let out = tollgate(&["run", "--iface", "lo", "--pin-path", dir.to_str().expect("UTF-8")]);
+    let state = StateDir::new(None);
+    let out = tollgate(&[
+        "run",
+        "--iface",
+        "lo",
+        "--pin-path",
+        dir.to_str().expect("UTF-8"),
+        "--state-dir",
+        state.path(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert_clean_failure(&out, "incompatible tollgate version (CONFIG: 4/24 bytes pinned, 4/32 here)");
     assert_clean_failure(&out, "tollgate detach --pin-path");
     assert!(old.exists(), "the old state is left for the operator to decide");
+}
+
+/// A state directory of the test's own, removed on drop; with `key`, an
+/// identity key as `tollgate run` leaves it (16 bytes, mode 0600).
+struct StateDir(std::path::PathBuf);
+
+impl StateDir {
+    fn new(key: Option<[u8; 16]>) -> Self {
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        let dir = std::env::temp_dir().join(tollgate_tests::unique("state"));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).expect("state dir");
+        if let Some(key) = key {
+            let file = dir.join(tollgate::state::IDENTITY_KEY_FILE);
+            std::fs::write(&file, key).expect("key file");
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+        Self(dir)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("UTF-8")
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
