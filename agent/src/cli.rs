@@ -49,6 +49,28 @@ pub enum Command {
     Restrict(RestrictArgs),
     /// Lift a restriction by its id (see `tollgate restrictions list`).
     Lift(LiftArgs),
+    /// Print the identity tag of a digest username, to find it in audit
+    /// records ("is this alice?").
+    ///
+    /// tollgate never stores a username: where one is involved it keeps
+    /// only its identity tag, a keyed hash (SipHash-2-4) of the name, shown
+    /// as 16 hex digits. The key is made per deployment (identity.key in
+    /// --state-dir, at the first `tollgate run`), so the same name has
+    /// different tags in two deployments, and a tag cannot be reversed or
+    /// computed without the key. NAME is not stored or logged. Reading the
+    /// key needs root.
+    IdentityTag(IdentityTagArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IdentityTagArgs {
+    /// The username exactly as it appears between the quotes of
+    /// `username="..."` in Authorization: case-sensitive, escapes as written
+    /// (`\"` is two characters). Only the first 64 bytes count.
+    #[arg(value_name = "NAME")]
+    pub name: std::ffi::OsString,
+    #[command(flatten)]
+    pub state: StateArgs,
 }
 
 #[derive(Debug, Args)]
@@ -449,6 +471,11 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn identity_tag_help_names_the_hashed_length() {
+        assert_eq!(tollgate_common::hash::MAX_HASHED, 64, "the NAME help of identity-tag says 64 bytes");
     }
 
     #[test]

@@ -167,3 +167,75 @@ impl Drop for StateDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+fn identity_tag(name: &str, state: &StateDir) -> Output {
+    tollgate(&["identity-tag", name, "--state-dir", state.path()])
+}
+
+fn tag_of(out: &Output) -> String {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout.clone()).expect("UTF-8");
+    let tag = stdout.strip_suffix('\n').expect("one line");
+    assert!(
+        tag.len() == 16 && tag.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "16 lower-case hex digits: {stdout:?}"
+    );
+    tag.to_owned()
+}
+
+#[test]
+fn identity_tag_prints_the_names_tag_under_the_deployments_key() {
+    let key = [0x42u8; 16];
+    let state = StateDir::new(Some(key));
+    let alice = tag_of(&identity_tag("alice", &state));
+    assert_eq!(alice, tag_of(&identity_tag("alice", &state)), "stable across calls");
+    // The tag the kernel and the audit records compute for the same bytes.
+    let want = tollgate_common::hash::identity_tag(&tollgate_common::IdentityKey::from_bytes(key), b"alice");
+    assert_eq!(alice, tollgate_common::hash::IdentityTag(want).to_string());
+    assert_ne!(alice, tag_of(&identity_tag("Alice", &state)), "case-sensitive");
+    let other = StateDir::new(Some([0x17; 16]));
+    assert_ne!(alice, tag_of(&identity_tag("alice", &other)), "another deployment, another tag");
+}
+
+#[test]
+fn identity_tag_without_a_usable_key_is_one_clear_line() {
+    let empty = StateDir::new(None);
+    let out = identity_tag("alice", &empty);
+    assert_eq!(out.status.code(), Some(1));
+    let expect =
+        format!("no identity key in {}: it is created when `tollgate run` first starts", empty.path());
+    assert_clean_failure(&out, &expect);
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim().lines().count(), 1);
+    assert!(out.stdout.is_empty());
+    assert_eq!(std::fs::read_dir(&empty.0).expect("list").count(), 0, "identity-tag never makes a key");
+
+    // A key others may read is refused, with the fix.
+    let open = StateDir::new(Some([0x42; 16]));
+    let file = open.0.join(tollgate::state::IDENTITY_KEY_FILE);
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let out = identity_tag("alice", &open);
+    assert_eq!(out.status.code(), Some(1));
+    assert_clean_failure(&out, "has mode 0644, broader than 0600");
+    assert_clean_failure(&out, &format!("chmod 600 {}", file.display()));
+}
+
+#[test]
+fn identity_tag_as_another_user_cannot_read_the_key() {
+    if !privileged("identity_tag_as_another_user_cannot_read_the_key (needs root to drop to nobody)") {
+        return;
+    }
+    let state = StateDir::new(Some([0x42; 16]));
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(tollgate_bin())
+        .args(["identity-tag", "alice", "--state-dir", state.path()])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert_eq!(out.status.code(), Some(1));
+    assert_clean_failure(&out, "cannot read the identity key");
+    assert_clean_failure(&out, "run as root");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim().lines().count(), 1);
+}
