@@ -4,12 +4,15 @@
 //! Two forms give the same result: [`siphash24`] over a byte slice (the
 //! agent, `tollgate identity-tag`, tests) and [`siphash24_window`] over a
 //! range of a [`ByteWindow`] (the kernel, over its copied payload). The
-//! window form is written for the BPF verifier: no data-dependent branch or
-//! exit at all. It always runs [`MAX_BLOCKS`] + 1 compressions and keeps
-//! only those the length asks for, selecting with masks, and it assembles
-//! each block with masks too; so the verifier walks one path of the same
-//! length whatever the data, and no index depends on a byte read. No `u128`,
-//! no allocation, no panic.
+//! window form is written for the BPF verifier: after its one range check,
+//! no branch depends on the data or the length. It always runs
+//! [`MAX_BLOCKS`] + 1 compressions and keeps the ones the length asks for,
+//! and it masks each block's bytes, with masks made by shifts and
+//! multiplications (a comparison-made mask becomes a select, which the BPF
+//! backend turns into a branch, and the verifier then walks every length on
+//! a path of its own). Measured in an XDP probe on Linux 6.18: 1,638
+//! instructions processed, against 409,482 for the same code with
+//! comparison masks. No `u128`, no allocation, no panic.
 
 use crate::{abi::IdentityKey, sip::ByteWindow};
 
@@ -94,13 +97,6 @@ const fn length_word(len: usize) -> u64 {
     (len as u64) << 56
 }
 
-/// All ones if `a < b`, else 0, computed without a comparison (valid for
-/// `a`, `b` below 2^63, which every caller's are by far).
-#[inline(always)]
-const fn below(a: usize, b: usize) -> u64 {
-    ((a as u64).wrapping_sub(b as u64) >> 63).wrapping_neg()
-}
-
 /// SipHash-2-4 of `data` under `key`, for any length.
 pub fn siphash24(key: &IdentityKey, data: &[u8]) -> u64 {
     let mut s = State::new(key);
@@ -125,12 +121,13 @@ pub fn siphash24(key: &IdentityKey, data: &[u8]) -> u64 {
 /// is not inside the window or `len` exceeds [`MAX_HASHED`]. For every
 /// range it accepts, the result is [`siphash24`] of the same bytes.
 ///
-/// Verifier shape: two constant-bound loops (blocks, then bytes), which
-/// unroll; every block is read and compressed, the bytes at or past `len`
-/// masked to 0, the length byte added where `len` ends, and the compressed
-/// state kept only for the blocks SipHash has (`len / 8 + 1`). Bytes read
-/// past `len` may be anything ([`ByteWindow::raw`]'s contract): they are
-/// masked away.
+/// Verifier shape: two constant-bound loops (blocks, then bytes); every
+/// block is read and compressed, the bytes at or past `len` masked to 0,
+/// the length byte added where `len` ends, and the compressed state kept
+/// only for the blocks SipHash has (`len / 8 + 1`). The only branches left
+/// after the range check are on the loop counters, which the verifier
+/// knows. Bytes read past `len` may be anything ([`ByteWindow::raw`]'s
+/// contract): they are masked away.
 #[inline(always)]
 pub fn siphash24_window<B: ByteWindow + ?Sized>(
     key: &IdentityKey,
@@ -142,27 +139,53 @@ pub fn siphash24_window<B: ByteWindow + ?Sized>(
     if len > MAX_HASHED || start > available || len > available - start {
         return None;
     }
-    // The block holding the length byte: blocks 0..=last are compressed.
-    let last = len / 8;
+    // Bit p set for each position p < len: all 64 bits shifted right by
+    // 64 - len, in two steps of at most 32 (a shift by 64 is not one).
+    let r = (MAX_HASHED - len) as u32;
+    let valid = (u64::MAX >> (r / 2)) >> (r - r / 2);
     let mut s = State::new(key);
+    // All ones while SipHash has block `block` (8 * block <= len).
+    let mut keep = u64::MAX;
     let mut block = 0;
     while block <= MAX_BLOCKS {
         let base = block * 8;
         let mut m = 0u64;
         let mut i = 0;
         while i < 8 {
-            m |= (b.raw(start + base + i) as u64 & below(base + i, len)) << (8 * i);
+            m |= (b.raw(start + base + i) as u64) << (8 * i);
             i += 1;
         }
-        // below(block, last + 1) & !below(block, last): block == last.
-        let keep = below(block, last + 1);
-        m |= length_word(len) & keep & !below(block, last);
+        // This block's valid positions, 2^n - 1 for its n data bytes, made
+        // a byte mask: (2^n)^8 - 1 is the low 8n bits (2^64 wraps to 0).
+        let bits = if base < MAX_HASHED { (valid >> base) & 0xff } else { 0 };
+        m &= pow8(bits + 1).wrapping_sub(1);
+        // The next block exists if this one is full (position base + 7 is
+        // valid); where it does not, len ends here: the length byte.
+        let keep_next = if base + 7 < MAX_HASHED { ones_if((valid >> (base + 7)) & 1) } else { 0 };
+        m |= length_word(len) & keep & !keep_next;
         let mut next = s;
         next.compress(m);
         s = s.select(next, keep);
+        keep = keep_next;
         block += 1;
     }
     Some(s.finish())
+}
+
+/// `x` to the 8th power, wrapping.
+#[inline(always)]
+const fn pow8(x: u64) -> u64 {
+    let x2 = x.wrapping_mul(x);
+    let x4 = x2.wrapping_mul(x2);
+    x4.wrapping_mul(x4)
+}
+
+/// All ones if `bit` is 1, 0 if it is 0: `(bit + 1)^64 - 1`, wrapping
+/// (2^64 is 0). Multiplications rather than `0 - bit`, which the compiler
+/// turns into a select, and a select into a branch on BPF.
+#[inline(always)]
+const fn ones_if(bit: u64) -> u64 {
+    pow8(pow8(bit + 1)).wrapping_sub(1)
 }
 
 /// The identity tag of a digest `username` under the deployment's `key`:
@@ -338,6 +361,24 @@ mod tests {
             payload[100..100 + len].copy_from_slice(&message(len));
             assert_eq!(siphash24_window(&PAPER_KEY, payload.as_slice(), 100, len), Some(*want));
             assert_eq!(siphash24_window(&PAPER_KEY, &Junk(&payload[..100 + len]), 100, len), Some(*want));
+        }
+    }
+
+    #[test]
+    fn every_length_at_every_alignment() {
+        let key = IdentityKey::from_bytes(*b"tollgate-id-key!");
+        let payload: Vec<u8> = (0..200u32).map(|i| (i * 37 + 11) as u8).collect();
+        for start in 0..16 {
+            for len in 0..=MAX_HASHED {
+                let want = siphash24(&key, &payload[start..start + len]);
+                assert_eq!(
+                    siphash24_window(&key, payload.as_slice(), start, len),
+                    Some(want),
+                    "{start}+{len}"
+                );
+                let cut = &Junk(&payload[..start + len]);
+                assert_eq!(siphash24_window(&key, cut, start, len), Some(want), "{start}+{len}, junk after");
+            }
         }
     }
 
