@@ -94,11 +94,13 @@ pub enum Error {
     #[error("no identity key in {}: it is created when `tollgate run` first starts", dir.display())]
     NoIdentityKey { dir: PathBuf },
 
-    #[error(
-        "cannot read the identity key {}: {error} (it is readable by root only: run as root, with the --state-dir `tollgate run` uses)",
-        path.display()
-    )]
-    IdentityKeyUnreadable { path: PathBuf, error: std::io::Error },
+    #[error("cannot read the identity key {}: {error}{hint}", path.display())]
+    IdentityKeyUnreadable {
+        path: PathBuf,
+        error: std::io::Error,
+        /// Advice when permission is what is missing.
+        hint: &'static str,
+    },
 
     #[error(
         "the identity key {} has mode {mode:04o}, broader than 0600, so others may have read it; refusing to use it. If no one can have, `chmod 600 {}`; else remove it and `tollgate run` makes a new one (tags made with the old key then no longer match)",
@@ -129,6 +131,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// The identity key at `path` could not be opened or read.
+    pub fn identity_key_unreadable(path: PathBuf, error: std::io::Error) -> Self {
+        let hint = if error.kind() == std::io::ErrorKind::PermissionDenied {
+            " (it is readable by root only: run as root, with the --state-dir `tollgate run` uses)"
+        } else {
+            ""
+        };
+        Self::IdentityKeyUnreadable { path, error, hint }
+    }
+
     pub fn map(context: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> Self {
         let context = context.into();
         move |error| Self::Map { context, error }

@@ -71,7 +71,7 @@ pub fn load_identity_key(dir: &Path) -> Result<IdentityKey> {
             return Err(Error::NoIdentityKey { dir: dir.to_owned() });
         }
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(invalid("it is a symbolic link")),
-        Err(error) => return Err(Error::IdentityKeyUnreadable { path, error }),
+        Err(error) => return Err(Error::identity_key_unreadable(path, error)),
     };
     // Checked on the open file, so what is checked is what is read.
     let meta = file.metadata().map_err(Error::io(format!("reading {}", path.display())))?;
@@ -91,8 +91,7 @@ pub fn load_identity_key(dir: &Path) -> Result<IdentityKey> {
         return Err(invalid(&format!("it is {} bytes", meta.len())));
     }
     let mut bytes = [0u8; IdentityKey::LEN];
-    file.read_exact(&mut bytes)
-        .map_err(|error| Error::IdentityKeyUnreadable { path: path.clone(), error })?;
+    file.read_exact(&mut bytes).map_err(|error| Error::identity_key_unreadable(path.clone(), error))?;
     let key = IdentityKey::from_bytes(bytes);
     if key.is_unset() {
         return Err(invalid("it is all zeros"));
