@@ -17,12 +17,13 @@
 use crate::{abi::IdentityKey, sip::ByteWindow};
 
 /// Longest byte string [`siphash24_window`] hashes, and so the most of a
-/// username an identity tag covers. A multiple of 8, below 256.
+/// username an identity tag covers. A multiple of 8, at most 64: the window
+/// form keeps the valid positions in one word.
 pub const MAX_HASHED: usize = 64;
 /// Whole 8-byte blocks in [`MAX_HASHED`] bytes.
 pub const MAX_BLOCKS: usize = MAX_HASHED / 8;
 
-const _: () = assert!(MAX_HASHED.is_multiple_of(8) && MAX_HASHED < 256);
+const _: () = assert!(MAX_HASHED.is_multiple_of(8) && MAX_HASHED <= 64);
 
 /// The four state words.
 #[derive(Clone, Copy)]
@@ -141,7 +142,7 @@ pub fn siphash24_window<B: ByteWindow + ?Sized>(
     }
     // Bit p set for each position p < len: all 64 bits shifted right by
     // 64 - len, in two steps of at most 32 (a shift by 64 is not one).
-    let r = (MAX_HASHED - len) as u32;
+    let r = (u64::BITS as usize - len) as u32;
     let valid = (u64::MAX >> (r / 2)) >> (r - r / 2);
     let mut s = State::new(key);
     // All ones while SipHash has block `block` (8 * block <= len).
@@ -157,11 +158,11 @@ pub fn siphash24_window<B: ByteWindow + ?Sized>(
         }
         // This block's valid positions, 2^n - 1 for its n data bytes, made
         // a byte mask: (2^n)^8 - 1 is the low 8n bits (2^64 wraps to 0).
-        let bits = if base < MAX_HASHED { (valid >> base) & 0xff } else { 0 };
+        let bits = if base < u64::BITS as usize { (valid >> base) & 0xff } else { 0 };
         m &= pow8(bits + 1).wrapping_sub(1);
         // The next block exists if this one is full (position base + 7 is
         // valid); where it does not, len ends here: the length byte.
-        let keep_next = if base + 7 < MAX_HASHED { ones_if((valid >> (base + 7)) & 1) } else { 0 };
+        let keep_next = if base + 7 < u64::BITS as usize { ones_if((valid >> (base + 7)) & 1) } else { 0 };
         m |= length_word(len) & keep & !keep_next;
         let mut next = s;
         next.compress(m);
