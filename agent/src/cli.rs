@@ -49,6 +49,37 @@ pub enum Command {
     Restrict(RestrictArgs),
     /// Lift a restriction by its id (see `tollgate restrictions list`).
     Lift(LiftArgs),
+    /// Print the identity tag of a digest username, to find it in audit
+    /// records ("is this alice?").
+    ///
+    /// tollgate never stores a username: where one is involved it keeps
+    /// only its identity tag, a keyed hash (SipHash-2-4) of the name, shown
+    /// as 16 hex digits. The key is made per deployment (identity.key in
+    /// --state-dir, at the first `tollgate run`), so the same name has
+    /// different tags in two deployments, and a tag cannot be reversed or
+    /// computed without the key. NAME is not stored or logged. Reading the
+    /// key needs root.
+    IdentityTag(IdentityTagArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IdentityTagArgs {
+    /// The username exactly as it appears between the quotes of
+    /// `username="..."` in Authorization: case-sensitive, escapes as written
+    /// (`\"` is two characters). Only the first 64 bytes count.
+    #[arg(value_name = "NAME")]
+    pub name: std::ffi::OsString,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// Directory of tollgate's persistent state: the identity key, made at
+    /// the first `run` (the directory is created 0700, the key 0600). Kept
+    /// by `detach`; not on the BPF filesystem.
+    #[arg(long, value_name = "DIR", default_value = crate::state::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,6 +189,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub pin: PinArgs,
+
+    #[command(flatten)]
+    pub state: StateArgs,
 
     #[command(flatten)]
     pub detect: DetectArgs,
@@ -437,6 +471,11 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn identity_tag_help_names_the_hashed_length() {
+        assert_eq!(tollgate_common::hash::MAX_HASHED, 64, "the NAME help of identity-tag says 64 bytes");
     }
 
     #[test]

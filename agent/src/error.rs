@@ -91,6 +91,38 @@ pub enum Error {
     #[error("no tollgate state under {}", path.display())]
     NothingPinned { path: PathBuf },
 
+    #[error("no identity key in {}: it is created when `tollgate run` first starts", dir.display())]
+    NoIdentityKey { dir: PathBuf },
+
+    #[error("cannot read the identity key {}: {error}{hint}", path.display())]
+    IdentityKeyUnreadable {
+        path: PathBuf,
+        error: std::io::Error,
+        /// Advice when permission is what is missing.
+        hint: &'static str,
+    },
+
+    #[error(
+        "the identity key {} has mode {mode:04o}, broader than 0600, so others may have read it; refusing to use it. If no one can have, `chmod 600 {}`; else remove it and `tollgate run` makes a new one (tags made with the old key then no longer match)",
+        path.display(), path.display()
+    )]
+    IdentityKeyMode { path: PathBuf, mode: u32 },
+
+    #[error(
+        "the identity key {} belongs to uid {owner}, not to uid {uid} running tollgate; refusing a key another user controls. If you trust it, `chown {uid} {}`; else remove it and `tollgate run` makes a new one (tags made with the old key then no longer match)",
+        path.display(), path.display()
+    )]
+    IdentityKeyOwner { path: PathBuf, owner: u32, uid: u32 },
+
+    #[error(
+        "{} is not a tollgate identity key ({problem}; a key is a file of {} random bytes): move it away and `tollgate run` makes a new one (tags made with the old key then no longer match)",
+        path.display(), tollgate_common::IdentityKey::LEN
+    )]
+    IdentityKeyInvalid { path: PathBuf, problem: String },
+
+    #[error("cannot get random bytes for a new identity key from the kernel (getrandom): {error}")]
+    Random { error: std::io::Error },
+
     #[error("{context}: {error}")]
     Map { context: String, error: aya::maps::MapError },
 
@@ -99,6 +131,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// The identity key at `path` could not be opened or read.
+    pub fn identity_key_unreadable(path: PathBuf, error: std::io::Error) -> Self {
+        let hint = if error.kind() == std::io::ErrorKind::PermissionDenied {
+            " (it is readable by root only: run as root, with the --state-dir `tollgate run` uses)"
+        } else {
+            ""
+        };
+        Self::IdentityKeyUnreadable { path, error, hint }
+    }
+
     pub fn map(context: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> Self {
         let context = context.into();
         move |error| Self::Map { context, error }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod kernel;
 pub mod metrics;
 pub mod policy;
+pub mod state;
 
 // The kernel side keeps its short paths (`tollgate::loader`, ...).
 pub use kernel::{clsact, events, loader, loader::EBPF_OBJECT, maps, selftest};

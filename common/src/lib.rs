@@ -14,6 +14,7 @@ pub mod abi;
 pub mod corpus;
 #[cfg(any(test, feature = "frames"))]
 pub mod frames;
+pub mod hash;
 pub mod headers;
 pub mod maps;
 pub mod number;

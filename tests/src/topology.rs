@@ -140,6 +140,8 @@ pub struct Agent {
     pub pin_dir: PathBuf,
     /// This agent's control socket (each test agent has its own).
     pub control_socket: PathBuf,
+    /// Its `--state-dir` (the identity key), kept across restarts.
+    pub state_dir: PathBuf,
     log: PathBuf,
     edge_ns: String,
     /// Every interface it attaches to (`--iface` each).
@@ -193,6 +195,7 @@ impl Agent {
         let mut agent = Self {
             child: None,
             control_socket: std::env::temp_dir().join(format!("{}.sock", unique("ctl"))),
+            state_dir: std::env::temp_dir().join(unique("state")),
             pin_dir,
             log,
             edge_ns: ns.path(),
@@ -221,6 +224,8 @@ impl Agent {
             .arg(&self.pin_dir)
             .arg("--control-socket")
             .arg(&self.control_socket)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
@@ -381,6 +386,7 @@ impl Drop for Agent {
             eprintln!("warning: removing {}: {e}", self.pin_dir.display());
         }
         let _ = fs::remove_file(&self.control_socket);
+        let _ = fs::remove_dir_all(&self.state_dir);
         if std::thread::panicking() {
             eprintln!("--- tollgate log ---\n{}", self.log_text());
         }

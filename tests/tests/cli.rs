@@ -72,8 +72,18 @@ fn a_pin_path_off_bpffs_is_refused() {
     if !privileged("a_pin_path_off_bpffs_is_refused") {
         return;
     }
-    let out = tollgate(&["run", "--iface", "lo", "--pin-path", "/tmp/tgt-not-bpffs"]);
+    let state = std::env::temp_dir().join(tollgate_tests::unique("state"));
+    let out = tollgate(&[
+        "run",
+        "--iface",
+        "lo",
+        "--pin-path",
+        "/tmp/tgt-not-bpffs",
+        "--state-dir",
+        state.to_str().expect("UTF-8"),
+    ]);
     assert_clean_failure(&out, "not on a BPF filesystem");
+    assert!(!state.exists(), "a start refused for its flags makes no state directory or key");
 }
 
 #[test]
@@ -114,9 +124,118 @@ fn maps_pinned_by_an_incompatible_version_are_named_and_left_alone() {
         .output()
         .expect("bpftool (installed by cargo xtask setup)");
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    let out = tollgate(&["run", "--iface", "lo", "--pin-path", dir.to_str().expect("UTF-8")]);
+    let state = StateDir::new(None);
+    let out = tollgate(&[
+        "run",
+        "--iface",
+        "lo",
+        "--pin-path",
+        dir.to_str().expect("UTF-8"),
+        "--state-dir",
+        state.path(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert_clean_failure(&out, "incompatible tollgate version (CONFIG: 4/24 bytes pinned, 4/32 here)");
     assert_clean_failure(&out, "tollgate detach --pin-path");
     assert!(old.exists(), "the old state is left for the operator to decide");
+}
+
+/// A state directory of the test's own, removed on drop; with `key`, an
+/// identity key as `tollgate run` leaves it (16 bytes, mode 0600).
+struct StateDir(std::path::PathBuf);
+
+impl StateDir {
+    fn new(key: Option<[u8; 16]>) -> Self {
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        let dir = std::env::temp_dir().join(tollgate_tests::unique("state"));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).expect("state dir");
+        if let Some(key) = key {
+            let file = dir.join(tollgate::state::IDENTITY_KEY_FILE);
+            std::fs::write(&file, key).expect("key file");
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+        Self(dir)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("UTF-8")
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn identity_tag(name: &str, state: &StateDir) -> Output {
+    tollgate(&["identity-tag", name, "--state-dir", state.path()])
+}
+
+fn tag_of(out: &Output) -> String {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout.clone()).expect("UTF-8");
+    let tag = stdout.strip_suffix('\n').expect("one line");
+    assert!(
+        tag.len() == 16 && tag.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "16 lower-case hex digits: {stdout:?}"
+    );
+    tag.to_owned()
+}
+
+#[test]
+fn identity_tag_prints_the_names_tag_under_the_deployments_key() {
+    let key = [0x42u8; 16];
+    let state = StateDir::new(Some(key));
+    let alice = tag_of(&identity_tag("alice", &state));
+    assert_eq!(alice, tag_of(&identity_tag("alice", &state)), "stable across calls");
+    // The tag the kernel and the audit records compute for the same bytes.
+    let want = tollgate_common::hash::identity_tag(&tollgate_common::IdentityKey::from_bytes(key), b"alice");
+    assert_eq!(alice, tollgate_common::hash::IdentityTag(want).to_string());
+    assert_ne!(alice, tag_of(&identity_tag("Alice", &state)), "case-sensitive");
+    let other = StateDir::new(Some([0x17; 16]));
+    assert_ne!(alice, tag_of(&identity_tag("alice", &other)), "another deployment, another tag");
+}
+
+#[test]
+fn identity_tag_without_a_usable_key_is_one_clear_line() {
+    let empty = StateDir::new(None);
+    let out = identity_tag("alice", &empty);
+    assert_eq!(out.status.code(), Some(1));
+    let expect =
+        format!("no identity key in {}: it is created when `tollgate run` first starts", empty.path());
+    assert_clean_failure(&out, &expect);
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim().lines().count(), 1);
+    assert!(out.stdout.is_empty());
+    assert_eq!(std::fs::read_dir(&empty.0).expect("list").count(), 0, "identity-tag never makes a key");
+
+    // A key others may read is refused, with the fix.
+    let open = StateDir::new(Some([0x42; 16]));
+    let file = open.0.join(tollgate::state::IDENTITY_KEY_FILE);
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let out = identity_tag("alice", &open);
+    assert_eq!(out.status.code(), Some(1));
+    assert_clean_failure(&out, "has mode 0644, broader than 0600");
+    assert_clean_failure(&out, &format!("chmod 600 {}", file.display()));
+}
+
+#[test]
+fn identity_tag_as_another_user_cannot_read_the_key() {
+    if !privileged("identity_tag_as_another_user_cannot_read_the_key (needs root to drop to nobody)") {
+        return;
+    }
+    let state = StateDir::new(Some([0x42; 16]));
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(tollgate_bin())
+        .args(["identity-tag", "alice", "--state-dir", state.path()])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert_eq!(out.status.code(), Some(1));
+    assert_clean_failure(&out, "cannot read the identity key");
+    assert_clean_failure(&out, "run as root");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim().lines().count(), 1);
 }

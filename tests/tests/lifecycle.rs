@@ -3,6 +3,7 @@
 
 use std::{
     net::SocketAddr,
+    os::unix::fs::PermissionsExt as _,
     time::{Duration, Instant},
 };
 
@@ -87,9 +88,15 @@ fn a_restarted_agent_adopts_the_pinned_program_maps_and_counters() {
     })
     .expect("25 drops counted");
     assert_eq!(sink.drain(), 0, "none of the burst was delivered");
+    // The first start made the identity key, root-only; a restart keeps it.
+    let key_file = tollgate::state::identity_key_path(&agent.state_dir);
+    let key = std::fs::read(&key_file).expect("identity key made at the first start");
+    assert_eq!(key.len(), 16);
+    assert_eq!(std::fs::metadata(&key_file).expect("stat").permissions().mode() & 0o777, 0o600);
     agent.kill();
     agent.restart();
     assert!(agent.log_text().contains("took over the link"), "{}", agent.log_text());
+    assert_eq!(std::fs::read(&key_file).expect("identity key"), key, "the same key after a restart");
     assert_eq!(tollgate::loader::pinned_links(&agent.pin_dir), vec![topo.edge_if.clone()]);
     assert!(agent.packets(verdict::DROP_BLOCKLIST) >= dropped, "counters survive the restart");
     assert!(!one_gets_through(&topo, &sink), "still blocked after the restart");
@@ -99,6 +106,7 @@ fn a_restarted_agent_adopts_the_pinned_program_maps_and_counters() {
     assert_eq!(agent.stop(libc::SIGTERM), Some(0));
     assert!(!topo.xdp_attached(), "detached on SIGTERM");
     assert!(!agent.pin_dir.exists(), "pins removed on SIGTERM");
+    assert_eq!(std::fs::read(&key_file).expect("identity key"), key, "the key outlives the pins");
     assert!(one_gets_through(&topo, &sink), "no enforcement once detached");
 }
 

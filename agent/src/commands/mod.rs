@@ -1,7 +1,8 @@
-//! The one-shot subcommands: each reads the pinned state or asks the
-//! running agent, and prints what it found.
+//! The one-shot subcommands: each reads the pinned state, asks the running
+//! agent or reads the state directory, and prints what it found.
 
 pub mod detach;
+pub mod identity;
 pub mod restrictions;
 pub mod status;
 pub mod top;

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use tollgate_common::{
-    CONFIG_BLOCK_ALL_PORTS, Config,
+    CONFIG_BLOCK_ALL_PORTS, Config, IdentityKey,
     number::{MAX_EMERGENCY_NUMBERS, MAX_INTL_PREFIXES, NumberPlan},
 };
 
@@ -16,6 +16,7 @@ use crate::{
     error::Error,
     kernel::{KernelConfig, loader},
     policy::PolicyConfig,
+    state,
 };
 
 /// What the flags of `tollgate run` configure, checked.
@@ -27,6 +28,9 @@ pub struct Setup {
     pub kernel: KernelConfig,
     pub policy: PolicyConfig,
     pub auditor: Auditor,
+    /// The deployment's identity key (`--state-dir`), for the kernel's
+    /// identity tags; made at the first start.
+    pub identity_key: IdentityKey,
 }
 
 impl Setup {
@@ -58,6 +62,8 @@ impl Setup {
             )
         })?;
         loader::ensure_bpffs(args.pin.pin_path.as_path())?;
+        // Last: a first start with bad flags leaves no key behind.
+        let identity_key = state::identity_key(&args.state.state_dir)?;
         Ok(Self {
             egress_mode,
             kernel: KernelConfig {
@@ -70,6 +76,7 @@ impl Setup {
             countries,
             policy: policy_config(args),
             auditor,
+            identity_key,
         })
     }
 }

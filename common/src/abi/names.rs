@@ -51,6 +51,12 @@ pub const MAP_COUNTRY_BASELINE: &str = "COUNTRY_BASELINE";
 /// indexed by E.164 code, value [`CountryWindow`]), written by the kernel.
 pub const MAP_COUNTRY_WINDOW: &str = "COUNTRY_WINDOW";
 
+/// The key of identity tags (array of one [`IdentityKey`]), written by the
+/// agent at start from its state directory, so the kernel tags a digest
+/// username as `tollgate identity-tag` does ([`crate::hash::identity_tag`]).
+/// The name is never stored, only its tag.
+pub const MAP_IDENTITY_KEY: &str = "IDENTITY_KEY";
+
 /// Tail-call targets of the XDP program ([`JUMP_PARSE`], [`JUMP_COUNT`]).
 pub const MAP_JUMP_XDP: &str = "JUMP_XDP";
 /// Tail-call targets of the TC egress program.

@@ -243,6 +243,44 @@ pub struct ThresholdEvent {
     pub sources: u16,
 }
 
+/// The deployment's key for identity tags ([`crate::hash::identity_tag`]),
+/// element 0 of [`MAP_IDENTITY_KEY`]. `k0` and `k1` are the key's bytes
+/// 0..8 and 8..16 read little-endian, as in the SipHash paper, so the 16
+/// bytes of the agent's key file are the SipHash key as written.
+///
+/// All zero means no key was loaded: the agent refuses such a key, so the
+/// kernel can tell an unset map from a key. `Debug` does not print the key.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct IdentityKey {
+    pub k0: u64,
+    pub k1: u64,
+}
+
+impl IdentityKey {
+    /// Bytes of a key.
+    pub const LEN: usize = 16;
+
+    /// The key whose bytes are `b` (SipHash's byte order).
+    pub const fn from_bytes(b: [u8; Self::LEN]) -> Self {
+        Self {
+            k0: u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+            k1: u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
+        }
+    }
+
+    /// No key: the value of a map slot nobody wrote.
+    pub const fn is_unset(&self) -> bool {
+        self.k0 == 0 && self.k1 == 0
+    }
+}
+
+impl core::fmt::Debug for IdentityKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(if self.is_unset() { "IdentityKey(unset)" } else { "IdentityKey(..)" })
+    }
+}
+
 /// Packet and byte counter, one slot per verdict code in [`MAP_STATS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -265,6 +303,7 @@ mod pod {
     unsafe impl aya::Pod for super::Baseline {}
     unsafe impl aya::Pod for super::CountryRestriction {}
     unsafe impl aya::Pod for super::CountryWindow {}
+    unsafe impl aya::Pod for super::IdentityKey {}
     unsafe impl aya::Pod for crate::number::NumberPlan {}
 }
 
@@ -280,6 +319,7 @@ const _: () = assert!(core::mem::size_of::<CountryRestriction>() == 24);
 const _: () = assert!(core::mem::size_of::<CountryWindow>() == 32);
 const _: () = assert!(core::mem::size_of::<crate::number::NumberPlan>() == 216);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+const _: () = assert!(core::mem::size_of::<IdentityKey>() == IdentityKey::LEN);
 
 #[cfg(test)]
 mod tests {
