@@ -15,6 +15,7 @@ use std::{
 
 use log::{info, warn};
 use serde::Serialize;
+use tollgate_common::hash::IdentityTag;
 
 use crate::{
     clock::monotonic_now_ns,
@@ -32,6 +33,20 @@ struct EvidenceJson {
     /// Distinct sources in the window, at least (country surges).
     #[serde(skip_serializing_if = "Option::is_none")]
     sources_at_least: Option<u32>,
+    /// (authentication failures) `count` are failures bound to the source;
+    /// these were not (possibly forged) and did not count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unbound: Option<u32>,
+    /// Distinct failing identities in the window, at least.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identities_at_least: Option<u16>,
+    /// The identity tag of the failure that crossed the threshold (never
+    /// the name: `tollgate identity-tag NAME` answers "is this NAME?").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identity: Option<String>,
+    /// Another identity authenticated successfully at the address recently.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    other_identities_ok: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -91,6 +106,10 @@ fn evidence(e: &Evidence) -> EvidenceJson {
         window_seconds: e.window.as_secs(),
         peacetime_per_window: e.peacetime_milli.map(|m| m as f64 / 1000.0),
         sources_at_least: e.sources,
+        unbound: e.auth.map(|a| a.unbound),
+        identities_at_least: e.auth.map(|a| a.identities),
+        identity: e.auth.filter(|a| a.identity != 0).map(|a| IdentityTag(a.identity).to_string()),
+        other_identities_ok: e.auth.map(|a| a.other_ok),
     }
 }
 

@@ -222,11 +222,26 @@ pub struct DetectArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub window: Duration,
 
-    /// REGISTER authentication failures from one source within a window
-    /// that report it (0: never). The first 401/407 of a normal digest
-    /// registration is not a failure.
+    /// Authentication failures of one source within a window that report
+    /// it (0: never). A failure is a 401/407 (not stale) or 403 answering a
+    /// request of that source's own that carried credentials, with a nonce
+    /// the registrar had issued to that address (or over TCP): the first
+    /// challenge of a normal digest login is not one, and rejections of
+    /// requests forged with someone else's address never count as theirs.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub auth_failure_threshold: u32,
+
+    /// How long a nonce the registrar issued to an address binds the
+    /// credentials sent from it (use the registrar's nonce lifetime, e.g.
+    /// Kamailio's nonce_expire).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub nonce_horizon: Duration,
+
+    /// How long an identity that authenticated successfully at an address
+    /// makes it an address where others work (an office, a NAT): failures
+    /// of one identity there restrict only that identity.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub success_horizon: Duration,
 
     /// International INVITEs from one source within a window that report it
     /// when it has no history (0: never). Sources with a learned peacetime

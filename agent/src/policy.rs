@@ -118,6 +118,23 @@ pub struct Evidence {
     pub peacetime_milli: Option<u64>,
     /// Distinct sources in the window, at least (country surges).
     pub sources: Option<u32>,
+    /// What an authentication-failure report says besides the count.
+    pub auth: Option<AuthEvidence>,
+}
+
+/// The evidence of authentication failures: `count` failures bound to the
+/// source (README: "Evidence"), and these.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AuthEvidence {
+    /// The identity (tag) of the failure that crossed the threshold.
+    pub identity: u64,
+    /// Failures of requests whose nonce was not issued to the source, in
+    /// the window: possibly forged, never counted.
+    pub unbound: u32,
+    /// Distinct failing identities in the window, at least.
+    pub identities: u16,
+    /// Another identity authenticated successfully at the address recently.
+    pub other_ok: bool,
 }
 
 /// Why an automatic country restriction is lifted before its expiry.

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::XdpContext};
 use tollgate_common::{
-    CONFIG_BLOCK_ALL_PORTS, Config, MAX_NESTED_BLOCKS,
+    CONFIG_BLOCK_ALL_PORTS, Config, IdentityKey, MAX_NESTED_BLOCKS,
     packet::{Headers, ParseError, Ports, Transport, parse_headers},
     port_key, verdict,
 };
@@ -20,7 +20,10 @@ const DEFAULT_CONFIG: Config = Config {
     intl_invite_threshold: 0,
     country_invite_threshold: 0,
     country_min_sources: 0,
+    nonce_horizon_s: 0,
+    success_horizon_s: 0,
     _reserved: 0,
+    identity_key: IdentityKey { k0: 0, k1: 0 },
 };
 
 /// The verdict, its counter, and the headers of a SIP-port packet.

@@ -8,8 +8,9 @@ use aya_ebpf::{
 };
 use tollgate_common::{
     ALLOWLIST_CAPACITY, AddrKey, AllowEntry, BLOCKLIST_CAPACITY, Baseline, BlockEntry, Config, Counter,
-    CountryRestriction, CountryWindow, EVENTS_BYTES, INTL_BASELINE_CAPACITY, RESTRICTIONS_CAPACITY,
-    Restriction, SIP_PORTS_CAPACITY, SOURCES_CAPACITY, SipContext, SourceStats,
+    CountryRestriction, CountryWindow, EVENTS_BYTES, INTL_BASELINE_CAPACITY, NONCES_CAPACITY, NonceKey,
+    RESTRICTIONS_CAPACITY, Restriction, SIP_PORTS_CAPACITY, SOURCES_CAPACITY, SipContext, SourceStats,
+    TRANSACTIONS_CAPACITY, Txn, TxnKey,
     number::{COUNTRY_CODE_SLOTS, NumberPlan},
     sip::SipSummary,
     sip_stat, verdict,
@@ -60,6 +61,19 @@ pub(crate) static COUNTRY_CODES: Array<u32> = Array::with_max_entries(COUNTRY_CO
 
 #[map]
 pub(crate) static NUMBER_PLAN: Array<NumberPlan> = Array::with_max_entries(1, 0);
+
+/// Credentialed requests waiting for their answer (transaction pairing):
+/// only a rejection that answers one counts as a failure. Not pinned: a
+/// restarted agent loses at most the answers in flight.
+#[map]
+pub(crate) static TRANSACTIONS: LruHashMap<TxnKey, Txn> =
+    LruHashMap::with_max_entries(TRANSACTIONS_CAPACITY, 0);
+
+/// Nonces the registrar issued, per client address, and when (nonce
+/// binding): credentials count as their source's attempt only with a nonce
+/// issued to it.
+#[map]
+pub(crate) static NONCES: LruHashMap<NonceKey, u64> = LruHashMap::with_max_entries(NONCES_CAPACITY, 0);
 
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);

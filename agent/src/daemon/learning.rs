@@ -13,7 +13,7 @@ use crate::{
     cli::DetectArgs,
     clock::monotonic_now_ns,
     maps::{Maps, key_addr},
-    policy::{Decision, Engine, Evidence, Kind, Target},
+    policy::{AuthEvidence, Decision, Engine, Evidence, Kind, Target},
 };
 
 /// The cumulative international INVITE counts of every tracked source and
@@ -105,7 +105,15 @@ impl Learned {
                 evidence.peacetime_milli = peacetime(self.sources.peacetime(addr), self.sources.ceiling());
                 engine.on_event(now, addr, EventKind::IntlInvites, evidence)
             }
-            Some(kind) => engine.on_event(now, addr, kind, evidence),
+            Some(EventKind::AuthFailures) => {
+                evidence.auth = Some(AuthEvidence {
+                    identity: e.tag,
+                    unbound: e.unbound,
+                    identities: e.identities,
+                    other_ok: e.flags & tollgate_common::EVENT_FLAG_OTHER_OK != 0,
+                });
+                engine.on_event(now, addr, EventKind::AuthFailures, evidence)
+            }
             // Already reported as unknown when it was read.
             None => Vec::new(),
         }

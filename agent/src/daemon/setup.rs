@@ -1,7 +1,7 @@
 //! `tollgate run`'s flags turned into every configuration the daemon needs,
 //! with all their checks in one place.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use anyhow::Context as _;
 use tollgate_common::{
@@ -71,7 +71,7 @@ impl Setup {
                 plan,
                 country_codes: countries.codes(),
                 sip_ports: args.sip_ports.iter().flat_map(|p| p.keys()).collect(),
-                config: kernel_config(args),
+                config: kernel_config(args, identity_key),
             },
             countries,
             policy: policy_config(args),
@@ -126,8 +126,10 @@ fn number_plan(args: &PlanArgs, countries: &Countries) -> anyhow::Result<NumberP
     Ok(plan)
 }
 
-/// The kernel's configuration for these flags.
-pub fn kernel_config(args: &RunArgs) -> Config {
+/// The kernel's configuration for these flags and the deployment's
+/// identity key.
+pub fn kernel_config(args: &RunArgs, identity_key: IdentityKey) -> Config {
+    let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
     Config {
         flags: if args.block_all_ports { CONFIG_BLOCK_ALL_PORTS } else { 0 },
         auth_failure_threshold: args.detect.auth_failure_threshold,
@@ -135,6 +137,9 @@ pub fn kernel_config(args: &RunArgs) -> Config {
         intl_invite_threshold: args.detect.intl_invite_threshold,
         country_invite_threshold: args.detect.country_invite_threshold,
         country_min_sources: args.detect.country_min_sources,
+        nonce_horizon_s: secs(args.detect.nonce_horizon),
+        success_horizon_s: secs(args.detect.success_horizon),
         _reserved: 0,
+        identity_key,
     }
 }

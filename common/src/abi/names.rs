@@ -103,6 +103,10 @@ pub const TAIL_PROGRAMS: [(&str, u32, &str); 4] = [
 
 /// Default size of the per-source LRU map (`--max-sources`).
 pub const SOURCES_CAPACITY: u32 = 65_536;
+/// Credentialed requests awaiting their answer (LRU).
+pub const TRANSACTIONS_CAPACITY: u32 = 65_536;
+/// Nonces issued per client address (LRU).
+pub const NONCES_CAPACITY: u32 = 65_536;
 /// Size of the event ring buffer in bytes.
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 

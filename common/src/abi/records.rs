@@ -172,7 +172,15 @@ pub struct Config {
     /// Distinct sources (at least, see [`CountryWindow::sources`]) a
     /// country's window must have for the event.
     pub country_min_sources: u32,
+    /// How long a nonce a registrar issued to an address (in a 401/407)
+    /// binds credentials sent from that address, in seconds.
+    pub nonce_horizon_s: u32,
+    /// How long a successful authentication makes an address "one where
+    /// this identity works", in seconds (surgical restrictions).
+    pub success_horizon_s: u32,
     pub _reserved: u32,
+    /// The per-deployment key of identity tags ([`crate::hash`]).
+    pub identity_key: IdentityKey,
 }
 
 /// SIP counters of one source address. Requests count against the sender;
@@ -199,27 +207,83 @@ pub struct SourceStats {
     pub invites: u64,
     pub intl_invites: u64,
     pub emergency_invites: u64,
-    pub win_register_noauth: u32,
-    /// 401/407/403 to REGISTER within the window.
-    pub win_register_rejected: u32,
+    /// Requests of any method carrying credentials.
+    pub attempts: u64,
+    /// Authentication failures: a 401/407 (not stale) or 403 answering a
+    /// credentialed request of this address's own (same Call-ID, CSeq and
+    /// method), sent back to it, whose nonce the registrar had issued to
+    /// this address (or sent over TCP, whose handshake proves the address).
+    pub failures: u64,
+    /// The same for credentialed requests whose nonce was not issued to
+    /// this address: possibly forged with its address. Never restricts it
+    /// alone.
+    pub unbound_failures: u64,
+    /// Stale-nonce challenges answering its credentialed requests: a retry
+    /// with a fresh nonce asked for, not a failure.
+    pub stale: u64,
+    /// The last two distinct identities (tags) that authenticated here
+    /// successfully, most recent first, and when.
+    pub ok_tag: [u64; 2],
+    pub ok_ns: [u64; 2],
+    /// Identity buckets (tag modulo 64) with a failure in this window: the
+    /// bits set are a lower bound of the distinct failing identities.
+    pub win_identities: u64,
+    pub win_failures: u32,
+    pub win_unbound: u32,
     pub win_intl_invites: u32,
     /// `EVENT_*` bits already emitted in this window.
     pub win_events: u32,
 }
 
 impl SourceStats {
-    /// REGISTER authentication failures: rejections that are not the normal
-    /// challenge of an uncredentialed first REGISTER. A phone that registers
-    /// correctly has none; with no responses visible the result is 0, so
-    /// missing visibility can never look like an attack.
+    /// Authentication failures (bound: see [`Self::failures`]).
     pub const fn auth_failures(&self) -> u64 {
-        (self.register_challenged + self.register_forbidden).saturating_sub(self.register_noauth)
+        self.failures
     }
 
     /// The same, within the current window.
     pub const fn window_auth_failures(&self) -> u32 {
-        self.win_register_rejected.saturating_sub(self.win_register_noauth)
+        self.win_failures
     }
+}
+
+/// A request carrying credentials, waiting for its answer: the key is its
+/// transaction as a response names it (hash of Call-ID, CSeq number and
+/// method).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TxnKey {
+    pub call_id: u64,
+    pub cseq: u32,
+    pub method: u32,
+}
+
+/// What is kept of a credentialed request until its final response.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Txn {
+    /// Who sent it: only a response sent back to this address counts.
+    pub client: AddrKey,
+    /// The identity (tag) of its credentials.
+    pub tag: u64,
+    pub at_ns: u64,
+    /// `TXN_*` bits.
+    pub flags: u32,
+    pub _reserved: u32,
+}
+
+/// The request's nonce was issued to its source (or it came over TCP).
+pub const TXN_BOUND: u32 = 1;
+
+/// How long a credentialed request waits for its answer (SIP's Timer F).
+pub const TXN_LIFETIME_NS: u64 = 32_000_000_000;
+
+/// A nonce a registrar issued to an address (in a 401/407 sent to it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NonceKey {
+    pub addr: AddrKey,
+    pub nonce: u64,
 }
 
 /// A source (or, for [`EVENT_COUNTRY_INVITES`], a destination country)
@@ -241,7 +305,19 @@ pub struct ThresholdEvent {
     pub cc: u16,
     /// Distinct sources in the window, at least (country events; else 0).
     pub sources: u16,
+    /// (auth events) The identity of the failure that crossed.
+    pub tag: u64,
+    /// (auth events) Unbound failures in the window.
+    pub unbound: u32,
+    /// (auth events) Distinct failing identities in the window, at least.
+    pub identities: u16,
+    /// `EVENT_FLAG_*` bits.
+    pub flags: u16,
 }
+
+/// (auth events) Another identity than the failing one authenticated
+/// successfully at this address within `Config::success_horizon_s`.
+pub const EVENT_FLAG_OTHER_OK: u16 = 1;
 
 /// The deployment's key for identity tags ([`crate::hash::identity_tag`]),
 /// element 0 of [`MAP_IDENTITY_KEY`]. `k0` and `k1` are the key's bytes
@@ -251,7 +327,7 @@ pub struct ThresholdEvent {
 /// All zero means no key was loaded: the agent refuses such a key, so the
 /// kernel can tell an unset map from a key. `Debug` does not print the key.
 #[repr(C)]
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub struct IdentityKey {
     pub k0: u64,
     pub k1: u64,
@@ -298,6 +374,9 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::SourceStats {}
+    unsafe impl aya::Pod for super::TxnKey {}
+    unsafe impl aya::Pod for super::Txn {}
+    unsafe impl aya::Pod for super::NonceKey {}
     unsafe impl aya::Pod for super::Restriction {}
     unsafe impl aya::Pod for super::ThresholdEvent {}
     unsafe impl aya::Pod for super::Baseline {}
@@ -311,9 +390,12 @@ mod pod {
 // silently misread through the maps.
 const _: () = assert!(core::mem::size_of::<BlockEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<AllowEntry>() == 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 32);
-const _: () = assert!(core::mem::size_of::<SourceStats>() == 104);
-const _: () = assert!(core::mem::size_of::<ThresholdEvent>() == 48);
+const _: () = assert!(core::mem::size_of::<Config>() == 56);
+const _: () = assert!(core::mem::size_of::<SourceStats>() == 176);
+const _: () = assert!(core::mem::size_of::<ThresholdEvent>() == 64);
+const _: () = assert!(core::mem::size_of::<TxnKey>() == 16);
+const _: () = assert!(core::mem::size_of::<Txn>() == 40);
+const _: () = assert!(core::mem::size_of::<NonceKey>() == 24);
 const _: () = assert!(core::mem::size_of::<Baseline>() == 16);
 const _: () = assert!(core::mem::size_of::<CountryRestriction>() == 24);
 const _: () = assert!(core::mem::size_of::<CountryWindow>() == 32);
@@ -343,31 +425,5 @@ mod tests {
         let timed = BlockEntry { expires_at_ns: 100, reason: reason::CLI, prefix_len: 128 };
         assert!(timed.is_active(99));
         assert!(!timed.is_active(100));
-    }
-
-    #[test]
-    fn a_phone_that_registers_correctly_has_no_failures() {
-        // Every minute: REGISTER without credentials, 401, REGISTER with
-        // credentials, 200 OK.
-        let mut s = SourceStats::default();
-        for _ in 0..60 {
-            s.register_noauth += 1;
-            s.register_challenged += 1;
-            s.register_auth += 1;
-            s.register_ok += 1;
-        }
-        assert_eq!(s.auth_failures(), 0);
-        // A wrong password: the credentialed REGISTER is rejected again.
-        s.register_noauth += 1;
-        s.register_challenged += 2;
-        assert_eq!(s.auth_failures(), 1);
-        // A brute forcer that always sends credentials.
-        let mut b = SourceStats { register_auth: 500, register_challenged: 500, ..SourceStats::default() };
-        assert_eq!(b.auth_failures(), 500);
-        b.register_forbidden = 3;
-        assert_eq!(b.auth_failures(), 503);
-        // No responses visible: never failures.
-        let blind = SourceStats { register_noauth: 10, register_auth: 10, ..SourceStats::default() };
-        assert_eq!(blind.auth_failures(), 0);
     }
 }

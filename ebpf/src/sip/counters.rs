@@ -8,44 +8,53 @@ use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
 use aya_ebpf::{EbpfContext, bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use aya_log_ebpf::warn;
 use tollgate_common::{
-    AddrKey, Config, EVENT_AUTH_FAILURES, EVENT_COUNTRY_INVITES, EVENT_INTL_INVITES, SourceStats,
-    ThresholdEvent,
+    AddrKey, Config, EVENT_AUTH_FAILURES, EVENT_COUNTRY_INVITES, EVENT_FLAG_OTHER_OK, EVENT_INTL_INVITES,
+    IPPROTO_TCP, NonceKey, SipContext, SourceStats, TXN_BOUND, TXN_LIFETIME_NS, ThresholdEvent, Txn, TxnKey,
+    hash::identity_tag_window,
     number::class,
     sip::{SipSummary, method},
     sip_stat, source_bucket, sources_at_least,
 };
 
+use super::Window;
 use crate::maps::{
-    COUNTRY_BASELINE, COUNTRY_INVITES, COUNTRY_WINDOW, EVENTS, INTL_BASELINE, SIP_STATS, SOURCES,
+    COUNTRY_BASELINE, COUNTRY_INVITES, COUNTRY_WINDOW, EVENTS, INTL_BASELINE, NONCES, SIP_STATS, SOURCES,
+    TRANSACTIONS,
 };
 
-/// Counts a request against its sender.
+/// Counts a request against its sender. A request carrying credentials is
+/// remembered until its answer (transaction pairing), with whether its
+/// nonce was issued to this sender (nonce binding) and its identity tag.
 #[inline(always)]
 pub(super) fn request<C: EbpfContext>(
     ctx: &C,
-    src: &AddrKey,
+    sc: &SipContext,
     s: &SipSummary,
+    window: &Window,
     class: u8,
     cc: u16,
     cfg: &Config,
 ) {
+    let src = &sc.src;
     stat(sip_stat::REQUEST_BASE + s.method as u32);
     // SAFETY: bpf_ktime_get_ns takes no arguments and cannot fail.
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(e) = source(src, now, cfg) else { return };
+    if s.has_auth && s.call_id != 0 && s.cseq != 0 {
+        remember(sc, s, window, cfg, now);
+        // SAFETY: e points into a live map value (from `source`); its
+        // fields are naturally aligned (repr(C)).
+        unsafe { add64(&raw mut (*e).attempts) };
+    }
     match s.method {
         method::REGISTER => {
             if s.has_auth {
                 stat(sip_stat::REGISTER_WITH_AUTH);
-                // SAFETY: e points into a live map value (from `source`);
-                // its fields are naturally aligned (repr(C)).
+                // SAFETY: as above.
                 unsafe { add64(&raw mut (*e).register_auth) };
             } else {
                 // SAFETY: as above.
-                unsafe {
-                    add64(&raw mut (*e).register_noauth);
-                    add32(&raw mut (*e).win_register_noauth);
-                }
+                unsafe { add64(&raw mut (*e).register_noauth) };
             }
         }
         method::INVITE => {
@@ -72,49 +81,150 @@ pub(super) fn request<C: EbpfContext>(
     }
     // SAFETY: e points into a live map value (from `source`); no other
     // reference to it is held here.
-    check_thresholds(ctx, unsafe { &mut *e }, src, cfg, now);
+    check_thresholds(ctx, unsafe { &mut *e }, src, cfg, now, None);
 }
 
-/// Counts a response against the client it is sent to.
+/// The transaction of a message (as its response names it).
+#[inline(always)]
+fn txn_key(s: &SipSummary, method: u8) -> TxnKey {
+    TxnKey { call_id: s.call_id, cseq: s.cseq, method: method as u32 }
+}
+
+#[inline(always)]
+fn same_addr(a: &AddrKey, b: &AddrKey) -> bool {
+    let w = |k: &AddrKey, i: usize| {
+        u64::from_le_bytes([k[i], k[i + 1], k[i + 2], k[i + 3], k[i + 4], k[i + 5], k[i + 6], k[i + 7]])
+    };
+    w(a, 0) == w(b, 0) && w(a, 8) == w(b, 8)
+}
+
+/// Remembers a credentialed request until its answer.
+#[inline(always)]
+fn remember(sc: &SipContext, s: &SipSummary, window: &Window, cfg: &Config, now: u64) {
+    // Over TCP the handshake already proved the address; over UDP the
+    // nonce must be one the registrar sent to this address, recently.
+    let horizon = cfg.nonce_horizon_s as u64 * 1_000_000_000;
+    let issued = s.auth_nonce != 0
+        && NONCES
+            // SAFETY: a value from a successful lookup, read at once.
+            .get_ptr(&NonceKey { addr: sc.src, nonce: s.auth_nonce })
+            .is_some_and(|t| now.wrapping_sub(unsafe { *t }) < horizon);
+    let bound = sc.proto == IPPROTO_TCP || issued;
+    let u = s.username;
+    let tag = if u.end > u.start {
+        identity_tag_window(&cfg.identity_key, window, u.start as usize, (u.end - u.start) as usize)
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    let txn = Txn { client: sc.src, tag, at_ns: now, flags: if bound { TXN_BOUND } else { 0 }, _reserved: 0 };
+    let _ = TRANSACTIONS.insert(&txn_key(s, s.method), &txn, 0);
+}
+
+/// What a final answer to a credentialed request says.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Failure,
+    Stale,
+    Success,
+    Other,
+}
+
+/// Counts a response against the client it is sent to. A challenge's
+/// nonce is remembered as issued to that client; a final answer to a
+/// remembered credentialed request of that client is its outcome: a
+/// failure (401/407 not stale, 403), a stale nonce, or a success (2xx).
 #[inline(always)]
 pub(super) fn response<C: EbpfContext>(ctx: &C, dst: &AddrKey, s: &SipSummary, cfg: &Config) {
-    if s.cseq_method != method::REGISTER {
+    let register = s.cseq_method == method::REGISTER;
+    let challenge = s.status == 401 || s.status == 407;
+    if register {
+        match s.status {
+            401 | 407 => stat(sip_stat::RESPONSE_REGISTER_CHALLENGE),
+            403 => stat(sip_stat::RESPONSE_REGISTER_FORBIDDEN),
+            200..=299 => stat(sip_stat::RESPONSE_REGISTER_OK),
+            _ => stat(sip_stat::RESPONSE_REGISTER_OTHER),
+        }
+    } else {
         stat(sip_stat::RESPONSE_OTHER);
-        return;
     }
     // SAFETY: bpf_ktime_get_ns takes no arguments and cannot fail.
     let now = unsafe { bpf_ktime_get_ns() };
-    match s.status {
-        401 | 407 => stat(sip_stat::RESPONSE_REGISTER_CHALLENGE),
-        403 => stat(sip_stat::RESPONSE_REGISTER_FORBIDDEN),
-        200..=299 => stat(sip_stat::RESPONSE_REGISTER_OK),
-        _ => {
-            stat(sip_stat::RESPONSE_REGISTER_OTHER);
-            return;
+    if challenge && s.challenge_nonce != 0 {
+        let _ = NONCES.insert(&NonceKey { addr: *dst, nonce: s.challenge_nonce }, &now, 0);
+    }
+    // The request this answers, if it carried credentials from `dst`.
+    let key = txn_key(s, s.cseq_method);
+    let mut paired: Option<(u64, bool)> = None;
+    if s.call_id != 0
+        && s.cseq != 0
+        && let Some(t) = TRANSACTIONS.get_ptr(&key)
+    {
+        // SAFETY: a value from a successful lookup, read at once.
+        let t = unsafe { *t };
+        if same_addr(&t.client, dst) && now.wrapping_sub(t.at_ns) < TXN_LIFETIME_NS {
+            paired = Some((t.tag, t.flags & TXN_BOUND != 0));
         }
+        if s.status >= 200 {
+            let _ = TRANSACTIONS.remove(&key);
+        }
+    }
+    let outcome = match s.status {
+        401 | 407 if s.stale => Outcome::Stale,
+        401 | 407 | 403 => Outcome::Failure,
+        200..=299 => Outcome::Success,
+        _ => Outcome::Other,
+    };
+    if !register && paired.is_none() {
+        return;
     }
     // A response counts against the client it is sent to.
     let Some(e) = source(dst, now, cfg) else { return };
-    match s.status {
-        401 | 407 => {
-            // SAFETY: as in `request`.
-            unsafe {
-                add64(&raw mut (*e).register_challenged);
-                add32(&raw mut (*e).win_register_rejected);
+    if register {
+        // SAFETY: as in `request`.
+        unsafe {
+            match s.status {
+                401 | 407 => add64(&raw mut (*e).register_challenged),
+                403 => add64(&raw mut (*e).register_forbidden),
+                200..=299 => add64(&raw mut (*e).register_ok),
+                _ => {}
             }
         }
-        403 => {
+    }
+    let Some((tag, bound)) = paired else { return };
+    // SAFETY: e points into a live map value (from `source`); no other
+    // reference to it is held here.
+    let st = unsafe { &mut *e };
+    match outcome {
+        Outcome::Failure if bound => {
             // SAFETY: as in `request`.
             unsafe {
-                add64(&raw mut (*e).register_forbidden);
-                add32(&raw mut (*e).win_register_rejected);
+                add64(&raw mut st.failures);
+                add32(&raw mut st.win_failures);
+            }
+            st.win_identities |= 1 << (tag & 63);
+            check_thresholds(ctx, st, dst, cfg, now, Some(tag));
+        }
+        Outcome::Failure => {
+            // SAFETY: as in `request`.
+            unsafe {
+                add64(&raw mut st.unbound_failures);
+                add32(&raw mut st.win_unbound);
             }
         }
         // SAFETY: as in `request`.
-        _ => unsafe { add64(&raw mut (*e).register_ok) },
+        Outcome::Stale => unsafe { add64(&raw mut st.stale) },
+        Outcome::Success if tag != 0 => {
+            // The two most recent distinct identities that worked here.
+            if st.ok_tag[0] != tag {
+                st.ok_tag[1] = st.ok_tag[0];
+                st.ok_ns[1] = st.ok_ns[0];
+                st.ok_tag[0] = tag;
+            }
+            st.ok_ns[0] = now;
+        }
+        _ => {}
     }
-    // SAFETY: as in `request`.
-    check_thresholds(ctx, unsafe { &mut *e }, dst, cfg, now);
 }
 
 /// The entry for `addr`, created if needed, with its window rolled over if
@@ -141,8 +251,9 @@ fn source(addr: &AddrKey, now: u64, cfg: &Config) -> Option<*mut SourceStats> {
         (*e).last_seen_ns = now;
         if now.wrapping_sub((*e).window_start_ns) >= cfg.window_ns && cfg.window_ns != 0 {
             (*e).window_start_ns = now;
-            (*e).win_register_noauth = 0;
-            (*e).win_register_rejected = 0;
+            (*e).win_failures = 0;
+            (*e).win_unbound = 0;
+            (*e).win_identities = 0;
             (*e).win_intl_invites = 0;
             (*e).win_events = 0;
         }
@@ -151,17 +262,34 @@ fn source(addr: &AddrKey, now: u64, cfg: &Config) -> Option<*mut SourceStats> {
 }
 
 /// Reports `addr` once per window for each per-source threshold its window
-/// has reached.
+/// has reached. `failed` is the identity of a failure just counted.
 #[inline(always)]
-fn check_thresholds<C: EbpfContext>(ctx: &C, st: &mut SourceStats, addr: &AddrKey, cfg: &Config, now: u64) {
+fn check_thresholds<C: EbpfContext>(
+    ctx: &C,
+    st: &mut SourceStats,
+    addr: &AddrKey,
+    cfg: &Config,
+    now: u64,
+    failed: Option<u64>,
+) {
     let fails = st.window_auth_failures();
-    if cfg.auth_failure_threshold != 0
+    if let Some(tag) = failed
+        && cfg.auth_failure_threshold != 0
         && fails >= cfg.auth_failure_threshold
         && st.win_events & EVENT_AUTH_FAILURES == 0
     {
         st.win_events |= EVENT_AUTH_FAILURES;
         let threshold = cfg.auth_failure_threshold;
-        let event = Emit { kind: EVENT_AUTH_FAILURES, count: fails, threshold, cc: 0, sources: 0 };
+        let horizon = cfg.success_horizon_s as u64 * 1_000_000_000;
+        let other_ok =
+            |i: usize| st.ok_tag[i] != 0 && st.ok_tag[i] != tag && now.wrapping_sub(st.ok_ns[i]) < horizon;
+        let auth = AuthEvidence {
+            tag,
+            unbound: st.win_unbound,
+            identities: st.win_identities.count_ones() as u16,
+            flags: if other_ok(0) || other_ok(1) { EVENT_FLAG_OTHER_OK } else { 0 },
+        };
+        let event = Emit { kind: EVENT_AUTH_FAILURES, count: fails, threshold, cc: 0, sources: 0, auth };
         emit(ctx, addr, &event, st.window_start_ns, now);
     }
     let intl = st.win_intl_invites;
@@ -179,7 +307,8 @@ fn check_thresholds<C: EbpfContext>(ctx: &C, st: &mut SourceStats, addr: &AddrKe
             .unwrap_or(cfg.intl_invite_threshold);
         if intl >= threshold {
             st.win_events |= EVENT_INTL_INVITES;
-            let event = Emit { kind: EVENT_INTL_INVITES, count: intl, threshold, cc: 0, sources: 0 };
+            let event =
+                Emit { kind: EVENT_INTL_INVITES, count: intl, threshold, cc: 0, sources: 0, auth: NO_AUTH };
             emit(ctx, addr, &event, st.window_start_ns, now);
         }
     }
@@ -219,7 +348,14 @@ fn country_window<C: EbpfContext>(ctx: &C, src: &AddrKey, cc: u16, cfg: &Config,
     let sources = sources_at_least(&w.sources);
     if count >= threshold && sources >= cfg.country_min_sources {
         w.events |= EVENT_COUNTRY_INVITES;
-        let event = Emit { kind: EVENT_COUNTRY_INVITES, count, threshold, cc, sources: sources as u16 };
+        let event = Emit {
+            kind: EVENT_COUNTRY_INVITES,
+            count,
+            threshold,
+            cc,
+            sources: sources as u16,
+            auth: NO_AUTH,
+        };
         emit(ctx, &[0; 16], &event, w.window_start_ns, now);
     }
 }
@@ -231,7 +367,19 @@ struct Emit {
     threshold: u32,
     cc: u16,
     sources: u16,
+    auth: AuthEvidence,
 }
+
+/// What an authentication-failure event reports besides the count.
+#[derive(Clone, Copy)]
+struct AuthEvidence {
+    tag: u64,
+    unbound: u32,
+    identities: u16,
+    flags: u16,
+}
+
+const NO_AUTH: AuthEvidence = AuthEvidence { tag: 0, unbound: 0, identities: 0, flags: 0 };
 
 #[inline(always)]
 fn emit<C: EbpfContext>(ctx: &C, addr: &AddrKey, e: &Emit, window_start_ns: u64, at_ns: u64) {
@@ -244,6 +392,10 @@ fn emit<C: EbpfContext>(ctx: &C, addr: &AddrKey, e: &Emit, window_start_ns: u64,
         threshold: e.threshold,
         cc: e.cc,
         sources: e.sources,
+        tag: e.auth.tag,
+        unbound: e.auth.unbound,
+        identities: e.auth.identities,
+        flags: e.auth.flags,
     };
     if EVENTS.output::<ThresholdEvent>(&event, 0).is_err() {
         stat(sip_stat::EVENTS_LOST);

@@ -392,7 +392,11 @@ pub(crate) fn count_stage<C: EbpfContext>(ctx: &C) -> i32 {
                 let c = classify(&s.number, plan, &KernelCountryCodes);
                 (class, cc) = (c.class, c.cc);
             }
-            request(ctx, &sc.src, s, class, cc, cfg);
+            let Some(scratch) = SCRATCH.get_ptr(0) else { return staged_verdict() };
+            // SAFETY: the payload of a live per-CPU map value, with its
+            // tail zeroed by the first stage.
+            let window = unsafe { Window::new(&raw const (*scratch).payload, sc.len as usize) };
+            request(ctx, sc, s, &window, class, cc, cfg);
         }
         kind::RESPONSE => response(ctx, &sc.dst, s, cfg),
         _ => {}

@@ -76,7 +76,7 @@ fn main() {
         let cli =
             tollgate::cli::Cli::try_parse_from(["tollgate", "run", "--iface", "bench"]).expect("defaults");
         let tollgate::cli::Command::Run(args) = cli.command else { unreachable!("parsed `run`") };
-        tollgate::daemon::setup::kernel_config(&args)
+        tollgate::daemon::setup::kernel_config(&args, tollgate_common::IdentityKey { k0: 1, k1: 2 })
     };
     l.maps.set_config(defaults).expect("config");
 
