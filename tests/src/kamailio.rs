@@ -42,16 +42,26 @@ impl Kamailio {
     /// A registrar and proxy on UDP and TCP port 5060 of `v4` and `v6`,
     /// relaying authenticated calls to the UAS at `uas` (a SIP URI).
     pub fn core(ns: &NetNs, v4: IpAddr, v6: IpAddr, uas: &str) -> Self {
+        Self::core_with(ns, v4, v6, uas, &[])
+    }
+
+    /// Like [`Kamailio::core`], with more defines for its configuration
+    /// (e.g. `("NONCE_EXPIRE", "2")`).
+    pub fn core_with(ns: &NetNs, v4: IpAddr, v6: IpAddr, uas: &str, defines: &[(&str, &str)]) -> Self {
         let listens: Vec<String> = ["udp", "tcp"]
             .iter()
             .flat_map(|t| [format!("{t}:{v4}:5060"), format!("{t}:[{v6}]:5060")])
             .collect();
-        Self::start_with(ns, &listens, Some(uas))
+        Self::start_defined(ns, &listens, Some(uas), defines)
     }
 
     /// The general form: up to four listen sockets (Kamailio's `listen=`
     /// syntax), and where to relay calls.
     pub fn start_with(ns: &NetNs, listens: &[String], uas: Option<&str>) -> Self {
+        Self::start_defined(ns, listens, uas, &[])
+    }
+
+    fn start_defined(ns: &NetNs, listens: &[String], uas: Option<&str>, defines: &[(&str, &str)]) -> Self {
         assert!((1..=4).contains(&listens.len()), "kamailio.cfg takes one to four listen sockets");
         let rundir = std::env::temp_dir().join(unique("kam"));
         let db = rundir.join("db");
@@ -73,6 +83,9 @@ impl Kamailio {
         }
         if let Some(uas) = uas {
             cmd.arg("-A").arg(format!("UAS={uas}"));
+        }
+        for (name, value) in defines {
+            cmd.arg("-A").arg(format!("{name}={value}"));
         }
         let child = cmd
             .arg("-A")

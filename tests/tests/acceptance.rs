@@ -87,8 +87,14 @@ struct Bed {
 
 impl Bed {
     fn start(dry: bool, args: &[&str]) -> Self {
+        Self::start_with(dry, args, &[])
+    }
+
+    /// Like [`Bed::start`], with defines for Kamailio's configuration.
+    fn start_with(dry: bool, args: &[&str], defines: &[(&str, &str)]) -> Self {
         let site = Site::new();
-        let kamailio = Kamailio::core(&site.core, CORE_V4, CORE_V6, &format!("sip:{CORE_V4}:{UAS_PORT}"));
+        let uas = format!("sip:{CORE_V4}:{UAS_PORT}");
+        let kamailio = Kamailio::core_with(&site.core, CORE_V4, CORE_V6, &uas, defines);
         let uas = Server::uas(&site.core, CORE_V4, UAS_PORT);
         let audit = TempFile::new("audit");
         let mut all = vec!["--audit-log", audit.path()];
@@ -774,4 +780,180 @@ fn agent_killed_during_a_suspension_keeps_enforcing_and_lapses_on_time() {
 #[test]
 fn agent_killed_dry_run() {
     agent_killed("agent_killed_dry_run", true);
+}
+
+// ---------------------------------------------------------------------------
+// 7. Evidence that cannot be offset or forged, and phones that must never
+//    look like attackers (issue 11).
+// ---------------------------------------------------------------------------
+
+/// A REGISTER for `user` from `src` (Call-ID unique per `n`), with extra
+/// header lines.
+fn register_text(src: IpAddr, user: &str, n: usize, extra: &str) -> String {
+    format!(
+        "REGISTER sip:edge.example SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {src}:5099;branch=z9hG4bK{n}x;rport\r\n\
+         From: <sip:{user}@edge.example>;tag={n}\r\n\
+         To: <sip:{user}@edge.example>\r\n\
+         Call-ID: crafted{n}@{src}\r\n\
+         CSeq: {n} REGISTER\r\n\
+         Contact: <sip:{user}@{src}:5099>\r\n\
+         {extra}Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// A socket in the internet namespace bound to `src`:5099, which reads
+/// Kamailio's answers.
+fn sip_socket(bed: &Bed, src: IpAddr) -> std::net::UdpSocket {
+    let sock = bed.site.inet.run(move || std::net::UdpSocket::bind((src, 5099)).expect("bind"));
+    sock.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+    sock
+}
+
+/// Sends `text` to Kamailio and returns its answer (empty if none came).
+fn ask(sock: &std::net::UdpSocket, text: &str) -> String {
+    sock.send_to(text.as_bytes(), (CORE_V4, 5060)).expect("send");
+    let mut buf = [0u8; 4096];
+    match sock.recv(&mut buf) {
+        Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The nonce of a challenge.
+fn nonce_of(answer: &str) -> String {
+    let at = answer.find("nonce=\"").unwrap_or_else(|| panic!("no nonce in {answer:?}")) + 7;
+    answer[at..].split('"').next().expect("quoted").to_owned()
+}
+
+#[test]
+fn an_offsetting_brute_forcer_is_suspended_after_as_many_wrong_passwords_as_a_plain_one() {
+    let test = "an_offsetting_brute_forcer_is_suspended_after_as_many_wrong_passwords_as_a_plain_one";
+    if !tools_present(test) {
+        return;
+    }
+    let bed = Bed::start(false, &["--auth-failure-threshold", &THRESHOLD.to_string()]);
+    let attacker = attacker_v4(0);
+    // Between its guesses it sends REGISTERs without credentials that draw
+    // no challenge (Max-Forwards: 0 is answered 483): under the old
+    // "rejections minus uncredentialed REGISTERs" they cancelled its
+    // failures out.
+    let offset = sip_socket(&bed, attacker);
+    let mut c = Client::new("register-client.xml", "bad.csv", attacker, CORE_V4);
+    c.recv_timeout_ms = 1000;
+    let mut guesses = 0;
+    let ns = bed.inet();
+    while bed.audited(&[r#""event":"impose""#], Duration::from_millis(1)).is_none() && guesses < 3 * THRESHOLD
+    {
+        for k in 0..3 {
+            let answer =
+                ask(&offset, &register_text(attacker, "1002", 1000 + 3 * guesses + k, "Max-Forwards: 0\r\n"));
+            assert!(answer.starts_with("SIP/2.0 483"), "{answer}");
+        }
+        c.run(&ns);
+        guesses += 1;
+    }
+    let line = bed.imposed("auth-suspend", &target(attacker), Duration::from_secs(5));
+    let tried = bed.kamailio.forbidden_from(attacker);
+    eprintln!("offsetting brute forcer: suspended after {tried} wrong passwords\n{line}");
+    assert!((THRESHOLD..=THRESHOLD + 1).contains(&tried), "{tried} wrong passwords reached Kamailio");
+    assert!(line.contains(&format!(r#""count":{THRESHOLD}"#)) && line.contains(r#""unbound":0"#), "{line}");
+}
+
+#[test]
+fn forged_credentials_with_a_customers_address_never_restrict_it() {
+    let test = "forged_credentials_with_a_customers_address_never_restrict_it";
+    if !tools_present(test) {
+        return;
+    }
+    let bed = Bed::start(false, &["--auth-failure-threshold", "5"]);
+    let (attacker, customer) = (attacker_v4(0), customer_v4(1));
+    // The attacker gets a real nonce, issued to its own address...
+    let own = sip_socket(&bed, attacker);
+    let nonce = nonce_of(&ask(&own, &register_text(attacker, "1001", 1, "")));
+    // ...and sprays credentialed REGISTERs with the customer's address as
+    // their source; the registrar rejects every one, and its answers go
+    // to the customer.
+    let forged = sip_socket(&bed, customer);
+    for n in 0..30 {
+        let auth = format!(
+            "Authorization: Digest username=\"1001\", realm=\"edge.example\", nonce=\"{nonce}\", \
+             uri=\"sip:edge.example\", response=\"00000000000000000000000000000000\", algorithm=MD5\r\n"
+        );
+        let answer = ask(&forged, &register_text(customer, "1001", 100 + n, &auth));
+        assert!(answer.starts_with("SIP/2.0 40"), "the registrar must reject it: {answer}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(bed.impositions().is_empty(), "{:?}", bed.impositions());
+    let s = bed.agent.source(customer).expect("tracked");
+    eprintln!("forged: {s:?}");
+    assert_eq!(s.failures, 0, "{s:?}");
+    assert!(s.unbound_failures >= 25, "{s:?}");
+    // The customer's own phone still registers.
+    let out = Client::new("register-client.xml", "good.csv", customer, CORE_V4).run(&bed.inet());
+    assert_eq!(out.successful, 1, "{}", out.text);
+}
+
+#[test]
+fn stale_nonces_and_large_registers_are_no_failures() {
+    let test = "stale_nonces_and_large_registers_are_no_failures";
+    if !tools_present(test) {
+        return;
+    }
+    // Nonces live 2 s: phones re-registering after 3 s get 401 stale=true.
+    let bed = Bed::start_with(false, &["--auth-failure-threshold", "3"], &[("NONCE_EXPIRE", "2")]);
+    let phones: u32 = 12;
+    let mut c = Client::new("register-reuse-nonce.xml", "office.csv", OFFICE_LAN, CORE_V4);
+    c.calls = phones;
+    c.rate = phones;
+    c.socket_per_call = true;
+    c.pause_ms = Some(3000);
+    let out = c.run(bed.site.office.name());
+    assert_eq!(out.successful, u64::from(phones), "{}", out.text);
+    let stale = bed.kamailio.logged("tollgate-register-stale", OFFICE_PUBLIC);
+    assert!(stale >= phones as usize, "only {stale} stale nonces: {}", bed.kamailio.log_text());
+    // Large REGISTERs (about 1.9 kB: long Contact, Allow, Supported), over
+    // UDP (fragmented) and TCP.
+    for tcp in [false, true] {
+        let mut c = Client::new("register-large.xml", "good.csv", customer_v4(2), CORE_V4);
+        c.tcp = tcp;
+        c.calls = 4;
+        let out = c.run(&bed.inet());
+        assert_eq!(out.successful, 4, "tcp={tcp}: {}", out.text);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(bed.impositions().is_empty(), "{:?}", bed.impositions());
+    let office = bed.agent.source(OFFICE_PUBLIC).expect("tracked");
+    let large = bed.agent.source(customer_v4(2)).expect("tracked");
+    eprintln!("office: {office:?}\nlarge: {large:?}");
+    assert_eq!((office.failures, office.unbound_failures), (0, 0), "{office:?}");
+    assert!(office.stale >= u64::from(phones), "{office:?}");
+    assert_eq!((large.failures, large.unbound_failures), (0, 0), "{large:?}");
+}
+
+#[test]
+fn invite_password_guessing_is_detected() {
+    let test = "invite_password_guessing_is_detected";
+    if !tools_present(test) {
+        return;
+    }
+    let bed = Bed::start(false, &["--auth-failure-threshold", &THRESHOLD.to_string()]);
+    let attacker = attacker_v4(1);
+    let csv = guesses_csv("1003", "pbx-secret-3", 1000, 60);
+    let mut c = call(csv.0.clone(), attacker, "+23276000001", 40, 10);
+    c.recv_timeout_ms = 1000;
+    let ns = bed.inet();
+    let guessing = std::thread::spawn(move || c.run(&ns));
+    let line = bed.imposed("auth-suspend", &target(attacker), Duration::from_secs(20));
+    let at_block = bed.kamailio.logged("tollgate-invite-forbidden", attacker);
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = bed.kamailio.logged("tollgate-invite", attacker);
+    guessing.join().expect("sipp");
+    eprintln!("INVITE guessing: suspended after {at_block} wrong passwords\n{line}");
+    assert!((THRESHOLD..THRESHOLD + 5).contains(&at_block), "{at_block}");
+    assert_eq!(
+        bed.kamailio.logged("tollgate-invite", attacker),
+        seen,
+        "INVITEs reached Kamailio while suspended"
+    );
 }
