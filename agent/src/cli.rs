@@ -328,6 +328,15 @@ pub struct PolicyArgs {
     #[arg(long, value_name = "DURATION", default_value = "4h", value_parser = parse_duration)]
     pub country_restrict_max: Duration,
 
+    /// Distinct identities failing at one address within a window from
+    /// which the whole address is auth-suspended (password spraying). Below
+    /// it, at an address where another identity authenticated within
+    /// --success-horizon (an office behind one NAT), only the failing
+    /// identity is suspended there (identity-suspend).
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub spray_identities: u16,
+
     /// Most sources of one /24 (IPv4) or /48 (IPv6) restricted in one way;
     /// beyond it tollgate alerts instead of acting (spoofed sources). 0: no cap.
     #[arg(long, value_name = "N", default_value_t = 16)]

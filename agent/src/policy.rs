@@ -75,6 +75,12 @@ pub enum Kind {
     #[value(name = "country")]
     #[serde(rename = "country")]
     CountryRestrict,
+    /// identity-suspend: drop one identity's credentialed requests from one
+    /// address, where other identities authenticate (an office behind one
+    /// NAT). Automatic only, for now.
+    #[value(skip)]
+    #[serde(rename = "identity")]
+    IdentitySuspend,
 }
 
 impl Kind {
@@ -84,6 +90,7 @@ impl Kind {
             Kind::IntlSuspend => "intl-suspend",
             Kind::Block => "block",
             Kind::CountryRestrict => "country-restrict",
+            Kind::IdentitySuspend => "identity-suspend",
         }
     }
 }
@@ -94,6 +101,8 @@ pub enum Target {
     Source(IpNet),
     /// An E.164 country code.
     Country(u16),
+    /// One identity (its tag) at one address.
+    Identity(IpAddr, u64),
 }
 
 impl std::fmt::Display for Target {
@@ -101,6 +110,9 @@ impl std::fmt::Display for Target {
         match self {
             Target::Source(net) => write!(f, "{net}"),
             Target::Country(cc) => write!(f, "+{cc}"),
+            Target::Identity(addr, tag) => {
+                write!(f, "{} identity {}", IpNet::from(*addr), tollgate_common::hash::IdentityTag(*tag))
+            }
         }
     }
 }
@@ -196,6 +208,10 @@ pub struct PolicyConfig {
     pub country_restrict_for: Duration,
     /// Longest an automatic country restriction lasts in all.
     pub country_restrict_max: Duration,
+    /// Distinct failing identities at an address in a window from which
+    /// the address as a whole is auth-suspended even where other identities
+    /// work (password spraying).
+    pub spray_identities: u16,
 }
 
 /// Why a restriction was imposed: which rule decided it, or who. Its string
@@ -297,13 +313,24 @@ impl Engine {
         event_kind: EventKind,
         evidence: Evidence,
     ) -> Vec<Decision> {
-        let (kind, base, reason) = match event_kind {
+        let (mut kind, base, reason) = match event_kind {
             EventKind::AuthFailures => (Kind::AuthSuspend, self.cfg.auth_suspend, Reason::BruteForce),
             EventKind::IntlInvites => (Kind::IntlSuspend, self.cfg.intl_suspend, Reason::IntlSurge),
             // Country surges come through on_country_surge.
             EventKind::CountryInvites => return Vec::new(),
         };
-        let target = Target::Source(IpNet::from(addr));
+        let mut target = Target::Source(IpNet::from(addr));
+        // Surgical: at an address where other identities authenticate, the
+        // failures of one (or a few) identities restrict only them; many
+        // failing identities (spraying), or none working, the address.
+        if let Some(a) = evidence.auth
+            && a.other_ok
+            && a.identity != 0
+            && a.identities < self.cfg.spray_identities
+        {
+            kind = Kind::IdentitySuspend;
+            target = Target::Identity(addr, a.identity);
+        }
         if self.allow.iter().any(|a| a.contains(&addr)) {
             return vec![Decision::Alert { kind, target, why: "allowlisted source", evidence }];
         }
@@ -485,6 +512,9 @@ impl Engine {
             (_, Target::Country(_)) => {
                 return Err(format!("{} takes a source address or prefix", kind.name()));
             }
+            (Kind::IdentitySuspend, _) | (_, Target::Identity(..)) => {
+                return Err("identity-suspend is imposed by the engine only".into());
+            }
             (_, Target::Source(net)) => {
                 if self.allow.iter().any(|a| a.contains(&net) || net.contains(a)) {
                     return Err(format!("{net} overlaps the allowlist, which wins over every restriction"));
@@ -549,7 +579,49 @@ mod tests {
             country_restrict: true,
             country_restrict_for: Duration::from_secs(900),
             country_restrict_max: Duration::from_secs(3600),
+            spray_identities: 3,
         }
+    }
+
+    /// An authentication-failure report from `addr`: identity `tag` crossed,
+    /// `identities` failing in the window, another identity working there
+    /// (`other_ok`).
+    fn auth_report(e: &mut Engine, addr: IpAddr, tag: u64, identities: u16, other_ok: bool) -> Vec<Decision> {
+        let auth = Some(AuthEvidence { identity: tag, unbound: 0, identities, other_ok });
+        let evidence = Evidence {
+            count: 10,
+            threshold: 10,
+            window: Duration::from_secs(60),
+            auth,
+            ..Evidence::default()
+        };
+        e.on_event(0, addr, EventKind::AuthFailures, evidence)
+    }
+
+    #[test]
+    fn failures_of_one_identity_where_others_work_suspend_only_that_identity() {
+        let mut e = Engine::new(cfg(), vec![]);
+        let office: IpAddr = "198.51.100.200".parse().unwrap();
+        let d = auth_report(&mut e, office, 7, 1, true);
+        assert!(
+            matches!(&d[..], [Decision::Impose(a)] if a.kind == Kind::IdentitySuspend && a.target == Target::Identity(office, 7)),
+            "{d:?}"
+        );
+        // A second misconfigured phone: its own suspension.
+        let d = auth_report(&mut e, office, 9, 2, true);
+        assert!(matches!(&d[..], [Decision::Impose(a)] if a.target == Target::Identity(office, 9)), "{d:?}");
+        // Spraying (three identities failing): the address as a whole.
+        let d = auth_report(&mut e, office, 11, 3, true);
+        assert!(
+            matches!(&d[..], [Decision::Impose(a)] if a.kind == Kind::AuthSuspend && a.target == Target::Source(IpNet::from(office))),
+            "{d:?}"
+        );
+        // Where no other identity works, the address, as before.
+        let lone: IpAddr = "203.0.113.10".parse().unwrap();
+        let d = auth_report(&mut e, lone, 7, 1, false);
+        assert!(matches!(&d[..], [Decision::Impose(a)] if a.kind == Kind::AuthSuspend), "{d:?}");
+        // The audit target names the address and the tag, never a name.
+        assert_eq!(Target::Identity(office, 7).to_string(), "198.51.100.200/32 identity 0000000000000007");
     }
 
     /// A kernel report with the ceiling thresholds (10 and 30) in force.
@@ -725,6 +797,7 @@ mod country_tests {
             window: Duration::from_secs(60),
             peacetime_milli: None,
             sources: Some(sources),
+            auth: None,
         }
     }
 

@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use tollgate_common::{
     ALLOWLIST_CAPACITY, AddrKey, AllowEntry, BLOCKLIST_CAPACITY, Baseline, BlockEntry, Config, Counter,
-    CountryRestriction, CountryWindow, EVENTS_BYTES, INTL_BASELINE_CAPACITY, NONCES_CAPACITY, NonceKey,
-    RESTRICTIONS_CAPACITY, Restriction, SIP_PORTS_CAPACITY, SOURCES_CAPACITY, SipContext, SourceStats,
-    TRANSACTIONS_CAPACITY, Txn, TxnKey,
+    CountryRestriction, CountryWindow, EVENTS_BYTES, INTL_BASELINE_CAPACITY, IdentityAt, IdentityRestriction,
+    NONCES_CAPACITY, NonceKey, RESTRICTIONS_CAPACITY, Restriction, SIP_PORTS_CAPACITY, SOURCES_CAPACITY,
+    SipContext, SourceStats, TRANSACTIONS_CAPACITY, Txn, TxnKey,
     number::{COUNTRY_CODE_SLOTS, NumberPlan},
     sip::SipSummary,
     sip_stat, verdict,
@@ -98,6 +98,12 @@ pub(crate) static COUNTRY_BASELINE: Array<Baseline> = Array::with_max_entries(CO
 /// Each destination country's current window (written here).
 #[map]
 pub(crate) static COUNTRY_WINDOW: Array<CountryWindow> = Array::with_max_entries(COUNTRY_CODE_SLOTS, 0);
+
+/// identity-suspend: one identity's credentials from one address, decided
+/// by the agent where other identities work (an office behind one NAT).
+#[map]
+pub(crate) static ID_RESTRICT: HashMap<IdentityAt, IdentityRestriction> =
+    HashMap::with_max_entries(RESTRICTIONS_CAPACITY, 0);
 
 /// country-restrict: expiry per E.164 country code.
 #[map]

@@ -4,13 +4,13 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use tollgate_common::{
-    AddrKey, IPPROTO_TCP, MAX_NESTED_BLOCKS, NO_VERDICT, SipContext,
+    AddrKey, IPPROTO_TCP, IdentityAt, MAX_NESTED_BLOCKS, NO_VERDICT, SipContext,
     number::class,
     sip::{SipSummary, kind, method, sweep},
     verdict,
 };
 
-use crate::maps::{COUNTRY_RESTRICT, RESTRICTIONS};
+use crate::maps::{COUNTRY_RESTRICT, ID_RESTRICT, RESTRICTIONS};
 
 /// auth-suspend: REGISTER and credentialed requests.
 pub(crate) const AUTH: u8 = 0;
@@ -79,7 +79,7 @@ fn fail_closed(sc: &SipContext, s: &SipSummary, class: u8, now: u64) -> Option<u
 /// restriction applies. Allowlisted sources and readable emergency calls
 /// are never restricted; a packet already dropped stays dropped.
 #[inline(always)]
-pub(crate) fn restrict(sc: &SipContext, s: &SipSummary, class: u8, cc: u16) -> (i32, u32) {
+pub(crate) fn restrict(sc: &SipContext, s: &SipSummary, class: u8, cc: u16, tag: u64) -> (i32, u32) {
     let staged = (sc.action, sc.code);
     if sc.code == NO_VERDICT || sc.action != xdp_action::XDP_PASS as i32 || sc.allowlisted != 0 {
         return staged;
@@ -97,6 +97,14 @@ pub(crate) fn restrict(sc: &SipContext, s: &SipSummary, class: u8, cc: u16) -> (
     }
     if (s.method == method::REGISTER || s.has_auth) && restricted(&sc.src, AUTH, now) {
         return (drop, verdict::DROP_AUTH_SUSPENDED);
+    }
+    if tag != 0
+        && ID_RESTRICT
+            .get_ptr(&IdentityAt { addr: sc.src, tag })
+            // SAFETY: a value from a successful lookup, read at once.
+            .is_some_and(|r| unsafe { (*r).until_ns } > now)
+    {
+        return (drop, verdict::DROP_IDENTITY_SUSPENDED);
     }
     if class == class::INTERNATIONAL {
         if restricted(&sc.src, INTL, now) {

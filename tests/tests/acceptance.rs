@@ -957,3 +957,98 @@ fn invite_password_guessing_is_detected() {
         "INVITEs reached Kamailio while suspended"
     );
 }
+
+/// `tollgate identity-tag NAME` for the agent's deployment key.
+fn tag_of(bed: &Bed, name: &str) -> String {
+    let out = Command::new(tollgate_tests::tollgate_bin())
+        .args(["identity-tag", name, "--state-dir"])
+        .arg(&bed.agent.state_dir)
+        .output()
+        .expect("tollgate identity-tag");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A sipp CSV of one user with a wrong password, `rows` times.
+fn wrong_password_csv(user: &str, rows: usize) -> TempFile {
+    guesses_csv(user, "never-this", rows + 1, rows)
+}
+
+#[test]
+fn one_misconfigured_phone_behind_an_office_nat_is_suspended_alone() {
+    let test = "one_misconfigured_phone_behind_an_office_nat_is_suspended_alone";
+    if !tools_present(test) {
+        return;
+    }
+    let phones: u32 = scale(20, 39);
+    let bed = Bed::start(false, &["--auth-failure-threshold", &THRESHOLD.to_string()]);
+    let register_all = |bed: &Bed| {
+        let mut c = Client::new("register-client.xml", "office.csv", OFFICE_LAN, CORE_V4);
+        (c.calls, c.rate, c.socket_per_call) = (phones, phones, true);
+        c.run(bed.site.office.name())
+    };
+    let out = register_all(&bed);
+    assert_eq!(out.successful, u64::from(phones), "{}", out.text);
+    // Phone 2040 has a wrong password and keeps retrying.
+    let csv = wrong_password_csv("2040", 2 * THRESHOLD);
+    let mut bad = Client::new("register-client.xml", csv.0.clone(), OFFICE_LAN, CORE_V4);
+    (bad.calls, bad.rate, bad.recv_timeout_ms) = (2 * THRESHOLD as u32, 10, 1000);
+    bad.run(bed.site.office.name());
+    let tag = tag_of(&bed, "2040");
+    let line = bed.imposed(
+        "identity-suspend",
+        &format!("{OFFICE_PUBLIC}/32 identity {tag}"),
+        Duration::from_secs(5),
+    );
+    assert!(
+        line.contains(&format!(r#""identity":"{tag}""#)) && line.contains(r#""other_identities_ok":true"#),
+        "{line}"
+    );
+    let forbidden = bed.kamailio.logged("tollgate-register-forbidden", OFFICE_PUBLIC);
+    assert!((THRESHOLD..=THRESHOLD + 1).contains(&forbidden), "{forbidden} wrong passwords reached Kamailio");
+    // Every other phone keeps registering from the same address; the
+    // misconfigured one no longer reaches the registrar with credentials.
+    let out = register_all(&bed);
+    assert_eq!(out.successful, u64::from(phones), "{}", out.text);
+    bad.calls = 3;
+    bad.run(bed.site.office.name());
+    assert_eq!(bed.kamailio.logged("tollgate-register-forbidden", OFFICE_PUBLIC), forbidden);
+    assert!(
+        !bed.impositions().iter().any(|l| l.contains(r#""kind":"auth-suspend""#)),
+        "{:?}",
+        bed.impositions()
+    );
+    eprintln!("office: {phones} phones kept registering; {line}");
+}
+
+#[test]
+fn password_spraying_suspends_the_address_even_where_a_phone_works() {
+    let test = "password_spraying_suspends_the_address_even_where_a_phone_works";
+    if !tools_present(test) {
+        return;
+    }
+    let bed = Bed::start(false, &["--auth-failure-threshold", &THRESHOLD.to_string()]);
+    let addr = customer_v4(3);
+    // A phone works at this address...
+    let out = Client::new("register-client.xml", "good.csv", addr, CORE_V4).run(&bed.inet());
+    assert_eq!(out.successful, 1, "{}", out.text);
+    // ...and something there guesses the passwords of many users, one
+    // guess each in turn.
+    let users = ["2001", "2002", "2003", "2004"];
+    let mut rounds = 0;
+    while bed.audited(&[r#""event":"impose""#], Duration::from_millis(1)).is_none() && rounds < 10 {
+        for u in users {
+            let csv = wrong_password_csv(u, 1);
+            let mut c = Client::new("register-client.xml", csv.0.clone(), addr, CORE_V4);
+            c.recv_timeout_ms = 1000;
+            c.run(&bed.inet());
+        }
+        rounds += 1;
+    }
+    let line = bed.imposed("auth-suspend", &target(addr), Duration::from_secs(5));
+    assert!(
+        line.contains(r#""identities_at_least":"#) && !line.contains(r#""identities_at_least":1,"#),
+        "{line}"
+    );
+    eprintln!("spraying: {line}");
+}

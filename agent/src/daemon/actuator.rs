@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use log::{info, warn};
-use tollgate_common::{BlockEntry, CountryRestriction, NO_EXPIRY, reason};
+use tollgate_common::{BlockEntry, CountryRestriction, IdentityRestriction, NO_EXPIRY, reason};
 
 use crate::{
     audit::Auditor,
@@ -31,6 +31,15 @@ pub(super) fn adopt_restrictions(maps: &Maps, engine: &mut Engine) {
         if b.reason == reason::OPERATOR && b.expires_at_ns != NO_EXPIRY {
             found.push((Kind::Block, Target::Source(net), Reason::Adopted, now, b.expires_at_ns));
         }
+    }
+    for (addr, tag, r) in maps.identities.entries() {
+        found.push((
+            Kind::IdentitySuspend,
+            Target::Identity(addr, tag),
+            Reason::BruteForce,
+            r.imposed_at_ns,
+            r.until_ns,
+        ));
     }
     for (cc, r) in maps.country_restrictions().unwrap_or_default() {
         let why = Reason::adopted(r.reason);
@@ -75,6 +84,14 @@ fn write_restriction(maps: &mut Maps, a: &Active, until: u64) -> crate::error::R
                 maps.blocklist.remove(&net)
             } else {
                 Ok(())
+            }
+        }
+        (Kind::IdentitySuspend, Target::Identity(addr, tag)) => {
+            if until == 0 {
+                maps.identities.remove(addr, tag)
+            } else {
+                let r = IdentityRestriction { until_ns: until, imposed_at_ns: a.imposed_at_ns };
+                maps.identities.set(addr, tag, r)
             }
         }
         (Kind::CountryRestrict, Target::Country(cc)) => {

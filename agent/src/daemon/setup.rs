@@ -100,6 +100,7 @@ fn policy_config(args: &RunArgs) -> PolicyConfig {
         intl_suspend: args.policy.intl_suspend,
         max_restriction: args.policy.max_restriction,
         prefix_cap: args.policy.prefix_cap,
+        spray_identities: args.policy.spray_identities,
         dry_run: args.policy.dry_run,
         window: args.detect.window,
         country_restrict: args.policy.allow_country_restrict,

@@ -15,10 +15,11 @@ use aya::{
 };
 use ipnet::IpNet;
 use tollgate_common::{
-    AddrKey, AllowEntry, Baseline, BlockEntry, Config, Counter, CountryRestriction, MAP_ALLOWLIST,
-    MAP_BLOCKLIST, MAP_CONFIG, MAP_COUNTRY_BASELINE, MAP_COUNTRY_CODES, MAP_COUNTRY_INVITES,
-    MAP_COUNTRY_RESTRICT, MAP_INTL_BASELINE, MAP_NUMBER_PLAN, MAP_RESTRICTIONS, MAP_SIP_PORTS, MAP_SIP_STATS,
-    MAP_SOURCES, MAP_STATS, Restriction, SourceStats, V4_MAPPED_PREFIX_LEN,
+    AddrKey, AllowEntry, Baseline, BlockEntry, Config, Counter, CountryRestriction, IdentityAt,
+    IdentityRestriction, MAP_ALLOWLIST, MAP_BLOCKLIST, MAP_CONFIG, MAP_COUNTRY_BASELINE, MAP_COUNTRY_CODES,
+    MAP_COUNTRY_INVITES, MAP_COUNTRY_RESTRICT, MAP_ID_RESTRICT, MAP_INTL_BASELINE, MAP_NUMBER_PLAN,
+    MAP_RESTRICTIONS, MAP_SIP_PORTS, MAP_SIP_STATS, MAP_SOURCES, MAP_STATS, Restriction, SourceStats,
+    V4_MAPPED_PREFIX_LEN,
     number::{COUNTRY_CODE_SLOTS, NumberPlan},
     port_key, sip_stat, v4_mapped, v4_unmapped, verdict,
 };
@@ -29,6 +30,7 @@ pub struct Maps {
     pub blocklist: Blocklist,
     pub allowlist: Allowlist,
     pub restrictions: Restrictions,
+    pub identities: IdentityRestrictions,
     country_restrict: Array<MapData, CountryRestriction>,
     intl_baseline: HashMap<MapData, AddrKey, Baseline>,
     country_baseline: Array<MapData, Baseline>,
@@ -131,6 +133,7 @@ impl Maps {
             blocklist: Blocklist(typed(s, MAP_BLOCKLIST)?),
             allowlist: Allowlist(typed(s, MAP_ALLOWLIST)?),
             restrictions: Restrictions(typed(s, MAP_RESTRICTIONS)?),
+            identities: IdentityRestrictions(typed(s, MAP_ID_RESTRICT)?),
             country_restrict: typed(s, MAP_COUNTRY_RESTRICT)?,
             intl_baseline: typed(s, MAP_INTL_BASELINE)?,
             country_baseline: typed(s, MAP_COUNTRY_BASELINE)?,
@@ -322,6 +325,29 @@ impl Restrictions {
         let mut v: Vec<_> = self.0.iter().filter_map(|r| r.ok()).map(|(k, r)| (key_prefix(&k), r)).collect();
         v.sort_unstable_by_key(|(net, _)| *net);
         v
+    }
+}
+
+/// identity-suspend: one identity (tag) at one address.
+pub struct IdentityRestrictions(HashMap<MapData, IdentityAt, IdentityRestriction>);
+
+impl IdentityRestrictions {
+    pub fn set(&mut self, addr: IpAddr, tag: u64, r: IdentityRestriction) -> Result<()> {
+        let key = IdentityAt { addr: addr_key(addr), tag };
+        self.0.insert(key, r, 0).map_err(Error::map(format!("suspending an identity at {addr}")))
+    }
+
+    pub fn remove(&mut self, addr: IpAddr, tag: u64) -> Result<()> {
+        let key = IdentityAt { addr: addr_key(addr), tag };
+        match self.0.remove(&key) {
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            r => r.map_err(Error::map(format!("lifting an identity's suspension at {addr}"))),
+        }
+    }
+
+    /// Every entry: (address, tag, restriction).
+    pub fn entries(&self) -> Vec<(IpAddr, u64, IdentityRestriction)> {
+        self.0.iter().filter_map(|r| r.ok()).map(|(k, r)| (key_addr(&k.addr), k.tag, r)).collect()
     }
 }
 

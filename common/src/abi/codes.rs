@@ -116,8 +116,11 @@ pub mod verdict {
     /// with a later INVITE, a request whose headers go on past what was
     /// read). Fail open for everyone, fail closed for the restricted.
     pub const DROP_RESTRICTED_UNREADABLE: u32 = 10;
+    /// Dropped: a credentialed request of an identity suspended at this
+    /// source address (the address's other identities pass).
+    pub const DROP_IDENTITY_SUSPENDED: u32 = 11;
 
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
 
     /// `(code, action, reason)` for every verdict, for metrics and status.
     pub const ALL: [(u32, &str, &str); COUNT as usize] = [
@@ -132,6 +135,7 @@ pub mod verdict {
         (DROP_INTL_SUSPENDED, "drop", "intl_suspended"),
         (DROP_COUNTRY_RESTRICTED, "drop", "country_restricted"),
         (DROP_RESTRICTED_UNREADABLE, "drop", "restricted_unreadable"),
+        (DROP_IDENTITY_SUSPENDED, "drop", "identity_suspended"),
     ];
 }
 

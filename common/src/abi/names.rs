@@ -36,6 +36,8 @@ pub const MAP_RESTRICTIONS: &str = "RESTRICTIONS";
 /// Country restrictions on international INVITEs (array indexed by E.164
 /// code, value [`CountryRestriction`]).
 pub const MAP_COUNTRY_RESTRICT: &str = "COUNTRY_RESTRICT";
+/// identity-suspend: one identity's credentials from one address.
+pub const MAP_ID_RESTRICT: &str = "ID_RESTRICT";
 pub const RESTRICTIONS_CAPACITY: u32 = 65_536;
 /// Learned per-source thresholds for international INVITEs (hash, key
 /// [`AddrKey`], value [`Baseline`]): a source whose normal ("peacetime")
@@ -66,7 +68,8 @@ pub const MAP_JUMP_TC: &str = "JUMP_TC";
 /// dead agent's program keeps working. The jump tables are pinned because
 /// the kernel empties a program array when its last user reference goes.
 /// The event ring buffer is not pinned: a new agent starts a new stream.
-pub const PINNED_MAPS: [&str; 17] = [
+pub const PINNED_MAPS: [&str; 18] = [
+    MAP_ID_RESTRICT,
     MAP_INTL_BASELINE,
     MAP_COUNTRY_BASELINE,
     MAP_COUNTRY_WINDOW,

@@ -278,6 +278,24 @@ pub const TXN_BOUND: u32 = 1;
 /// How long a credentialed request waits for its answer (SIP's Timer F).
 pub const TXN_LIFETIME_NS: u64 = 32_000_000_000;
 
+/// One identity's credentials from one address (identity-suspend).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub struct IdentityAt {
+    pub addr: AddrKey,
+    /// The identity tag ([`crate::hash::identity_tag`]).
+    pub tag: u64,
+}
+
+/// An identity-suspend: until when (CLOCK_MONOTONIC ns) the identity's
+/// credentialed requests from the address are dropped, and since when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IdentityRestriction {
+    pub until_ns: u64,
+    pub imposed_at_ns: u64,
+}
+
 /// A nonce a registrar issued to an address (in a 401/407 sent to it).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -377,6 +395,8 @@ mod pod {
     unsafe impl aya::Pod for super::TxnKey {}
     unsafe impl aya::Pod for super::Txn {}
     unsafe impl aya::Pod for super::NonceKey {}
+    unsafe impl aya::Pod for super::IdentityAt {}
+    unsafe impl aya::Pod for super::IdentityRestriction {}
     unsafe impl aya::Pod for super::Restriction {}
     unsafe impl aya::Pod for super::ThresholdEvent {}
     unsafe impl aya::Pod for super::Baseline {}
@@ -396,6 +416,8 @@ const _: () = assert!(core::mem::size_of::<ThresholdEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<TxnKey>() == 16);
 const _: () = assert!(core::mem::size_of::<Txn>() == 40);
 const _: () = assert!(core::mem::size_of::<NonceKey>() == 24);
+const _: () = assert!(core::mem::size_of::<IdentityAt>() == 24);
+const _: () = assert!(core::mem::size_of::<IdentityRestriction>() == 16);
 const _: () = assert!(core::mem::size_of::<Baseline>() == 16);
 const _: () = assert!(core::mem::size_of::<CountryRestriction>() == 24);
 const _: () = assert!(core::mem::size_of::<CountryWindow>() == 32);

@@ -30,7 +30,7 @@ pub(super) fn request<C: EbpfContext>(
     ctx: &C,
     sc: &SipContext,
     s: &SipSummary,
-    window: &Window,
+    tag: u64,
     class: u8,
     cc: u16,
     cfg: &Config,
@@ -41,7 +41,7 @@ pub(super) fn request<C: EbpfContext>(
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(e) = source(src, now, cfg) else { return };
     if s.has_auth && s.call_id != 0 && s.cseq != 0 {
-        remember(sc, s, window, cfg, now);
+        remember(sc, s, tag, cfg, now);
         // SAFETY: e points into a live map value (from `source`); its
         // fields are naturally aligned (repr(C)).
         unsafe { add64(&raw mut (*e).attempts) };
@@ -84,6 +84,16 @@ pub(super) fn request<C: EbpfContext>(
     check_thresholds(ctx, unsafe { &mut *e }, src, cfg, now, None);
 }
 
+/// The identity tag of a message's credentials (0: none).
+#[inline(always)]
+pub(super) fn identity(s: &SipSummary, window: &Window, cfg: &Config) -> u64 {
+    let u = s.username;
+    if !s.has_auth || u.end <= u.start {
+        return 0;
+    }
+    identity_tag_window(&cfg.identity_key, window, u.start as usize, (u.end - u.start) as usize).unwrap_or(0)
+}
+
 /// The transaction of a message (as its response names it).
 #[inline(always)]
 fn txn_key(s: &SipSummary, method: u8) -> TxnKey {
@@ -100,7 +110,7 @@ fn same_addr(a: &AddrKey, b: &AddrKey) -> bool {
 
 /// Remembers a credentialed request until its answer.
 #[inline(always)]
-fn remember(sc: &SipContext, s: &SipSummary, window: &Window, cfg: &Config, now: u64) {
+fn remember(sc: &SipContext, s: &SipSummary, tag: u64, cfg: &Config, now: u64) {
     // Over TCP the handshake already proved the address; over UDP the
     // nonce must be one the registrar sent to this address, recently.
     let horizon = cfg.nonce_horizon_s as u64 * 1_000_000_000;
@@ -110,13 +120,6 @@ fn remember(sc: &SipContext, s: &SipSummary, window: &Window, cfg: &Config, now:
             .get_ptr(&NonceKey { addr: sc.src, nonce: s.auth_nonce })
             .is_some_and(|t| now.wrapping_sub(unsafe { *t }) < horizon);
     let bound = sc.proto == IPPROTO_TCP || issued;
-    let u = s.username;
-    let tag = if u.end > u.start {
-        identity_tag_window(&cfg.identity_key, window, u.start as usize, (u.end - u.start) as usize)
-            .unwrap_or(0)
-    } else {
-        0
-    };
     let txn = Txn { client: sc.src, tag, at_ns: now, flags: if bound { TXN_BOUND } else { 0 }, _reserved: 0 };
     let _ = TRANSACTIONS.insert(&txn_key(s, s.method), &txn, 0);
 }
@@ -273,12 +276,14 @@ fn check_thresholds<C: EbpfContext>(
     failed: Option<u64>,
 ) {
     let fails = st.window_auth_failures();
+    // Reported at the threshold and at every multiple of it in the window:
+    // where only an identity is restricted (an office), another identity
+    // failing at the same address must be reported too.
     if let Some(tag) = failed
         && cfg.auth_failure_threshold != 0
         && fails >= cfg.auth_failure_threshold
-        && st.win_events & EVENT_AUTH_FAILURES == 0
+        && fails % cfg.auth_failure_threshold == 0
     {
-        st.win_events |= EVENT_AUTH_FAILURES;
         let threshold = cfg.auth_failure_threshold;
         let horizon = cfg.success_horizon_s as u64 * 1_000_000_000;
         let other_ok =

@@ -31,7 +31,7 @@ use tollgate_common::{
 
 use super::{
     Packet, Payload, Window,
-    counters::{request, response, stat},
+    counters::{identity, request, response, stat},
     zero_tail,
 };
 use crate::{
@@ -379,6 +379,18 @@ pub(crate) fn count_stage<C: EbpfContext>(ctx: &C) -> i32 {
     };
     let mut class = class::UNKNOWN;
     let mut cc = 0u16;
+    // The identity of a request's credentials, for counting and for
+    // identity-suspend.
+    let mut tag = 0;
+    if s.kind == kind::REQUEST
+        && s.has_auth
+        && let Some(scratch) = SCRATCH.get_ptr(0)
+    {
+        // SAFETY: the payload of a live per-CPU map value, its tail zeroed
+        // by the first stage.
+        let window = unsafe { Window::new(&raw const (*scratch).payload, sc.len as usize) };
+        tag = identity(s, &window, cfg);
+    }
     match s.kind {
         kind::EMPTY => {}
         kind::KEEPALIVE => stat(sip_stat::KEEPALIVE),
@@ -392,16 +404,12 @@ pub(crate) fn count_stage<C: EbpfContext>(ctx: &C) -> i32 {
                 let c = classify(&s.number, plan, &KernelCountryCodes);
                 (class, cc) = (c.class, c.cc);
             }
-            let Some(scratch) = SCRATCH.get_ptr(0) else { return staged_verdict() };
-            // SAFETY: the payload of a live per-CPU map value, with its
-            // tail zeroed by the first stage.
-            let window = unsafe { Window::new(&raw const (*scratch).payload, sc.len as usize) };
-            request(ctx, sc, s, &window, class, cc, cfg);
+            request(ctx, sc, s, tag, class, cc, cfg);
         }
         kind::RESPONSE => response(ctx, &sc.dst, s, cfg),
         _ => {}
     }
-    let (action, code) = restrict(sc, s, class, cc);
+    let (action, code) = restrict(sc, s, class, cc, tag);
     if code != NO_VERDICT {
         count(code, sc.bytes as u64);
     }
