@@ -114,6 +114,11 @@ pub(super) fn restrictions_active(maps: &Maps, entries: &[(IpNet, BlockEntry)], 
                 MetricType::GAUGE,
             ),
             sample(&[("kind", "country-restrict")], countries_restricted as f64, MetricType::GAUGE),
+            sample(
+                &[("kind", "identity-suspend")],
+                maps.identities.entries().iter().filter(|(_, _, r)| r.until_ns > now).count() as f64,
+                MetricType::GAUGE,
+            ),
         ],
     )
 }

@@ -47,6 +47,21 @@ pub(super) const UNPARSED: Family = Family {
     help: "Payloads on SIP ports not counted as SIP (not a message start, or cut off before what is needed).",
     kind: MetricType::COUNTER,
 };
+pub(super) const AUTH_ATTEMPTS: Family = Family {
+    name: "tollgate_auth_attempts_total",
+    help: "Requests carrying credentials, by binding: bound when the nonce was issued to the request's source address (or over TCP), unbound when not (possibly forged).",
+    kind: MetricType::COUNTER,
+};
+pub(super) const AUTH_FAILURES: Family = Family {
+    name: "tollgate_auth_failures_total",
+    help: "Authentication failures: 401/407 (not stale) or 403 answering a credentialed request of the client's own, by the request's binding; only bound ones restrict.",
+    kind: MetricType::COUNTER,
+};
+pub(super) const AUTH_STALE: Family = Family {
+    name: "tollgate_auth_stale_challenges_total",
+    help: "Stale-nonce challenges answering credentialed requests (not failures).",
+    kind: MetricType::COUNTER,
+};
 pub(super) const EVENTS_LOST: Family = Family {
     name: "tollgate_threshold_events_lost_total",
     help: "Threshold events the kernel could not deliver (ring buffer full).",
@@ -124,5 +139,15 @@ pub(super) fn families(maps: &Maps, countries: &Countries) -> crate::error::Resu
             ],
         ),
         counter(&EVENTS_LOST, &[], at(sip_stat::EVENTS_LOST)),
+        family(&AUTH_ATTEMPTS, by_binding(at(sip_stat::ATTEMPT_BOUND), at(sip_stat::ATTEMPT_UNBOUND))),
+        family(&AUTH_FAILURES, by_binding(at(sip_stat::FAILURE_BOUND), at(sip_stat::FAILURE_UNBOUND))),
+        counter(&AUTH_STALE, &[], at(sip_stat::STALE)),
     ])
+}
+
+fn by_binding(bound: u64, unbound: u64) -> Vec<prometheus::proto::Metric> {
+    vec![
+        sample(&[("binding", "bound")], bound as f64, MetricType::COUNTER),
+        sample(&[("binding", "unbound")], unbound as f64, MetricType::COUNTER),
+    ]
 }

@@ -84,7 +84,17 @@ pub mod sip_stat {
     pub const UNPARSED_TCP: u32 = KEEPALIVE + 2;
     /// Threshold events lost because the ring buffer was full.
     pub const EVENTS_LOST: u32 = KEEPALIVE + 3;
-    pub const COUNT: u32 = KEEPALIVE + 4;
+    /// Requests carrying credentials, by binding: their nonce issued to
+    /// their source (or over TCP), or not.
+    pub const ATTEMPT_BOUND: u32 = KEEPALIVE + 4;
+    pub const ATTEMPT_UNBOUND: u32 = KEEPALIVE + 5;
+    /// Authentication failures (rejections paired with a credentialed
+    /// request), by the request's binding.
+    pub const FAILURE_BOUND: u32 = KEEPALIVE + 6;
+    pub const FAILURE_UNBOUND: u32 = KEEPALIVE + 7;
+    /// Stale-nonce challenges answering a credentialed request.
+    pub const STALE: u32 = KEEPALIVE + 8;
+    pub const COUNT: u32 = KEEPALIVE + 9;
 }
 
 /// Verdict codes: every packet the program sees is counted in exactly one.

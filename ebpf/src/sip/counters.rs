@@ -120,6 +120,7 @@ fn remember(sc: &SipContext, s: &SipSummary, tag: u64, cfg: &Config, now: u64) {
             .get_ptr(&NonceKey { addr: sc.src, nonce: s.auth_nonce })
             .is_some_and(|t| now.wrapping_sub(unsafe { *t }) < horizon);
     let bound = sc.proto == IPPROTO_TCP || issued;
+    stat(if bound { sip_stat::ATTEMPT_BOUND } else { sip_stat::ATTEMPT_UNBOUND });
     let txn = Txn { client: sc.src, tag, at_ns: now, flags: if bound { TXN_BOUND } else { 0 }, _reserved: 0 };
     let _ = TRANSACTIONS.insert(&txn_key(s, s.method), &txn, 0);
 }
@@ -200,6 +201,7 @@ pub(super) fn response<C: EbpfContext>(ctx: &C, dst: &AddrKey, s: &SipSummary, c
     let st = unsafe { &mut *e };
     match outcome {
         Outcome::Failure if bound => {
+            stat(sip_stat::FAILURE_BOUND);
             // SAFETY: as in `request`.
             unsafe {
                 add64(&raw mut st.failures);
@@ -209,14 +211,18 @@ pub(super) fn response<C: EbpfContext>(ctx: &C, dst: &AddrKey, s: &SipSummary, c
             check_thresholds(ctx, st, dst, cfg, now, Some(tag));
         }
         Outcome::Failure => {
+            stat(sip_stat::FAILURE_UNBOUND);
             // SAFETY: as in `request`.
             unsafe {
                 add64(&raw mut st.unbound_failures);
                 add32(&raw mut st.win_unbound);
             }
         }
-        // SAFETY: as in `request`.
-        Outcome::Stale => unsafe { add64(&raw mut st.stale) },
+        Outcome::Stale => {
+            stat(sip_stat::STALE);
+            // SAFETY: as in `request`.
+            unsafe { add64(&raw mut st.stale) }
+        }
         Outcome::Success if tag != 0 => {
             // The two most recent distinct identities that worked here.
             if st.ok_tag[0] != tag {
