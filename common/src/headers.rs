@@ -58,14 +58,14 @@ const fn bytes_equal(w: u64, byte: u8) -> u64 {
 /// has no count-trailing-zeros, and a branch here multiplies the
 /// verifier's paths.)
 #[inline(always)]
-const fn first_flagged(m: u64) -> usize {
+pub(crate) const fn first_flagged(m: u64) -> usize {
     let lowest = m & m.wrapping_neg();
     ((lowest >> 7).wrapping_mul(0x0001_0203_0405_0607) >> 56) as usize
 }
 
 /// Bytes of `w` that are a space or a tab (flags as [`bytes_equal`]).
 #[inline(always)]
-const fn white(w: u64) -> u64 {
+pub(crate) const fn white(w: u64) -> u64 {
     bytes_equal(w, b' ') | bytes_equal(w, b'\t')
 }
 
@@ -540,9 +540,25 @@ fn name_of<B: ByteWindow + ?Sized>(b: &B, from: usize, eq: usize) -> u8 {
     }
 }
 
-/// A hash of the bytes of `span` (at most [`MAX_VALUE`]), for telling
-/// values apart (Call-IDs, nonces), not for secrecy. Word at a time; the
-/// host and the kernel get the same value.
+/// The low `n` bytes of a word for any `n` (0 below 0, all from 8 on),
+/// without a branch.
+#[inline(always)]
+const fn low_sat(n: i64) -> u64 {
+    let n = n & !(n >> 63); // max(n, 0)
+    let over = 8 - n;
+    let n = 8 - (over & !(over >> 63)); // min(n, 8)
+    let half = (4 * n) as u32;
+    !((u64::MAX << half) << half)
+}
+
+/// Most bytes of a value [`value_hash`] reads (with its length, enough to
+/// tell Call-IDs and nonces apart).
+pub const HASHED_VALUE: usize = 64;
+
+/// A hash of the first [`HASHED_VALUE`] bytes of `span` and its length, for
+/// telling values apart (Call-IDs, nonces), not for secrecy. A fixed number
+/// of word steps without a branch, so the kernel's verifier walks one path;
+/// the host and the kernel get the same value.
 #[inline(always)]
 pub fn value_hash<B: ByteWindow + ?Sized>(b: &B, span: Span) -> u64 {
     let (start, end) = (b.launder(span.start as usize), b.launder(span.end as usize));
@@ -551,12 +567,9 @@ pub fn value_hash<B: ByteWindow + ?Sized>(b: &B, span: Span) -> u64 {
     }
     let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ (end - start) as u64;
     let mut k = 0;
-    while k < MAX_VALUE / 8 {
+    while k < HASHED_VALUE / 8 {
         let at = start + 8 * k;
-        if at >= end {
-            break;
-        }
-        let w = b.word(at) & low(end - at);
+        let w = b.word(at) & low_sat(end as i64 - at as i64);
         h = (h ^ w).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(29);
         k += 1;
     }
@@ -564,24 +577,35 @@ pub fn value_hash<B: ByteWindow + ?Sized>(b: &B, span: Span) -> u64 {
     h | 1
 }
 
-/// The decimal number at `at` (at most 10 digits), and the offset after it.
+/// Flags (as [`bytes_equal`]) on the bytes of `w` that are not ASCII digits.
+#[inline(always)]
+const fn non_digits(w: u64) -> u64 {
+    let t = w ^ 0x3030_3030_3030_3030;
+    // A digit is now 0..=9: adding 0x76 sets the high bit from 10 on (no
+    // carry between bytes from the masked low 7 bits); a byte already over
+    // 0x7f is no digit either.
+    ((((t & 0x7f7f_7f7f_7f7f_7f7f) + 0x7676_7676_7676_7676) | t) & 0x8080_8080_8080_8080)
+}
+
+/// The decimal number at `at` (at most 8 digits: more are read as the
+/// first 8), and the offset after its digits. Word at a time, no branch.
 #[inline(always)]
 pub fn number_at<B: ByteWindow + ?Sized>(b: &B, at: usize) -> (u32, usize) {
-    // A copy: what the loop learns about it stays in here.
     let at = b.launder(at);
-    let mut n: u32 = 0;
-    let mut i = at;
-    let mut k = 0;
-    while k < 10 {
-        let c = b.at(i);
-        if !c.is_ascii_digit() {
-            break;
-        }
-        n = n.wrapping_mul(10).wrapping_add((c - b'0') as u32);
+    let w = b.word(at);
+    let nd = non_digits(w);
+    let digits = if nd == 0 { 8 } else { first_flagged(nd) };
+    let t = w ^ 0x3030_3030_3030_3030;
+    let mut n: u64 = 0;
+    let mut i = 0;
+    while i < 8 {
+        let d = (t >> (8 * i)) & 0xff;
+        // All ones while i < digits.
+        let keep = ((i as i64 - digits as i64) >> 63) as u64;
+        n = ((n * 10 + d) & keep) | (n & !keep);
         i += 1;
-        k += 1;
     }
-    (n, b.launder(i))
+    (n as u32, b.launder(at + digits))
 }
 
 #[cfg(test)]

@@ -30,6 +30,12 @@ fn expected_stats(e: &Expect, tcp: bool) -> Vec<u64> {
             if e.method == method::REGISTER && e.has_auth {
                 bump(sip_stat::REGISTER_WITH_AUTH);
             }
+            // A credentialed request is an attempt: bound over TCP (the
+            // handshake proves the address), unbound over UDP here (no
+            // challenge issued its nonce to this address).
+            if e.has_auth {
+                bump(if tcp { sip_stat::ATTEMPT_BOUND } else { sip_stat::ATTEMPT_UNBOUND });
+            }
             if e.method == method::INVITE {
                 bump(sip_stat::INVITE_CLASS_BASE + e.class as u32);
             }

@@ -10,7 +10,7 @@ use aya_ebpf::programs::{TcContext, XdpContext};
 use tollgate_common::{
     headers::{LineScan, ParamScan, Span},
     packet::{MAX_HEADER_OFFSET, PacketView},
-    sip::{ByteWindow, SIP_WINDOW, UserScan},
+    sip::{ByteWindow, SIP_WINDOW, SipSummary, UserScan},
 };
 
 /// Direct access to the linear part of a packet, with the bounds checks the
@@ -98,9 +98,12 @@ impl<P: Packet> PacketView for View<'_, P> {
 /// Bytes of [`Payload`]: twice the window, so that any index masked with
 /// `PAYLOAD_MASK` leaves room for the two aligned words a [`Window::word`]
 /// reads, plus the word [`ByteWindow::launder`] uses.
-const PAYLOAD_WORDS: usize = 2 * SIP_WINDOW / 8 + 3;
+const PAYLOAD_WORDS: usize = 2 * SIP_WINDOW / 8 + 3 + SUMMARY_WORDS;
+/// Words of a [`SipSummary`], laundered after the payload's launder word.
+const SUMMARY_WORDS: usize = size_of::<SipSummary>() / 8;
+const _: () = assert!(size_of::<SipSummary>() % 8 == 0);
 const PAYLOAD_MASK: usize = 2 * SIP_WINDOW - 1;
-const LAUNDER_WORD: usize = PAYLOAD_WORDS - 1;
+const LAUNDER_WORD: usize = PAYLOAD_WORDS - 1 - SUMMARY_WORDS;
 /// Bytes after the payload that [`zero_tail`] clears: as far as any read
 /// goes past `len` (a header name compared three words from a line start).
 pub(crate) const TAIL: usize = 24;
@@ -217,6 +220,31 @@ impl ByteWindow for Window {
     #[inline(always)]
     fn number(&self, at: usize) -> u32 {
         stages::isolated(self.len, stages::op::NUMBER, at as u64, 0) as u32
+    }
+
+    /// Through the words after the launder word, a word at a time,
+    /// volatile (no memcpy call, whose byte loop the verifier would walk).
+    #[inline(always)]
+    fn launder_summary(&self, s: SipSummary) -> SipSummary {
+        let mut out = core::mem::MaybeUninit::<SipSummary>::uninit();
+        let src = (&raw const s).cast::<u64>();
+        let dst = out.as_mut_ptr().cast::<u64>();
+        let mut i = 0;
+        while i < SUMMARY_WORDS {
+            // SAFETY: LAUNDER_WORD + 1 + i is inside the live Payload (the
+            // contract of Window::new); src and dst are SUMMARY_WORDS
+            // words long (SipSummary is a multiple of 8 bytes, checked
+            // above).
+            unsafe {
+                let slot = (self.buf as *mut u64).add(LAUNDER_WORD + 1 + i);
+                core::ptr::write_volatile(slot, core::ptr::read(src.add(i)));
+                core::ptr::write(dst.add(i), core::ptr::read_volatile(slot));
+            }
+            i += 1;
+        }
+        // SAFETY: every word was written; SipSummary has no invalid bit
+        // patterns but its bools, which were copied from a valid value.
+        unsafe { out.assume_init() }
     }
 
     /// One `bpf_loop` step per header line: see [`stages::scan_lines`].

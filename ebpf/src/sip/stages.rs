@@ -67,10 +67,12 @@ pub(super) mod op {
     pub const NUMBER: u64 = 2;
 }
 
-/// Runs `op` on (`a`, `b`) in [`isolated_step`], called once by
-/// `bpf_loop`: the verifier checks the callback on its own, so the paths
-/// through the computation's loops (one per iteration it may stop at) do
-/// not multiply with the paths through the rest of the parse stage.
+/// Runs `op` on (`a`, `b`) in a callback of its own (one per op), called
+/// once by `bpf_loop`: the verifier checks the callback on its own, so the
+/// paths through the computation's loops (one per iteration it may stop
+/// at) do not multiply with the paths through the rest of the parse stage.
+/// One callback per op: a callback is checked at each call site, for every
+/// op it could run.
 #[inline(always)]
 pub(super) fn isolated(len: usize, op: u64, a: u64, b: u64) -> u64 {
     let Some(sc) = SCRATCH.get_ptr_mut(0) else { return 0 };
@@ -84,34 +86,57 @@ pub(super) fn isolated(len: usize, op: u64, a: u64, b: u64) -> u64 {
         (*st).b = b;
         (*st).out = 0;
     }
-    // SAFETY: as in scan_user, with isolated_step.
+    let step = match op {
+        op::HASH => hash_step as *mut c_void,
+        op::CSEQ => cseq_step as *mut c_void,
+        _ => number_step as *mut c_void,
+    };
+    // SAFETY: as in scan_user, with one of the steps below.
     unsafe {
-        bpf_loop(1, isolated_step as *mut c_void, core::ptr::null_mut(), 0);
+        bpf_loop(1, step, core::ptr::null_mut(), 0);
     }
     // SAFETY: as in scan_user.
     unsafe { core::ptr::read_volatile(&raw const (*st).out) }
+}
+
+/// Runs `f` on the scratch window and the call's arguments, storing its
+/// result.
+#[inline(always)]
+fn isolated_call(f: impl FnOnce(&Window, u64, u64) -> u64) -> i64 {
+    let Some(sc) = SCRATCH.get_ptr_mut(0) else { return 1 };
+    // SAFETY: a live per-CPU map value, owned by this computation until it returns.
+    let sc = unsafe { &mut *sc };
+    // SAFETY: as in user_step.
+    let window = unsafe { Window::new(&raw const sc.payload, sc.call.len) };
+    sc.call.out = f(&window, sc.call.a, sc.call.b);
+    1
 }
 
 /// # Safety
 ///
 /// As for [`user_step`], with [`isolated`].
 #[inline(never)]
-unsafe extern "C" fn isolated_step(_index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(sc) = SCRATCH.get_ptr_mut(0) else { return 1 };
-    // SAFETY: a live per-CPU map value, owned by this computation until it returns.
-    let sc = unsafe { &mut *sc };
-    // SAFETY: as in user_step.
-    let window = unsafe { Window::new(&raw const sc.payload, sc.call.len) };
-    let (a, b) = (sc.call.a, sc.call.b);
-    sc.call.out = match sc.call.op {
-        op::HASH => headers::value_hash(&window, Span { start: a as u32, end: b as u32 }),
-        op::CSEQ => {
-            let (n, m) = sip::cseq_at(&window, a as usize);
-            ((m as u64) << 32) | n as u64
-        }
-        _ => headers::number_at(&window, a as usize).0 as u64,
-    };
-    1
+unsafe extern "C" fn hash_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    isolated_call(|w, a, b| headers::value_hash(w, Span { start: a as u32, end: b as u32 }))
+}
+
+/// # Safety
+///
+/// As for [`user_step`], with [`isolated`].
+#[inline(never)]
+unsafe extern "C" fn cseq_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    isolated_call(|w, a, _| {
+        let (n, m) = sip::cseq_at(w, a as usize);
+        ((m as u64) << 32) | n as u64
+    })
+}
+
+/// # Safety
+///
+/// As for [`user_step`], with [`isolated`].
+#[inline(never)]
+unsafe extern "C" fn number_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    isolated_call(|w, a, _| headers::number_at(w, a as usize).0 as u64)
 }
 
 /// The state of a `bpf_loop` scan, between its steps and back to the
