@@ -132,6 +132,18 @@ impl Span {
     }
 }
 
+/// Whether the lower-cased words `l` begin with `name` (lower case, at
+/// most 24 bytes).
+#[inline(always)]
+fn is_name(l: [u64; 3], name: &[u8]) -> bool {
+    let n = name.len();
+    let part = |k: usize| if n > 8 * k { lit(&name[8 * k..]) } else { 0 };
+    let len = |k: usize| n.saturating_sub(8 * k);
+    (l[0] & low(len(0).min(8))) == part(0)
+        && (n <= 8 || (l[1] & low(len(1).min(8))) == part(1))
+        && (n <= 16 || (l[2] & low(len(2).min(8))) == part(2))
+}
+
 /// The header at the start of a line, and where its value starts (after
 /// the colon and any white space), or `(hdr::NONE, 0)`. The name ends at
 /// the first ':', space or tab; up to 7 spaces or tabs may stand before the
@@ -161,22 +173,17 @@ fn header_at<B: ByteWindow + ?Sized>(b: &B, at: usize) -> (u8, usize) {
     let colon = b.launder(colon);
     let next = b.word(colon + 1);
     let value = b.launder(colon + 1 + first_flagged(!white(next) & 0x8080_8080_8080_8080));
-    let (l0, l1, l2) = (w[0] | LOWER, w[1] | LOWER, w[2] | LOWER);
-    let is = |lit0: u64, lit1: u64, lit2: u64, k: usize| {
-        (l0 & low(k.min(8))) == lit0
-            && (k <= 8 || (l1 & low(k - 8)) == lit1)
-            && (k <= 16 || (l2 & low(k - 16)) == lit2)
-    };
+    let l = [w[0] | LOWER, w[1] | LOWER, w[2] | LOWER];
     let h = match n {
-        1 if l0 & 0xff == b'i' as u64 => hdr::CALL_ID,
-        1 if l0 & 0xff == b'l' as u64 => hdr::CONTENT_LENGTH,
-        4 if is(lit(b"cseq"), 0, 0, 4) => hdr::CSEQ,
-        7 if is(lit(b"call-id"), 0, 0, 7) => hdr::CALL_ID,
-        13 if is(lit(b"authoriz"), lit(b"ation"), 0, 13) => hdr::CREDENTIALS,
-        14 if is(lit(b"content-"), lit(b"length"), 0, 14) => hdr::CONTENT_LENGTH,
-        16 if is(lit(b"www-auth"), lit(b"enticate"), 0, 16) => hdr::CHALLENGE,
-        18 if is(lit(b"proxy-au"), lit(b"thentica"), lit(b"te"), 18) => hdr::CHALLENGE,
-        19 if is(lit(b"proxy-au"), lit(b"thorizat"), lit(b"ion"), 19) => hdr::CREDENTIALS,
+        1 if l[0] & 0xff == b'i' as u64 => hdr::CALL_ID,
+        1 if l[0] & 0xff == b'l' as u64 => hdr::CONTENT_LENGTH,
+        4 if is_name(l, b"cseq") => hdr::CSEQ,
+        7 if is_name(l, b"call-id") => hdr::CALL_ID,
+        13 if is_name(l, b"authorization") => hdr::CREDENTIALS,
+        14 if is_name(l, b"content-length") => hdr::CONTENT_LENGTH,
+        16 if is_name(l, b"www-authenticate") => hdr::CHALLENGE,
+        18 if is_name(l, b"proxy-authenticate") => hdr::CHALLENGE,
+        19 if is_name(l, b"proxy-authorization") => hdr::CREDENTIALS,
         _ => hdr::NONE,
     };
     if h == hdr::NONE { (hdr::NONE, 0) } else { (h, value) }
@@ -308,6 +315,15 @@ impl LineScan {
         if c == b'\r' || c == b'\n' {
             return;
         }
+        if c == b' ' || c == b'\t' {
+            // A folded line continues the header before it (past the first
+            // message's headers, in a sweep, nothing is recorded).
+            if self.body == 0 {
+                self.pending = self.last;
+            }
+            return;
+        }
+        let (h, value) = header_at(b, pos);
         if self.body != 0 {
             // (sweep) Past the first message's headers.
             let w = b.word(pos) | LOWER;
@@ -315,17 +331,11 @@ impl LineScan {
                 self.later |= later::REGISTER;
             } else if w & low(7) == lit(b"invite ") {
                 self.later |= later::INVITE;
-            } else if header_at(b, pos).0 == hdr::CREDENTIALS {
+            } else if h == hdr::CREDENTIALS {
                 self.later |= later::CREDENTIALS;
             }
             return;
         }
-        if c == b' ' || c == b'\t' {
-            // A folded line continues the header before it.
-            self.pending = self.last;
-            return;
-        }
-        let (h, value) = header_at(b, pos);
         self.last = h;
         let v = value as u32;
         match h {
@@ -566,8 +576,11 @@ pub fn value_hash<B: ByteWindow + ?Sized>(b: &B, span: Span) -> u64 {
         return 0;
     }
     let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ (end - start) as u64;
+    // Laundered, so the compiler keeps a loop instead of unrolling it into
+    // eight words held at once (272 bytes of the kernel's small stack).
+    let steps = b.launder(HASHED_VALUE / 8);
     let mut k = 0;
-    while k < HASHED_VALUE / 8 {
+    while k < HASHED_VALUE / 8 && k < steps {
         let at = start + 8 * k;
         let w = b.word(at) & low_sat(end as i64 - at as i64);
         h = (h ^ w).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(29);

@@ -62,9 +62,7 @@ pub trait ByteWindow {
     /// [`Self::launder`]: every path through the start line (one per way it
     /// can be read) then goes on as one.
     #[inline(always)]
-    fn launder_summary(&self, s: SipSummary) -> SipSummary {
-        s
-    }
+    fn launder_summary(&self, _s: &mut SipSummary) {}
     /// The hash of the value in `span` ([`value_hash`]). The kernel
     /// computes this, [`Self::cseq`] and [`Self::number`] each in a
     /// callback of its own, so that the paths through their loops do not
@@ -381,7 +379,8 @@ pub fn parse<B: ByteWindow + ?Sized>(b: &B) -> SipSummary {
 /// sources: what it cannot prove harmless for their restriction is dropped.
 #[inline(always)]
 pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, sweep_all: bool) -> SipSummary {
-    let mut summary = b.launder_summary(start_line(b));
+    let mut summary = start_line(b);
+    b.launder_summary(&mut summary);
     let k = summary.kind;
     // ACK and CANCEL are never challenged; every other request may carry
     // credentials, whose rejection is a failure. Every response is read
@@ -394,17 +393,22 @@ pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, sweep_all: bool) -> SipSummary 
         return summary;
     }
     let lines = b.scan_lines(if sweep_all { LineScan::sweep() } else { LineScan::new(0) });
-    summary.call_id = b.hash(lines.call_id);
-    if lines.cseq != 0 {
-        (summary.cseq, summary.cseq_method) = b.cseq(lines.cseq as usize);
-    }
-    if lines.content_length != 0 {
-        summary.content_length = b.number(lines.content_length as usize);
-    }
-    summary.body = lines.body;
-    summary.has_auth = !lines.credentials.is_empty();
+    // What is needed of the scan, so that it can go before the parameters
+    // are read (the kernel's stack is small).
+    let (complete, later_bits, body) = (lines.complete(), lines.later, lines.body);
+    let (call_id, cseq_at, length_at) = (lines.call_id, lines.cseq, lines.content_length);
+    let has_auth = !lines.credentials.is_empty();
     let challenge = k == kind::RESPONSE && (summary.status == 401 || summary.status == 407);
     let digest = if challenge { lines.challenge } else { lines.credentials };
+    summary.call_id = b.hash(call_id);
+    if cseq_at != 0 {
+        (summary.cseq, summary.cseq_method) = b.cseq(cseq_at as usize);
+    }
+    if length_at != 0 {
+        summary.content_length = b.number(length_at as usize);
+    }
+    summary.body = body;
+    summary.has_auth = has_auth;
     if (challenge || k == kind::REQUEST) && !digest.is_empty() {
         let p = b.scan_params(ParamScan::new(b, digest)).params;
         let nonce = b.hash(p.nonce);
@@ -418,21 +422,18 @@ pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, sweep_all: bool) -> SipSummary 
     }
     let mut swept = 0;
     if sweep_all {
-        summary.has_auth |= lines.later & later::CREDENTIALS != 0;
+        summary.has_auth |= later_bits & later::CREDENTIALS != 0;
         swept = sweep::SWEPT
-            | if lines.later & later::REGISTER != 0 { sweep::LATER_REGISTER } else { 0 }
-            | if lines.later & later::INVITE != 0 { sweep::LATER_INVITE } else { 0 }
-            | if lines.complete() { 0 } else { sweep::HEADERS_OPEN };
+            | if later_bits & later::REGISTER != 0 { sweep::LATER_REGISTER } else { 0 }
+            | if later_bits & later::INVITE != 0 { sweep::LATER_INVITE } else { 0 }
+            | if complete { 0 } else { sweep::HEADERS_OPEN };
     }
     summary.sweep = swept;
     // Every response has a CSeq: without it, it cannot be attributed. A
     // REGISTER whose headers did not end in the window may have its
     // credentials in the part not seen: do not guess.
     let unreadable = (k == kind::RESPONSE && summary.cseq_method == method::NONE)
-        || (k == kind::REQUEST
-            && summary.method == method::REGISTER
-            && !summary.has_auth
-            && !lines.complete());
+        || (k == kind::REQUEST && summary.method == method::REGISTER && !summary.has_auth && !complete);
     if unreadable {
         return SipSummary { sweep: swept, ..SipSummary::of_kind(kind::UNPARSED) };
     }

@@ -72,7 +72,15 @@ pub fn tollgate_sip_parse(ctx: XdpContext) -> u32 {
 
 #[xdp]
 pub fn tollgate_sip_count(ctx: XdpContext) -> u32 {
-    stages::count_stage(&ctx) as u32
+    let (action, more) = stages::count_stage(&ctx);
+    if more {
+        // The next message of the TCP segment: parse it, then back here.
+        // SAFETY: a tail call into a program array of this program's type.
+        unsafe { JUMP_XDP.tail_call(&ctx, JUMP_PARSE) };
+        // The chain ended early: the verdict so far stands.
+        return stages::finish(action, stages::staged_code()) as u32;
+    }
+    action as u32
 }
 
 /// Counts the SIP a local registrar sends (responses to its clients) on
@@ -103,7 +111,10 @@ pub fn tollgate_sip_parse_tc(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn tollgate_sip_count_tc(ctx: TcContext) -> i32 {
-    stages::count_stage(&ctx);
+    if stages::count_stage(&ctx).1 {
+        // SAFETY: as in tollgate_egress.
+        unsafe { JUMP_TC.tail_call(&ctx, JUMP_PARSE) };
+    }
     TC_ACT_UNSPEC
 }
 

@@ -28,7 +28,15 @@ pub struct SipContext {
     pub code: u32,
     /// Frame bytes, for the verdict counter.
     pub bytes: u32,
+    /// Where in the payload the message being parsed starts (a TCP segment
+    /// may hold several), and how many came before it.
+    pub base: u32,
+    pub msgs: u32,
 }
+
+/// Most SIP messages of one TCP segment parsed and counted (two tail calls
+/// each, of the kernel's 33).
+pub const MAX_MESSAGES: u32 = 8;
 
 /// SIP restrictions on one source prefix, each with its own expiry
 /// (CLOCK_MONOTONIC ns; 0 = not restricted in that way). Every restriction

@@ -131,11 +131,14 @@ pub(crate) unsafe fn zero_tail(buf: *mut Payload, len: usize) {
     }
 }
 
-/// The copied payload. Reads past `len` yield 0; the mask keeps every index
-/// inside the buffer whatever the verifier knows about `i`.
+/// One message of the copied payload: the bytes from `base` (where the
+/// message starts in a TCP segment holding several), `len` of them. Reads
+/// past `len` yield 0; the mask keeps every index inside the buffer
+/// whatever the verifier knows about `i`.
 pub(crate) struct Window {
     buf: *const Payload,
     len: usize,
+    base: usize,
 }
 
 impl Window {
@@ -146,14 +149,30 @@ impl Window {
     /// the window is used.
     #[inline(always)]
     pub(crate) unsafe fn new(buf: *const Payload, len: usize) -> Self {
-        Self { buf, len }
+        Self { buf, len, base: 0 }
+    }
+
+    /// The message at `base` of a payload of `end` bytes.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Window::new`], with `end` the payload's length.
+    #[inline(always)]
+    pub(crate) unsafe fn at_base(buf: *const Payload, end: usize, base: usize) -> Self {
+        Self { buf, len: end.saturating_sub(base), base }
+    }
+
+    /// The message's start in the payload, and its length.
+    #[inline(always)]
+    pub(crate) fn base(&self) -> usize {
+        self.base
     }
 
     #[inline(always)]
     fn byte(&self, i: usize) -> u8 {
         // SAFETY: the index is masked inside the live Payload (the
         // contract of Window::new).
-        unsafe { *(self.buf as *const u8).add(i & PAYLOAD_MASK) }
+        unsafe { *(self.buf as *const u8).add((self.base + i) & PAYLOAD_MASK) }
     }
 }
 
@@ -178,8 +197,9 @@ impl ByteWindow for Window {
     /// the payload read as 0 as on the host.
     #[inline(always)]
     fn word(&self, i: usize) -> u64 {
-        let w = (i & PAYLOAD_MASK) >> 3;
-        let off = ((i & 7) * 8) as u32;
+        let p = self.base + i;
+        let w = (p & PAYLOAD_MASK) >> 3;
+        let off = ((p & 7) * 8) as u32;
         // SAFETY: w + 1 < PAYLOAD_WORDS: both words lie inside the live
         // Payload (the contract of Window::new).
         let (lo, hi) = unsafe {
@@ -208,60 +228,55 @@ impl ByteWindow for Window {
     /// In a callback of its own: see [`stages::isolated`].
     #[inline(always)]
     fn hash(&self, span: Span) -> u64 {
-        stages::isolated(self.len, stages::op::HASH, span.start as u64, span.end as u64)
+        stages::isolated(self, stages::op::HASH, span.start as u64, span.end as u64)
     }
 
     #[inline(always)]
     fn cseq(&self, at: usize) -> (u32, u8) {
-        let v = stages::isolated(self.len, stages::op::CSEQ, at as u64, 0);
+        let v = stages::isolated(self, stages::op::CSEQ, at as u64, 0);
         (v as u32, (v >> 32) as u8)
     }
 
     #[inline(always)]
     fn number(&self, at: usize) -> u32 {
-        stages::isolated(self.len, stages::op::NUMBER, at as u64, 0) as u32
+        stages::isolated(self, stages::op::NUMBER, at as u64, 0) as u32
     }
 
     /// Through the words after the launder word, a word at a time,
     /// volatile (no memcpy call, whose byte loop the verifier would walk).
     #[inline(always)]
-    fn launder_summary(&self, s: SipSummary) -> SipSummary {
-        let mut out = core::mem::MaybeUninit::<SipSummary>::uninit();
-        let src = (&raw const s).cast::<u64>();
-        let dst = out.as_mut_ptr().cast::<u64>();
+    fn launder_summary(&self, s: &mut SipSummary) {
+        let words = (s as *mut SipSummary).cast::<u64>();
         let mut i = 0;
         while i < SUMMARY_WORDS {
             // SAFETY: LAUNDER_WORD + 1 + i is inside the live Payload (the
-            // contract of Window::new); src and dst are SUMMARY_WORDS
-            // words long (SipSummary is a multiple of 8 bytes, checked
-            // above).
+            // contract of Window::new); `s` is SUMMARY_WORDS words long
+            // (SipSummary is a multiple of 8 bytes, checked above) and gets
+            // back the bytes it held, so its bools stay valid.
             unsafe {
                 let slot = (self.buf as *mut u64).add(LAUNDER_WORD + 1 + i);
-                core::ptr::write_volatile(slot, core::ptr::read(src.add(i)));
-                core::ptr::write(dst.add(i), core::ptr::read_volatile(slot));
+                core::ptr::write_volatile(slot, core::ptr::read(words.add(i)));
+                core::ptr::write(words.add(i), core::ptr::read_volatile(slot));
             }
             i += 1;
         }
-        // SAFETY: every word was written; SipSummary has no invalid bit
-        // patterns but its bools, which were copied from a valid value.
-        unsafe { out.assume_init() }
     }
 
     /// One `bpf_loop` step per header line: see [`stages::scan_lines`].
     #[inline(always)]
     fn scan_lines(&self, scan: LineScan) -> LineScan {
-        stages::scan_lines(self.len, scan)
+        stages::scan_lines(self, scan)
     }
 
     /// One `bpf_loop` step per digest parameter.
     #[inline(always)]
     fn scan_params(&self, scan: ParamScan) -> ParamScan {
-        stages::scan_params(self.len, scan)
+        stages::scan_params(self, scan)
     }
 
     /// The same for the Request-URI user part.
     #[inline(always)]
     fn scan_user(&self, scan: UserScan) -> UserScan {
-        stages::scan_user(self.len, scan)
+        stages::scan_user(self, scan)
     }
 }

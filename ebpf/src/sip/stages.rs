@@ -25,7 +25,7 @@ use tollgate_common::{
     headers::{self, LineScan, MAX_LINE_STEPS, MAX_PARAM_STEPS, ParamScan, Span},
     number::{CountryCodes, class, classify},
     packet::{Headers, Ports},
-    sip::{self, MAX_USER_SCAN, SIP_WINDOW, UserScan, kind, method},
+    sip::{self, ByteWindow as _, MAX_USER_SCAN, SIP_WINDOW, UserScan, kind, method},
     sip_stat, verdict,
 };
 
@@ -54,6 +54,7 @@ pub(crate) struct Scratch {
 #[derive(Clone, Copy)]
 struct Isolated {
     len: usize,
+    base: usize,
     op: u64,
     a: u64,
     b: u64,
@@ -74,13 +75,15 @@ pub(super) mod op {
 /// One callback per op: a callback is checked at each call site, for every
 /// op it could run.
 #[inline(always)]
-pub(super) fn isolated(len: usize, op: u64, a: u64, b: u64) -> u64 {
+pub(super) fn isolated(w: &Window, op: u64, a: u64, b: u64) -> u64 {
+    let (len, base) = (w.len(), w.base());
     let Some(sc) = SCRATCH.get_ptr_mut(0) else { return 0 };
     // SAFETY: a live per-CPU map value.
     let st = unsafe { &raw mut (*sc).call };
     // SAFETY: as in scan_user.
     unsafe {
         (*st).len = len;
+        (*st).base = base;
         (*st).op = op;
         (*st).a = a;
         (*st).b = b;
@@ -107,7 +110,7 @@ fn isolated_call(f: impl FnOnce(&Window, u64, u64) -> u64) -> i64 {
     // SAFETY: a live per-CPU map value, owned by this computation until it returns.
     let sc = unsafe { &mut *sc };
     // SAFETY: as in user_step.
-    let window = unsafe { Window::new(&raw const sc.payload, sc.call.len) };
+    let window = unsafe { Window::at_base(&raw const sc.payload, sc.call.len + sc.call.base, sc.call.base) };
     sc.call.out = f(&window, sc.call.a, sc.call.b);
     1
 }
@@ -158,6 +161,7 @@ unsafe extern "C" fn number_step(_index: u64, _ctx: *mut c_void) -> i64 {
 /// generic step on every kernel and keeps every outcome after the loop.
 struct ScanState<S> {
     len: usize,
+    base: usize,
     scan: S,
 }
 
@@ -188,7 +192,8 @@ unsafe fn store<T: Copy>(dst: *mut T, v: T) {
 /// step once, with nothing it must track precisely carried between
 /// iterations. `len` is the payload's.
 #[inline(always)]
-pub(super) fn scan_user(len: usize, scan: UserScan) -> UserScan {
+pub(super) fn scan_user(w: &Window, scan: UserScan) -> UserScan {
+    let (len, base) = (w.len(), w.base());
     let Some(sc) = SCRATCH.get_ptr_mut(0) else { return UserScan { done: true, ..scan } };
     // SAFETY: a live per-CPU map value.
     let st = unsafe { &raw mut (*sc).user };
@@ -196,6 +201,7 @@ pub(super) fn scan_user(len: usize, scan: UserScan) -> UserScan {
     // runs between here and the read below.
     unsafe {
         (*st).len = len;
+        (*st).base = base;
         store(&raw mut (*st).scan, scan);
     }
     // SAFETY: user_step matches bpf_loop's callback ABI and takes no
@@ -209,13 +215,15 @@ pub(super) fn scan_user(len: usize, scan: UserScan) -> UserScan {
 
 /// The same, one step per header line (README: Performance).
 #[inline(always)]
-pub(super) fn scan_lines(len: usize, scan: LineScan) -> LineScan {
+pub(super) fn scan_lines(w: &Window, scan: LineScan) -> LineScan {
+    let (len, base) = (w.len(), w.base());
     let Some(sc) = SCRATCH.get_ptr_mut(0) else { return LineScan { done: 1, ..scan } };
     // SAFETY: a live per-CPU map value.
     let st = unsafe { &raw mut (*sc).lines };
     // SAFETY: as in scan_user.
     unsafe {
         (*st).len = len;
+        (*st).base = base;
         store(&raw mut (*st).scan, scan);
     }
     // SAFETY: as in scan_user, with line_step.
@@ -228,13 +236,15 @@ pub(super) fn scan_lines(len: usize, scan: LineScan) -> LineScan {
 
 /// The same, one step per digest parameter.
 #[inline(always)]
-pub(super) fn scan_params(len: usize, scan: ParamScan) -> ParamScan {
+pub(super) fn scan_params(w: &Window, scan: ParamScan) -> ParamScan {
+    let (len, base) = (w.len(), w.base());
     let Some(sc) = SCRATCH.get_ptr_mut(0) else { return ParamScan { done: 1, ..scan } };
     // SAFETY: a live per-CPU map value.
     let st = unsafe { &raw mut (*sc).params };
     // SAFETY: as in scan_user.
     unsafe {
         (*st).len = len;
+        (*st).base = base;
         store(&raw mut (*st).scan, scan);
     }
     // SAFETY: as in scan_user, with param_step.
@@ -254,7 +264,7 @@ unsafe extern "C" fn line_step(_index: u64, _ctx: *mut c_void) -> i64 {
     // SAFETY: a live per-CPU map value, owned by this scan until it returns.
     let sc = unsafe { &mut *sc };
     // SAFETY: a live per-CPU map value, owned by this scan until it returns.
-    let window = unsafe { Window::new(&raw const sc.payload, sc.lines.len) };
+    let window = unsafe { Window::at_base(&raw const sc.payload, sc.lines.len + sc.lines.base, sc.lines.base) };
     if sc.lines.scan.step(&window) { 0 } else { 1 }
 }
 
@@ -267,7 +277,7 @@ unsafe extern "C" fn param_step(_index: u64, _ctx: *mut c_void) -> i64 {
     // SAFETY: a live per-CPU map value, owned by this scan until it returns.
     let sc = unsafe { &mut *sc };
     // SAFETY: a live per-CPU map value, owned by this scan until it returns.
-    let window = unsafe { Window::new(&raw const sc.payload, sc.params.len) };
+    let window = unsafe { Window::at_base(&raw const sc.payload, sc.params.len + sc.params.base, sc.params.base) };
     if sc.params.scan.step(&window) { 0 } else { 1 }
 }
 
@@ -281,7 +291,7 @@ unsafe extern "C" fn user_step(index: u64, _ctx: *mut c_void) -> i64 {
     // SAFETY: a live per-CPU map value, owned by this scan until it returns.
     let sc = unsafe { &mut *sc };
     // SAFETY: a live per-CPU map value, owned by this scan until it returns.
-    let window = unsafe { Window::new(&raw const sc.payload, sc.user.len) };
+    let window = unsafe { Window::at_base(&raw const sc.payload, sc.user.len + sc.user.base, sc.user.base) };
     if sc.user.scan.step(&window, index as usize) { 0 } else { 1 }
 }
 
@@ -341,6 +351,8 @@ pub(crate) fn stage<C: Packet>(
             truncated: truncated as u8,
             code,
             bytes,
+            base: 0,
+            msgs: 0,
         }
     };
     true
@@ -386,21 +398,71 @@ pub(crate) fn parse_stage() {
     // any request, later messages in a TCP segment): see restrict.rs.
     // SAFETY: bpf_ktime_get_ns takes no arguments and cannot fail.
     let now = unsafe { bpf_ktime_get_ns() };
-    let sweep = sc.responses_only == 0
+    // The sweep reads the whole window once, from its start.
+    let base = sc.base as usize;
+    let sweep = base == 0
+        && sc.responses_only == 0
         && sc.allowlisted == 0
         && (restricted(&sc.src, AUTH, now) || restricted(&sc.src, INTL, now));
-    // SAFETY: buf is the SIP_WINDOW-byte payload of a live per-CPU map value.
-    let window = unsafe { Window::new(buf, len) };
+    if base >= len {
+        return;
+    }
+    // SAFETY: buf is the payload of a live per-CPU map value.
+    let window = unsafe { Window::at_base(buf, len, base) };
     // SAFETY: per-CPU map value from a successful lookup.
     unsafe { *slot = sip::parse_with(&window, sweep) };
 }
 
-/// Stage 3: counts the parsed message, applies the SIP restrictions, and
-/// counts the final verdict. Returns the action.
+/// Stage 3: counts the parsed message and applies the SIP restrictions.
+/// Returns the action, and whether another message of the same TCP segment
+/// is to be parsed (the caller tail-calls the parse stage again, which
+/// comes back here); the verdict is counted once, when the last message is
+/// done or one is dropped.
 #[inline(always)]
-pub(crate) fn count_stage<C: EbpfContext>(ctx: &C) -> i32 {
+pub(crate) fn count_stage<C: EbpfContext>(ctx: &C) -> (i32, bool) {
+    let (action, code) = count_message(ctx);
+    let (Some(s), Some(sc)) = (SUMMARY.get(0), SIP_CTX.get_ptr_mut(0)) else {
+        return (finish(action, code), false);
+    };
+    // SAFETY: a per-CPU map value from a successful lookup.
+    let sc = unsafe { &mut *sc };
+    let dropped = code != NO_VERDICT && action != sc.action;
+    // The next message of a TCP segment: after this one's body. Over UDP a
+    // receiver discards what follows the first message (RFC 3261 18.3).
+    let next = sc.base as u64 + s.body as u64 + s.content_length as u64;
+    if !dropped
+        && sc.proto == IPPROTO_TCP
+        && s.body != 0
+        && sc.msgs + 1 < tollgate_common::MAX_MESSAGES
+        && next < sc.len as u64
+    {
+        sc.base = next as u32;
+        sc.msgs += 1;
+        return (action, true);
+    }
+    (finish(action, code), false)
+}
+
+/// The verdict code the first program staged.
+#[inline(always)]
+pub(crate) fn staged_code() -> u32 {
+    SIP_CTX.get(0).map_or(NO_VERDICT, |sc| sc.code)
+}
+
+/// Counts the final verdict of the packet.
+#[inline(always)]
+pub(crate) fn finish(action: i32, code: u32) -> i32 {
+    if code != NO_VERDICT {
+        count(code, SIP_CTX.get(0).map_or(0, |sc| sc.bytes as u64));
+    }
+    action
+}
+
+/// One message: its counters and the restriction verdict.
+#[inline(always)]
+fn count_message<C: EbpfContext>(ctx: &C) -> (i32, u32) {
     let (Some(s), Some(sc), Some(cfg)) = (SUMMARY.get(0), SIP_CTX.get(0), CONFIG.get(0)) else {
-        return staged_verdict();
+        return SIP_CTX.get(0).map_or((xdp_action::XDP_PASS as i32, NO_VERDICT), |sc| (sc.action, sc.code));
     };
     let mut class = class::UNKNOWN;
     let mut cc = 0u16;
@@ -413,7 +475,7 @@ pub(crate) fn count_stage<C: EbpfContext>(ctx: &C) -> i32 {
     {
         // SAFETY: the payload of a live per-CPU map value, its tail zeroed
         // by the first stage.
-        let window = unsafe { Window::new(&raw const (*scratch).payload, sc.len as usize) };
+        let window = unsafe { Window::at_base(&raw const (*scratch).payload, sc.len as usize, sc.base as usize) };
         tag = identity(s, &window, cfg);
     }
     match s.kind {
@@ -434,9 +496,5 @@ pub(crate) fn count_stage<C: EbpfContext>(ctx: &C) -> i32 {
         kind::RESPONSE => response(ctx, &sc.dst, s, cfg),
         _ => {}
     }
-    let (action, code) = restrict(sc, s, class, cc, tag);
-    if code != NO_VERDICT {
-        count(code, sc.bytes as u64);
-    }
-    action
+    restrict(sc, s, class, cc, tag)
 }
