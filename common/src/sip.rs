@@ -183,6 +183,11 @@ pub struct Number {
     /// The user part was a number at all (only digits, '+' first, and the
     /// visual separators `-`, `.`, `(`, `)`).
     pub valid: bool,
+    // Explicit padding: the kernel copies summaries a word at a time, and
+    // a padding byte read that way is undefined (LLVM then emits reads of
+    // registers never written, which the verifier refuses).
+    pub _pad8: u8,
+    pub _pad32: u32,
 }
 
 const POW10: [u64; 20] = {
@@ -204,7 +209,7 @@ pub fn pow10(e: u8) -> u64 {
 }
 
 impl Number {
-    pub const NONE: Self = Self { value: 0, len: 0, plus: false, valid: false };
+    pub const NONE: Self = Self { value: 0, len: 0, plus: false, valid: false, _pad8: 0, _pad32: 0 };
 
     /// The value of the first `k` digits (`k <= len`).
     #[inline(always)]
@@ -522,6 +527,8 @@ pub struct UserScan {
     /// sip:/sips: the '@' ending the user part was seen.
     pub has_user: bool,
     pub done: bool,
+    // Explicit padding (see Number's).
+    pub _pad16: u16,
     pub number: Number,
 }
 
@@ -537,6 +544,7 @@ impl UserScan {
             in_params: false,
             has_user: false,
             done: false,
+            _pad16: 0,
             number: Number { valid: true, ..Number::NONE },
         }
     }
