@@ -58,11 +58,14 @@ pub trait ByteWindow {
     fn launder(&self, v: usize) -> usize {
         v
     }
-    /// `s`, unchanged; the kernel passes it through map memory like
-    /// [`Self::launder`]: every path through the start line (one per way it
-    /// can be read) then goes on as one.
+    /// The start line of the window ([`start_line`]). The kernel reads it
+    /// in a callback of its own and hands the summary back through map
+    /// memory: the paths through the start line (one per way it can be
+    /// read) then reach the rest as one.
     #[inline(always)]
-    fn launder_summary(&self, _s: &mut SipSummary) {}
+    fn start(&self) -> SipSummary {
+        start_line(self)
+    }
     /// The hash of the value in `span` ([`value_hash`]). The kernel
     /// computes this, [`Self::cseq`] and [`Self::number`] each in a
     /// callback of its own, so that the paths through their loops do not
@@ -287,7 +290,7 @@ pub mod sweep {
 }
 
 impl SipSummary {
-    const fn of_kind(kind: u8) -> Self {
+    pub const fn of_kind(kind: u8) -> Self {
         Self {
             kind,
             method: method::NONE,
@@ -384,8 +387,7 @@ pub fn parse<B: ByteWindow + ?Sized>(b: &B) -> SipSummary {
 /// sources: what it cannot prove harmless for their restriction is dropped.
 #[inline(always)]
 pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, sweep_all: bool) -> SipSummary {
-    let mut summary = start_line(b);
-    b.launder_summary(&mut summary);
+    let mut summary = b.start();
     let k = summary.kind;
     // ACK and CANCEL are never challenged; every other request may carry
     // credentials, whose rejection is a failure. Every response is read
@@ -449,7 +451,7 @@ pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, sweep_all: bool) -> SipSummary 
 /// method, scheme and dialled number of a request or the status of a
 /// response.
 #[inline(always)]
-fn start_line<B: ByteWindow + ?Sized>(b: &B) -> SipSummary {
+pub fn start_line<B: ByteWindow + ?Sized>(b: &B) -> SipSummary {
     let len = b.len();
     if len == 0 {
         return SipSummary::of_kind(kind::EMPTY);

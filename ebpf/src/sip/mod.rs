@@ -176,6 +176,45 @@ impl Window {
     }
 }
 
+impl Window {
+    /// Writes `s` into the summary words after the launder word, a word
+    /// at a time, volatile (no memcpy call, whose byte loop the verifier
+    /// would walk).
+    #[inline(always)]
+    pub(crate) fn store_summary(&self, s: &SipSummary) {
+        let words = (s as *const SipSummary).cast::<u64>();
+        let mut i = 0;
+        while i < SUMMARY_WORDS {
+            // SAFETY: LAUNDER_WORD + 1 + i is inside the live Payload (the
+            // contract of Window::new), a writable map value; `s` is
+            // SUMMARY_WORDS words long with no padding (checked above).
+            unsafe {
+                let slot = (self.buf as *mut u64).add(LAUNDER_WORD + 1 + i);
+                core::ptr::write_volatile(slot, core::ptr::read(words.add(i)));
+            }
+            i += 1;
+        }
+    }
+
+    /// The summary [`Window::store_summary`] wrote.
+    #[inline(always)]
+    fn load_summary(&self) -> SipSummary {
+        let mut out = SipSummary::of_kind(tollgate_common::sip::kind::EMPTY);
+        let words = (&raw mut out).cast::<u64>();
+        let mut i = 0;
+        while i < SUMMARY_WORDS {
+            // SAFETY: as in store_summary; the words are those of a valid
+            // SipSummary written there by this CPU's parse stage.
+            unsafe {
+                let slot = (self.buf as *const u64).add(LAUNDER_WORD + 1 + i);
+                core::ptr::write(words.add(i), core::ptr::read_volatile(slot));
+            }
+            i += 1;
+        }
+        out
+    }
+}
+
 impl ByteWindow for Window {
     #[inline(always)]
     fn len(&self) -> usize {
@@ -242,24 +281,11 @@ impl ByteWindow for Window {
         stages::isolated(self, stages::op::NUMBER, at as u64, 0) as u32
     }
 
-    /// Through the words after the launder word, a word at a time,
-    /// volatile (no memcpy call, whose byte loop the verifier would walk).
+    /// In a callback of its own ([`stages::start_isolated`]).
     #[inline(always)]
-    fn launder_summary(&self, s: &mut SipSummary) {
-        let words = (s as *mut SipSummary).cast::<u64>();
-        let mut i = 0;
-        while i < SUMMARY_WORDS {
-            // SAFETY: LAUNDER_WORD + 1 + i is inside the live Payload (the
-            // contract of Window::new); `s` is SUMMARY_WORDS words long
-            // (SipSummary is a multiple of 8 bytes, checked above) and gets
-            // back the bytes it held, so its bools stay valid.
-            unsafe {
-                let slot = (self.buf as *mut u64).add(LAUNDER_WORD + 1 + i);
-                core::ptr::write_volatile(slot, core::ptr::read(words.add(i)));
-                core::ptr::write(words.add(i), core::ptr::read_volatile(slot));
-            }
-            i += 1;
-        }
+    fn start(&self) -> SipSummary {
+        stages::start_isolated(self);
+        self.load_summary()
     }
 
     /// One `bpf_loop` step per header line: see [`stages::scan_lines`].

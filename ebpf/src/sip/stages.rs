@@ -102,6 +102,40 @@ pub(super) fn isolated(w: &Window, op: u64, a: u64, b: u64) -> u64 {
     unsafe { core::ptr::read_volatile(&raw const (*st).out) }
 }
 
+/// Reads the start line of `w`'s message in [`start_step`], called once by
+/// `bpf_loop` (see [`isolated`]); the summary is left in the payload
+/// buffer's summary words.
+#[inline(always)]
+pub(super) fn start_isolated(w: &Window) {
+    let (len, base) = (w.len(), w.base());
+    let Some(sc) = SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: a live per-CPU map value.
+    let st = unsafe { &raw mut (*sc).call };
+    // SAFETY: as in scan_user.
+    unsafe {
+        (*st).len = len;
+        (*st).base = base;
+    }
+    // SAFETY: as in scan_user, with start_step.
+    unsafe {
+        bpf_loop(1, start_step as *mut c_void, core::ptr::null_mut(), 0);
+    }
+}
+
+/// # Safety
+///
+/// As for [`user_step`], with [`start_isolated`].
+#[inline(never)]
+unsafe extern "C" fn start_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(sc) = SCRATCH.get_ptr_mut(0) else { return 1 };
+    // SAFETY: a live per-CPU map value, owned by this computation until it returns.
+    let sc = unsafe { &mut *sc };
+    // SAFETY: as in user_step.
+    let window = unsafe { Window::at_base(&raw const sc.payload, sc.call.len + sc.call.base, sc.call.base) };
+    window.store_summary(&sip::start_line(&window));
+    1
+}
+
 /// Runs `f` on the scratch window and the call's arguments, storing its
 /// result.
 #[inline(always)]
@@ -264,7 +298,8 @@ unsafe extern "C" fn line_step(_index: u64, _ctx: *mut c_void) -> i64 {
     // SAFETY: a live per-CPU map value, owned by this scan until it returns.
     let sc = unsafe { &mut *sc };
     // SAFETY: a live per-CPU map value, owned by this scan until it returns.
-    let window = unsafe { Window::at_base(&raw const sc.payload, sc.lines.len + sc.lines.base, sc.lines.base) };
+    let window =
+        unsafe { Window::at_base(&raw const sc.payload, sc.lines.len + sc.lines.base, sc.lines.base) };
     if sc.lines.scan.step(&window) { 0 } else { 1 }
 }
 
@@ -277,7 +312,8 @@ unsafe extern "C" fn param_step(_index: u64, _ctx: *mut c_void) -> i64 {
     // SAFETY: a live per-CPU map value, owned by this scan until it returns.
     let sc = unsafe { &mut *sc };
     // SAFETY: a live per-CPU map value, owned by this scan until it returns.
-    let window = unsafe { Window::at_base(&raw const sc.payload, sc.params.len + sc.params.base, sc.params.base) };
+    let window =
+        unsafe { Window::at_base(&raw const sc.payload, sc.params.len + sc.params.base, sc.params.base) };
     if sc.params.scan.step(&window) { 0 } else { 1 }
 }
 
@@ -475,7 +511,8 @@ fn count_message<C: EbpfContext>(ctx: &C) -> (i32, u32) {
     {
         // SAFETY: the payload of a live per-CPU map value, its tail zeroed
         // by the first stage.
-        let window = unsafe { Window::at_base(&raw const (*scratch).payload, sc.len as usize, sc.base as usize) };
+        let window =
+            unsafe { Window::at_base(&raw const (*scratch).payload, sc.len as usize, sc.base as usize) };
         tag = identity(s, &window, cfg);
     }
     match s.kind {
