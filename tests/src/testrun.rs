@@ -6,7 +6,7 @@ use std::time::Duration;
 use aya::{
     Ebpf, TestRunOptions,
     maps::{MapData, PerCpuArray, PerCpuValues, RingBuf},
-    programs::{TestRun as _, Xdp},
+    programs::{SchedClassifier, TestRun as _, Xdp},
 };
 use ipnet::IpNet;
 use tollgate::{
@@ -173,6 +173,28 @@ impl Loaded {
     pub fn parse_run(&mut self, cpu: usize, frame: &[u8]) -> ParseRun {
         self.set_summary(SUMMARY_SENTINEL);
         let action = self.run_program(PROG_ENFORCE, frame, 1).0;
+        self.parse_result(cpu, action)
+    }
+
+    /// The same through the TC egress counter and its own parse stage
+    /// (`tollgate_sip_parse_tc`, verified apart from the XDP one); loads
+    /// the egress program on first use. `action` is the TC return code.
+    pub fn parse_run_egress(&mut self, cpu: usize, frame: &[u8]) -> ParseRun {
+        let prog: &mut SchedClassifier =
+            self.ebpf.program_mut(PROG_EGRESS).expect("program").try_into().expect("tc");
+        if prog.fd().is_err() {
+            prog.load().expect("verifier accepts the egress program");
+        }
+        self.set_summary(SUMMARY_SENTINEL);
+        let prog: &SchedClassifier = self.ebpf.program(PROG_EGRESS).expect("program").try_into().expect("tc");
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = prog
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+            .expect("BPF_PROG_TEST_RUN");
+        self.parse_result(cpu, result.return_value)
+    }
+
+    fn parse_result(&self, cpu: usize, action: u32) -> ParseRun {
         let parsed = self.summary(cpu);
         let staged_len = (parsed != Parsed::NotReached).then(|| self.staged_len(cpu));
         ParseRun { action, parsed, staged_len }
@@ -261,7 +283,7 @@ impl Loaded {
     /// calling thread's namespace) as the last TCX program, to see what
     /// reaches programs after the agent's. Detached when dropped. Linux 6.6+.
     pub fn attach_egress_last(&mut self, iface: &str) {
-        use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions};
+        use aya::programs::{LinkOrder, TcAttachType, tc::TcAttachOptions};
         let prog: &mut SchedClassifier =
             self.ebpf.program_mut(PROG_EGRESS).expect("program").try_into().expect("tc");
         if prog.fd().is_err() {

@@ -17,7 +17,10 @@
 
 use std::{
     net::IpAddr,
-    sync::LazyLock,
+    sync::{
+        LazyLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -41,10 +44,17 @@ const SEED: u64 = 0x7011_6a7e_0000_0011;
 const MUTATIONS: usize = 10_000;
 /// Mutated messages from an auth-suspended source (the sweep).
 const RESTRICTED_MUTATIONS: usize = 1_000;
+/// Mutated messages through the TC egress program.
+const EGRESS_MUTATIONS: usize = 2_000;
 /// Disagreements printed before the test gives up.
 const MAX_REPORTED: usize = 20;
-/// The CPU the test threads run on, whose SUMMARY value is read.
-const CPU: usize = 0;
+/// The CPUs the test threads are pinned to, one each in turn (from CPU 0),
+/// so that the tests of this file, run in parallel, do not share one.
+fn next_cpu() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    NEXT.fetch_add(1, Ordering::Relaxed) % cpus
+}
 /// Longest payload sent: with the largest headers built here (IPv6, a VLAN
 /// tag, TCP) the frame stays in the linear part BPF_PROG_TEST_RUN gives
 /// XDP (a page less head- and tailroom, about 3,500 bytes), which is all
@@ -614,8 +624,12 @@ impl Coverage {
 
 struct Differential {
     l: Loaded,
+    /// The CPU this test's thread runs on, whose SUMMARY value is read.
+    cpu: usize,
     coverage: Coverage,
     sweep: bool,
+    /// Through the TC egress counter and its parse stage instead of XDP.
+    egress: bool,
     src: IpAddr,
     compared: usize,
     reports: Vec<String>,
@@ -625,7 +639,8 @@ struct Differential {
 
 impl Differential {
     fn new(sweep: bool) -> Self {
-        pin_to_cpu(CPU);
+        let cpu = next_cpu();
+        pin_to_cpu(cpu);
         let mut l = Loaded::new();
         let src = if sweep {
             // An auth-suspended source: its packets are swept whole.
@@ -641,7 +656,17 @@ impl Differential {
         } else {
             CUSTOMER_V4
         };
-        Self { l, coverage: Coverage::default(), sweep, src, compared: 0, reports: Vec::new(), first: None }
+        Self {
+            l,
+            cpu,
+            coverage: Coverage::default(),
+            sweep,
+            egress: false,
+            src,
+            compared: 0,
+            reports: Vec::new(),
+            first: None,
+        }
     }
 
     fn source(&self, v6: bool) -> IpAddr {
@@ -654,7 +679,11 @@ impl Differential {
 
     fn run(&mut self, carrier: Carrier, payload: &[u8]) -> Outcome {
         let frame = carrier.frame(self.source(carrier.v6), payload);
-        let kernel = self.l.parse_run(CPU, &frame);
+        let kernel = if self.egress {
+            self.l.parse_run_egress(self.cpu, &frame)
+        } else {
+            self.l.parse_run(self.cpu, &frame)
+        };
         let window = payload.len().min(SIP_WINDOW);
         Outcome { kernel, host: parse_with(&payload[..window], self.sweep), window }
     }
@@ -675,7 +704,11 @@ impl Differential {
              kernel: {k:?} (staged {s:?}, action {a})\n  host:   {h:?}\n  \
              shrunk ({slen} bytes, same fields): \"{sp}\"\n  kernel: {sk:?}\n  host:   {sh:?}",
             n = self.reports.len() + 1,
-            mode = if self.sweep { "sweep" } else { "unrestricted" },
+            mode = match (self.sweep, self.egress) {
+                (true, _) => "sweep",
+                (false, true) => "egress",
+                (false, false) => "unrestricted",
+            },
             c = carrier.describe(),
             len = payload.len(),
             p = payload.escape_ascii(),
@@ -745,7 +778,8 @@ impl Differential {
     fn finish(self, what: &str, started: Instant, budget: Option<Duration>) -> Coverage {
         let elapsed = started.elapsed();
         println!(
-            "differential ({what}): {} packets compared in {:.1} s, {} disagreements",
+            "differential ({what}, CPU {}): {} packets compared in {:.1} s, {} disagreements",
+            self.cpu,
             self.compared,
             elapsed.as_secs_f64(),
             self.reports.len()
@@ -866,6 +900,35 @@ fn kernel_and_host_sweep_a_restricted_sources_packets_alike() {
     }
 }
 
+/// The TC egress counter (`--egress-iface`) has its own parse stage, the
+/// same code verified as another program: a few thousand mutations through
+/// it too.
+#[test]
+fn kernel_and_host_parse_alike_on_egress() {
+    if !privileged("kernel_and_host_parse_alike_on_egress") {
+        return;
+    }
+    let started = Instant::now();
+    let seed: u64 = env_or("TOLLGATE_DIFF_SEED", SEED) ^ 0xe9e55;
+    let cases: usize = env_or("TOLLGATE_DIFF_EGRESS_CASES", EGRESS_MUTATIONS);
+    println!("differential, egress: seed {seed:#x}, {cases} mutations");
+    let mut d = Differential::new(false);
+    d.egress = true;
+    for case in CORPUS {
+        for carrier in
+            [Carrier::UDP4, Carrier { tcp: true, ..Carrier::UDP4 }, Carrier { v6: true, ..Carrier::UDP4 }]
+        {
+            d.check(case.name, carrier, case.bytes);
+        }
+    }
+    for i in 0..cases {
+        let payload = mutated(seed, i);
+        let carrier = Carrier::random(&mut case_rng(seed ^ 1, i));
+        d.check(&format!("egress mutation #{i} (seed {seed:#x})"), carrier, &payload);
+    }
+    d.finish("TC egress", started, (cases <= EGRESS_MUTATIONS).then_some(BUDGET));
+}
+
 /// Short frames reach XDP padded to Ethernet's minimum (60 bytes without
 /// the FCS) by the sender's NIC: a CRLF keep-alive over UDP/IPv4 (46 bytes)
 /// or a bare TCP ACK (54 bytes) carries zeros after its IP packet. Those
@@ -905,8 +968,8 @@ fn ethernet_padding_is_not_payload() {
                 // What a restricted source's padded frame gets, against the
                 // same frame unpadded.
                 let src = d.source(false);
-                let padded = d.l.parse_run(CPU, &carrier.frame(src, p)).action;
-                let plain = d.l.parse_run(CPU, &Carrier { pad: false, ..carrier }.frame(src, p)).action;
+                let padded = d.l.parse_run(d.cpu, &carrier.frame(src, p)).action;
+                let plain = d.l.parse_run(d.cpu, &Carrier { pad: false, ..carrier }.frame(src, p)).action;
                 if sweep && padded != plain {
                     dropped.push(format!(
                         "\"{}\" over {}: action {padded}, unpadded {plain}",
