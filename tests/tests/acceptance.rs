@@ -333,10 +333,7 @@ fn brute_force(test: &str, dry: bool) {
         // Every message of a TCP segment is counted (pipelined guesses,
         // coalesced rejections): TCP is suspended as soon as UDP.
         for tried in [udp_tried, tcp_tried] {
-            assert!(
-                (THRESHOLD..=THRESHOLD + 2).contains(&tried),
-                "{tried} wrong passwords reached Kamailio"
-            );
+            assert!((THRESHOLD..=THRESHOLD + 2).contains(&tried), "{tried} wrong passwords reached Kamailio");
         }
         assert!(!svcrack_out.contains(VICTIM.2), "svcrack found the password:\n{svcrack_out}");
         assert_eq!(bed.kamailio.accepted_from(udp_attacker) + bed.kamailio.accepted_from(tcp_attacker), 0);

@@ -27,14 +27,14 @@ use std::{
 use ipnet::IpNet;
 use tollgate::clock::monotonic_now_ns;
 use tollgate_common::{
-    Restriction,
+    MAX_MESSAGES, Restriction,
     corpus::CORPUS,
     frames::FrameBuilder,
     sip::{SIP_WINDOW, SipSummary, parse_with},
 };
 use tollgate_tests::{
     privileged,
-    testrun::{Loaded, ParseRun, Parsed, pin_to_cpu},
+    testrun::{Loaded, ParseRun, Parsed, XDP_DROP, pin_to_cpu},
     topology::*,
 };
 
@@ -431,6 +431,29 @@ fn mutated(seed: u64, index: usize) -> Vec<u8> {
     m
 }
 
+/// Case `index`: one in eight a TCP segment of two to nine messages (the
+/// kernel parses each in turn), each a corpus message with at most one
+/// mutation; the rest one message with several ([`mutated`]), carried at
+/// random ([`Carrier::random`]).
+fn case(seed: u64, index: usize) -> (Carrier, Vec<u8>) {
+    let mut r = case_rng(seed ^ 1, index);
+    let carrier = Carrier::random(&mut r);
+    if !r.one_in(8) {
+        return (carrier, mutated(seed, index));
+    }
+    let mut segment = Vec::new();
+    for _ in 0..r.range(2, 9) {
+        let mut m = r.pick(CORPUS).bytes.to_vec();
+        if r.one_in(3) {
+            let other = r.pick(CORPUS).bytes;
+            mutate_once(&mut r, &mut m, other);
+        }
+        segment.extend_from_slice(&m);
+    }
+    segment.truncate(MAX_PAYLOAD);
+    (Carrier { tcp: true, ..carrier }, segment)
+}
+
 /// How a payload is carried.
 #[derive(Clone, Copy, Debug)]
 struct Carrier {
@@ -537,16 +560,55 @@ fn differing(a: &SipSummary, b: &SipSummary) -> Vec<&'static str> {
     out
 }
 
+/// The messages of a payload the kernel parses one after the other, as the
+/// host reads them: `(offset, summary)`. Over UDP only the first (a
+/// receiver discards what follows it, RFC 3261 18.3); over TCP each next
+/// one from just past the previous one's body (its blank line and
+/// Content-Length), up to [`MAX_MESSAGES`], while it starts inside the
+/// window. Only the first is swept.
+fn host_messages(window: &[u8], tcp: bool, sweep: bool) -> Vec<(usize, SipSummary)> {
+    let mut out = Vec::new();
+    let mut base = 0;
+    loop {
+        let s = parse_with(&window[base..], sweep && base == 0);
+        out.push((base, s));
+        let next = base as u64 + s.body as u64 + s.content_length as u64;
+        if !(tcp && s.body != 0 && (out.len() as u32) < MAX_MESSAGES && next < window.len() as u64) {
+            return out;
+        }
+        base = next as usize;
+    }
+}
+
 /// What the kernel did with a payload, against what the host says.
 #[derive(Debug)]
 struct Outcome {
     kernel: ParseRun,
-    host: SipSummary,
+    /// The messages as the host reads them ([`host_messages`]).
+    messages: Vec<(usize, SipSummary)>,
+    /// Which of them SUMMARY must hold: the last one parsed. That is the
+    /// last of the payload, unless one was dropped (a restricted source's),
+    /// which ends the chain there: then whichever matches, if any.
+    expected: usize,
     /// Bytes the kernel must have staged.
     window: usize,
 }
 
 impl Outcome {
+    fn new(kernel: ParseRun, messages: Vec<(usize, SipSummary)>, window: usize, may_stop: bool) -> Self {
+        let last = messages.len() - 1;
+        let expected = match kernel.parsed {
+            Parsed::Summary(k) if may_stop => messages.iter().position(|(_, h)| *h == k).unwrap_or(last),
+            _ => last,
+        };
+        Self { kernel, messages, expected, window }
+    }
+
+    /// The summary the host says SUMMARY must hold.
+    fn host(&self) -> SipSummary {
+        self.messages[self.expected].1
+    }
+
     /// Empty when they agree; otherwise what differs.
     fn disagreement(&self) -> Vec<&'static str> {
         let mut d = Vec::new();
@@ -563,9 +625,15 @@ impl Outcome {
         match self.kernel.parsed {
             Parsed::NotReached => d.push("parse stage not reached"),
             Parsed::Invalid(_) => d.push("SUMMARY is no summary"),
-            Parsed::Summary(k) => d.extend(differing(&k, &self.host)),
+            Parsed::Summary(k) => d.extend(differing(&k, &self.host())),
         }
         d
+    }
+
+    /// Which message the host's summary is, for a report.
+    fn which(&self) -> String {
+        let (at, _) = self.messages[self.expected];
+        format!("message {} of {} (at byte {at})", self.expected + 1, self.messages.len())
     }
 }
 
@@ -590,6 +658,11 @@ struct Coverage {
     later_register: usize,
     later_invite: usize,
     headers_open: usize,
+    /// Messages after the first of a TCP segment (parsed by the kernel's
+    /// chain of tail calls).
+    later_messages: usize,
+    /// Payloads whose chain a drop ended before their last message.
+    dropped_early: usize,
 }
 
 impl Coverage {
@@ -685,14 +758,21 @@ impl Differential {
             self.l.parse_run(self.cpu, &frame)
         };
         let window = payload.len().min(SIP_WINDOW);
-        Outcome { kernel, host: parse_with(&payload[..window], self.sweep), window }
+        let messages = host_messages(&payload[..window], carrier.tcp, self.sweep);
+        // Only the XDP program drops, and only a restricted source's.
+        let may_stop = !self.egress && kernel.action == XDP_DROP;
+        Outcome::new(kernel, messages, window, may_stop)
     }
 
     /// Compares one payload; prints and keeps a disagreement.
     fn check(&mut self, what: &str, carrier: Carrier, payload: &[u8]) {
         let out = self.run(carrier, payload);
         self.compared += 1;
-        self.coverage.add(&out.host, out.window);
+        for (_, m) in &out.messages {
+            self.coverage.add(m, out.window);
+        }
+        self.coverage.later_messages += out.messages.len() - 1;
+        self.coverage.dropped_early += usize::from(out.expected + 1 < out.messages.len());
         let fields = out.disagreement();
         if fields.is_empty() || self.reports.len() >= MAX_REPORTED {
             return;
@@ -701,8 +781,8 @@ impl Differential {
         let small_out = self.run(carrier, &small);
         let report = format!(
             "DISAGREEMENT {n} ({mode}): {what} over {c}\n  fields: {fields:?}\n  payload ({len} bytes): \"{p}\"\n  \
-             kernel: {k:?} (staged {s:?}, action {a})\n  host:   {h:?}\n  \
-             shrunk ({slen} bytes, same fields): \"{sp}\"\n  kernel: {sk:?}\n  host:   {sh:?}",
+             kernel: {k:?} (staged {s:?}, action {a})\n  host:   {h:?} ({hw})\n  \
+             shrunk ({slen} bytes, same fields): \"{sp}\"\n  kernel: {sk:?}\n  host:   {sh:?} ({shw})",
             n = self.reports.len() + 1,
             mode = match (self.sweep, self.egress) {
                 (true, _) => "sweep",
@@ -715,17 +795,19 @@ impl Differential {
             k = out.kernel.parsed,
             s = out.kernel.staged_len,
             a = out.kernel.action,
-            h = out.host,
+            h = out.host(),
+            hw = out.which(),
             slen = small.len(),
             sp = small.escape_ascii(),
             sk = small_out.kernel.parsed,
-            sh = small_out.host,
+            sh = small_out.host(),
+            shw = small_out.which(),
         );
         eprintln!("{report}\n");
         if self.first.is_none()
             && let Parsed::Summary(k) = out.kernel.parsed
         {
-            self.first = Some((k, out.host));
+            self.first = Some((k, out.host()));
         }
         self.reports.push(report);
     }
@@ -829,8 +911,7 @@ fn kernel_and_host_parse_the_corpus_and_its_mutations_alike() {
     // spaces goes first.
     let poison: Vec<u8> = b"\n:\r ,\"=a".iter().copied().cycle().take(SIP_WINDOW).collect();
     for i in 0..cases {
-        let payload = mutated(seed, i);
-        let carrier = Carrier::random(&mut case_rng(seed ^ 1, i));
+        let (carrier, payload) = case(seed, i);
         if i % 7 == 0 {
             d.run(Carrier::UDP4, &poison);
         }
@@ -858,6 +939,7 @@ fn kernel_and_host_parse_the_corpus_and_its_mutations_alike() {
             ("header ends", c.body, 1000),
             ("numbers", c.number, 500),
             ("full windows", c.full_window, 200),
+            ("later messages of a TCP segment", c.later_messages, 1000),
         ] {
             assert!(n >= min, "only {n} {what} compared (at least {min} expected)");
         }
@@ -882,8 +964,7 @@ fn kernel_and_host_sweep_a_restricted_sources_packets_alike() {
         }
     }
     for i in 0..cases {
-        let payload = mutated(seed, i);
-        let carrier = Carrier::random(&mut case_rng(seed ^ 1, i));
+        let (carrier, payload) = case(seed, i);
         d.check(&format!("sweep mutation #{i} (seed {seed:#x})"), carrier, &payload);
     }
     let c =
@@ -922,8 +1003,7 @@ fn kernel_and_host_parse_alike_on_egress() {
         }
     }
     for i in 0..cases {
-        let payload = mutated(seed, i);
-        let carrier = Carrier::random(&mut case_rng(seed ^ 1, i));
+        let (carrier, payload) = case(seed, i);
         d.check(&format!("egress mutation #{i} (seed {seed:#x})"), carrier, &payload);
     }
     d.finish("TC egress", started, (cases <= EGRESS_MUTATIONS).then_some(BUDGET));
