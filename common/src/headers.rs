@@ -597,7 +597,7 @@ const fn non_digits(w: u64) -> u64 {
     // A digit is now 0..=9: adding 0x76 sets the high bit from 10 on (no
     // carry between bytes from the masked low 7 bits); a byte already over
     // 0x7f is no digit either.
-    ((((t & 0x7f7f_7f7f_7f7f_7f7f) + 0x7676_7676_7676_7676) | t) & 0x8080_8080_8080_8080)
+    (((t & 0x7f7f_7f7f_7f7f_7f7f) + 0x7676_7676_7676_7676) | t) & 0x8080_8080_8080_8080
 }
 
 /// The decimal number at `at` (at most 8 digits: more are read as the

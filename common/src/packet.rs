@@ -58,6 +58,11 @@ pub struct Ports {
     /// is beyond the frame: there is no payload, and consumers must check
     /// (the ports are still valid, so enforcement applies).
     pub payload_offset: u16,
+    /// Offset just past the IP packet's end, from its own length (IPv4
+    /// total length, IPv6 payload length; `u16::MAX` for an IPv6
+    /// jumbogram): bytes after it are Ethernet padding (a short frame is
+    /// padded to 60 bytes), not payload.
+    pub payload_end: u16,
 }
 
 /// What the parser could learn about the transport layer.
@@ -137,8 +142,9 @@ fn parse_ipv4<P: PacketView + ?Sized>(p: &P, off: usize) -> Result<Headers, Pars
     let src = v4_mapped([h[12], h[13], h[14], h[15]]);
     let dst = v4_mapped([h[16], h[17], h[18], h[19]]);
     let fragment_offset = be16([h[6], h[7]]) & 0x1fff;
+    let end = (off + total_len).min(u16::MAX as usize);
     let transport =
-        if fragment_offset != 0 { Transport::Fragment } else { parse_transport(p, h[9], off + ihl)? };
+        if fragment_offset != 0 { Transport::Fragment } else { parse_transport(p, h[9], off + ihl, end)? };
     Ok(Headers { src, dst, is_ipv4: true, transport })
 }
 
@@ -153,6 +159,9 @@ fn parse_ipv6<P: PacketView + ?Sized>(p: &P, off: usize) -> Result<Headers, Pars
     let mut dst = [0u8; 16];
     dst.copy_from_slice(&h[24..40]);
     let mut next = h[6];
+    let plen = be16([h[4], h[5]]) as usize;
+    // A jumbogram (payload length 0) ends with the frame.
+    let end = if plen == 0 { u16::MAX as usize } else { (off + 40 + plen).min(u16::MAX as usize) };
     let mut off = off + 40;
     let mut transport = Transport::Opaque;
     for _ in 0..=MAX_IPV6_EXT_HEADERS {
@@ -177,7 +186,7 @@ fn parse_ipv6<P: PacketView + ?Sized>(p: &P, off: usize) -> Result<Headers, Pars
                 off += 8;
             }
             proto => {
-                transport = parse_transport(p, proto, off)?;
+                transport = parse_transport(p, proto, off, end)?;
                 break;
             }
         }
@@ -190,7 +199,12 @@ fn parse_ipv6<P: PacketView + ?Sized>(p: &P, off: usize) -> Result<Headers, Pars
 }
 
 #[inline(always)]
-fn parse_transport<P: PacketView + ?Sized>(p: &P, proto: u8, off: usize) -> Result<Transport, ParseError> {
+fn parse_transport<P: PacketView + ?Sized>(
+    p: &P,
+    proto: u8,
+    off: usize,
+    end: usize,
+) -> Result<Transport, ParseError> {
     match proto {
         IPPROTO_UDP => {
             let h = p.read::<8>(off).ok_or(ParseError::Malformed)?;
@@ -199,6 +213,7 @@ fn parse_transport<P: PacketView + ?Sized>(p: &P, proto: u8, off: usize) -> Resu
                 src_port: be16([h[0], h[1]]),
                 dst_port: be16([h[2], h[3]]),
                 payload_offset: (off + 8) as u16,
+                payload_end: end as u16,
             }))
         }
         IPPROTO_TCP => {
@@ -213,6 +228,7 @@ fn parse_transport<P: PacketView + ?Sized>(p: &P, proto: u8, off: usize) -> Resu
                 src_port: be16([h[0], h[1]]),
                 dst_port: be16([h[2], h[3]]),
                 payload_offset: (off + data_offset) as u16,
+                payload_end: end as u16,
             }))
         }
         other => Ok(Transport::Other(other)),

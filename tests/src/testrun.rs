@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use aya::{
     Ebpf, TestRunOptions,
-    maps::{MapData, RingBuf},
-    programs::{TestRun as _, Xdp},
+    maps::{MapData, PerCpuArray, PerCpuValues, RingBuf},
+    programs::{SchedClassifier, TestRun as _, Xdp},
 };
 use ipnet::IpNet;
 use tollgate::{
@@ -15,17 +15,96 @@ use tollgate::{
 };
 use tollgate_common::{
     BlockEntry, CONFIG_BLOCK_ALL_PORTS, Config, IPPROTO_TCP, IPPROTO_UDP, MAP_EVENTS, PROG_BASELINE,
-    PROG_EGRESS, PROG_ENFORCE, SOURCES_CAPACITY, ThresholdEvent, reason,
+    PROG_EGRESS, PROG_ENFORCE, SOURCES_CAPACITY, SipContext, ThresholdEvent, reason,
+    sip::{Number, SipSummary},
 };
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+
+/// The parse stage's result map (per-CPU array of one [`SipSummary`]), the
+/// `#[map]` of that name in ebpf/src/maps.rs. Not pinned, so not in
+/// [`Maps`]: only tests read it.
+pub const MAP_SUMMARY: &str = "SUMMARY";
+/// The hand-over from the first program to the SIP stages (per-CPU array
+/// of one [`SipContext`]).
+pub const MAP_SIP_CTX: &str = "SIP_CTX";
+
+/// Bytes of a [`SipSummary`] in SUMMARY. Read and written as bytes: the
+/// summary is not `Pod` (it has `bool`s and padding), and a value the
+/// kernel wrote is checked before it is taken for one ([`summary_from`]).
+pub const SUMMARY_BYTES: usize = size_of::<SipSummary>();
+const SIP_CTX_BYTES: usize = size_of::<SipContext>();
+
+/// What SUMMARY holds before a run: `kind` 0xff is no kind, so a run that
+/// never reached the parse stage leaves it and is told from one that did.
+pub const SUMMARY_SENTINEL: [u8; SUMMARY_BYTES] = [0xff; SUMMARY_BYTES];
+
+/// What the parse stage left in SUMMARY for one run ([`Loaded::parse_run`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// The sentinel is still there: the parse stage did not run.
+    NotReached,
+    /// A summary the parse stage wrote.
+    Summary(SipSummary),
+    /// Bytes that are no summary (a `bool` that is neither 0 nor 1).
+    Invalid([u8; SUMMARY_BYTES]),
+}
+
+/// One run through the enforcement program as [`Loaded::parse_run`] saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParseRun {
+    pub action: u32,
+    pub parsed: Parsed,
+    /// Payload bytes the first program staged for parsing (SIP_CTX's
+    /// `len`), if the parse stage ran.
+    pub staged_len: Option<u32>,
+}
+
+/// The summary in `bytes`, if they are one: every `bool` 0 or 1 (every
+/// other field takes any bit pattern).
+pub fn summary_from(bytes: &[u8; SUMMARY_BYTES]) -> Option<SipSummary> {
+    let number = std::mem::offset_of!(SipSummary, number);
+    let bools = [
+        std::mem::offset_of!(SipSummary, has_auth),
+        std::mem::offset_of!(SipSummary, stale),
+        number + std::mem::offset_of!(Number, plus),
+        number + std::mem::offset_of!(Number, valid),
+    ];
+    if bools.iter().any(|&i| bytes[i] > 1) {
+        return None;
+    }
+    // SAFETY: SUMMARY_BYTES is the size of SipSummary, read unaligned;
+    // every bool was just checked, every other field is an integer.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<SipSummary>()) })
+}
+
+/// Pins the calling thread to `cpu`: BPF_PROG_TEST_RUN runs the program on
+/// the CPU of the calling thread, so per-CPU map values written by the run
+/// ([`Loaded::parse_run`]) are that CPU's.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and
+    // sched_setaffinity get a valid set of the size passed.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning the test thread to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(libc::sched_getcpu(), cpu as i32, "running on CPU {cpu} after pinning");
+    }
+}
 
 /// The object loaded without pins, with the default SIP ports configured.
 pub struct Loaded {
     ebpf: Ebpf,
     pub maps: Maps,
     events: RingBuf<MapData>,
+    summary: PerCpuArray<MapData, [u8; SUMMARY_BYTES]>,
+    sip_ctx: PerCpuArray<MapData, [u8; SIP_CTX_BYTES]>,
 }
 
 impl Loaded {
@@ -49,11 +128,76 @@ impl Loaded {
         let Kernel { mut ebpf, maps } = Kernel::start(None, &config).expect("load and configure the object");
         let events = ebpf.take_map(MAP_EVENTS).expect("EVENTS map");
         let events = RingBuf::try_from(events).expect("EVENTS is a ring buffer");
+        let summary = ebpf.take_map(MAP_SUMMARY).expect("SUMMARY map");
+        let summary = PerCpuArray::try_from(summary).expect("SUMMARY is a per-CPU array of one SipSummary");
+        let sip_ctx = ebpf.take_map(MAP_SIP_CTX).expect("SIP_CTX map");
+        let sip_ctx = PerCpuArray::try_from(sip_ctx).expect("SIP_CTX is a per-CPU array of one SipContext");
         for name in [PROG_ENFORCE, PROG_BASELINE] {
             let prog: &mut Xdp = ebpf.program_mut(name).expect("program").try_into().expect("xdp");
             prog.load().expect("verifier accepts the program");
         }
-        Self { ebpf, maps, events }
+        Self { ebpf, maps, events, summary, sip_ctx }
+    }
+
+    /// Writes `value` into SUMMARY (and zeroes SIP_CTX) on every CPU.
+    pub fn set_summary(&mut self, value: [u8; SUMMARY_BYTES]) {
+        let cpus = aya::util::nr_cpus().expect("number of possible CPUs");
+        let values = PerCpuValues::try_from(vec![value; cpus]).expect("one value per CPU");
+        self.summary.set(0, values, 0).expect("writing SUMMARY");
+        let zero = PerCpuValues::try_from(vec![[0u8; SIP_CTX_BYTES]; cpus]).expect("one value per CPU");
+        self.sip_ctx.set(0, zero, 0).expect("writing SIP_CTX");
+    }
+
+    /// SUMMARY as `cpu` holds it: what the last run there parsed, or the
+    /// sentinel ([`SUMMARY_SENTINEL`]) if none did since it was written.
+    pub fn summary(&self, cpu: usize) -> Parsed {
+        let values = self.summary.get(&0, 0).expect("reading SUMMARY");
+        let bytes = values[cpu];
+        if bytes == SUMMARY_SENTINEL {
+            return Parsed::NotReached;
+        }
+        summary_from(&bytes).map_or(Parsed::Invalid(bytes), Parsed::Summary)
+    }
+
+    /// SIP_CTX's `len` on `cpu`: the payload bytes last staged there.
+    pub fn staged_len(&self, cpu: usize) -> u32 {
+        let values = self.sip_ctx.get(&0, 0).expect("reading SIP_CTX");
+        let at = std::mem::offset_of!(SipContext, len);
+        u32::from_ne_bytes(values[cpu][at..at + 4].try_into().expect("4 bytes"))
+    }
+
+    /// Runs `frame` once through the enforcement program on `cpu` (the
+    /// calling thread must be pinned there, [`pin_to_cpu`]), with the
+    /// sentinel in SUMMARY first: the whole summary the parse stage wrote,
+    /// or that it did not run.
+    pub fn parse_run(&mut self, cpu: usize, frame: &[u8]) -> ParseRun {
+        self.set_summary(SUMMARY_SENTINEL);
+        let action = self.run_program(PROG_ENFORCE, frame, 1).0;
+        self.parse_result(cpu, action)
+    }
+
+    /// The same through the TC egress counter and its own parse stage
+    /// (`tollgate_sip_parse_tc`, verified apart from the XDP one); loads
+    /// the egress program on first use. `action` is the TC return code.
+    pub fn parse_run_egress(&mut self, cpu: usize, frame: &[u8]) -> ParseRun {
+        let prog: &mut SchedClassifier =
+            self.ebpf.program_mut(PROG_EGRESS).expect("program").try_into().expect("tc");
+        if prog.fd().is_err() {
+            prog.load().expect("verifier accepts the egress program");
+        }
+        self.set_summary(SUMMARY_SENTINEL);
+        let prog: &SchedClassifier = self.ebpf.program(PROG_EGRESS).expect("program").try_into().expect("tc");
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = prog
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+            .expect("BPF_PROG_TEST_RUN");
+        self.parse_result(cpu, result.return_value)
+    }
+
+    fn parse_result(&self, cpu: usize, action: u32) -> ParseRun {
+        let parsed = self.summary(cpu);
+        let staged_len = (parsed != Parsed::NotReached).then(|| self.staged_len(cpu));
+        ParseRun { action, parsed, staged_len }
     }
 
     pub fn block(&mut self, net: &str, expires_at_ns: u64) {
@@ -139,7 +283,7 @@ impl Loaded {
     /// calling thread's namespace) as the last TCX program, to see what
     /// reaches programs after the agent's. Detached when dropped. Linux 6.6+.
     pub fn attach_egress_last(&mut self, iface: &str) {
-        use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions};
+        use aya::programs::{LinkOrder, TcAttachType, tc::TcAttachOptions};
         let prog: &mut SchedClassifier =
             self.ebpf.program_mut(PROG_EGRESS).expect("program").try_into().expect("tc");
         if prog.fd().is_err() {

@@ -353,7 +353,10 @@ pub(crate) fn stage<C: Packet>(
     responses_only: bool,
 ) -> bool {
     let off = p.payload_offset as usize;
-    let total = ctx.total_len();
+    // Up to the IP packet's own end: a short frame's Ethernet padding is
+    // not payload (a keep-alive or a bare ACK would read as unparsed).
+    let frame = ctx.total_len();
+    let total = if (p.payload_end as usize) < frame { p.payload_end as usize } else { frame };
     if off >= total {
         return false;
     }
