@@ -142,21 +142,13 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    /// # Safety
-    ///
-    /// `buf` must point to a live map value holding a [`Payload`] whose
-    /// `TAIL` bytes after `len` are zero ([`zero_tail`]), for as long as
-    /// the window is used.
-    #[inline(always)]
-    pub(crate) unsafe fn new(buf: *const Payload, len: usize) -> Self {
-        Self { buf, len, base: 0 }
-    }
-
     /// The message at `base` of a payload of `end` bytes.
     ///
     /// # Safety
     ///
-    /// As for [`Window::new`], with `end` the payload's length.
+    /// `buf` must point to a live map value holding a [`Payload`] whose
+    /// `TAIL` bytes after `end` are zero ([`zero_tail`]), for as long as
+    /// the window is used.
     #[inline(always)]
     pub(crate) unsafe fn at_base(buf: *const Payload, end: usize, base: usize) -> Self {
         Self { buf, len: end.saturating_sub(base), base }
@@ -171,7 +163,7 @@ impl Window {
     #[inline(always)]
     fn byte(&self, i: usize) -> u8 {
         // SAFETY: the index is masked inside the live Payload (the
-        // contract of Window::new).
+        // contract of Window::at_base).
         unsafe { *(self.buf as *const u8).add((self.base + i) & PAYLOAD_MASK) }
     }
 }
@@ -186,7 +178,7 @@ impl Window {
         let mut i = 0;
         while i < SUMMARY_WORDS {
             // SAFETY: LAUNDER_WORD + 1 + i is inside the live Payload (the
-            // contract of Window::new), a writable map value; `s` is
+            // contract of Window::at_base), a writable map value; `s` is
             // SUMMARY_WORDS words long with no padding (checked above).
             unsafe {
                 let slot = (self.buf as *mut u64).add(LAUNDER_WORD + 1 + i);
@@ -240,7 +232,7 @@ impl ByteWindow for Window {
         let w = (p & PAYLOAD_MASK) >> 3;
         let off = ((p & 7) * 8) as u32;
         // SAFETY: w + 1 < PAYLOAD_WORDS: both words lie inside the live
-        // Payload (the contract of Window::new).
+        // Payload (the contract of Window::at_base).
         let (lo, hi) = unsafe {
             let words = self.buf as *const u64;
             (*words.add(w), *words.add(w + 1))
@@ -255,7 +247,7 @@ impl ByteWindow for Window {
     #[inline(always)]
     fn launder(&self, v: usize) -> usize {
         // SAFETY: LAUNDER_WORD is inside the live Payload (the contract of
-        // Window::new), a map value and so writable; nothing else on this
+        // Window::at_base), a map value and so writable; nothing else on this
         // CPU uses it meanwhile.
         unsafe {
             let slot = (self.buf as *mut u64).add(LAUNDER_WORD);
