@@ -72,7 +72,7 @@ pub fn tollgate_sip_parse(ctx: XdpContext) -> u32 {
 
 #[xdp]
 pub fn tollgate_sip_count(ctx: XdpContext) -> u32 {
-    let (action, more) = stages::count_stage(&ctx);
+    let (action, more) = stages::count_stage();
     if more {
         // The next message of the TCP segment: parse it, then back here.
         // SAFETY: a tail call into a program array of this program's type.
@@ -111,7 +111,7 @@ pub fn tollgate_sip_parse_tc(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn tollgate_sip_count_tc(ctx: TcContext) -> i32 {
-    if stages::count_stage(&ctx).1 {
+    if stages::count_stage().1 {
         // SAFETY: as in tollgate_egress.
         unsafe { JUMP_TC.tail_call(&ctx, JUMP_PARSE) };
     }

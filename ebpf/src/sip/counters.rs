@@ -5,7 +5,7 @@
 
 use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
 
-use aya_ebpf::{EbpfContext, bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use tollgate_common::{
     AddrKey, Config, EVENT_AUTH_FAILURES, EVENT_COUNTRY_INVITES, EVENT_FLAG_OTHER_OK, EVENT_INTL_INVITES,
     IPPROTO_TCP, NonceKey, SipContext, SourceStats, TXN_BOUND, TXN_LIFETIME_NS, ThresholdEvent, Txn, TxnKey,
@@ -25,15 +25,7 @@ use crate::maps::{
 /// remembered until its answer (transaction pairing), with whether its
 /// nonce was issued to this sender (nonce binding) and its identity tag.
 #[inline(always)]
-pub(super) fn request<C: EbpfContext>(
-    ctx: &C,
-    sc: &SipContext,
-    s: &SipSummary,
-    tag: u64,
-    class: u8,
-    cc: u16,
-    cfg: &Config,
-) {
+pub(super) fn request(sc: &SipContext, s: &SipSummary, tag: u64, class: u8, cc: u16, cfg: &Config) {
     let src = &sc.src;
     stat(sip_stat::REQUEST_BASE + s.method as u32);
     // SAFETY: bpf_ktime_get_ns takes no arguments and cannot fail.
@@ -70,7 +62,7 @@ pub(super) fn request<C: EbpfContext>(
                     // SAFETY: per-CPU slot from a successful lookup.
                     unsafe { *slot += 1 };
                 }
-                country_window(ctx, src, cc, cfg, now);
+                country_window(src, cc, cfg, now);
             } else if class == class::EMERGENCY {
                 // SAFETY: as above.
                 unsafe { add64(&raw mut (*e).emergency_invites) };
@@ -80,7 +72,7 @@ pub(super) fn request<C: EbpfContext>(
     }
     // SAFETY: e points into a live map value (from `source`); no other
     // reference to it is held here.
-    check_thresholds(ctx, unsafe { &mut *e }, src, cfg, now, None);
+    check_thresholds(unsafe { &mut *e }, src, cfg, now, None);
 }
 
 /// The identity tag of a message's credentials (0: none).
@@ -138,7 +130,7 @@ enum Outcome {
 /// remembered credentialed request of that client is its outcome: a
 /// failure (401/407 not stale, 403), a stale nonce, or a success (2xx).
 #[inline(always)]
-pub(super) fn response<C: EbpfContext>(ctx: &C, dst: &AddrKey, s: &SipSummary, cfg: &Config) {
+pub(super) fn response(dst: &AddrKey, s: &SipSummary, cfg: &Config) {
     let register = s.cseq_method == method::REGISTER;
     let challenge = s.status == 401 || s.status == 407;
     if register {
@@ -207,7 +199,7 @@ pub(super) fn response<C: EbpfContext>(ctx: &C, dst: &AddrKey, s: &SipSummary, c
                 add32(&raw mut st.win_failures);
             }
             st.win_identities |= 1 << (tag & 63);
-            check_thresholds(ctx, st, dst, cfg, now, Some(tag));
+            check_thresholds(st, dst, cfg, now, Some(tag));
         }
         Outcome::Failure => {
             stat(sip_stat::FAILURE_UNBOUND);
@@ -272,14 +264,7 @@ fn source(addr: &AddrKey, now: u64, cfg: &Config) -> Option<*mut SourceStats> {
 /// Reports `addr` once per window for each per-source threshold its window
 /// has reached. `failed` is the identity of a failure just counted.
 #[inline(always)]
-fn check_thresholds<C: EbpfContext>(
-    ctx: &C,
-    st: &mut SourceStats,
-    addr: &AddrKey,
-    cfg: &Config,
-    now: u64,
-    failed: Option<u64>,
-) {
+fn check_thresholds(st: &mut SourceStats, addr: &AddrKey, cfg: &Config, now: u64, failed: Option<u64>) {
     let fails = st.window_auth_failures();
     // Reported at the threshold and at every multiple of it in the window:
     // where only an identity is restricted (an office), another identity
@@ -300,7 +285,7 @@ fn check_thresholds<C: EbpfContext>(
             flags: if other_ok(0) || other_ok(1) { EVENT_FLAG_OTHER_OK } else { 0 },
         };
         let event = Emit { kind: EVENT_AUTH_FAILURES, count: fails, threshold, cc: 0, sources: 0, auth };
-        emit(ctx, addr, &event, st.window_start_ns, now);
+        emit(addr, &event, st.window_start_ns, now);
     }
     let intl = st.win_intl_invites;
     if cfg.intl_invite_threshold != 0
@@ -319,7 +304,7 @@ fn check_thresholds<C: EbpfContext>(
             st.win_events |= EVENT_INTL_INVITES;
             let event =
                 Emit { kind: EVENT_INTL_INVITES, count: intl, threshold, cc: 0, sources: 0, auth: NO_AUTH };
-            emit(ctx, addr, &event, st.window_start_ns, now);
+            emit(addr, &event, st.window_start_ns, now);
         }
     }
 }
@@ -328,7 +313,7 @@ fn check_thresholds<C: EbpfContext>(
 /// window, and reports the country once per window when the count reaches
 /// its threshold with enough distinct sources.
 #[inline(always)]
-fn country_window<C: EbpfContext>(ctx: &C, src: &AddrKey, cc: u16, cfg: &Config, now: u64) {
+fn country_window(src: &AddrKey, cc: u16, cfg: &Config, now: u64) {
     if cfg.country_invite_threshold == 0 {
         return;
     }
@@ -366,7 +351,7 @@ fn country_window<C: EbpfContext>(ctx: &C, src: &AddrKey, cc: u16, cfg: &Config,
             sources: sources as u16,
             auth: NO_AUTH,
         };
-        emit(ctx, &[0; 16], &event, w.window_start_ns, now);
+        emit(&[0; 16], &event, w.window_start_ns, now);
     }
 }
 
@@ -392,7 +377,7 @@ struct AuthEvidence {
 const NO_AUTH: AuthEvidence = AuthEvidence { tag: 0, unbound: 0, identities: 0, flags: 0 };
 
 #[inline(always)]
-fn emit<C: EbpfContext>(ctx: &C, addr: &AddrKey, e: &Emit, window_start_ns: u64, at_ns: u64) {
+fn emit(addr: &AddrKey, e: &Emit, window_start_ns: u64, at_ns: u64) {
     let event = ThresholdEvent {
         addr: *addr,
         kind: e.kind,

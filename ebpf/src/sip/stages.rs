@@ -16,7 +16,6 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    EbpfContext,
     bindings::xdp_action,
     helpers::{bpf_ktime_get_ns, generated::bpf_loop},
 };
@@ -458,8 +457,8 @@ pub(crate) fn parse_stage() {
 /// comes back here); the verdict is counted once, when the last message is
 /// done or one is dropped.
 #[inline(always)]
-pub(crate) fn count_stage<C: EbpfContext>(ctx: &C) -> (i32, bool) {
-    let (action, code) = count_message(ctx);
+pub(crate) fn count_stage() -> (i32, bool) {
+    let (action, code) = count_message();
     let (Some(s), Some(sc)) = (SUMMARY.get(0), SIP_CTX.get_ptr_mut(0)) else {
         return (finish(action, code), false);
     };
@@ -499,7 +498,7 @@ pub(crate) fn finish(action: i32, code: u32) -> i32 {
 
 /// One message: its counters and the restriction verdict.
 #[inline(always)]
-fn count_message<C: EbpfContext>(ctx: &C) -> (i32, u32) {
+fn count_message() -> (i32, u32) {
     let (Some(s), Some(sc), Some(cfg)) = (SUMMARY.get(0), SIP_CTX.get(0), CONFIG.get(0)) else {
         return SIP_CTX.get(0).map_or((xdp_action::XDP_PASS as i32, NO_VERDICT), |sc| (sc.action, sc.code));
     };
@@ -531,9 +530,9 @@ fn count_message<C: EbpfContext>(ctx: &C) -> (i32, u32) {
                 let c = classify(&s.number, plan, &KernelCountryCodes);
                 (class, cc) = (c.class, c.cc);
             }
-            request(ctx, sc, s, tag, class, cc, cfg);
+            request(sc, s, tag, class, cc, cfg);
         }
-        kind::RESPONSE => response(ctx, &sc.dst, s, cfg),
+        kind::RESPONSE => response(&sc.dst, s, cfg),
         _ => {}
     }
     restrict(sc, s, class, cc, tag)
