@@ -6,7 +6,10 @@
 //! parse stage wrote into SUMMARY must equal `parse_with` on the host over
 //! the bytes the kernel copied (the first `min(len, SIP_WINDOW)` of the
 //! payload). Unrestricted sources are compared with `parse_with(_, false)`,
-//! auth-suspended ones with the sweep, `parse_with(_, true)`.
+//! auth-suspended ones with the sweep, `parse_with(_, true)`; the TC egress
+//! program's parse stage too. Over TCP the kernel parses every message of
+//! a segment in turn, so SUMMARY holds the last one it parsed: the host
+//! reads the segment the same way ([`host_messages`]).
 //!
 //! The mutations come from a fixed-seed PRNG (printed; `TOLLGATE_DIFF_SEED`
 //! and `TOLLGATE_DIFF_CASES` override it and the count). A disagreement is
