@@ -236,7 +236,10 @@ impl Agent {
         self.child = Some(cmd.spawn().expect("spawning tollgate"));
         let want: Vec<String> =
             self.ifaces.iter().map(|i| format!("tollgate_xdp_attached{{interface=\"{i}\"")).collect();
-        let ready = wait_for(Duration::from_secs(20), || {
+        // Generous: under the kernel matrix's software emulation, verifying
+        // the program twice (the start-up self-test, then the real load)
+        // takes about 25 s on 6.1; on hardware, well under a second.
+        let ready = wait_for(Duration::from_secs(90), || {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("tollgate exited during start-up ({status}):\n{}", self.log_text());
             }
