@@ -208,7 +208,7 @@ impl Client {
                 .lines()
                 .rev()
                 .find(|l| l.trim_start().starts_with(name))
-                .and_then(|l| l.split('|').filter_map(|f| f.trim().parse::<u64>().ok()).last())
+                .and_then(|l| l.split('|').filter_map(|f| f.trim().parse::<u64>().ok()).next_back())
                 .unwrap_or(0)
         };
         Outcome {
