@@ -21,8 +21,6 @@ use crate::sip::{ByteWindow, SIP_WINDOW};
 /// 128 lines). A message with more, shorter lines is not read to its end,
 /// and is then treated like one whose headers go on past the window.
 pub const MAX_LINE_STEPS: usize = SIP_WINDOW / 8 + 128;
-/// Longest header value hashed, and longest parameter value.
-pub const MAX_VALUE: usize = 128;
 
 const LOWER: u64 = 0x2020_2020_2020_2020;
 
@@ -67,32 +65,6 @@ pub(crate) const fn first_flagged(m: u64) -> usize {
 #[inline(always)]
 pub(crate) const fn white(w: u64) -> u64 {
     bytes_equal(w, b' ') | bytes_equal(w, b'\t')
-}
-
-/// The first `byte` in `[from, end)`, reading at most `MAX_VALUE` bytes.
-#[inline(always)]
-pub fn find_byte<B: ByteWindow + ?Sized>(b: &B, from: usize, end: usize, byte: u8) -> Option<usize> {
-    // Compared against copies, so that what the loop learns about them
-    // stays in here (see ByteWindow::launder).
-    let (from, limit) = (b.launder(from), b.launder(end));
-    let end = limit;
-    let mut found = end;
-    let mut k = 0;
-    while k < MAX_VALUE / 8 {
-        let at = from + 8 * k;
-        if at >= end {
-            break;
-        }
-        let m = bytes_equal(b.word(at), byte);
-        if m != 0 {
-            found = at + first_flagged(m);
-            break;
-        }
-        k += 1;
-    }
-    // One path on from here, whichever word it stopped at.
-    let found = b.launder(found);
-    if found < end { Some(found) } else { None }
 }
 
 /// Which header a line is (of those read).
@@ -715,8 +687,8 @@ mod tests {
         assert!(s.complete());
         assert_eq!(text(&msg, s.call_id), b"c");
         assert!(s.credentials.end as usize > 600);
-        // The username sits past MAX_VALUE bytes of parameters: not found,
-        // but the credentials are known to be there.
+        // The username after a 600-byte parameter is still found.
+        assert_eq!(text(&msg, params(&msg, s.credentials).username), b"bob");
         let cut = &msg[..40];
         let s = scan(cut);
         assert!(!s.complete());

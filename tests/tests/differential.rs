@@ -266,7 +266,7 @@ fn mutate_once(r: &mut Rng, m: &mut Vec<u8>, other: &[u8]) {
             }
         }
         // A header line padded to a length around the window, around
-        // MAX_VALUE (the longest hashed value), or so that the message ends
+        // HASHED_VALUE (the most of a value hashed), or so that the message ends
         // around the window's end.
         8 => {
             if let Some(line) = some_line(r, m) {
@@ -390,7 +390,7 @@ fn mutate_once(r: &mut Rng, m: &mut Vec<u8>, other: &[u8]) {
             }
         }
         // A value made long: bytes added inside a quoted value or a
-        // Call-ID, to around MAX_VALUE (128) and past it.
+        // Call-ID, to around HASHED_VALUE (64) and past it.
         17 => {
             let quotes: Vec<usize> = (0..len).filter(|i| m[*i] == b'"').collect();
             let call_id = m.windows(8).position(|w| w.eq_ignore_ascii_case(b"call-id:")).map(|i| i + 9);
