@@ -374,7 +374,10 @@ pub struct ParamScan {
     /// username, 2: nonce, 3: stale).
     pub which: u8,
     pub done: u8,
-    pub _pad8: u8,
+    /// Credentials: done once a username and a nonce are found (the first
+    /// of each is the one kept, so nothing after them can change the
+    /// result). A challenge is read to its end, for `stale`.
+    pub credentials: u8,
     pub params: DigestParams,
 }
 
@@ -394,13 +397,20 @@ pub mod param {
 pub const MAX_PARAM_STEPS: usize = 160;
 
 impl ParamScan {
-    /// A scan of the header value `value` (after `Digest`, if present).
-    pub fn new<B: ByteWindow + ?Sized>(b: &B, value: Span) -> Self {
+    /// A scan of the header value `value` (after `Digest`, if present), of
+    /// credentials or of a challenge.
+    pub fn new<B: ByteWindow + ?Sized>(b: &B, value: Span, credentials: bool) -> Self {
         let mut pos = b.launder(value.start as usize);
         if (b.word(pos) | LOWER) & low(7) == lit(b"digest ") {
             pos += 7;
         }
-        Self { pos: pos as u32, end: value.end, name: pos as u32, ..Self::default() }
+        Self {
+            pos: pos as u32,
+            end: value.end,
+            name: pos as u32,
+            credentials: credentials as u8,
+            ..Self::default()
+        }
     }
 
     /// One word of the value, or one event in it. Returns false when done.
@@ -489,6 +499,9 @@ impl ParamScan {
             _ => {}
         }
         self.which = 0;
+        if self.credentials != 0 && !self.params.username.is_empty() && !self.params.nonce.is_empty() {
+            self.done = 1;
+        }
     }
 }
 
@@ -611,7 +624,7 @@ mod tests {
     }
 
     fn params(msg: &[u8], value: Span) -> DigestParams {
-        let mut p = ParamScan::new(msg, value);
+        let mut p = ParamScan::new(msg, value, false);
         let mut n = 0;
         while n < MAX_PARAM_STEPS && p.step(msg) {
             n += 1;

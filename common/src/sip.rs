@@ -109,8 +109,8 @@ pub trait ByteWindow {
         }
         scan
     }
-    /// Runs a Request-URI number scan (at most [`MAX_USER_SCAN`] bytes from
-    /// the start) to its end; the kernel overrides it with `bpf_loop` for
+    /// Runs a Request-URI number scan (at most [`MAX_USER_SCAN`] bytes of
+    /// the user part) to its end; the kernel overrides it with `bpf_loop` for
     /// the same reason as [`Self::scan_headers`].
     #[inline(always)]
     fn scan_user(&self, mut scan: UserScan) -> UserScan {
@@ -287,6 +287,9 @@ pub mod sweep {
     /// credential could follow in the part not seen (a later segment or IP
     /// fragment, or past the window).
     pub const HEADERS_OPEN: u8 = 8;
+    /// Only the start line was read: a request other than REGISTER whose
+    /// credentials could not count (see [`parse_with`]'s `requests`).
+    pub const START_ONLY: u8 = 16;
 }
 
 impl SipSummary {
@@ -377,7 +380,7 @@ fn method_at<B: ByteWindow + ?Sized>(b: &B, at: usize) -> Option<(u8, usize)> {
 /// Parses the start line and, where needed, the headers.
 #[inline(always)]
 pub fn parse<B: ByteWindow + ?Sized>(b: &B) -> SipSummary {
-    parse_with(b, false)
+    parse_with(b, false, true)
 }
 
 /// Like [`parse`]; with `sweep_all`, the whole window is also swept (see
@@ -385,14 +388,26 @@ pub fn parse<B: ByteWindow + ?Sized>(b: &B) -> SipSummary {
 /// INVITE start lines after the first message, with the result in
 /// [`SipSummary::sweep`]. The kernel asks for that only for restricted
 /// sources: what it cannot prove harmless for their restriction is dropped.
+///
+/// Without `requests`, the headers of a request other than REGISTER are not
+/// read (marked [`sweep::START_ONLY`]): the kernel asks for that for a UDP
+/// request from a source the registrar has not challenged within the nonce
+/// horizon, whose credentials could only be unbound. A REGISTER and every
+/// response are always read.
 #[inline(always)]
-pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, sweep_all: bool) -> SipSummary {
+pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, sweep_all: bool, requests: bool) -> SipSummary {
     let mut summary = b.start();
     let k = summary.kind;
     // ACK and CANCEL are never challenged; every other request may carry
     // credentials, whose rejection is a failure. Every response is read
     // for its transaction. One scan reads them (and sweeps, when asked).
-    let read = (k == kind::REQUEST && summary.method != method::ACK && summary.method != method::CANCEL)
+    let challengeable =
+        k == kind::REQUEST && summary.method != method::ACK && summary.method != method::CANCEL;
+    if challengeable && !requests && !sweep_all && summary.method != method::REGISTER {
+        summary.sweep = sweep::START_ONLY;
+        return summary;
+    }
+    let read = challengeable
         || k == kind::RESPONSE
         || (sweep_all && k == kind::UNPARSED)
         || (sweep_all && k == kind::REQUEST);
@@ -407,9 +422,13 @@ pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, sweep_all: bool) -> SipSummary 
     let has_auth = !lines.credentials.is_empty();
     let challenge = k == kind::RESPONSE && (summary.status == 401 || summary.status == 407);
     let digest = if challenge { lines.challenge } else { lines.credentials };
-    summary.call_id = b.hash(call_id);
-    if cseq_at != 0 {
-        (summary.cseq, summary.cseq_method) = b.cseq(cseq_at as usize);
+    // The transaction matters for a response and for a request with
+    // credentials (pairing); Content-Length for framing a TCP stream.
+    if k == kind::RESPONSE || has_auth {
+        summary.call_id = b.hash(call_id);
+        if cseq_at != 0 {
+            (summary.cseq, summary.cseq_method) = b.cseq(cseq_at as usize);
+        }
     }
     if length_at != 0 {
         summary.content_length = b.number(length_at as usize);
@@ -417,7 +436,7 @@ pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, sweep_all: bool) -> SipSummary 
     summary.body = body;
     summary.has_auth = has_auth;
     if (challenge || k == kind::REQUEST) && !digest.is_empty() {
-        let p = b.scan_params(ParamScan::new(b, digest)).params;
+        let p = b.scan_params(ParamScan::new(b, digest, !challenge)).params;
         let nonce = b.hash(p.nonce);
         if challenge {
             summary.challenge_nonce = nonce;
@@ -502,25 +521,26 @@ fn request_line<B: ByteWindow + ?Sized>(b: &B, at: usize) -> SipSummary {
         };
         summary.scheme = scheme;
         if scheme != scheme::OTHER {
-            summary.number = uri_number(b, scheme == scheme::TEL);
+            let user = uri + if scheme == scheme::SIPS { 5 } else { 4 };
+            summary.number = uri_number(b, scheme == scheme::TEL, user);
         }
     }
     summary
 }
 
 /// Reads the dialled number of a Request-URI, one byte per
-/// [`UserScan::step`], from the start of the message: it skips any leading
-/// CR/LF, the method and the scheme itself, so the kernel passes it no
-/// offset (which keeps the verifier's work independent of the method and
-/// scheme lengths). For sip:/sips: the number is the user part, which exists
-/// only if '@' comes before the end of the URI, up to any ';' parameters;
-/// for tel: the number up to its parameters. A number is an optional leading
-/// '+', digits, and the visual separators `-`, `.`, `(`, `)`.
+/// [`UserScan::step`], from the first byte after the scheme's ':' (`start`;
+/// the kernel keeps the scan in a map value, so the offset costs its
+/// verifier nothing). For sip:/sips: the number is the user part, which
+/// exists only if '@' comes before the end of the URI, up to any ';'
+/// parameters; for tel: the number up to its parameters. A number is an
+/// optional leading '+', digits, and the visual separators `-`, `.`, `(`,
+/// `)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UserScan {
-    /// 0: start line before the URI, 1: scheme, 2: user part.
-    pub phase: u8,
-    /// The previous byte ended the scheme (the next is the user part's first).
+    /// Where the user part starts.
+    pub start: u32,
+    /// The next byte is the user part's first.
     pub at_user_start: bool,
     /// tel: URI (no '@' to wait for).
     pub tel: bool,
@@ -530,55 +550,40 @@ pub struct UserScan {
     pub has_user: bool,
     pub done: bool,
     // Explicit padding (see Number's).
+    pub _pad8: u8,
     pub _pad16: u16,
+    pub _pad32: u32,
     pub number: Number,
 }
 
-/// Longest start-line prefix before the user part that a scan follows.
-pub const MAX_USER_SCAN: usize = MAX_LEADING_CRLF + MAX_METHOD_LEN + 1 + 5 + MAX_USER_LEN;
+/// Most bytes a user part scan reads: the longest user part and the byte
+/// that ends it.
+pub const MAX_USER_SCAN: usize = MAX_USER_LEN + 1;
 
 impl UserScan {
-    pub fn new(tel: bool) -> Self {
+    pub fn new(tel: bool, start: usize) -> Self {
         Self {
-            phase: 0,
-            at_user_start: false,
+            start: start as u32,
+            at_user_start: true,
             tel,
             in_params: false,
             has_user: false,
             done: false,
+            _pad8: 0,
             _pad16: 0,
+            _pad32: 0,
             number: Number { valid: true, ..Number::NONE },
         }
     }
 
-    /// Examines the byte at `pos`; steps must come in order from 0.
-    /// Returns false when the scan is over.
+    /// Examines the byte `i` bytes into the user part; steps must come in
+    /// order from 0. Returns false when the scan is over.
     #[inline(always)]
-    pub fn step<B: ByteWindow + ?Sized>(&mut self, b: &B, pos: usize) -> bool {
+    pub fn step<B: ByteWindow + ?Sized>(&mut self, b: &B, i: usize) -> bool {
         if self.done {
             return false;
         }
-        let c = b.at(pos);
-        match self.phase {
-            0 => {
-                if c == b' ' {
-                    self.phase = 1;
-                } else if c == 0 {
-                    self.done = true;
-                }
-                return !self.done;
-            }
-            1 => {
-                if c == b':' {
-                    self.phase = 2;
-                    self.at_user_start = true;
-                } else if !c.is_ascii_alphabetic() {
-                    self.done = true;
-                }
-                return !self.done;
-            }
-            _ => {}
-        }
+        let c = b.at(self.start as usize + i);
         let first = self.at_user_start;
         self.at_user_start = false;
         match c {
@@ -619,7 +624,7 @@ impl UserScan {
     /// The number, if the user part was one.
     pub fn finish(&self) -> Number {
         let n = self.number;
-        if !self.done || self.phase != 2 || !n.valid || n.len == 0 || (!self.tel && !self.has_user) {
+        if !self.done || !n.valid || n.len == 0 || (!self.tel && !self.has_user) {
             return Number::NONE;
         }
         n
@@ -628,8 +633,8 @@ impl UserScan {
 
 /// The dialled number of the request whose start line begins the window.
 #[inline(always)]
-fn uri_number<B: ByteWindow + ?Sized>(b: &B, tel: bool) -> Number {
-    b.scan_user(UserScan::new(tel)).finish()
+fn uri_number<B: ByteWindow + ?Sized>(b: &B, tel: bool, start: usize) -> Number {
+    b.scan_user(UserScan::new(tel, start)).finish()
 }
 
 /// A CSeq value (`1 REGISTER`): its number and method, or `(0, NONE)`.
@@ -699,15 +704,15 @@ mod tests {
 
     /// The number of a tel: URI (terminated by a space).
     fn number(s: &str) -> Number {
-        uri_number(std::format!("INVITE tel:{s} SIP/2.0").as_bytes(), true)
+        uri_number(std::format!("INVITE tel:{s} SIP/2.0").as_bytes(), true, 11)
     }
 
     #[test]
     fn a_number_cut_off_by_the_window_is_not_a_number() {
-        assert!(!uri_number(b"INVITE tel:+2327612".as_slice(), true).valid);
-        assert!(uri_number(b"INVITE sip:+2327612@".as_slice(), false).valid);
+        assert!(!uri_number(b"INVITE tel:+2327612".as_slice(), true, 11).valid);
+        assert!(uri_number(b"INVITE sip:+2327612@".as_slice(), false, 11).valid);
         assert_eq!(
-            uri_number(b"INVITE sip:2327612 SIP/2.0".as_slice(), false),
+            uri_number(b"INVITE sip:2327612 SIP/2.0".as_slice(), false, 11),
             Number::NONE,
             "no '@': a host, not a user"
         );
@@ -750,11 +755,11 @@ mod tests {
     fn credentials_in_every_request() {
         let invite = crate::corpus::CORPUS.iter().find(|c| c.name == "invite-with-auth.sip").unwrap().bytes;
         assert!(parse(invite).has_auth);
-        assert!(parse_with(invite, true).has_auth);
-        assert_eq!(parse_with(invite, true).sweep, sweep::SWEPT);
+        assert!(parse_with(invite, true, true).has_auth);
+        assert_eq!(parse_with(invite, true, true).sweep, sweep::SWEPT);
         let plain =
             crate::corpus::CORPUS.iter().find(|c| c.name == "invite-intl-plus-232.sip").unwrap().bytes;
-        assert!(!parse_with(plain, true).has_auth);
+        assert!(!parse_with(plain, true, true).has_auth);
     }
 
     #[test]

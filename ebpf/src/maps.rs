@@ -75,6 +75,16 @@ pub(crate) static TRANSACTIONS: LruHashMap<TxnKey, Txn> =
 #[map]
 pub(crate) static NONCES: LruHashMap<NonceKey, u64> = LruHashMap::with_max_entries(NONCES_CAPACITY, 0);
 
+/// When each client address was last challenged (or last had credentials
+/// dropped as identity-suspended). Within the nonce horizon the headers of
+/// its UDP requests other than REGISTER are read; before it, credentials
+/// from it could only be unbound, and they are not looked for. As large as
+/// [`NONCES`], with one entry per address rather than per nonce, so an
+/// address is not forgotten here while a nonce of it is remembered there.
+/// Not pinned, like NONCES.
+#[map]
+pub(crate) static CHALLENGED: LruHashMap<AddrKey, u64> = LruHashMap::with_max_entries(NONCES_CAPACITY, 0);
+
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 

@@ -2,7 +2,7 @@
 //! final verdict of a SIP request, decided in the count stage once the
 //! message is parsed and its number classified.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use aya_ebpf::{bindings::xdp_action, maps::lpm_trie::Key};
 use tollgate_common::{
     AddrKey, IPPROTO_TCP, IdentityAt, MAX_NESTED_BLOCKS, NO_VERDICT, SipContext,
     number::class,
@@ -10,31 +10,39 @@ use tollgate_common::{
     verdict,
 };
 
-use crate::maps::{COUNTRY_RESTRICT, ID_RESTRICT, RESTRICTIONS};
+use crate::{
+    maps::{COUNTRY_RESTRICT, ID_RESTRICT, RESTRICTIONS},
+    sip::counters::mark_challenged,
+};
 
-/// auth-suspend: REGISTER and credentialed requests.
-pub(crate) const AUTH: u8 = 0;
+/// auth-suspend: REGISTER and credentialed requests ([`SipContext::restricted`] bit).
+pub(crate) const AUTH: u8 = 1;
 /// intl-suspend: INVITEs to international numbers.
-pub(crate) const INTL: u8 = 1;
+pub(crate) const INTL: u8 = 2;
 
-/// Whether `addr` is under an active restriction of `kind`. Like the
-/// blocklist, an expired (or other-kind) narrow entry does not hide an
-/// active broader one.
+/// The restrictions `addr` is under now: [`AUTH`] and [`INTL`] bits, found
+/// in one walk from the narrowest entry up. Like the blocklist, an expired
+/// (or other-kind) narrow entry does not hide an active broader one. The
+/// parse stage asks once per packet; the count stage reads the answer from
+/// [`SipContext::restricted`].
 #[inline(always)]
-pub(crate) fn restricted(addr: &AddrKey, kind: u8, now: u64) -> bool {
+pub(crate) fn restrictions(addr: &AddrKey, now: u64) -> u8 {
     let mut key = Key::new(128, *addr);
+    let mut found = 0;
     for _ in 0..MAX_NESTED_BLOCKS {
-        let Some(r) = RESTRICTIONS.get(&key) else { return false };
-        let until = if kind == AUTH { r.auth_until_ns } else { r.intl_until_ns };
-        if until > now {
-            return true;
+        let Some(r) = RESTRICTIONS.get(&key) else { break };
+        if r.auth_until_ns > now {
+            found |= AUTH;
         }
-        if r.prefix_len == 0 {
-            return false;
+        if r.intl_until_ns > now {
+            found |= INTL;
+        }
+        if found == AUTH | INTL || r.prefix_len == 0 {
+            break;
         }
         key = Key::new(r.prefix_len - 1, *addr);
     }
-    false
+    found
 }
 
 /// What a restricted source sent that the kernel cannot prove harmless for
@@ -49,9 +57,9 @@ pub(crate) fn restricted(addr: &AddrKey, kind: u8, now: u64) -> bool {
 /// shares a TCP segment with a later REGISTER or INVITE from a restricted
 /// source (README: "What is dropped").
 #[inline(always)]
-fn fail_closed(sc: &SipContext, s: &SipSummary, class: u8, now: u64) -> Option<u32> {
-    let auth = restricted(&sc.src, AUTH, now);
-    let intl = restricted(&sc.src, INTL, now);
+fn fail_closed(sc: &SipContext, s: &SipSummary, class: u8) -> Option<u32> {
+    let auth = sc.restricted & AUTH != 0;
+    let intl = sc.restricted & INTL != 0;
     if !auth && !intl {
         return None;
     }
@@ -84,18 +92,17 @@ pub(crate) fn restrict(sc: &SipContext, s: &SipSummary, class: u8, cc: u16, tag:
     if sc.code == NO_VERDICT || sc.action != xdp_action::XDP_PASS as i32 || sc.allowlisted != 0 {
         return staged;
     }
-    // SAFETY: bpf_ktime_get_ns takes no arguments and cannot fail.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = sc.now_ns;
     let drop = xdp_action::XDP_DROP as i32;
     if s.sweep & sweep::SWEPT != 0
-        && let Some(code) = fail_closed(sc, s, class, now)
+        && let Some(code) = fail_closed(sc, s, class)
     {
         return (drop, code);
     }
     if s.kind != kind::REQUEST || class == class::EMERGENCY {
         return staged;
     }
-    if (s.method == method::REGISTER || s.has_auth) && restricted(&sc.src, AUTH, now) {
+    if (s.method == method::REGISTER || s.has_auth) && sc.restricted & AUTH != 0 {
         return (drop, verdict::DROP_AUTH_SUSPENDED);
     }
     if tag != 0
@@ -104,10 +111,13 @@ pub(crate) fn restrict(sc: &SipContext, s: &SipSummary, class: u8, cc: u16, tag:
             // SAFETY: a value from a successful lookup, read at once.
             .is_some_and(|r| unsafe { (*r).until_ns } > now)
     {
+        // Keep reading this address's requests while the identity tries
+        // (see CHALLENGED).
+        mark_challenged(&sc.src, now);
         return (drop, verdict::DROP_IDENTITY_SUSPENDED);
     }
     if class == class::INTERNATIONAL {
-        if restricted(&sc.src, INTL, now) {
+        if sc.restricted & INTL != 0 {
             return (drop, verdict::DROP_INTL_SUSPENDED);
         }
         if COUNTRY_RESTRICT.get(cc as u32).is_some_and(|r| r.until_ns > now) {

@@ -1,6 +1,7 @@
 //! The SIP parser and number classifier on arbitrary bytes, as an
 //! unrestricted source's packet (`parse`) and as a restricted one's (the
-//! sweep, `parse_with(_, true)`), and the header extraction under it (the
+//! sweep, `parse_with(_, true, true)`; and not reading the headers of
+//! requests other than REGISTER, `parse_with(_, false, false)`), and the header extraction under it (the
 //! line scan, the digest parameter scan, value hashes): no panic, and the
 //! invariants the kernel's counting relies on hold.
 #![no_main]
@@ -19,9 +20,17 @@ fuzz_target!(|data: &[u8]| {
     // What the kernel copies: at most the window.
     let window = &data[..data.len().min(SIP_WINDOW)];
     let plain = sip::parse(data);
-    assert_eq!(plain, sip::parse_with(window, false), "only the window is read");
+    assert_eq!(plain, sip::parse_with(window, false, true), "only the window is read");
+    // Not reading a request's headers changes only what they would say.
+    let start_only = sip::parse_with(window, false, false);
+    if start_only.sweep == sip::sweep::START_ONLY {
+        assert_eq!((start_only.kind, start_only.method, start_only.number), (plain.kind, plain.method, plain.number));
+        assert_ne!(plain.method, method::REGISTER);
+    } else {
+        assert_eq!(start_only, plain, "a REGISTER or a response is always read");
+    }
     summary_invariants(window, &plain, false);
-    let swept = sip::parse_with(data, true);
+    let swept = sip::parse_with(data, true, true);
     summary_invariants(window, &swept, true);
     // The sweep reads more, never less: it only adds what it found later.
     if plain.kind == kind::REQUEST && swept.kind == kind::REQUEST {
@@ -96,11 +105,14 @@ fn summary_invariants(window: &[u8], s: &SipSummary, sweep: bool) {
         assert!(s.username.is_empty() && !s.stale);
         return;
     }
-    assert_eq!(s.call_id, call_id);
+    // The transaction is read for a response and for credentials in the
+    // message's own headers.
+    let transaction = s.kind == kind::RESPONSE || !lines.credentials.is_empty();
+    assert_eq!(s.call_id, if transaction { call_id } else { 0 });
     assert_eq!(s.body, lines.body);
     let challenge = s.kind == kind::RESPONSE && (s.status == 401 || s.status == 407);
     let digest = if challenge { lines.challenge } else { lines.credentials };
-    let params = window.scan_params(ParamScan::new(window, digest)).params;
+    let params = window.scan_params(ParamScan::new(window, digest, !challenge)).params;
     for (what, span) in [("username", params.username), ("nonce", params.nonce)] {
         assert!(inside(span, len), "{what} {span:?} outside the {len}-byte window");
         assert!(
@@ -141,7 +153,7 @@ fn arbitrary_spans(window: &[u8]) {
     let h = hash_of(window, span);
     let moved: Vec<u8> = [b"xyz".as_slice(), &window[start..end]].concat();
     assert_eq!(h, value_hash(moved.as_slice(), Span { start: 3, end: 3 + (end - start) as u32 }));
-    let params = window.scan_params(ParamScan::new(window, span)).params;
+    let params = window.scan_params(ParamScan::new(window, span, start % 2 == 0)).params;
     for found in [params.username, params.nonce] {
         assert!(
             found.is_empty() || (found.start >= span.start && found.end <= span.end),

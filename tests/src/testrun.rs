@@ -293,6 +293,15 @@ impl Loaded {
             .expect("attach as the last TCX program");
     }
 
+    /// Empties slot `index` of the XDP jump table, so the chain of SIP
+    /// stages ends before it (the staged verdict stands): benchmarks use it
+    /// to measure each stage's share of a packet's cost.
+    pub fn cut_xdp_chain(&mut self, index: u32) {
+        let map = self.ebpf.map_mut(tollgate_common::MAP_JUMP_XDP).expect("the XDP jump table");
+        let mut table = aya::maps::ProgramArray::try_from(map).expect("a program array");
+        table.clear_index(&index).expect("clearing a jump table slot");
+    }
+
     /// Runs a program `repeat` times in the kernel; returns the action and
     /// the kernel-measured average time per run.
     pub fn run_program(&self, name: &str, frame: &[u8], repeat: u32) -> (u32, Duration) {

@@ -7,16 +7,16 @@
 use std::net::IpAddr;
 
 use tollgate_common::{
-    SourceStats,
+    Config, SourceStats,
     corpus::{CORPUS, Expect},
     frames::FrameBuilder,
     number::class,
-    sip::{kind, method},
+    sip::{SipSummary, kind, method, sweep},
     sip_stat,
 };
 use tollgate_tests::{
     privileged,
-    testrun::{Loaded, XDP_PASS},
+    testrun::{Loaded, Parsed, XDP_PASS, pin_to_cpu},
     topology::*,
 };
 
@@ -109,17 +109,31 @@ fn diff(after: SourceStats, before: SourceStats) -> SourceStats {
     }
 }
 
+fn fixture(name: &str) -> &'static [u8] {
+    CORPUS.iter().find(|c| c.name == name).expect("fixture").bytes
+}
+
+/// A challenge (`fixture`, a 401 or 407) from the registrar to `client`.
+fn challenge(client: IpAddr, fixture_name: &str) -> Vec<u8> {
+    FrameBuilder::udp(edge_for(client), client, 5060, 40000).payload(fixture(fixture_name)).build()
+}
+
 #[test]
 fn the_kernel_counts_the_corpus_exactly_as_expected() {
     if !privileged("the_kernel_counts_the_corpus_exactly_as_expected") {
         return;
     }
-    let l = Loaded::new();
+    let mut l = Loaded::new();
+    l.maps.set_config(Config { nonce_horizon_s: 300, ..Config::default() }).expect("config");
     let mut runs = 0;
-    for case in CORPUS {
-        for (client, server, tcp) in
-            [(CUSTOMER_V4, EDGE_V4, false), (CUSTOMER_V4, EDGE_V4, true), (CUSTOMER_V6, EDGE_V6, false)]
-        {
+    for (i, case) in CORPUS.iter().enumerate() {
+        // A client of its own per case: a nonce one case's challenge issued
+        // never binds another case's credentials.
+        let (v4, v6) = (
+            IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 100 + i as u8)),
+            IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 1, i as u16)),
+        );
+        for (client, server, tcp) in [(v4, EDGE_V4, false), (v4, EDGE_V4, true), (v6, EDGE_V6, false)] {
             let e = case.expect;
             // Requests go client -> server; responses server -> client.
             let (src, dst): (IpAddr, IpAddr) =
@@ -131,6 +145,12 @@ fn the_kernel_counts_the_corpus_exactly_as_expected() {
                 FrameBuilder::udp(src, dst, sport, dport)
             };
             let frame = b.payload(case.bytes).build();
+            // A client the registrar has just challenged, as a phone is:
+            // the headers of all its requests are read (see
+            // credentials_are_read_where_they_can_count). Its nonce is none
+            // of the corpus's credentials', which stay unbound over UDP.
+            let (action, _) = l.run(&challenge(client, "407-register.sip"));
+            assert_eq!(action, XDP_PASS);
             let what = format!(
                 "{} over {}/{}",
                 case.name,
@@ -172,5 +192,51 @@ fn the_kernel_counts_the_corpus_exactly_as_expected() {
             runs += 1;
         }
     }
-    assert!(runs >= 120, "{runs} packets");
+    assert!(runs >= 120 && CORPUS.len() < 150, "{runs} packets");
+}
+
+/// Over UDP, credentials bind only with a nonce the registrar issued to
+/// their source within the horizon, so a request other than REGISTER from
+/// a source it has not challenged is read only to its start line (the
+/// cheap path of a trunk peer's INVITEs and OPTIONS). This must never hide
+/// credentials that could count: once the source is challenged, over TCP,
+/// and in every REGISTER, they are read.
+#[test]
+fn credentials_are_read_where_they_can_count() {
+    if !privileged("credentials_are_read_where_they_can_count") {
+        return;
+    }
+    pin_to_cpu(0);
+    let mut l = Loaded::new();
+    l.maps.set_config(Config { nonce_horizon_s: 300, ..Config::default() }).expect("config");
+    let peer = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 30));
+    let parse = |l: &mut Loaded, frame: Vec<u8>| -> SipSummary {
+        match l.parse_run(0, &frame).parsed {
+            Parsed::Summary(s) => s,
+            other => panic!("not parsed: {other:?}"),
+        }
+    };
+    let udp = |name| FrameBuilder::udp(peer, edge_for(peer), 40000, 5060).payload(fixture(name)).build();
+    let tcp = |name| FrameBuilder::tcp(peer, edge_for(peer), 40000, 5060).payload(fixture(name)).build();
+
+    // Never challenged: the INVITE's number is read, not its headers.
+    let s = parse(&mut l, udp("invite-with-auth.sip"));
+    assert_eq!(
+        (s.kind, s.method, s.sweep, s.has_auth),
+        (kind::REQUEST, method::INVITE, sweep::START_ONLY, false)
+    );
+    assert_ne!(s.number.len, 0, "the dialled number is still read");
+    assert_eq!(parse(&mut l, udp("options-keepalive.sip")).sweep, sweep::START_ONLY);
+    // A REGISTER and anything over TCP are read whatever the source.
+    let s = parse(&mut l, udp("register-auth.sip"));
+    assert!(s.has_auth && s.sweep == 0 && s.call_id != 0, "{s:?}");
+    let s = parse(&mut l, tcp("invite-with-auth.sip"));
+    assert!(s.has_auth && s.sweep == 0 && s.call_id != 0, "{s:?}");
+
+    // Challenged: read, and the credentials counted as an attempt.
+    assert_eq!(parse(&mut l, challenge(peer, "401-register.sip")).kind, kind::RESPONSE);
+    let before = l.maps.source(peer).unwrap_or_default().attempts;
+    let s = parse(&mut l, udp("invite-with-auth.sip"));
+    assert!(s.has_auth && s.sweep == 0 && s.call_id != 0, "{s:?}");
+    assert_eq!(l.maps.source(peer).unwrap_or_default().attempts, before + 1);
 }

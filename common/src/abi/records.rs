@@ -32,6 +32,14 @@ pub struct SipContext {
     /// may hold several), and how many came before it.
     pub base: u32,
     pub msgs: u32,
+    /// The SIP restrictions on the source (bits: 1 auth-suspend, 2
+    /// intl-suspend), looked up once by the parse stage.
+    pub restricted: u8,
+    pub _pad8: u8,
+    pub _pad16: u16,
+    /// When the packet arrived (CLOCK_MONOTONIC ns), read once by the
+    /// first program: every stage judges expiries against the same time.
+    pub now_ns: u64,
 }
 
 /// Most SIP messages of one TCP segment parsed and counted (two tail calls

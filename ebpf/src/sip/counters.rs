@@ -5,7 +5,7 @@
 
 use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use aya_ebpf::bindings::BPF_NOEXIST;
 use tollgate_common::{
     AddrKey, Config, EVENT_AUTH_FAILURES, EVENT_COUNTRY_INVITES, EVENT_FLAG_OTHER_OK, EVENT_INTL_INVITES,
     IPPROTO_TCP, NonceKey, SipContext, SourceStats, TXN_BOUND, TXN_LIFETIME_NS, ThresholdEvent, Txn, TxnKey,
@@ -17,8 +17,8 @@ use tollgate_common::{
 
 use super::Window;
 use crate::maps::{
-    COUNTRY_BASELINE, COUNTRY_INVITES, COUNTRY_WINDOW, EVENTS, INTL_BASELINE, NONCES, SIP_STATS, SOURCES,
-    TRANSACTIONS,
+    CHALLENGED, CONFIG, COUNTRY_BASELINE, COUNTRY_INVITES, COUNTRY_WINDOW, EVENTS, INTL_BASELINE, NONCES,
+    SIP_STATS, SOURCES, TRANSACTIONS,
 };
 
 /// Counts a request against its sender. A request carrying credentials is
@@ -28,8 +28,7 @@ use crate::maps::{
 pub(super) fn request(sc: &SipContext, s: &SipSummary, tag: u64, class: u8, cc: u16, cfg: &Config) {
     let src = &sc.src;
     stat(sip_stat::REQUEST_BASE + s.method as u32);
-    // SAFETY: bpf_ktime_get_ns takes no arguments and cannot fail.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = sc.now_ns;
     let Some(e) = source(src, now, cfg) else { return };
     if s.has_auth && s.call_id != 0 && s.cseq != 0 {
         remember(sc, s, tag, cfg, now);
@@ -73,6 +72,22 @@ pub(super) fn request(sc: &SipContext, s: &SipSummary, tag: u64, class: u8, cc: 
     // SAFETY: e points into a live map value (from `source`); no other
     // reference to it is held here.
     check_thresholds(unsafe { &mut *e }, src, cfg, now, None);
+}
+
+/// Whether `addr` was challenged within the nonce horizon (see
+/// [`CHALLENGED`]). Without a configuration, it is taken as challenged.
+#[inline(always)]
+pub(crate) fn challenged(addr: &AddrKey, now: u64) -> bool {
+    let Some(cfg) = CONFIG.get(0) else { return true };
+    let horizon = cfg.nonce_horizon_s as u64 * 1_000_000_000;
+    // SAFETY: a value from a successful lookup, read at once.
+    CHALLENGED.get_ptr(addr).is_some_and(|t| now.wrapping_sub(unsafe { *t }) < horizon)
+}
+
+/// Notes that `addr` was challenged now (see [`CHALLENGED`]).
+#[inline(always)]
+pub(crate) fn mark_challenged(addr: &AddrKey, now: u64) {
+    let _ = CHALLENGED.insert(addr, &now, 0);
 }
 
 /// The identity tag of a message's credentials (0: none).
@@ -130,7 +145,7 @@ enum Outcome {
 /// remembered credentialed request of that client is its outcome: a
 /// failure (401/407 not stale, 403), a stale nonce, or a success (2xx).
 #[inline(always)]
-pub(super) fn response(dst: &AddrKey, s: &SipSummary, cfg: &Config) {
+pub(super) fn response(dst: &AddrKey, s: &SipSummary, cfg: &Config, now: u64) {
     let register = s.cseq_method == method::REGISTER;
     let challenge = s.status == 401 || s.status == 407;
     if register {
@@ -143,10 +158,11 @@ pub(super) fn response(dst: &AddrKey, s: &SipSummary, cfg: &Config) {
     } else {
         stat(sip_stat::RESPONSE_OTHER);
     }
-    // SAFETY: bpf_ktime_get_ns takes no arguments and cannot fail.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if challenge && s.challenge_nonce != 0 {
-        let _ = NONCES.insert(&NonceKey { addr: *dst, nonce: s.challenge_nonce }, &now, 0);
+    if challenge {
+        mark_challenged(dst, now);
+        if s.challenge_nonce != 0 {
+            let _ = NONCES.insert(&NonceKey { addr: *dst, nonce: s.challenge_nonce }, &now, 0);
+        }
     }
     // The request this answers, if it carried credentials from `dst`.
     let key = txn_key(s, s.cseq_method);

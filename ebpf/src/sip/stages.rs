@@ -30,13 +30,13 @@ use tollgate_common::{
 
 use super::{
     Packet, Payload, Window,
-    counters::{identity, request, response, stat},
+    counters::{challenged, identity, request, response, stat},
     zero_tail,
 };
 use crate::{
     enforce::count,
     maps::{CONFIG, COUNTRY_CODES, NUMBER_PLAN, SCRATCH, SIP_CTX, SUMMARY},
-    restrict::{AUTH, INTL, restrict, restricted},
+    restrict::{restrict, restrictions},
 };
 
 /// The value of [`SCRATCH`].
@@ -376,6 +376,8 @@ pub(crate) fn stage<C: Packet>(
     }
     // SAFETY: buf is a live Payload.
     unsafe { zero_tail(buf, len) };
+    // SAFETY: bpf_ktime_get_ns takes no arguments and cannot fail.
+    let now_ns = unsafe { bpf_ktime_get_ns() };
     // SAFETY: per-CPU map value from a successful lookup.
     unsafe {
         *sc = SipContext {
@@ -391,6 +393,10 @@ pub(crate) fn stage<C: Packet>(
             bytes,
             base: 0,
             msgs: 0,
+            restricted: 0,
+            _pad8: 0,
+            _pad16: 0,
+            now_ns,
         }
     };
     true
@@ -416,10 +422,13 @@ pub(crate) fn staged_verdict() -> i32 {
 /// Stage 2: parses the copied payload into SUMMARY.
 #[inline(always)]
 pub(crate) fn parse_stage() {
-    let (Some(scratch), Some(sc), Some(slot)) = (SCRATCH.get_ptr(0), SIP_CTX.get(0), SUMMARY.get_ptr_mut(0))
+    let (Some(scratch), Some(sc_ptr), Some(slot)) =
+        (SCRATCH.get_ptr(0), SIP_CTX.get_ptr_mut(0), SUMMARY.get_ptr_mut(0))
     else {
         return;
     };
+    // SAFETY: a live per-CPU map value, only this program's on this CPU.
+    let sc = unsafe { &mut *sc_ptr };
     // SAFETY: a live per-CPU map value.
     let buf = unsafe { &raw const (*scratch).payload };
     let len = sc.len as usize;
@@ -432,23 +441,30 @@ pub(crate) fn parse_stage() {
     // tracks the value through the stack.
     // SAFETY: reading a local.
     let len = unsafe { core::ptr::read_volatile(&len) };
-    // Only a restricted source's packets are swept whole (credentials in
-    // any request, later messages in a TCP segment): see restrict.rs.
-    // SAFETY: bpf_ktime_get_ns takes no arguments and cannot fail.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // The sweep reads the whole window once, from its start.
+    // The restrictions are looked up once, for the packet's first message;
+    // an allowlisted source has none, egress counts responses only.
     let base = sc.base as usize;
-    let sweep = base == 0
-        && sc.responses_only == 0
-        && sc.allowlisted == 0
-        && (restricted(&sc.src, AUTH, now) || restricted(&sc.src, INTL, now));
+    if base == 0 && sc.responses_only == 0 && sc.allowlisted == 0 {
+        sc.restricted = restrictions(&sc.src, sc.now_ns);
+    }
+    let restricted = sc.restricted;
+    // Only a restricted source's packets are swept whole (credentials in
+    // any request, later messages in a TCP segment): see restrict.rs. The
+    // sweep reads the whole window once, from its start.
+    let sweep = base == 0 && restricted != 0;
+    // The headers of a request other than REGISTER matter only where its
+    // credentials could count (or be restricted): over TCP (the handshake
+    // binds them, and the framing needs Content-Length), and over UDP from
+    // a source the registrar challenged recently, since only a nonce
+    // issued to it within the horizon binds them (README: Evidence model).
+    let requests = sc.proto == IPPROTO_TCP || restricted != 0 || challenged(&sc.src, sc.now_ns);
     if base >= len {
         return;
     }
     // SAFETY: buf is the payload of a live per-CPU map value.
     let window = unsafe { Window::at_base(buf, len, base) };
     // SAFETY: per-CPU map value from a successful lookup.
-    unsafe { *slot = sip::parse_with(&window, sweep) };
+    unsafe { *slot = sip::parse_with(&window, sweep, requests) };
 }
 
 /// Stage 3: counts the parsed message and applies the SIP restrictions.
@@ -532,7 +548,7 @@ fn count_message() -> (i32, u32) {
             }
             request(sc, s, tag, class, cc, cfg);
         }
-        kind::RESPONSE => response(&sc.dst, s, cfg),
+        kind::RESPONSE => response(&sc.dst, s, cfg, sc.now_ns),
         _ => {}
     }
     restrict(sc, s, class, cc, tag)

@@ -7,7 +7,8 @@ use std::{net::IpAddr, time::Duration};
 
 use clap::{Parser, Subcommand};
 use tollgate_common::{
-    Config, PROG_BASELINE, PROG_ENFORCE, corpus::CORPUS, frames::FrameBuilder, packet::ETH_P_8021Q,
+    Config, JUMP_COUNT, JUMP_PARSE, PROG_BASELINE, PROG_ENFORCE, corpus::CORPUS, frames::FrameBuilder,
+    packet::ETH_P_8021Q,
 };
 use tollgate_tests::{
     testrun::{Loaded, XDP_DROP, XDP_PASS},
@@ -44,8 +45,19 @@ enum Which {
         /// Interleaved rounds; the median is reported.
         #[arg(long, default_value_t = 7)]
         rounds: usize,
+        /// Also split each packet's cost by stage: the first program alone,
+        /// with the parse stage, and the whole chain (parse + count).
+        #[arg(long)]
+        stages: bool,
+        /// Only the packets whose name contains this (e.g. `OPTIONS`), to
+        /// profile one path.
+        #[arg(long)]
+        only: Option<String>,
     },
 }
+
+/// The challenged phone (see `challenge` below).
+const PHONE_V4: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 20));
 
 const SIP: &[u8] = b"REGISTER sip:edge.example SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.10:5060\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
 
@@ -56,8 +68,8 @@ fn main() {
         eprintln!("the benchmark loads the XDP program: run it as root");
         std::process::exit(1);
     }
-    let (repeat, rounds) = match cli.which {
-        Which::Verdict { repeat, rounds } => (repeat, rounds),
+    let (repeat, rounds, stages, only) = match cli.which {
+        Which::Verdict { repeat, rounds, stages, only } => (repeat, rounds, stages, only),
         Which::TimeToBlock { runs, sources } => return time_to_block(runs, sources),
     };
     let mut l = Loaded::new();
@@ -84,12 +96,17 @@ fn main() {
     let fixture = |name: &str| CORPUS.iter().find(|c| c.name == name).expect("fixture").bytes;
     let msg =
         |src: IpAddr, name: &str| FrameBuilder::udp(src, edge_for(src), 40000, 5060).payload(fixture(name));
-    let response = |name: &str| FrameBuilder::udp(EDGE_V4, CUSTOMER_V4, 5060, 40000).payload(fixture(name));
+    // A phone the registrar has just challenged: the headers of all its
+    // requests are read (their credentials could count). CUSTOMER_V4 is
+    // never challenged, like a trunk peer authenticated by its address:
+    // only its REGISTERs are read through.
+    let challenge =
+        FrameBuilder::udp(EDGE_V4, PHONE_V4, 5060, 40000).payload(fixture("401-register.sip")).build();
     let no_country = Config { country_invite_threshold: 0, ..defaults };
     // (name, frame, expected action, configuration if not the defaults)
     let cases: Vec<(&str, Vec<u8>, u32, Option<Config>)> = vec![
         ("REGISTER, no credentials", msg(CUSTOMER_V4, "register-noauth.sip").build(), XDP_PASS, None),
-        ("REGISTER, with credentials", msg(CUSTOMER_V4, "register-auth.sip").build(), XDP_PASS, None),
+        ("REGISTER, with credentials", msg(PHONE_V4, "register-auth.sip").build(), XDP_PASS, None),
         ("INVITE +232 with SDP", msg(CUSTOMER_V4, "invite-intl-plus-232.sip").build(), XDP_PASS, None),
         (
             "  the same, no country windows",
@@ -97,19 +114,22 @@ fn main() {
             XDP_PASS,
             Some(no_country),
         ),
+        ("  the same, challenged phone", msg(PHONE_V4, "invite-intl-plus-232.sip").build(), XDP_PASS, None),
         (
             "INVITE with SDP (IPv6, 802.1Q)",
             msg(CUSTOMER_V6, "invite-domestic-trunk.sip").vlan(ETH_P_8021Q).build(),
             XDP_PASS,
             None,
         ),
-        ("401 response to REGISTER", response("401-register.sip").build(), XDP_PASS, None),
+        ("401 response to REGISTER", challenge.clone(), XDP_PASS, None),
         ("OPTIONS keep-alive", msg(CUSTOMER_V4, "options-keepalive.sip").build(), XDP_PASS, None),
+        ("  the same, challenged phone", msg(PHONE_V4, "options-keepalive.sip").build(), XDP_PASS, None),
         ("REGISTER, blocklisted source", msg(ATTACKER_V4, "register-auth.sip").build(), XDP_DROP, None),
         ("REGISTER, allowlisted source", udp(TRUSTED_V4, 5060).build(), XDP_PASS, None),
         ("non-SIP port", udp(CUSTOMER_V4, 5999).build(), XDP_PASS, None),
     ];
-
+    let cases: Vec<_> =
+        cases.into_iter().filter(|c| only.as_deref().is_none_or(|o| c.0.contains(o))).collect();
     println!("BPF_PROG_TEST_RUN, {repeat} runs per measurement, median of {rounds} interleaved rounds");
     let entries = l.maps.blocklist.entries().len();
     println!("blocklist: {entries} entries; the kernel reports whole ns per run\n");
@@ -117,16 +137,24 @@ fn main() {
         "{:<34} {:>12} {:>12} {:>8} {:>10}",
         "packet", "tollgate ns", "XDP_PASS ns", "ratio", "extra ns"
     );
-    for (name, frame, expect, config) in cases {
+    let measure = |l: &mut Loaded, frame: &[u8], config: Option<Config>| {
         l.maps.set_config(config.unwrap_or(defaults)).expect("config");
-        let (action, _) = l.run_program(PROG_ENFORCE, &frame, 1);
-        assert_eq!(action, expect, "{name}: unexpected verdict, benchmark would be meaningless");
+        // Renewed before each measurement, well inside the nonce horizon.
+        l.run_program(PROG_ENFORCE, &challenge, 1);
         let (mut ours, mut base) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
-            ours.push(l.run_program(PROG_ENFORCE, &frame, repeat).1);
-            base.push(l.run_program(PROG_BASELINE, &frame, repeat).1);
+            ours.push(l.run_program(PROG_ENFORCE, frame, repeat).1);
+            base.push(l.run_program(PROG_BASELINE, frame, repeat).1);
         }
-        let (o, b) = (median(&mut ours), median(&mut base));
+        (median(&mut ours), median(&mut base))
+    };
+    let mut whole = Vec::new();
+    for (name, frame, expect, config) in &cases {
+        l.maps.set_config(config.unwrap_or(defaults)).expect("config");
+        let (action, _) = l.run_program(PROG_ENFORCE, frame, 1);
+        assert_eq!(action, *expect, "{name}: unexpected verdict, benchmark would be meaningless");
+        let (o, b) = measure(&mut l, frame, *config);
+        whole.push(o);
         let ratio = if b.is_zero() { f64::NAN } else { o.as_nanos() as f64 / b.as_nanos() as f64 };
         println!(
             "{name:<34} {:>12} {:>12} {:>7.2}x {:>10}",
@@ -134,6 +162,27 @@ fn main() {
             b.as_nanos(),
             ratio,
             o.as_nanos() as i128 - b.as_nanos() as i128
+        );
+    }
+    if !stages {
+        return;
+    }
+    // Cutting the chain from its end: first without the count stage, then
+    // without the parse stage too. Each cut run is measured in the same way.
+    l.cut_xdp_chain(JUMP_COUNT);
+    let with_parse: Vec<_> = cases.iter().map(|(_, f, _, c)| measure(&mut l, f, *c).0).collect();
+    l.cut_xdp_chain(JUMP_PARSE);
+    let first: Vec<_> = cases.iter().map(|(_, f, _, c)| measure(&mut l, f, *c).0).collect();
+    println!("\nby stage (ns; each stage's share is the difference of two measurements)");
+    println!("{:<34} {:>10} {:>10} {:>10} {:>10}", "packet", "first", "parse", "count", "whole");
+    for (i, (name, ..)) in cases.iter().enumerate() {
+        let ns = |d: Duration| d.as_nanos() as i128;
+        println!(
+            "{name:<34} {:>10} {:>10} {:>10} {:>10}",
+            ns(first[i]),
+            ns(with_parse[i]) - ns(first[i]),
+            ns(whole[i]) - ns(with_parse[i]),
+            ns(whole[i])
         );
     }
 }
