@@ -16,11 +16,14 @@
 
 use crate::sip::{ByteWindow, SIP_WINDOW};
 
-/// Most steps of a line scan (a step per 8 bytes of a line, and one per
-/// line end): a full window of ordinary header lines (2,048 / 8 words and
-/// 128 lines). A message with more, shorter lines is not read to its end,
-/// and is then treated like one whose headers go on past the window.
-pub const MAX_LINE_STEPS: usize = SIP_WINDOW / 8 + 128;
+/// Bytes of a line one [`LineScan::step`] reads: four words.
+pub const STEP_BYTES: usize = 32;
+/// Most steps of a line scan (a step per [`STEP_BYTES`] of a line, and
+/// one per line end): a full window of header lines (2,048 / 32, and 256
+/// lines of 8 bytes). A message with more, shorter lines is not read to
+/// its end, and is then treated like one whose headers go on past the
+/// window.
+pub const MAX_LINE_STEPS: usize = SIP_WINDOW / STEP_BYTES + SIP_WINDOW / 8;
 
 const LOWER: u64 = 0x2020_2020_2020_2020;
 
@@ -216,11 +219,11 @@ impl LineScan {
     }
 
     /// One step: the start of a line if `pos` is at one (which header it
-    /// is), then the next 8 bytes of the line: if its end ('\n') is among
-    /// them, the next step starts the next line there; if not, the next
-    /// step reads on. A step per word, with the state in a map value
-    /// between `bpf_loop` steps in the kernel, keeps the verifier's work
-    /// per step small. Returns false when the scan is over (the headers
+    /// is), then the next [`STEP_BYTES`] of the line: if its end ('\n') is
+    /// among them, the next step starts the next line there; if not, the
+    /// next step reads on. A step per line (or per 32 bytes of a long one),
+    /// with the state in a map value between `bpf_loop` steps in the
+    /// kernel, keeps the verifier's work per step small. Returns false when the scan is over (the headers
     /// ended, or the window did).
     #[inline(always)]
     pub fn step<B: ByteWindow + ?Sized>(&mut self, b: &B) -> bool {
@@ -236,14 +239,32 @@ impl LineScan {
         if line_start {
             self.start_line(b, pos, c);
         }
-        // The next 8 bytes of the line: does it end among them?
-        let m = bytes_equal(b.word(pos), b'\n');
-        let nl = b.launder(if m == 0 { usize::MAX } else { pos + first_flagged(m) });
+        // The next STEP_BYTES of the line, four words loaded at once: does
+        // it end among them? (A '\n' found at or past the window's end is
+        // none: what lies there is not the message's.)
+        let m = [
+            bytes_equal(b.word(pos), b'\n'),
+            bytes_equal(b.word(pos + 8), b'\n'),
+            bytes_equal(b.word(pos + 16), b'\n'),
+            bytes_equal(b.word(pos + 24), b'\n'),
+        ];
+        let nl = if m[0] != 0 {
+            pos + first_flagged(m[0])
+        } else if m[1] != 0 {
+            pos + 8 + first_flagged(m[1])
+        } else if m[2] != 0 {
+            pos + 16 + first_flagged(m[2])
+        } else if m[3] != 0 {
+            pos + 24 + first_flagged(m[3])
+        } else {
+            usize::MAX
+        };
+        let nl = b.launder(nl);
         if nl >= len {
-            // Not in this word (or the window ends first): read on.
+            // Not in these words (or the window ends first): read on.
             self.in_line = 1;
-            self.pos = (pos + 8) as u32;
-            if pos + 8 >= len {
+            self.pos = (pos + STEP_BYTES) as u32;
+            if pos + STEP_BYTES >= len {
                 self.end_value(len);
                 self.done = 1;
                 return false;
