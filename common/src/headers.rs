@@ -16,7 +16,8 @@
 
 use crate::sip::{ByteWindow, SIP_WINDOW};
 
-/// Bytes of a line one [`LineScan::step`] reads: four words.
+/// Bytes of a line one [`LineScan::step`] reads: four words (eight were
+/// measured no faster).
 pub const STEP_BYTES: usize = 32;
 /// Most steps of a line scan (a step per [`STEP_BYTES`] of a line, and
 /// one per line end): a full window of header lines (2,048 / 32, and 256
@@ -239,26 +240,19 @@ impl LineScan {
         if line_start {
             self.start_line(b, pos, c);
         }
-        // The next STEP_BYTES of the line, four words loaded at once: does
+        // The next STEP_BYTES of the line, a word at a time: does
         // it end among them? (A '\n' found at or past the window's end is
         // none: what lies there is not the message's.)
-        let m = [
-            bytes_equal(b.word(pos), b'\n'),
-            bytes_equal(b.word(pos + 8), b'\n'),
-            bytes_equal(b.word(pos + 16), b'\n'),
-            bytes_equal(b.word(pos + 24), b'\n'),
-        ];
-        let nl = if m[0] != 0 {
-            pos + first_flagged(m[0])
-        } else if m[1] != 0 {
-            pos + 8 + first_flagged(m[1])
-        } else if m[2] != 0 {
-            pos + 16 + first_flagged(m[2])
-        } else if m[3] != 0 {
-            pos + 24 + first_flagged(m[3])
-        } else {
-            usize::MAX
-        };
+        let mut nl = usize::MAX;
+        let mut k = 0;
+        while k < STEP_BYTES / 8 {
+            let m = bytes_equal(b.word(pos + 8 * k), b'\n');
+            if m != 0 {
+                nl = pos + 8 * k + first_flagged(m);
+                break;
+            }
+            k += 1;
+        }
         let nl = b.launder(nl);
         if nl >= len {
             // Not in these words (or the window ends first): read on.
