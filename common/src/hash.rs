@@ -118,17 +118,16 @@ pub fn siphash24(key: &IdentityKey, data: &[u8]) -> u64 {
 }
 
 /// SipHash-2-4 under `key` of the `len` bytes of `b` from `start`, read
-/// with [`ByteWindow::raw`] once the range is checked, or `None` if the range
+/// a word per block with [`ByteWindow::word`] once the range is checked, or `None` if the range
 /// is not inside the window or `len` exceeds [`MAX_HASHED`]. For every
 /// range it accepts, the result is [`siphash24`] of the same bytes.
 ///
-/// Verifier shape: two constant-bound loops (blocks, then bytes); every
-/// block is read and compressed, the bytes at or past `len` masked to 0,
+/// Verifier shape: one constant-bound loop over the blocks; every block is
+/// read and compressed, the bytes at or past `len` masked to 0,
 /// the length byte added where `len` ends, and the compressed state kept
 /// only for the blocks SipHash has (`len / 8 + 1`). The only branches left
 /// after the range check are on the loop counters, which the verifier
-/// knows. Bytes read past `len` may be anything ([`ByteWindow::raw`]'s
-/// contract): they are masked away.
+/// knows. Bytes read past `len` may be anything: they are masked away.
 #[inline(always)]
 pub fn siphash24_window<B: ByteWindow + ?Sized>(
     key: &IdentityKey,
@@ -150,12 +149,9 @@ pub fn siphash24_window<B: ByteWindow + ?Sized>(
     let mut block = 0;
     while block <= MAX_BLOCKS {
         let base = block * 8;
-        let mut m = 0u64;
-        let mut i = 0;
-        while i < 8 {
-            m |= (b.raw(start + base + i) as u64) << (8 * i);
-            i += 1;
-        }
+        // One word load (the kernel's is two aligned loads), not eight
+        // byte loads: what lies past `len` is masked below.
+        let mut m = b.word(start + base);
         // This block's valid positions, 2^n - 1 for its n data bytes, made
         // a byte mask: (2^n)^8 - 1 is the low 8n bits (2^64 wraps to 0).
         let bits = if base < u64::BITS as usize { (valid >> base) & 0xff } else { 0 };
@@ -318,7 +314,8 @@ mod tests {
         (0..len as u8).collect()
     }
 
-    /// A window like the kernel's: `raw` past the end returns junk, not 0.
+    /// A window like the kernel's far past the end: `word` returns junk
+    /// there, not 0.
     struct Junk<'a>(&'a [u8]);
 
     impl ByteWindow for Junk<'_> {
@@ -328,8 +325,9 @@ mod tests {
         fn at(&self, i: usize) -> u8 {
             self.0.get(i).copied().unwrap_or(0)
         }
-        fn raw(&self, i: usize) -> u8 {
-            self.0.get(i).copied().unwrap_or(0xa5 ^ i as u8)
+        fn word(&self, i: usize) -> u64 {
+            let byte = |k: usize| self.0.get(i + k).copied().unwrap_or(0xa5 ^ (i + k) as u8) as u64;
+            (0..8).fold(0, |w, k| w | byte(k) << (8 * k))
         }
     }
 

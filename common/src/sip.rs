@@ -30,11 +30,6 @@ pub trait ByteWindow {
     fn len(&self) -> usize;
     /// The byte at `i`, or 0 past the end.
     fn at(&self, i: usize) -> u8;
-    /// The byte at `i` without the end check, for callers that checked the
-    /// range once already (past the end: any value, never out of bounds).
-    fn raw(&self, i: usize) -> u8 {
-        self.at(i)
-    }
     fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -218,14 +218,10 @@ impl ByteWindow for Window {
         if i < self.len { self.byte(i) } else { 0 }
     }
 
-    #[inline(always)]
-    fn raw(&self, i: usize) -> u8 {
-        self.byte(i & (SIP_WINDOW - 1))
-    }
-
-    /// Two aligned loads and shifts, no branch: callers read at most
-    /// `TAIL` bytes past `len`, which [`zero_tail`] cleared, so bytes past
-    /// the payload read as 0 as on the host.
+    /// Two aligned loads and shifts, no branch: the header scans read at
+    /// most `TAIL` bytes past `len`, which [`zero_tail`] cleared, so bytes
+    /// past the payload read as 0 as on the host. (The identity hash reads
+    /// further, and masks what lies past its value.)
     #[inline(always)]
     fn word(&self, i: usize) -> u64 {
         let p = self.base + i;
