@@ -122,12 +122,12 @@ pub fn siphash24(key: &IdentityKey, data: &[u8]) -> u64 {
 /// is not inside the window or `len` exceeds [`MAX_HASHED`]. For every
 /// range it accepts, the result is [`siphash24`] of the same bytes.
 ///
-/// Verifier shape: one constant-bound loop over the blocks; every block is
-/// read and compressed, the bytes at or past `len` masked to 0,
-/// the length byte added where `len` ends, and the compressed state kept
-/// only for the blocks SipHash has (`len / 8 + 1`). The only branches left
-/// after the range check are on the loop counters, which the verifier
-/// knows. Bytes read past `len` may be anything: they are masked away.
+/// Verifier shape: one loop over the blocks, bounded by a constant and
+/// stopping after the block that ends the name; in each, the bytes at or
+/// past `len` are masked to 0, the length byte added where `len` ends,
+/// and the compressed state kept only for the blocks SipHash has
+/// (`len / 8 + 1`). Bytes read past `len` may be anything: they are
+/// masked away.
 #[inline(always)]
 pub fn siphash24_window<B: ByteWindow + ?Sized>(
     key: &IdentityKey,
@@ -147,7 +147,10 @@ pub fn siphash24_window<B: ByteWindow + ?Sized>(
     // All ones while SipHash has block `block` (8 * block <= len).
     let mut keep = u64::MAX;
     let mut block = 0;
-    while block <= MAX_BLOCKS {
+    // Only the blocks SipHash has: the one holding the length byte is the
+    // last (8 * block <= len). The result is that of all of them (those
+    // after it are masked away), at a fraction of the cost for a short name.
+    while block <= MAX_BLOCKS && block * 8 <= len {
         let base = block * 8;
         // One word load (the kernel's is two aligned loads), not eight
         // byte loads: what lies past `len` is masked below.
