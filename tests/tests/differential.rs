@@ -769,6 +769,22 @@ impl Differential {
         Outcome::new(kernel, messages, window, may_stop)
     }
 
+    /// Every corpus message over UDP/IPv4, TCP and IPv6, then `cases`
+    /// mutations from `seed`, each labelled `label` in reports.
+    fn corpus_and_mutations(&mut self, label: &str, seed: u64, cases: usize) {
+        for case in CORPUS {
+            for carrier in
+                [Carrier::UDP4, Carrier { tcp: true, ..Carrier::UDP4 }, Carrier { v6: true, ..Carrier::UDP4 }]
+            {
+                self.check(case.name, carrier, case.bytes);
+            }
+        }
+        for i in 0..cases {
+            let (carrier, payload) = case(seed, i);
+            self.check(&format!("{label}mutation #{i} (seed {seed:#x})"), carrier, &payload);
+        }
+    }
+
     /// Compares one payload; prints and keeps a disagreement.
     fn check(&mut self, what: &str, carrier: Carrier, payload: &[u8]) {
         let out = self.run(carrier, payload);
@@ -961,17 +977,7 @@ fn kernel_and_host_sweep_a_restricted_sources_packets_alike() {
     let cases: usize = env_or("TOLLGATE_DIFF_RESTRICTED_CASES", RESTRICTED_MUTATIONS);
     println!("differential, sweep: seed {seed:#x}, {cases} mutations");
     let mut d = Differential::new(true);
-    for case in CORPUS {
-        for carrier in
-            [Carrier::UDP4, Carrier { tcp: true, ..Carrier::UDP4 }, Carrier { v6: true, ..Carrier::UDP4 }]
-        {
-            d.check(case.name, carrier, case.bytes);
-        }
-    }
-    for i in 0..cases {
-        let (carrier, payload) = case(seed, i);
-        d.check(&format!("sweep mutation #{i} (seed {seed:#x})"), carrier, &payload);
-    }
+    d.corpus_and_mutations("sweep ", seed, cases);
     let c =
         d.finish("auth-suspended source, sweep", started, (cases <= RESTRICTED_MUTATIONS).then_some(BUDGET));
     if cases >= RESTRICTED_MUTATIONS {
@@ -1000,17 +1006,7 @@ fn kernel_and_host_parse_alike_on_egress() {
     println!("differential, egress: seed {seed:#x}, {cases} mutations");
     let mut d = Differential::new(false);
     d.egress = true;
-    for case in CORPUS {
-        for carrier in
-            [Carrier::UDP4, Carrier { tcp: true, ..Carrier::UDP4 }, Carrier { v6: true, ..Carrier::UDP4 }]
-        {
-            d.check(case.name, carrier, case.bytes);
-        }
-    }
-    for i in 0..cases {
-        let (carrier, payload) = case(seed, i);
-        d.check(&format!("egress mutation #{i} (seed {seed:#x})"), carrier, &payload);
-    }
+    d.corpus_and_mutations("egress ", seed, cases);
     d.finish("TC egress", started, (cases <= EGRESS_MUTATIONS).then_some(BUDGET));
 }
 
