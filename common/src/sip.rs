@@ -375,7 +375,7 @@ fn method_at<B: ByteWindow + ?Sized>(b: &B, at: usize) -> Option<(u8, usize)> {
 /// Parses the start line and, where needed, the headers.
 #[inline(always)]
 pub fn parse<B: ByteWindow + ?Sized>(b: &B) -> SipSummary {
-    parse_with(b, false, || true)
+    parse_with(b, false, true)
 }
 
 /// Like [`parse`]; with `sweep_all`, the whole window is also swept (see
@@ -384,17 +384,13 @@ pub fn parse<B: ByteWindow + ?Sized>(b: &B) -> SipSummary {
 /// [`SipSummary::sweep`]. The kernel asks for that only for restricted
 /// sources: what it cannot prove harmless for their restriction is dropped.
 ///
-/// If `requests` says no, the headers of a request other than REGISTER are not
+/// Without `requests`, the headers of a request other than REGISTER are not
 /// read (marked [`sweep::START_ONLY`]): the kernel asks for that for a UDP
 /// request from a source the registrar has not challenged within the nonce
 /// horizon, whose credentials could only be unbound. A REGISTER and every
 /// response are always read.
 #[inline(always)]
-pub fn parse_with<B: ByteWindow + ?Sized>(
-    b: &B,
-    sweep_all: bool,
-    requests: impl FnOnce() -> bool,
-) -> SipSummary {
+pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, sweep_all: bool, requests: bool) -> SipSummary {
     let mut summary = b.start();
     let k = summary.kind;
     // ACK and CANCEL are never challenged; every other request may carry
@@ -402,9 +398,7 @@ pub fn parse_with<B: ByteWindow + ?Sized>(
     // for its transaction. One scan reads them (and sweeps, when asked).
     let challengeable =
         k == kind::REQUEST && summary.method != method::ACK && summary.method != method::CANCEL;
-    // Asked only here, for the one kind of message it decides about (the
-    // kernel's answer is a map lookup).
-    if challengeable && !sweep_all && summary.method != method::REGISTER && !requests() {
+    if challengeable && !requests && !sweep_all && summary.method != method::REGISTER {
         summary.sweep = sweep::START_ONLY;
         return summary;
     }
@@ -756,11 +750,11 @@ mod tests {
     fn credentials_in_every_request() {
         let invite = crate::corpus::CORPUS.iter().find(|c| c.name == "invite-with-auth.sip").unwrap().bytes;
         assert!(parse(invite).has_auth);
-        assert!(parse_with(invite, true, || true).has_auth);
-        assert_eq!(parse_with(invite, true, || true).sweep, sweep::SWEPT);
+        assert!(parse_with(invite, true, true).has_auth);
+        assert_eq!(parse_with(invite, true, true).sweep, sweep::SWEPT);
         let plain =
             crate::corpus::CORPUS.iter().find(|c| c.name == "invite-intl-plus-232.sip").unwrap().bytes;
-        assert!(!parse_with(plain, true, || true).has_auth);
+        assert!(!parse_with(plain, true, true).has_auth);
     }
 
     #[test]

@@ -575,7 +575,7 @@ fn host_messages(window: &[u8], tcp: bool, sweep: bool) -> Vec<(usize, SipSummar
     loop {
         // The source is never challenged here (responses go to the edge's
         // address): a UDP request's headers are read only when it is swept.
-        let s = parse_with(&window[base..], sweep && base == 0, || tcp || sweep);
+        let s = parse_with(&window[base..], sweep && base == 0, tcp || sweep);
         out.push((base, s));
         let next = base as u64 + s.body as u64 + s.content_length as u64;
         if !(tcp && s.body != 0 && (out.len() as u32) < MAX_MESSAGES && next < window.len() as u64) {

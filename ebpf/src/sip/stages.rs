@@ -457,8 +457,7 @@ pub(crate) fn parse_stage() {
     // binds them, and the framing needs Content-Length), and over UDP from
     // a source the registrar challenged recently, since only a nonce
     // issued to it within the horizon binds them (README: Evidence model).
-    let (tcp, src, now) = (sc.proto == IPPROTO_TCP, sc.src, sc.now_ns);
-    let requests = || tcp || restricted != 0 || challenged(&src, now);
+    let requests = sc.proto == IPPROTO_TCP || restricted != 0 || challenged(&sc.src, sc.now_ns);
     if base >= len {
         return;
     }
