@@ -120,6 +120,15 @@ pub const CORPUS: &[Case] = &[
     case!("tcp-continuation.sip", base(kind::UNPARSED)),
 ];
 
+/// The bytes of the corpus message `name` (a file in tests/fixtures/sip).
+///
+/// # Panics
+///
+/// If the corpus has no such message: a test's typo, to fail loudly.
+pub fn fixture(name: &str) -> &'static [u8] {
+    CORPUS.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no corpus message {name}")).bytes
+}
+
 /// The plan the corpus is written for: Japan, the product's default.
 pub fn japan() -> NumberPlan {
     let mut plan = NumberPlan { home_cc: 81, ..NumberPlan::default() };

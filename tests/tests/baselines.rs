@@ -7,7 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use tollgate_common::{
-    Baseline, Config, EVENT_COUNTRY_INVITES, EVENT_INTL_INVITES, ThresholdEvent, corpus::CORPUS,
+    Baseline, Config, EVENT_COUNTRY_INVITES, EVENT_INTL_INVITES, ThresholdEvent, corpus::fixture,
     frames::FrameBuilder,
 };
 use tollgate_tests::{
@@ -19,8 +19,7 @@ use tollgate_tests::{
 const MINUTE_NS: u64 = 60_000_000_000;
 
 fn invite(src: IpAddr, name: &str) -> Vec<u8> {
-    let bytes = CORPUS.iter().find(|c| c.name == name).expect("fixture").bytes;
-    FrameBuilder::udp(src, edge_for(src), 40000, 5060).payload(bytes).build()
+    FrameBuilder::udp(src, edge_for(src), 40000, 5060).payload(fixture(name)).build()
 }
 
 fn send(l: &Loaded, src: IpAddr, n: usize) {

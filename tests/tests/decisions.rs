@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use tollgate_common::{corpus::CORPUS, verdict};
+use tollgate_common::{corpus::fixture, verdict};
 use tollgate_tests::{
     privileged,
     sipp::{Registrar, register},
@@ -15,10 +15,6 @@ use tollgate_tests::{
     traffic::Pacer,
     unique, wait_for,
 };
-
-fn fixture(name: &str) -> &'static [u8] {
-    CORPUS.iter().find(|c| c.name == name).expect("fixture").bytes
-}
 
 /// Sends one SIP message over UDP from `src` to the edge's port 5060.
 fn send(topo: &Topology, src: IpAddr, name: &'static str) {

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use tollgate::clock::monotonic_now_ns;
-use tollgate_common::{CountryRestriction, Restriction, corpus::CORPUS, frames::FrameBuilder, verdict::*};
+use tollgate_common::{CountryRestriction, Restriction, corpus::fixture, frames::FrameBuilder, verdict::*};
 use tollgate_tests::{
     privileged,
     testrun::{Loaded, XDP_DROP, XDP_PASS},
@@ -17,13 +17,11 @@ use tollgate_tests::{
 const HOUR: u64 = 3_600_000_000_000;
 
 fn msg(src: IpAddr, name: &str) -> Vec<u8> {
-    let bytes = CORPUS.iter().find(|c| c.name == name).expect("fixture").bytes;
-    FrameBuilder::udp(src, edge_for(src), 40000, 5060).payload(bytes).build()
+    FrameBuilder::udp(src, edge_for(src), 40000, 5060).payload(fixture(name)).build()
 }
 
 fn response_to(dst: IpAddr, name: &str) -> Vec<u8> {
-    let bytes = CORPUS.iter().find(|c| c.name == name).expect("fixture").bytes;
-    FrameBuilder::udp(edge_for(dst), dst, 5060, 40000).payload(bytes).build()
+    FrameBuilder::udp(edge_for(dst), dst, 5060, 40000).payload(fixture(name)).build()
 }
 
 fn net(s: &str) -> IpNet {
@@ -129,10 +127,6 @@ fn a_blocklisted_source_stays_a_blocklist_drop() {
         )
         .unwrap();
     assert_eq!(l.run(&msg(ATTACKER_V4, "register-auth.sip")), (XDP_DROP, DROP_BLOCKLIST));
-}
-
-fn fixture(name: &str) -> &'static [u8] {
-    CORPUS.iter().find(|c| c.name == name).expect("fixture").bytes
 }
 
 /// Fixtures one after the other, as one TCP segment or UDP datagram.

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use tollgate_common::{SourceStats, corpus::CORPUS, number::class, sip_stat};
+use tollgate_common::{SourceStats, corpus::fixture, number::class, sip_stat};
 use tollgate_tests::{
     privileged,
     sipp::{Registrar, register},
@@ -106,7 +106,7 @@ fn register_failures_are_counted_per_source_and_a_good_phone_has_none() {
 }
 
 fn invite(name: &str) -> &'static [u8] {
-    CORPUS.iter().find(|c| c.name == name).expect("fixture").bytes
+    fixture(name)
 }
 
 #[test]

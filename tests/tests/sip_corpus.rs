@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use tollgate_common::{
     Config, SourceStats,
-    corpus::{CORPUS, Expect},
+    corpus::{CORPUS, Expect, fixture},
     frames::FrameBuilder,
     number::class,
     sip::{SipSummary, kind, method, sweep},
@@ -107,10 +107,6 @@ fn diff(after: SourceStats, before: SourceStats) -> SourceStats {
         win_intl_invites: a.win_intl_invites - b.win_intl_invites,
         ..SourceStats::default()
     }
-}
-
-fn fixture(name: &str) -> &'static [u8] {
-    CORPUS.iter().find(|c| c.name == name).expect("fixture").bytes
 }
 
 /// A challenge (`fixture`, a 401 or 407) from the registrar to `client`.

@@ -7,7 +7,7 @@ use std::{net::IpAddr, time::Duration};
 
 use clap::{Parser, Subcommand};
 use tollgate_common::{
-    Config, JUMP_COUNT, JUMP_PARSE, PROG_BASELINE, PROG_ENFORCE, corpus::CORPUS, frames::FrameBuilder,
+    Config, JUMP_COUNT, JUMP_PARSE, PROG_BASELINE, PROG_ENFORCE, corpus::fixture, frames::FrameBuilder,
     packet::ETH_P_8021Q,
 };
 use tollgate_tests::{
@@ -93,7 +93,6 @@ fn main() {
     l.maps.set_config(defaults).expect("config");
 
     let udp = |src: IpAddr, dport: u16| FrameBuilder::udp(src, edge_for(src), 40000, dport).payload(SIP);
-    let fixture = |name: &str| CORPUS.iter().find(|c| c.name == name).expect("fixture").bytes;
     let msg =
         |src: IpAddr, name: &str| FrameBuilder::udp(src, edge_for(src), 40000, 5060).payload(fixture(name));
     // A phone the registrar has just challenged: the headers of all its
@@ -231,7 +230,7 @@ fn time_to_block(runs: usize, sources: u32) {
     const PACKETS: usize = 400;
     const GAP: Duration = Duration::from_micros(200);
     tollgate_tests::netns::sweep_stale();
-    let invite = CORPUS.iter().find(|c| c.name == "invite-intl-plus-232.sip").expect("fixture").bytes;
+    let invite = fixture("invite-intl-plus-232.sip");
     println!("time-to-block: {THRESHOLD} international INVITEs is the threshold; one INVITE every {GAP:?}");
     println!(
         "loaded: {sources} tracked sources, a learning pass every second, /metrics scraped back to back"

@@ -9,7 +9,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use tollgate_common::{corpus::CORPUS, verdict};
+use tollgate_common::{corpus::fixture, verdict};
 use tollgate_tests::{
     topology::*,
     traffic::{OPTIONS, UdpSink, udp_burst_of},
@@ -44,10 +44,6 @@ fn judge(
         .map(|(_, action, reason)| format!("{action}/{reason}"))
         .unwrap_or_default();
     (delivered, name)
-}
-
-fn fixture(name: &str) -> &'static [u8] {
-    CORPUS.iter().find(|c| c.name == name).expect("fixture").bytes
 }
 
 /// Waits for, and prints, the first audit line containing all of `needles`.
