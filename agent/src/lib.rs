@@ -10,6 +10,7 @@ pub mod commands;
 pub mod control;
 pub mod countries;
 pub mod daemon;
+pub mod detect;
 pub mod error;
 pub mod kernel;
 pub mod metrics;

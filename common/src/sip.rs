@@ -384,10 +384,11 @@ pub fn parse<B: ByteWindow + ?Sized>(b: &B) -> SipSummary {
 /// [`SipSummary::sweep`]. The kernel asks for that only for restricted
 /// sources: what it cannot prove harmless for their restriction is dropped.
 ///
-/// Without `requests`, the headers of a request other than REGISTER are not
-/// read (marked [`sweep::START_ONLY`]): the kernel asks for that for a UDP
-/// request from a source the registrar has not challenged within the nonce
-/// horizon, whose credentials could only be unbound. A REGISTER and every
+/// Without `requests`, the headers of a request other than REGISTER or
+/// INVITE are not read (marked [`sweep::START_ONLY`]): the kernel asks for
+/// that for a UDP request from a source the registrar has not challenged
+/// within the nonce horizon, whose credentials could only be unbound. A
+/// REGISTER, an INVITE (its Call-ID and CSeq count calls) and every
 /// response are always read.
 #[inline(always)]
 pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, sweep_all: bool, requests: bool) -> SipSummary {
@@ -398,7 +399,10 @@ pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, sweep_all: bool, requests: bool
     // for its transaction. One scan reads them (and sweeps, when asked).
     let challengeable =
         k == kind::REQUEST && summary.method != method::ACK && summary.method != method::CANCEL;
-    if challengeable && !requests && !sweep_all && summary.method != method::REGISTER {
+    // An INVITE is always read for its Call-ID and CSeq: an international
+    // call attempt is counted once, not once per retransmission or retry.
+    let counted = summary.method == method::INVITE;
+    if challengeable && !requests && !sweep_all && summary.method != method::REGISTER && !counted {
         summary.sweep = sweep::START_ONLY;
         return summary;
     }
@@ -418,8 +422,9 @@ pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, sweep_all: bool, requests: bool
     let challenge = k == kind::RESPONSE && (summary.status == 401 || summary.status == 407);
     let digest = if challenge { lines.challenge } else { lines.credentials };
     // The transaction matters for a response and for a request with
-    // credentials (pairing); Content-Length for framing a TCP stream.
-    if k == kind::RESPONSE || has_auth {
+    // credentials (pairing) or a call (counting); Content-Length for
+    // framing a TCP stream.
+    if k == kind::RESPONSE || has_auth || (k == kind::REQUEST && counted) {
         summary.call_id = b.hash(call_id);
         if cseq_at != 0 {
             (summary.cseq, summary.cseq_method) = b.cseq(cseq_at as usize);

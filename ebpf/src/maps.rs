@@ -7,10 +7,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use tollgate_common::{
-    ALLOWLIST_CAPACITY, AddrKey, AllowEntry, BLOCKLIST_CAPACITY, Baseline, BlockEntry, Config, Counter,
-    CountryRestriction, CountryWindow, EVENTS_BYTES, INTL_BASELINE_CAPACITY, IdentityAt, IdentityRestriction,
-    NONCES_CAPACITY, NonceKey, RESTRICTIONS_CAPACITY, Restriction, SIP_PORTS_CAPACITY, SOURCES_CAPACITY,
-    SipContext, SourceStats, TRANSACTIONS_CAPACITY, Txn, TxnKey,
+    ALLOWLIST_CAPACITY, AddrKey, AllowEntry, BLOCKLIST_CAPACITY, Baseline, BlockEntry, CALL_EVENTS_BYTES,
+    CALLS_CAPACITY, CallKey, CallSeen, Config, Counter, CountryRestriction, CountryWindow, EVENTS_BYTES,
+    INTL_BASELINE_CAPACITY, IdentityAt, IdentityRestriction, NONCES_CAPACITY, NonceKey,
+    RESTRICTIONS_CAPACITY, Restriction, SIP_PORTS_CAPACITY, SOURCES_CAPACITY, SipContext, SourceStats,
+    TRANSACTIONS_CAPACITY, Txn, TxnKey,
     number::{COUNTRY_CODE_SLOTS, NumberPlan},
     sip::SipSummary,
     sip_stat, verdict,
@@ -87,6 +88,18 @@ pub(crate) static CHALLENGED: LruHashMap<AddrKey, u64> = LruHashMap::with_max_en
 
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// International call attempts counted within SIP's Timer B, so that the
+/// copies and the authentication retry of one are not counted again (calls,
+/// not packets). Not pinned: a restarted agent may count a call in flight
+/// twice.
+#[map]
+pub(crate) static CALLS: LruHashMap<CallKey, CallSeen> = LruHashMap::with_max_entries(CALLS_CAPACITY, 0);
+
+/// Call attempts and new authentications, for the agent's longer
+/// timescales and identity rules.
+#[map]
+pub(crate) static CALL_EVENTS: RingBuf = RingBuf::with_byte_size(CALL_EVENTS_BYTES, 0);
 
 // SIP restrictions and learned thresholds.
 

@@ -105,12 +105,15 @@ pub(crate) fn restrict(sc: &SipContext, s: &SipSummary, class: u8, cc: u16, tag:
     if (s.method == method::REGISTER || s.has_auth) && sc.restricted & AUTH != 0 {
         return (drop, verdict::DROP_AUTH_SUSPENDED);
     }
-    if tag != 0
-        && ID_RESTRICT
-            .get_ptr(&IdentityAt { addr: sc.src, tag })
+    // The identity at this address, or everywhere (the all-zero address:
+    // a credential used from many addresses).
+    let suspended = |addr: AddrKey| {
+        ID_RESTRICT
+            .get_ptr(&IdentityAt { addr, tag })
             // SAFETY: a value from a successful lookup, read at once.
             .is_some_and(|r| unsafe { (*r).until_ns } > now)
-    {
+    };
+    if tag != 0 && (suspended(sc.src) || suspended([0; 16])) {
         // Keep reading this address's requests while the identity tries
         // (see CHALLENGED).
         mark_challenged(&sc.src, now);

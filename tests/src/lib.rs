@@ -94,3 +94,17 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `message` as the `n`th of a series of distinct calls: its Call-ID
+/// prefixed with `n-` (the kernel counts a call attempt once per Call-ID,
+/// so repeating one message is one call and its copies).
+pub fn nth_call(message: &[u8], n: usize) -> Vec<u8> {
+    let needle = b"Call-ID: ";
+    let at =
+        message.windows(needle.len()).position(|w| w == needle).expect("the message has a Call-ID header")
+            + needle.len();
+    let mut out = message[..at].to_vec();
+    out.extend_from_slice(format!("{n}-").as_bytes());
+    out.extend_from_slice(&message[at..]);
+    out
+}

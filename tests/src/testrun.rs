@@ -14,8 +14,8 @@ use tollgate::{
     maps::Maps,
 };
 use tollgate_common::{
-    BlockEntry, CONFIG_BLOCK_ALL_PORTS, Config, IPPROTO_TCP, IPPROTO_UDP, MAP_EVENTS, PROG_BASELINE,
-    PROG_EGRESS, PROG_ENFORCE, SOURCES_CAPACITY, SipContext, ThresholdEvent, reason,
+    BlockEntry, CONFIG_BLOCK_ALL_PORTS, Config, IPPROTO_TCP, IPPROTO_UDP, MAP_CALL_EVENTS, MAP_EVENTS,
+    PROG_BASELINE, PROG_EGRESS, PROG_ENFORCE, SOURCES_CAPACITY, SipContext, ThresholdEvent, reason,
     sip::{Number, SipSummary},
 };
 
@@ -103,6 +103,7 @@ pub struct Loaded {
     ebpf: Ebpf,
     pub maps: Maps,
     events: RingBuf<MapData>,
+    call_events: RingBuf<MapData>,
     summary: PerCpuArray<MapData, [u8; SUMMARY_BYTES]>,
     sip_ctx: PerCpuArray<MapData, [u8; SIP_CTX_BYTES]>,
 }
@@ -128,6 +129,8 @@ impl Loaded {
         let Kernel { mut ebpf, maps } = Kernel::start(None, &config).expect("load and configure the object");
         let events = ebpf.take_map(MAP_EVENTS).expect("EVENTS map");
         let events = RingBuf::try_from(events).expect("EVENTS is a ring buffer");
+        let call_events = ebpf.take_map(MAP_CALL_EVENTS).expect("CALL_EVENTS map");
+        let call_events = RingBuf::try_from(call_events).expect("CALL_EVENTS is a ring buffer");
         let summary = ebpf.take_map(MAP_SUMMARY).expect("SUMMARY map");
         let summary = PerCpuArray::try_from(summary).expect("SUMMARY is a per-CPU array of one SipSummary");
         let sip_ctx = ebpf.take_map(MAP_SIP_CTX).expect("SIP_CTX map");
@@ -136,7 +139,7 @@ impl Loaded {
             let prog: &mut Xdp = ebpf.program_mut(name).expect("program").try_into().expect("xdp");
             prog.load().expect("verifier accepts the program");
         }
-        Self { ebpf, maps, events, summary, sip_ctx }
+        Self { ebpf, maps, events, call_events, summary, sip_ctx }
     }
 
     /// Writes `value` into SUMMARY (and zeroes SIP_CTX) on every CPU.
@@ -221,13 +224,13 @@ impl Loaded {
 
     /// The threshold events the kernel wrote since the last call.
     pub fn events(&mut self) -> Vec<ThresholdEvent> {
-        let mut out = Vec::new();
-        while let Some(item) = self.events.next() {
-            assert_eq!(item.len(), size_of::<ThresholdEvent>(), "whole records");
-            // SAFETY: the kernel writes whole ThresholdEvent records.
-            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
-        }
-        out
+        drain(&mut self.events)
+    }
+
+    /// The call events the kernel wrote since the last call (call attempts
+    /// and new authentications, [`MAP_CALL_EVENTS`]).
+    pub fn call_events(&mut self) -> Vec<ThresholdEvent> {
+        drain(&mut self.call_events)
     }
 
     fn program(&self, name: &str) -> &Xdp {
@@ -323,4 +326,15 @@ impl Default for Loaded {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Every record waiting in an event ring buffer.
+fn drain(ring: &mut RingBuf<MapData>) -> Vec<ThresholdEvent> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        assert_eq!(item.len(), size_of::<ThresholdEvent>(), "whole records");
+        // SAFETY: the kernel writes whole ThresholdEvent records.
+        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+    }
+    out
 }

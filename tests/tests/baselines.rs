@@ -7,25 +7,27 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use tollgate_common::{
-    Baseline, Config, EVENT_COUNTRY_INVITES, EVENT_INTL_INVITES, ThresholdEvent, corpus::fixture,
-    frames::FrameBuilder,
+    Baseline, CALL_COPIES, Config, EVENT_CALL, EVENT_COUNTRY_INVITES, EVENT_FLAG_IDENTIFIED,
+    EVENT_INTL_INVITES, ThresholdEvent, corpus::fixture, frames::FrameBuilder,
 };
 use tollgate_tests::{
-    privileged,
+    nth_call, privileged,
     testrun::{Loaded, XDP_PASS},
     topology::*,
 };
 
 const MINUTE_NS: u64 = 60_000_000_000;
 
-fn invite(src: IpAddr, name: &str) -> Vec<u8> {
-    FrameBuilder::udp(src, edge_for(src), 40000, 5060).payload(fixture(name)).build()
+/// The `n`th distinct call of `src` (its own Call-ID).
+fn invite(src: IpAddr, name: &str, n: usize) -> Vec<u8> {
+    FrameBuilder::udp(src, edge_for(src), 40000, 5060).payload(&nth_call(fixture(name), n)).build()
 }
 
 fn send(l: &Loaded, src: IpAddr, n: usize) {
-    let frame = invite(src, "invite-intl-plus-232.sip");
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     for _ in 0..n {
-        assert_eq!(l.run(&frame).0, XDP_PASS);
+        let i = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(l.run(&invite(src, "invite-intl-plus-232.sip", i)).0, XDP_PASS);
     }
 }
 
@@ -108,23 +110,23 @@ fn a_country_is_reported_only_when_many_sources_surge_to_it() {
     // Domestic and emergency calls are not international.
     for name in ["invite-domestic-trunk.sip", "invite-emergency-110.sip"] {
         for src in &sources {
-            for _ in 0..5 {
-                l.run(&invite(*src, name));
+            for i in 0..5 {
+                l.run(&invite(*src, name, i));
             }
         }
     }
     assert!(l.events().is_empty());
     // Other countries have windows of their own: +44 starts from zero.
-    let to_44 = |l: &Loaded| {
+    let to_44 = |l: &Loaded, round: usize| {
         for src in &sources {
-            l.run(&invite(*src, "invite-intl-tel-44.sip"));
+            l.run(&invite(*src, "invite-intl-tel-44.sip", round));
         }
     };
-    for _ in 0..2 {
-        to_44(&l);
+    for round in 0..2 {
+        to_44(&l, round);
     }
     assert!(l.events().is_empty(), "8 < 12");
-    to_44(&l);
+    to_44(&l, 2);
     let events = l.events();
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!((events[0].cc, events[0].count, events[0].sources), (44, 12, 4));
@@ -147,4 +149,56 @@ fn a_country_with_a_learned_level_is_reported_at_its_own_threshold() {
     let events = l.events();
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!((events[0].count, events[0].threshold, events[0].sources), (40, 40, 2));
+}
+
+/// Calls, not packets: the copies (retransmissions) of an international
+/// INVITE and its authentication retry are one call attempt, counted once
+/// and reported once on the call events with the identity the retry
+/// reveals; a new Call-ID, or another number under the same Call-ID, is a
+/// new attempt; a client reusing one Call-ID and CSeq gets at most
+/// CALL_COPIES counted as one.
+#[test]
+fn a_call_attempt_is_counted_once_whatever_its_copies_and_retry() {
+    if !privileged("a_call_attempt_is_counted_once_whatever_its_copies_and_retry") {
+        return;
+    }
+    let mut l = loaded(0, 0, 1);
+    let src = CUSTOMER_V4;
+    let intl = |l: &Loaded| l.maps.source(src).unwrap_or_default().intl_invites;
+    let first = invite(src, "invite-intl-plus-232.sip", 1_000_000);
+    for _ in 0..3 {
+        assert_eq!(l.run(&first).0, XDP_PASS);
+    }
+    assert_eq!(intl(&l), 1, "three copies are one attempt");
+    let events = l.call_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].kind, events[0].cc, events[0].tag, events[0].flags), (EVENT_CALL, 232, 0, 0));
+    // The retry after a 407: CSeq + 1 with credentials, the same Call-ID.
+    let retry = String::from_utf8(nth_call(fixture("invite-intl-plus-232.sip"), 1_000_000)).unwrap();
+    let cseq = retry.lines().find(|l| l.starts_with("CSeq:")).expect("CSeq").to_owned();
+    let n: u32 = cseq.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let retry = retry.replace(&cseq, &format!("CSeq: {} INVITE", n + 1)).replace(
+        "Content-Length:",
+        "Proxy-Authorization: Digest username=\"1001\", realm=\"edge.example\", nonce=\"abc\", uri=\"sip:x\", response=\"0\"\r\nContent-Length:",
+    );
+    let retry = FrameBuilder::udp(src, edge_for(src), 40000, 5060).payload(retry.as_bytes()).build();
+    for _ in 0..2 {
+        l.run(&retry);
+    }
+    assert_eq!(intl(&l), 1, "the authentication retry and its copy are the same attempt");
+    let events = l.call_events();
+    assert_eq!(events.len(), 1, "the retry reveals the identity: {events:?}");
+    assert!(events[0].tag != 0 && events[0].flags == EVENT_FLAG_IDENTIFIED, "{events:?}");
+    // A second retry is another attempt (not a way to place calls free).
+    let again = String::from_utf8(nth_call(fixture("invite-intl-plus-232.sip"), 1_000_000)).unwrap();
+    let again = again.replace(&cseq, &format!("CSeq: {} INVITE", n + 5));
+    l.run(&FrameBuilder::udp(src, edge_for(src), 40000, 5060).payload(again.as_bytes()).build());
+    assert_eq!(intl(&l), 2);
+    // One Call-ID and CSeq reused for many calls: at most CALL_COPIES each.
+    let reused = invite(src, "invite-intl-plus-232.sip", 2_000_000);
+    for _ in 0..(3 * CALL_COPIES) {
+        l.run(&reused);
+    }
+    assert_eq!(intl(&l), 2 + 3, "{} copies of one are three attempts", 3 * CALL_COPIES);
+    assert_eq!(l.call_events().len(), 1 + 3);
 }

@@ -132,13 +132,16 @@ fn invites_are_classified_by_dialled_number_over_udp_and_tcp() {
         let dst = SocketAddr::new(edge_for(src), 5060);
         for name in sierra_leone.iter().chain(others.iter()) {
             let bytes = invite(name);
+            // Another call (Call-ID) over TCP: the same one twice would be
+            // one call attempt and its copy.
+            let again = tollgate_tests::nth_call(bytes, 1);
             topo.peer.run(move || {
                 // Over UDP...
                 let udp = std::net::UdpSocket::bind(SocketAddr::new(src, 0)).expect("udp");
                 udp.send_to(bytes, dst).expect("send");
                 // ...and over TCP, each message at the start of a segment.
                 let tcp = tollgate_tests::traffic::tcp_stream_from(src, dst).expect("tcp connect");
-                (&tcp).write_all(bytes).expect("write");
+                (&tcp).write_all(&again).expect("write");
             });
             sent += 2;
         }

@@ -64,6 +64,13 @@ pub const fn port_key(proto: u8, port: u16) -> u32 {
 pub const EVENT_AUTH_FAILURES: u32 = 1 << 0;
 pub const EVENT_INTL_INVITES: u32 = 1 << 1;
 pub const EVENT_COUNTRY_INVITES: u32 = 1 << 2;
+/// (call events, [`MAP_CALL_EVENTS`]) A new international call attempt
+/// (`cc`, `tag` when its credentials are known), or its identity
+/// ([`EVENT_FLAG_IDENTIFIED`]).
+pub const EVENT_CALL: u32 = 1 << 3;
+/// (call events) An identity (`tag`) authenticated successfully at an
+/// address where it was not one of the last two that did.
+pub const EVENT_AUTH_OK: u32 = 1 << 4;
 
 /// Indices into [`MAP_SIP_STATS`].
 pub mod sip_stat {
@@ -94,7 +101,13 @@ pub mod sip_stat {
     pub const FAILURE_UNBOUND: u32 = KEEPALIVE + 7;
     /// Stale-nonce challenges answering a credentialed request.
     pub const STALE: u32 = KEEPALIVE + 8;
-    pub const COUNT: u32 = KEEPALIVE + 9;
+    /// Call events lost because their ring buffer was full.
+    pub const CALL_EVENTS_LOST: u32 = KEEPALIVE + 9;
+    /// International INVITEs counted as new call attempts, and those that
+    /// were copies (retransmissions) or the authentication retry of one.
+    pub const INTL_CALLS: u32 = KEEPALIVE + 10;
+    pub const INTL_REPEATS: u32 = KEEPALIVE + 11;
+    pub const COUNT: u32 = KEEPALIVE + 12;
 }
 
 /// Verdict codes: every packet the program sees is counted in exactly one.

@@ -29,6 +29,14 @@ pub const MAP_COUNTRY_CODES: &str = "COUNTRY_CODES";
 pub const MAP_NUMBER_PLAN: &str = "NUMBER_PLAN";
 /// Threshold crossings for the agent ([`ThresholdEvent`] records).
 pub const MAP_EVENTS: &str = "EVENTS";
+/// International call attempts and new authentications for the agent's
+/// longer timescales and identity rules ([`ThresholdEvent`] records of
+/// kinds [`EVENT_CALL`] and [`EVENT_AUTH_OK`]). Its own ring, so a flood
+/// of calls cannot crowd out threshold events.
+pub const MAP_CALL_EVENTS: &str = "CALL_EVENTS";
+/// International call attempts being counted (LRU, key [`CallKey`], value
+/// [`CallSeen`]). Not pinned.
+pub const MAP_CALLS: &str = "CALLS";
 
 /// Per-source SIP restrictions (LPM trie, key [`AddrKey`], value
 /// [`Restriction`]).
@@ -112,6 +120,10 @@ pub const TRANSACTIONS_CAPACITY: u32 = 65_536;
 pub const NONCES_CAPACITY: u32 = 65_536;
 /// Size of the event ring buffer in bytes.
 pub const EVENTS_BYTES: u32 = 256 * 1024;
+/// Size of the call event ring buffer in bytes (about 16,000 events).
+pub const CALL_EVENTS_BYTES: u32 = 1024 * 1024;
+/// International call attempts recognised at once (LRU).
+pub const CALLS_CAPACITY: u32 = 65_536;
 
 /// Name of the enforcement program in the object file.
 pub const PROG_ENFORCE: &str = "tollgate";

@@ -294,6 +294,45 @@ pub const TXN_BOUND: u32 = 1;
 /// How long a credentialed request waits for its answer (SIP's Timer F).
 pub const TXN_LIFETIME_NS: u64 = 32_000_000_000;
 
+/// An international call attempt being counted (key of [`MAP_CALLS`]):
+/// its source and the hash of its Call-ID.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CallKey {
+    pub addr: AddrKey,
+    pub call_id: u64,
+}
+
+/// What is kept of a counted call attempt, so that its retransmissions
+/// and its authentication retry are not counted again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CallSeen {
+    /// When it was first counted.
+    pub at_ns: u64,
+    /// The identity (tag) of its credentials, once seen (0: none yet).
+    pub tag: u64,
+    /// The dialled number's digits: a retransmission and a retry dial the
+    /// same.
+    pub number: u64,
+    /// The CSeq number last seen.
+    pub cseq: u32,
+    /// `CALL_*` bits in the low byte; copies not counted in the next.
+    pub flags: u32,
+}
+
+/// The call's one authentication retry (CSeq + 1) was seen.
+pub const CALL_RETRIED: u32 = 1;
+/// Copies of one call attempt (same Call-ID, CSeq and number) counted once
+/// within [`CALL_LIFETIME_NS`]: the first send and the six retransmissions
+/// of SIP's Timer A before Timer B ends the transaction. A client reusing
+/// one Call-ID and CSeq for distinct calls gets no more than this many
+/// counted as one.
+pub const CALL_COPIES: u32 = 7;
+/// How long a call attempt's copies and retry are recognised (SIP's
+/// Timer B, 64 x T1).
+pub const CALL_LIFETIME_NS: u64 = 32_000_000_000;
+
 /// One identity's credentials from one address (identity-suspend).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
@@ -352,6 +391,9 @@ pub struct ThresholdEvent {
 /// (auth events) Another identity than the failing one authenticated
 /// successfully at this address within `Config::success_horizon_s`.
 pub const EVENT_FLAG_OTHER_OK: u16 = 1;
+/// (call events) Not a new call: the identity (`tag`) of one counted
+/// before, seen in its authentication retry.
+pub const EVENT_FLAG_IDENTIFIED: u16 = 2;
 
 /// The deployment's key for identity tags ([`crate::hash::identity_tag`]),
 /// element 0 of [`MAP_IDENTITY_KEY`]. `k0` and `k1` are the key's bytes
@@ -412,6 +454,8 @@ mod pod {
     unsafe impl aya::Pod for super::Txn {}
     unsafe impl aya::Pod for super::NonceKey {}
     unsafe impl aya::Pod for super::IdentityAt {}
+    unsafe impl aya::Pod for super::CallKey {}
+    unsafe impl aya::Pod for super::CallSeen {}
     unsafe impl aya::Pod for super::IdentityRestriction {}
     unsafe impl aya::Pod for super::Restriction {}
     unsafe impl aya::Pod for super::ThresholdEvent {}
@@ -433,6 +477,8 @@ const _: () = assert!(core::mem::size_of::<TxnKey>() == 16);
 const _: () = assert!(core::mem::size_of::<Txn>() == 40);
 const _: () = assert!(core::mem::size_of::<NonceKey>() == 24);
 const _: () = assert!(core::mem::size_of::<IdentityAt>() == 24);
+const _: () = assert!(core::mem::size_of::<CallKey>() == 24);
+const _: () = assert!(core::mem::size_of::<CallSeen>() == 32);
 const _: () = assert!(core::mem::size_of::<IdentityRestriction>() == 16);
 const _: () = assert!(core::mem::size_of::<Baseline>() == 16);
 const _: () = assert!(core::mem::size_of::<CountryRestriction>() == 24);

@@ -7,8 +7,10 @@ use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use tollgate_common::{
-    AddrKey, Config, EVENT_AUTH_FAILURES, EVENT_COUNTRY_INVITES, EVENT_FLAG_OTHER_OK, EVENT_INTL_INVITES,
-    IPPROTO_TCP, NonceKey, SipContext, SourceStats, TXN_BOUND, TXN_LIFETIME_NS, ThresholdEvent, Txn, TxnKey,
+    AddrKey, CALL_COPIES, CALL_LIFETIME_NS, CALL_RETRIED, CallKey, CallSeen, Config, EVENT_AUTH_FAILURES,
+    EVENT_AUTH_OK, EVENT_CALL, EVENT_COUNTRY_INVITES, EVENT_FLAG_IDENTIFIED, EVENT_FLAG_OTHER_OK,
+    EVENT_INTL_INVITES, IPPROTO_TCP, NonceKey, SipContext, SourceStats, TXN_BOUND, TXN_LIFETIME_NS,
+    ThresholdEvent, Txn, TxnKey,
     hash::identity_tag_window,
     number::class,
     sip::{SipSummary, method},
@@ -17,8 +19,8 @@ use tollgate_common::{
 
 use super::Window;
 use crate::maps::{
-    CHALLENGED, CONFIG, COUNTRY_BASELINE, COUNTRY_INVITES, COUNTRY_WINDOW, EVENTS, INTL_BASELINE, NONCES,
-    SIP_STATS, SOURCES, TRANSACTIONS,
+    CALL_EVENTS, CALLS, CHALLENGED, CONFIG, COUNTRY_BASELINE, COUNTRY_INVITES, COUNTRY_WINDOW, EVENTS,
+    INTL_BASELINE, NONCES, SIP_STATS, SOURCES, TRANSACTIONS,
 };
 
 /// Counts a request against its sender. A request carrying credentials is
@@ -51,7 +53,7 @@ pub(super) fn request(sc: &SipContext, s: &SipSummary, tag: u64, class: u8, cc: 
             stat(sip_stat::INVITE_CLASS_BASE + class as u32);
             // SAFETY: as above.
             unsafe { add64(&raw mut (*e).invites) };
-            if class == class::INTERNATIONAL {
+            if class == class::INTERNATIONAL && new_call(sc, s, tag, cc, now) {
                 // SAFETY: as above.
                 unsafe {
                     add64(&raw mut (*e).intl_invites);
@@ -72,6 +74,58 @@ pub(super) fn request(sc: &SipContext, s: &SipSummary, tag: u64, class: u8, cc: 
     // SAFETY: e points into a live map value (from `source`); no other
     // reference to it is held here.
     check_thresholds(unsafe { &mut *e }, src, cfg, now, None);
+}
+
+/// Whether an international INVITE is a new call attempt, to count: not a
+/// copy of one counted within SIP's Timer B (same Call-ID, CSeq and
+/// number, at most [`CALL_COPIES`] in all) nor its one authentication
+/// retry (CSeq + 1). A new attempt, and the identity a retry reveals, are
+/// reported on [`CALL_EVENTS`]. Without a Call-ID, every INVITE counts.
+#[inline(always)]
+fn new_call(sc: &SipContext, s: &SipSummary, tag: u64, cc: u16, now: u64) -> bool {
+    let number = s.number.value;
+    if s.call_id != 0 {
+        let key = CallKey { addr: sc.src, call_id: s.call_id };
+        if let Some(c) = CALLS.get_ptr_mut(&key) {
+            // SAFETY: c points into a live map value; plain stores race
+            // benignly (at worst a copy is counted).
+            let c = unsafe { &mut *c };
+            if now.wrapping_sub(c.at_ns) < CALL_LIFETIME_NS && c.number == number {
+                let copies = c.flags >> 8;
+                let retried = c.flags & CALL_RETRIED != 0;
+                let copy = s.cseq == c.cseq || (retried && s.cseq.wrapping_add(1) == c.cseq);
+                if copy && copies + 1 < CALL_COPIES {
+                    c.flags += 1 << 8;
+                    stat(sip_stat::INTL_REPEATS);
+                    return false;
+                }
+                if !retried && s.cseq == c.cseq.wrapping_add(1) {
+                    c.flags |= CALL_RETRIED;
+                    c.cseq = s.cseq;
+                    if tag != 0 && c.tag == 0 {
+                        c.tag = tag;
+                        call_event(&sc.src, EVENT_CALL, tag, cc, EVENT_FLAG_IDENTIFIED, now);
+                    }
+                    stat(sip_stat::INTL_REPEATS);
+                    return false;
+                }
+            }
+        }
+        let seen = CallSeen { at_ns: now, tag, number, cseq: s.cseq, flags: 0 };
+        let _ = CALLS.insert(&key, &seen, 0);
+    }
+    stat(sip_stat::INTL_CALLS);
+    call_event(&sc.src, EVENT_CALL, tag, cc, 0, now);
+    true
+}
+
+/// Reports a call attempt or an authentication on [`CALL_EVENTS`].
+#[inline(always)]
+fn call_event(addr: &AddrKey, kind: u32, tag: u64, cc: u16, flags: u16, now: u64) {
+    let event = ThresholdEvent { addr: *addr, kind, at_ns: now, cc, tag, flags, ..ThresholdEvent::default() };
+    if CALL_EVENTS.output::<ThresholdEvent>(&event, 0).is_err() {
+        stat(sip_stat::CALL_EVENTS_LOST);
+    }
 }
 
 /// Whether `addr` was challenged within the nonce horizon (see
@@ -231,6 +285,11 @@ pub(super) fn response(dst: &AddrKey, s: &SipSummary, cfg: &Config, now: u64) {
             unsafe { add64(&raw mut st.stale) }
         }
         Outcome::Success if tag != 0 => {
+            // An identity new here (as far as this entry remembers) is
+            // reported: the agent learns where each identity works.
+            if st.ok_tag[0] != tag && st.ok_tag[1] != tag {
+                call_event(dst, EVENT_AUTH_OK, tag, 0, 0, now);
+            }
             // The two most recent distinct identities that worked here.
             if st.ok_tag[0] != tag {
                 st.ok_tag[1] = st.ok_tag[0];
