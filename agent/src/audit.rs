@@ -47,6 +47,26 @@ struct EvidenceJson {
     /// Another identity authenticated successfully at the address recently.
     #[serde(skip_serializing_if = "Option::is_none")]
     other_identities_ok: Option<bool>,
+    /// The timescale judged: short, medium or long (its window is
+    /// `window_seconds`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scale: Option<&'static str>,
+    /// The destination country code of the calls (never a number).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    destination: Option<u16>,
+    /// (new-destination) It is on the high-risk list.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    high_risk: bool,
+    /// Distinct addresses of the identity in the window, at least.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    addresses_at_least: Option<u32>,
+    /// (new-prefix) The prefix new to the identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new_prefix: Option<String>,
+    /// (new-prefix) No other identity is known at that prefix: the address
+    /// as a whole was restricted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    no_other_identity_known: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -99,6 +119,12 @@ fn wall(mono_ns: u64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// A wall-clock instant in UNIX ms, as audit records write times.
+fn wall_of_ms(ms: i64) -> String {
+    let t = SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 fn evidence(e: &Evidence) -> EvidenceJson {
     EvidenceJson {
         count: e.count,
@@ -110,6 +136,12 @@ fn evidence(e: &Evidence) -> EvidenceJson {
         identities_at_least: e.auth.map(|a| a.identities),
         identity: e.auth.filter(|a| a.identity != 0).map(|a| IdentityTag(a.identity).to_string()),
         other_identities_ok: e.auth.map(|a| a.other_ok),
+        scale: e.scale.and_then(|k| crate::detect::SCALE_NAMES.get(usize::from(k)).copied()),
+        destination: e.cc,
+        high_risk: e.high_risk,
+        addresses_at_least: e.addresses,
+        new_prefix: e.prefix.map(|p| p.to_string()),
+        no_other_identity_known: e.strong,
     }
 }
 
@@ -153,6 +185,50 @@ impl Auditor {
         });
     }
 
+    /// Records an operator's threshold for a subject (None: cleared).
+    pub fn record_baseline(
+        &self,
+        scope: &str,
+        key: &str,
+        scale: &str,
+        threshold: Option<u32>,
+        note: Option<&str>,
+    ) {
+        #[derive(Serialize)]
+        struct BaselineRecord<'a> {
+            time: String,
+            event: &'a str,
+            scope: &'a str,
+            target: &'a str,
+            scale: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            threshold: Option<u32>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            note: Option<&'a str>,
+        }
+        let event = if threshold.is_some() { "baseline-set" } else { "baseline-clear" };
+        let record = BaselineRecord {
+            time: wall(monotonic_now_ns()),
+            event,
+            scope,
+            target: key,
+            scale,
+            threshold,
+            note,
+        };
+        self.write(&serde_json::to_string(&record).expect("audit records serialize"));
+    }
+
+    fn write(&self, line: &str) {
+        info!("audit {line}");
+        if let Some(file) = &self.file {
+            let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = writeln!(f, "{line}").and_then(|()| f.flush()) {
+                warn!("writing the audit log failed: {e}");
+            }
+        }
+    }
+
     /// Records `decision`; `latency_us` is the time since the kernel event.
     pub fn record(&self, decision: &Decision, latency_us: Option<u64>) {
         let now = wall(monotonic_now_ns());
@@ -165,7 +241,7 @@ impl Auditor {
             target: a.target.to_string(),
             reason: a.reason.name(),
             evidence: evidence(&a.evidence),
-            start: Some(wall(a.imposed_at_ns)),
+            start: Some(a.imposed_wall_ms.map_or_else(|| wall(a.imposed_at_ns), wall_of_ms)),
             expires: Some(wall(a.expires_at_ns)),
             enforced: a.enforced,
             mode,
@@ -198,15 +274,9 @@ impl Auditor {
             },
         };
         let line = serde_json::to_string(&record).expect("audit records serialize");
-        info!("audit {line}");
         if matches!(record.event, "impose" | "expire" | "lift") {
             self.run_hook(&line, record.event, record.kind, &record.target, mode);
         }
-        if let Some(file) = &self.file {
-            let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = writeln!(f, "{line}").and_then(|()| f.flush()) {
-                warn!("writing the audit log failed: {e}");
-            }
-        }
+        self.write(&line);
     }
 }

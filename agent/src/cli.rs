@@ -49,6 +49,15 @@ pub enum Command {
     Restrict(RestrictArgs),
     /// Lift a restriction by its id (see `tollgate restrictions list`).
     Lift(LiftArgs),
+    /// Operators' thresholds: raise (or lower) one source's, identity's or
+    /// country's threshold on one timescale above what the learner may
+    /// (a customer that grows), e.g. `baseline set source 198.51.100.10
+    /// --scale medium --threshold 2000 --note "contract 1000/h"`. Audited
+    /// and kept in the state database.
+    Baseline {
+        #[command(subcommand)]
+        command: BaselineCommand,
+    },
     /// Print the identity tag of a digest username, to find it in audit
     /// records ("is this alice?").
     ///
@@ -80,6 +89,47 @@ pub struct StateArgs {
     /// by `detach`; not on the BPF filesystem.
     #[arg(long, value_name = "DIR", default_value = crate::state::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BaselineCommand {
+    /// Set the threshold of SCOPE TARGET on one scale.
+    Set(BaselineArgs),
+    /// Return SCOPE TARGET on one scale to its learned threshold.
+    Clear(BaselineArgs),
+    /// List the operators' thresholds in force.
+    List(ControlArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scope {
+    Source,
+    Identity,
+    Country,
+}
+
+#[derive(Debug, Args)]
+pub struct BaselineArgs {
+    #[arg(value_enum)]
+    pub scope: Scope,
+    /// A source address, an identity tag (`tollgate identity-tag NAME`) or
+    /// an E.164 country code.
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+    /// The timescale: short (--window), medium (--medium-window) or long
+    /// (--long-window).
+    #[arg(long, value_name = "SCALE", default_value = "medium",
+          value_parser = ["short", "medium", "long"])]
+    pub scale: String,
+    /// International call attempts per window at which it is reported
+    /// (set only).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub threshold: Option<u32>,
+    /// Why (kept in the audit trail).
+    #[arg(long, value_name = "TEXT")]
+    pub note: Option<String>,
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,13 +264,101 @@ pub struct RunArgs {
     pub keep_attached_on_exit: bool,
 }
 
-/// Counting windows and the thresholds at which the kernel reports a source
-/// to the agent.
+/// Counting windows and the thresholds at which sources, identities and
+/// countries are reported. International thresholds count call attempts
+/// (a new Call-ID), not packets: an INVITE's retransmissions and its
+/// authentication retry are one attempt.
 #[derive(Debug, Args)]
 pub struct DetectArgs {
-    /// Length of each source's counting window.
+    /// Length of the short counting window (judged in the kernel, at once).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub window: Duration,
+
+    /// Length of the medium counting window (slow fraud: a few calls a
+    /// minute is caught here).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub medium_window: Duration,
+
+    /// Length of the long counting window; it is also the "day" by which
+    /// learned levels may rise (--baseline-max-rise).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub long_window: Duration,
+
+    /// International call attempts from one source within a medium window
+    /// that report it when it has no learned level (0: never).
+    #[arg(long, value_name = "N", default_value_t = 60)]
+    pub intl_medium_threshold: u32,
+
+    /// The same within a long window.
+    #[arg(long, value_name = "N", default_value_t = 300)]
+    pub intl_long_threshold: u32,
+
+    /// International call attempts of one identity (digest username),
+    /// summed over all the addresses it uses, within a short, medium and
+    /// long window, that report it (0: that scale off).
+    #[arg(long, value_name = "SHORT,MEDIUM,LONG", default_value = "30,60,300", value_parser = parse_triple)]
+    pub identity_thresholds: Triple,
+
+    /// International call attempts to one country, from all sources,
+    /// within a medium and a long window (the short one is
+    /// --country-invite-threshold), that report it.
+    #[arg(long, value_name = "MEDIUM,LONG", default_value = "1000,10000", value_parser = parse_pair)]
+    pub country_longer_thresholds: (u32, u32),
+
+    /// Fraction of the threshold in force a window may reach and still
+    /// teach the learned level: a source that stays just under its
+    /// threshold never raises it.
+    #[arg(long, value_name = "F", default_value_t = 0.5, value_parser = parse_weight)]
+    pub baseline_learn_below: f64,
+
+    /// Most a learned level may rise (or fall) per long window, as a factor.
+    #[arg(long, value_name = "FACTOR", default_value_t = 1.5, value_parser = parse_ratio)]
+    pub baseline_max_rise: f64,
+
+    /// History a source, identity or country needs before its learned level
+    /// is trusted (and before a country new to it counts as new).
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration_or_zero)]
+    pub baseline_min_history: Duration,
+
+    /// A learned threshold never exceeds this many times its ceiling;
+    /// above it only an operator raises one (`tollgate baseline set`).
+    #[arg(long, value_name = "RATIO", default_value_t = 8.0, value_parser = parse_ratio)]
+    pub learned_max_ratio: f64,
+
+    /// A country a line (source or identity) has not called within this is
+    /// new to it: for one long window, calls to it are judged at the
+    /// ceilings divided by --new-destination-divisor.
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_duration)]
+    pub new_destination_history: Duration,
+
+    /// Divisor of the ceilings for a new destination (0: rule off).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub new_destination_divisor: u32,
+
+    /// File of high-risk destination country codes (one per line, `#`
+    /// comments; e.g. the list carriers publish under counter-measure 4):
+    /// a new one divides the ceilings further by --high-risk-divisor.
+    #[arg(long, value_name = "PATH")]
+    pub high_risk_destinations: Option<PathBuf>,
+
+    #[arg(long, value_name = "N", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub high_risk_divisor: u32,
+
+    /// Prefix length (IPv4, IPv6) of the networks each identity's history
+    /// of addresses is kept in.
+    #[arg(long, value_name = "V4,V6", default_value = "24,48", value_parser = parse_prefix_lengths)]
+    pub identity_prefix: (u8, u8),
+
+    /// An identity with a history that authenticates from a prefix outside
+    /// it and places --new-prefix-calls international calls from there
+    /// within this is restricted there.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub new_prefix_horizon: Duration,
+
+    /// (0: rule off)
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub new_prefix_calls: u32,
 
     /// Authentication failures of one source within a window that report
     /// it (0: never). A failure is a 401/407 (not stale) or 403 answering a
@@ -243,15 +381,15 @@ pub struct DetectArgs {
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
     pub success_horizon: Duration,
 
-    /// International INVITEs from one source within a window that report it
-    /// when it has no history (0: never). Sources with a learned peacetime
-    /// level are reported at --surge-ratio times it, never below this.
+    /// International call attempts from one source within a short window
+    /// that report it when it has no learned level (0: never). Sources with
+    /// a learned level are reported at --surge-ratio times it, never below
+    /// this (nor above --learned-max-ratio times it).
     #[arg(long, value_name = "N", default_value_t = 30)]
     pub intl_invite_threshold: u32,
 
-    /// How many times its learned peacetime number of international INVITEs
-    /// per window a source (or a destination country) must reach to be
-    /// reported.
+    /// How many times its learned normal number of international calls per
+    /// window a source, identity or country must reach to be reported.
     #[arg(long, value_name = "RATIO", default_value_t = 4.0, value_parser = parse_ratio)]
     pub surge_ratio: f64,
 
@@ -260,13 +398,15 @@ pub struct DetectArgs {
     #[arg(long, value_name = "W", default_value_t = 0.2, value_parser = parse_weight)]
     pub baseline_weight: f64,
 
-    /// Windows observed before a learned peacetime level is trusted.
+    /// Windows learned from before a learned level is trusted (besides
+    /// --baseline-min-history).
     #[arg(long, value_name = "N", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub baseline_min_windows: u32,
 
-    /// International INVITEs to one country code, from all sources, within
-    /// a window that report the country when it has no history (0: never).
+    /// International call attempts to one country code, from all sources,
+    /// within a short window that report the country when it has no
+    /// learned level (0: never).
     /// Countries with a learned peacetime level are reported at
     /// --surge-ratio times it, never below this.
     #[arg(long, value_name = "N", default_value_t = 100)]
@@ -380,6 +520,35 @@ pub struct PlanArgs {
     pub emergency_numbers: Vec<Digits>,
 }
 
+/// Three counts, one per timescale.
+pub type Triple = [u32; 3];
+
+fn counts(s: &str, n: usize) -> Result<Vec<u32>, String> {
+    let v: Vec<u32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<u32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{s:?} is not {n} comma-separated counts"))?;
+    if v.len() == n { Ok(v) } else { Err(format!("{s:?} is not {n} comma-separated counts")) }
+}
+
+pub fn parse_triple(s: &str) -> Result<Triple, String> {
+    let v = counts(s, 3)?;
+    Ok([v[0], v[1], v[2]])
+}
+
+pub fn parse_pair(s: &str) -> Result<(u32, u32), String> {
+    let v = counts(s, 2)?;
+    Ok((v[0], v[1]))
+}
+
+pub fn parse_prefix_lengths(s: &str) -> Result<(u8, u8), String> {
+    match counts(s, 2)?.as_slice() {
+        [v4 @ 8..=32, v6 @ 16..=128] => Ok((*v4 as u8, *v6 as u8)),
+        _ => Err(format!("{s:?} is not an IPv4 length (8-32) and an IPv6 length (16-128)")),
+    }
+}
+
 pub fn parse_ratio(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
         Ok(r) if r.is_finite() && r >= 1.0 => Ok(r),
@@ -455,6 +624,15 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
 }
 
 /// Parses a positive duration such as `90s`, `30m`, `2h`, `1h30m`.
+/// A duration, where zero means "none" (e.g. no history needed).
+pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration (expected e.g. 0, 90s, 7d): {e}"))
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s.trim())
         .map_err(|e| format!("{s:?} is not a duration (expected e.g. 90s, 30m, 2h): {e}"))?;

@@ -26,8 +26,37 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tollgate.sock";
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Request {
     List,
-    Restrict { kind: crate::policy::Kind, target: String, seconds: u64, note: Option<String> },
-    Lift { id: u64 },
+    Restrict {
+        kind: crate::policy::Kind,
+        target: String,
+        seconds: u64,
+        note: Option<String>,
+    },
+    Lift {
+        id: u64,
+    },
+    /// An operator's threshold for one source, identity or country on one
+    /// timescale (`threshold: None` clears it).
+    Baseline {
+        scope: String,
+        key: String,
+        scale: String,
+        threshold: Option<u32>,
+        note: Option<String>,
+    },
+    BaselineList,
+}
+
+/// A threshold in force for a subject on one scale.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct BaselineView {
+    pub scope: String,
+    pub key: String,
+    pub scale: String,
+    pub threshold: u32,
+    /// Set by an operator (else learned).
+    pub operator: bool,
+    pub level: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -41,18 +70,20 @@ pub struct RestrictionView {
     pub enforced: bool,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct Response {
     pub ok: bool,
     #[serde(default)]
     pub error: Option<String>,
     #[serde(default)]
     pub restrictions: Vec<RestrictionView>,
+    #[serde(default)]
+    pub baselines: Vec<BaselineView>,
 }
 
 impl Response {
     pub fn error(e: impl Into<String>) -> Self {
-        Self { ok: false, error: Some(e.into()), restrictions: Vec::new() }
+        Self { ok: false, error: Some(e.into()), ..Self::default() }
     }
 }
 

@@ -191,6 +191,8 @@ pub struct Level {
 #[derive(Clone, Debug, Default)]
 struct Window {
     started: bool,
+    /// A whole window has passed (`prev` is one).
+    rolled: bool,
     start_ms: i64,
     cur: u32,
     prev: u32,
@@ -210,6 +212,7 @@ impl Window {
             return done;
         }
         while now - self.start_ms >= len && done.len() < cap {
+            self.rolled = true;
             done.push(self.cur);
             self.prev = self.cur;
             self.cur = 0;
@@ -649,7 +652,7 @@ impl Detector {
         for (tag, p) in &self.prefixes {
             e.prefixes.extend(p.iter().map(|(net, (f, l))| (*tag, *net, *f, *l)));
         }
-        e.levels.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        e.levels.sort_by_key(|a| (a.0, a.1));
         e.lines.sort();
         e.destinations.sort_by_key(|(s, cc, _)| (*s, *cc));
         e.prefixes.sort();
@@ -672,6 +675,13 @@ impl Detector {
         for (tag, net, f, l) in e.prefixes {
             self.prefixes.entry(tag).or_default().insert(net, (f, l));
         }
+    }
+
+    /// The count of `subject`'s last completed window on `scale`, and when
+    /// that window began (as of the last roll).
+    pub fn last_window(&self, subject: Subject, scale: usize) -> Option<(u32, i64)> {
+        let w = &self.counts.get(&subject)?.scales[scale];
+        w.rolled.then(|| (w.prev, w.start_ms - self.cfg.ms(scale)))
     }
 
     /// How many subjects have a trusted level on some scale.

@@ -123,6 +123,13 @@ pub enum Error {
     #[error("cannot get random bytes for a new identity key from the kernel (getrandom): {error}")]
     Random { error: std::io::Error },
 
+    #[error("state database {}: {context}: {error}", path.display())]
+    Store { path: PathBuf, context: String, error: String },
+
+    /// A state database tollgate will not use, with advice.
+    #[error("state database {}: {problem}", path.display())]
+    StoreUnusable { path: PathBuf, problem: String },
+
     #[error("{context}: {error}")]
     Map { context: String, error: aya::maps::MapError },
 

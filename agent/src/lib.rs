@@ -16,6 +16,7 @@ pub mod kernel;
 pub mod metrics;
 pub mod policy;
 pub mod state;
+pub mod store;
 
 // The kernel side keeps its short paths (`tollgate::loader`, ...).
 pub use kernel::{clsact, events, loader, loader::EBPF_OBJECT, maps, selftest};

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         }
         Command::Restrict(args) => commands::restrictions::restrict(args),
         Command::Lift(args) => commands::restrictions::lift(args),
+        Command::Baseline { command } => commands::restrictions::baseline(command),
         Command::IdentityTag(args) => commands::identity::tag(args),
     };
     match result {

@@ -38,7 +38,10 @@ use std::{
 use ipnet::IpNet;
 use tollgate_common::reason;
 
-use crate::events::EventKind;
+use crate::{
+    detect::{Report, Rule, Subject},
+    events::EventKind,
+};
 
 /// A kind of restriction: the one vocabulary of the engine, the operator's
 /// command line (`tollgate restrict auth|intl|block|country`) and the control
@@ -84,6 +87,13 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind named `name` ([`Self::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Kind::AuthSuspend, Kind::IntlSuspend, Kind::Block, Kind::CountryRestrict, Kind::IdentitySuspend]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             Kind::AuthSuspend => "auth-suspend",
@@ -101,7 +111,8 @@ pub enum Target {
     Source(IpNet),
     /// An E.164 country code.
     Country(u16),
-    /// One identity (its tag) at one address.
+    /// One identity (its tag) at one address, or at every address (the
+    /// unspecified address `::`).
     Identity(IpAddr, u64),
 }
 
@@ -110,6 +121,9 @@ impl std::fmt::Display for Target {
         match self {
             Target::Source(net) => write!(f, "{net}"),
             Target::Country(cc) => write!(f, "+{cc}"),
+            Target::Identity(addr, tag) if addr.is_unspecified() => {
+                write!(f, "identity {} everywhere", tollgate_common::hash::IdentityTag(*tag))
+            }
             Target::Identity(addr, tag) => {
                 write!(f, "{} identity {}", IpNet::from(*addr), tollgate_common::hash::IdentityTag(*tag))
             }
@@ -117,8 +131,10 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// The minimal evidence a decision rests on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// The minimal evidence a decision rests on. Kept with a restriction in
+/// the state database, so a restarted agent audits it as it was imposed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Evidence {
     /// The windowed count the kernel reported.
     pub count: u32,
@@ -132,11 +148,23 @@ pub struct Evidence {
     pub sources: Option<u32>,
     /// What an authentication-failure report says besides the count.
     pub auth: Option<AuthEvidence>,
+    /// The timescale judged ([`crate::detect::SCALE_NAMES`] index).
+    pub scale: Option<u8>,
+    /// The destination country of the calls (new-destination, new-prefix).
+    pub cc: Option<u16>,
+    /// The destination is on the high-risk list.
+    pub high_risk: bool,
+    /// Distinct addresses of an identity in the window, at least.
+    pub addresses: Option<u32>,
+    /// (new-prefix) The prefix new to the identity, and whether no other
+    /// identity is known there (then the address as a whole is restricted).
+    pub prefix: Option<IpNet>,
+    pub strong: Option<bool>,
 }
 
 /// The evidence of authentication failures: `count` failures bound to the
 /// source (README: "Evidence"), and these.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AuthEvidence {
     /// The identity (tag) of the failure that crossed the threshold.
     pub identity: u64,
@@ -170,6 +198,10 @@ pub struct Active {
     pub enforced: bool,
     /// 1 for a first offence, 2 for the second, ...
     pub offence: u32,
+    /// When it was imposed (wall clock, UNIX ms), for one restored from the
+    /// state database: its start may be before this boot, which
+    /// CLOCK_MONOTONIC cannot express.
+    pub imposed_wall_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -229,6 +261,12 @@ pub enum Reason {
     CountrySurge,
     /// Found in force at start-up, with an origin the kernel does not keep.
     Adopted,
+    /// A line's calls to a country new to it over the lowered threshold.
+    NewDestination,
+    /// An identity's calls from a prefix new to it.
+    NewPrefix,
+    /// One identity's calls, summed over all its addresses.
+    IdentitySurge,
 }
 
 impl Reason {
@@ -239,7 +277,26 @@ impl Reason {
             Reason::Operator => OPERATOR,
             Reason::CountrySurge => "country-surge",
             Reason::Adopted => "adopted",
+            Reason::NewDestination => "new-destination",
+            Reason::NewPrefix => "new-prefix",
+            Reason::IdentitySurge => "identity-surge",
         }
+    }
+
+    /// The reason named `name` ([`Self::name`]), as the state database keeps it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            Reason::BruteForce,
+            Reason::IntlSurge,
+            Reason::Operator,
+            Reason::CountrySurge,
+            Reason::Adopted,
+            Reason::NewDestination,
+            Reason::NewPrefix,
+            Reason::IdentitySurge,
+        ]
+        .into_iter()
+        .find(|r| r.name() == name)
     }
 
     /// The origin the kernel's maps keep with a restriction (only a country
@@ -300,6 +357,23 @@ impl Engine {
         &self.cfg
     }
 
+    /// Ids below `id` are taken (the state database never reuses one).
+    pub fn set_next_id(&mut self, id: u64) {
+        self.next_id = self.next_id.max(id);
+    }
+
+    /// Takes over a restriction kept in the state database, exactly as it
+    /// was imposed.
+    pub fn restore(&mut self, a: Active) {
+        if self.active.iter().any(|x| x.kind == a.kind && x.target == a.target) {
+            return;
+        }
+        let n = self.offences.entry((a.kind, a.target)).or_insert(0);
+        *n = (*n).max(a.offence);
+        self.next_id = self.next_id.max(a.id + 1);
+        self.active.push(a);
+    }
+
     pub fn active(&self) -> &[Active] {
         &self.active
     }
@@ -331,6 +405,68 @@ impl Engine {
             kind = Kind::IdentitySuspend;
             target = Target::Identity(addr, a.identity);
         }
+        self.restrict(now_ns, addr, kind, target, reason, base, evidence)
+    }
+
+    /// Where detection on the longer timescales, or a new-destination or
+    /// new-prefix rule, reported something (see [`crate::detect`]).
+    pub fn on_report(&mut self, now_ns: u64, r: &Report) -> Vec<Decision> {
+        let evidence = Evidence {
+            count: r.count,
+            threshold: r.threshold,
+            window: r.window,
+            peacetime_milli: r.level.map(|l| (l * 1000.0).round() as u64),
+            sources: matches!(r.subject, Subject::Country(_)).then_some(r.spread).flatten(),
+            auth: None,
+            scale: Some(r.scale as u8),
+            cc: Some(r.cc),
+            high_risk: r.high_risk,
+            addresses: matches!(r.subject, Subject::Identity(_)).then_some(r.spread).flatten(),
+            prefix: r.prefix,
+            strong: (r.rule == Rule::NewPrefix).then_some(r.strong),
+        };
+        let intl = self.cfg.intl_suspend;
+        let source = Target::Source(IpNet::from(r.addr));
+        let (kind, target, reason) = match (r.rule, r.subject) {
+            (Rule::Surge, Subject::Country(cc)) => return self.on_country_surge(now_ns, cc, evidence),
+            (Rule::Surge, Subject::Source(_)) => (Kind::IntlSuspend, source, Reason::IntlSurge),
+            // One credential from many addresses: wherever it is used.
+            (Rule::Surge, Subject::Identity(tag)) => (
+                Kind::IdentitySuspend,
+                Target::Identity(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), tag),
+                Reason::IdentitySurge,
+            ),
+            (Rule::NewDestination, Subject::Source(_)) => (Kind::IntlSuspend, source, Reason::NewDestination),
+            (Rule::NewDestination, Subject::Identity(tag)) => {
+                (Kind::IdentitySuspend, Target::Identity(r.addr, tag), Reason::NewDestination)
+            }
+            // Strong evidence (no customer known at that prefix): the
+            // address's international calls; else the identity there.
+            (Rule::NewPrefix, Subject::Identity(_)) if r.strong => {
+                (Kind::IntlSuspend, source, Reason::NewPrefix)
+            }
+            (Rule::NewPrefix, Subject::Identity(tag)) => {
+                (Kind::IdentitySuspend, Target::Identity(r.addr, tag), Reason::NewPrefix)
+            }
+            _ => return Vec::new(),
+        };
+        self.restrict(now_ns, r.addr, kind, target, reason, intl, evidence)
+    }
+
+    /// Restricts `target` (reported from `addr`) in the way `kind`, for
+    /// `base` on a first offence, unless allowlisted or over the prefix
+    /// cap; extends it if already in force.
+    #[expect(clippy::too_many_arguments, reason = "one decision's facts")]
+    fn restrict(
+        &mut self,
+        now_ns: u64,
+        addr: IpAddr,
+        kind: Kind,
+        target: Target,
+        reason: Reason,
+        base: Duration,
+        evidence: Evidence,
+    ) -> Vec<Decision> {
         if self.allow.iter().any(|a| a.contains(&addr)) {
             return vec![Decision::Alert { kind, target, why: "allowlisted source", evidence }];
         }
@@ -388,6 +524,7 @@ impl Engine {
             expires_at_ns: now_ns.saturating_add(nanos(duration)),
             enforced: !self.cfg.dry_run,
             offence,
+            imposed_wall_ms: None,
         };
         self.next_id += 1;
         self.active.push(active.clone());
@@ -478,6 +615,10 @@ impl Engine {
         imposed_at_ns: u64,
         expires_at_ns: u64,
     ) {
+        if self.active.iter().any(|a| a.kind == kind && a.target == target) {
+            // Restored from the state database, with its own origin.
+            return;
+        }
         let evidence = Evidence { window: self.cfg.window, ..Evidence::default() };
         self.active.push(Active {
             id: self.next_id,
@@ -490,6 +631,7 @@ impl Engine {
             expires_at_ns,
             enforced: true,
             offence: 1,
+            imposed_wall_ms: None,
         });
         *self.offences.entry((kind, target)).or_insert(0) += 1;
         self.next_id += 1;
@@ -545,6 +687,7 @@ impl Engine {
             expires_at_ns: now_ns.saturating_add(nanos(duration)),
             enforced: !self.cfg.dry_run,
             offence: 1,
+            imposed_wall_ms: None,
         };
         self.next_id += 1;
         self.active.push(active.clone());
@@ -795,9 +938,8 @@ mod country_tests {
             count,
             threshold: 100,
             window: Duration::from_secs(60),
-            peacetime_milli: None,
             sources: Some(sources),
-            auth: None,
+            ..Evidence::default()
         }
     }
 

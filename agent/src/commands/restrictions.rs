@@ -4,7 +4,7 @@
 use std::{path::Path, time::Duration};
 
 use crate::{
-    cli::{ControlArgs, LiftArgs, RestrictArgs},
+    cli::{BaselineArgs, BaselineCommand, ControlArgs, LiftArgs, RestrictArgs, Scope},
     control,
 };
 
@@ -60,4 +60,46 @@ pub fn lift(args: LiftArgs) -> anyhow::Result<()> {
     println!("lifted:");
     print_restrictions(&lifted);
     Ok(())
+}
+
+/// `tollgate baseline set|clear|list`.
+pub fn baseline(command: BaselineCommand) -> anyhow::Result<()> {
+    let (socket, request) = match command {
+        BaselineCommand::List(c) => (c.control_socket, control::Request::BaselineList),
+        BaselineCommand::Set(a) => {
+            let Some(threshold) = a.threshold else { anyhow::bail!("baseline set needs --threshold N") };
+            (a.control.control_socket.clone(), request(&a, Some(threshold)))
+        }
+        BaselineCommand::Clear(a) => (a.control.control_socket.clone(), request(&a, None)),
+    };
+    let response = control::call(&socket, &request)?;
+    if !response.ok {
+        anyhow::bail!("{}", response.error.unwrap_or_else(|| "refused".to_owned()));
+    }
+    if response.baselines.is_empty() {
+        println!("no operator thresholds in force");
+    }
+    for b in &response.baselines {
+        let level = b.level.map_or_else(|| "-".to_owned(), |l| format!("{l:.1}"));
+        println!(
+            "{:<9} {:<40} {:<7} threshold {:>7}  learned level {level}",
+            b.scope, b.key, b.scale, b.threshold
+        );
+    }
+    Ok(())
+}
+
+fn request(a: &BaselineArgs, threshold: Option<u32>) -> control::Request {
+    let scope = match a.scope {
+        Scope::Source => "source",
+        Scope::Identity => "identity",
+        Scope::Country => "country",
+    };
+    control::Request::Baseline {
+        scope: scope.to_owned(),
+        key: a.target.clone(),
+        scale: a.scale.clone(),
+        threshold,
+        note: a.note.clone(),
+    }
 }

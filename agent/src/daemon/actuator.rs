@@ -14,6 +14,7 @@ use crate::{
     maps::Maps,
     metrics,
     policy::{Active, Decision, Engine, Kind, Reason, Target},
+    store::Store,
 };
 
 /// Restrictions still in force in the kernel (the agent restarted): the
@@ -58,7 +59,7 @@ pub(super) fn adopt_restrictions(maps: &Maps, engine: &mut Engine) {
 
 /// Writes a restriction into (or, with `until` 0, removes it from) the
 /// kernel map that enforces its kind.
-fn write_restriction(maps: &mut Maps, a: &Active, until: u64) -> crate::error::Result<()> {
+pub(super) fn write_restriction(maps: &mut Maps, a: &Active, until: u64) -> crate::error::Result<()> {
     match (a.kind, a.target) {
         (Kind::AuthSuspend | Kind::IntlSuspend, Target::Source(net)) => {
             let existing = maps.restrictions.get(&net);
@@ -116,11 +117,28 @@ fn write_restriction(maps: &mut Maps, a: &Active, until: u64) -> crate::error::R
 pub(super) struct Actuator {
     auditor: Auditor,
     counts: metrics::DecisionCounts,
+    /// Where restrictions and learned levels are kept across restarts.
+    store: Store,
 }
 
 impl Actuator {
-    pub(super) fn new(auditor: Auditor) -> Self {
-        Self { auditor, counts: metrics::DecisionCounts::default() }
+    pub(super) fn new(auditor: Auditor, store: Store) -> Self {
+        Self { auditor, counts: metrics::DecisionCounts::default(), store }
+    }
+
+    pub(super) fn auditor(&self) -> &Auditor {
+        &self.auditor
+    }
+
+    pub(super) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Keeps what the detector learned (once per window).
+    pub(super) fn persist_learned(&self, d: &mut crate::detect::Detector) {
+        if let Err(e) = super::persist::save_learned(&self.store, d) {
+            warn!("{e}");
+        }
     }
 
     /// The decisions counted so far, for the metrics.
@@ -139,6 +157,18 @@ impl Actuator {
         };
         if let Err(e) = written {
             warn!("applying a decision to the kernel failed: {e}");
+        }
+        // Kept before it is audited: what the audit says is in force
+        // survives a reboot.
+        let kept = match d {
+            Decision::Impose(a) | Decision::Extend(a) => {
+                self.store.put_restriction(&super::persist::stored(a))
+            }
+            Decision::Expire(a) | Decision::Lift(a, _) => self.store.remove_restriction(a.id),
+            Decision::Alert { .. } => Ok(()),
+        };
+        if let Err(e) = kept {
+            warn!("{e}");
         }
         self.counts.record(d);
         self.auditor.record(d, latency_us);

@@ -1,108 +1,123 @@
-//! The learning of normal levels: once per window the per-source and
-//! per-country international INVITE counts are read, the learned levels
-//! written to the kernel's thresholds, and calm countries released.
+//! Detection in the daemon: the kernel's threshold events (short scale)
+//! and call events (every new international call attempt, every new
+//! authentication) go through the [`Detector`]; once per short window its
+//! levels learn, the short-scale thresholds it learned are written to the
+//! kernel, calm countries are released and the lines the kernel saw are
+//! noted in their history.
 
-use std::{net::IpAddr, time::Duration};
-
-use crate::events::EventKind;
-use log::{info, warn};
-use tollgate_common::Baseline;
-
-use crate::{
-    baseline::{BaselineConfig, Baselines, Change},
-    cli::DetectArgs,
-    clock::monotonic_now_ns,
-    maps::{Maps, key_addr},
-    policy::{AuthEvidence, Decision, Engine, Evidence, Kind, Target},
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    time::Duration,
 };
 
-/// The cumulative international INVITE counts of every tracked source and
-/// country at the end of a learning window.
+use log::warn;
+use tollgate_common::{Baseline, EVENT_AUTH_OK, EVENT_CALL, EVENT_FLAG_IDENTIFIED, ThresholdEvent};
+
+use crate::{
+    cli::DetectArgs,
+    clock::monotonic_now_ns,
+    detect::{DetectConfig, Detector, Learning, NewDestination, NewPrefix, Report, Subject},
+    events::EventKind,
+    maps::{Maps, key_addr},
+    policy::{AuthEvidence, Decision, Engine, Evidence, Kind, Target},
+    store::now_ms,
+};
+
+/// Wall-clock ms of a CLOCK_MONOTONIC instant.
+pub(super) fn wall_ms(mono_ns: u64) -> i64 {
+    let (now_mono, now) = (monotonic_now_ns(), now_ms());
+    now - i64::try_from(now_mono.saturating_sub(mono_ns) / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// The sources the kernel tracks at the end of a window, and when each was
+/// first seen there (their history begins then).
 pub(super) struct Snapshot {
-    at_ns: u64,
-    sources: Vec<(IpAddr, u64)>,
-    /// None when the map could not be read (then countries learn nothing).
-    countries: Option<Vec<(u16, u64)>>,
+    sources: Vec<(IpAddr, i64)>,
 }
 
 impl Snapshot {
     pub(super) fn read(maps: &Maps) -> Self {
-        let at_ns = monotonic_now_ns();
-        let sources = maps.sources().into_iter().map(|(a, s)| (a, s.intl_invites)).collect();
-        let countries = maps.country_invites().map_err(|e| warn!("{e}")).ok();
-        Self { at_ns, sources, countries }
+        Self { sources: maps.sources().into_iter().map(|(a, s)| (a, wall_ms(s.first_seen_ns))).collect() }
     }
 }
 
-/// The learned normal levels of sources and countries, kept in step with
-/// the kernel's thresholds once per window.
+/// The detector's configuration from the command line.
+pub(super) fn config(d: &DetectArgs, high_risk: HashSet<u16>) -> DetectConfig {
+    let (cm, cl) = d.country_longer_thresholds;
+    DetectConfig {
+        windows: [d.window, d.medium_window, d.long_window],
+        source: [d.intl_invite_threshold, d.intl_medium_threshold, d.intl_long_threshold],
+        identity: d.identity_thresholds,
+        country: [d.country_invite_threshold, cm, cl],
+        country_min_sources: d.country_min_sources,
+        learning: Learning {
+            ratio: d.surge_ratio,
+            weight: d.baseline_weight,
+            learn_below: d.baseline_learn_below,
+            max_rise: d.baseline_max_rise,
+            min_history: d.baseline_min_history,
+            min_windows: d.baseline_min_windows,
+            learned_max: d.learned_max_ratio,
+        },
+        new_destination: NewDestination {
+            history: d.new_destination_history,
+            divisor: d.new_destination_divisor,
+            high_risk,
+            high_risk_divisor: d.high_risk_divisor,
+        },
+        new_prefix: NewPrefix {
+            v4_len: d.identity_prefix.0,
+            v6_len: d.identity_prefix.1,
+            horizon: d.new_prefix_horizon,
+            calls: d.new_prefix_calls,
+        },
+    }
+}
+
+/// The detector, and what of it the kernel has.
 pub(super) struct Learned {
-    sources: Baselines<IpAddr>,
-    countries: Baselines<u16>,
-    /// When the current learning window began (CLOCK_MONOTONIC ns).
-    window_start_ns: u64,
+    pub(super) detector: Detector,
+    /// The short-scale thresholds last written to the kernel.
+    written: HashMap<Subject, u32>,
 }
 
 impl Learned {
-    pub(super) fn new(d: &DetectArgs) -> Self {
-        let cfg = |ceiling| BaselineConfig {
-            ceiling,
-            ratio: d.surge_ratio,
-            weight: d.baseline_weight,
-            min_windows: d.baseline_min_windows,
-        };
-        Self {
-            sources: Baselines::new(cfg(d.intl_invite_threshold)),
-            countries: Baselines::new(cfg(d.country_invite_threshold)),
-            window_start_ns: monotonic_now_ns(),
-        }
+    pub(super) fn new(cfg: DetectConfig) -> Self {
+        Self { detector: Detector::new(cfg), written: HashMap::new() }
     }
 
-    /// Takes over what the previous agent learned (pinned maps).
-    pub(super) fn adopt(&mut self, maps: &Maps) {
-        let sources = maps.intl_baselines();
-        for (addr, b) in &sources {
-            let total = maps.source(*addr).map_or(0, |s| s.intl_invites);
-            self.sources.adopt(*addr, *b, total);
-        }
-        let countries = maps.country_baselines().unwrap_or_default();
-        let totals = maps.country_invites().unwrap_or_default();
-        for (cc, b) in &countries {
-            let total = totals.iter().find(|(c, _)| c == cc).map_or(0, |(_, n)| *n);
-            self.countries.adopt(*cc, *b, total);
-        }
-        if !sources.is_empty() || !countries.is_empty() {
-            info!(
-                "adopted the learned peacetime levels of {} sources and {} countries",
-                sources.len(),
-                countries.len()
-            );
-        }
-    }
-
-    /// The engine's decisions on a kernel event, with its evidence.
+    /// The engine's decisions on a kernel threshold event, with its evidence.
     pub(super) fn decide(
         &self,
         engine: &mut Engine,
         now: u64,
-        e: &tollgate_common::ThresholdEvent,
+        e: &ThresholdEvent,
         window: Duration,
     ) -> Vec<Decision> {
         let addr = key_addr(&e.addr);
+        let ms = now_ms();
         // The level is evidence only when the threshold came from it.
-        let peacetime = |p: Option<f64>, ceiling: u32| {
-            p.filter(|_| e.threshold > ceiling).map(|p| (p * 1000.0).round() as u64)
+        let level = |s: Subject| self.detector.level(s, 0, ms).map(|p| (p * 1000.0).round() as u64);
+        let mut evidence = Evidence {
+            count: e.count,
+            threshold: e.threshold,
+            window,
+            scale: Some(0),
+            ..Evidence::default()
         };
-        let mut evidence = Evidence { count: e.count, threshold: e.threshold, window, ..Evidence::default() };
         match EventKind::from_code(e.kind) {
             Some(EventKind::CountryInvites) => {
-                evidence.peacetime_milli =
-                    peacetime(self.countries.peacetime(e.cc), self.countries.ceiling());
+                if e.threshold > self.detector.config().country[0] {
+                    evidence.peacetime_milli = level(Subject::Country(e.cc));
+                }
                 evidence.sources = Some(u32::from(e.sources));
                 engine.on_country_surge(now, e.cc, evidence)
             }
             Some(EventKind::IntlInvites) => {
-                evidence.peacetime_milli = peacetime(self.sources.peacetime(addr), self.sources.ceiling());
+                if e.threshold > self.detector.config().source[0] {
+                    evidence.peacetime_milli = level(Subject::Source(addr));
+                }
                 engine.on_event(now, addr, EventKind::IntlInvites, evidence)
             }
             Some(EventKind::AuthFailures) => {
@@ -119,49 +134,129 @@ impl Learned {
         }
     }
 
-    /// A window passed: learn from it, write the thresholds to the kernel,
-    /// and lift the automatic restrictions of countries that calmed down.
+    /// A call event: a new international call attempt, the identity of
+    /// one, or a new authentication.
+    pub(super) fn call_event(&mut self, engine: &mut Engine, now: u64, e: &ThresholdEvent) -> Vec<Decision> {
+        let (addr, ms) = (key_addr(&e.addr), now_ms());
+        let reports: Vec<Report> = match e.kind {
+            EVENT_CALL if e.flags & EVENT_FLAG_IDENTIFIED != 0 => {
+                self.detector.call_identified(addr, e.tag, e.cc, ms)
+            }
+            EVENT_CALL => self.detector.call(addr, e.tag, e.cc, ms),
+            EVENT_AUTH_OK => {
+                self.detector.auth_ok(e.tag, addr, ms);
+                Vec::new()
+            }
+            other => {
+                warn!("unknown call event kind {other} from the kernel");
+                Vec::new()
+            }
+        };
+        reports.iter().flat_map(|r| engine.on_report(now, r)).collect()
+    }
+
+    /// A short window passed: levels learn from it (restricted subjects'
+    /// windows excepted), the learned short-scale thresholds go to the
+    /// kernel, and automatic country restrictions whose country calmed
+    /// down are lifted.
     pub(super) fn window_passed(
         &mut self,
         snapshot: Snapshot,
         m: &mut Maps,
         engine: &mut Engine,
     ) -> Vec<Decision> {
-        let restricted =
-            |kind: Kind, target: Target| engine.active().iter().any(|r| r.kind == kind && r.target == target);
-        let changes = self
-            .sources
-            .window_passed(&snapshot.sources, |a| restricted(Kind::IntlSuspend, Target::Source(a.into())));
-        for change in changes {
-            let (addr, b) = match change {
-                Change::Set(a, b) => (a, Some(b)),
-                Change::Remove(a) => (a, None),
-            };
-            if let Err(e) = m.set_intl_baseline(addr, b) {
-                warn!("{e}");
-            }
+        let ms = now_ms();
+        for (addr, first) in snapshot.sources {
+            self.detector.line_seen(Subject::Source(addr), first);
         }
-        let Some(totals) = snapshot.countries else { return Vec::new() };
-        let changes = self
-            .countries
-            .window_passed(&totals, |cc| restricted(Kind::CountryRestrict, Target::Country(cc)));
-        for change in changes {
-            let (cc, b) = match change {
-                Change::Set(cc, b) => (cc, b),
-                Change::Remove(cc) => (cc, Baseline::default()),
-            };
-            if let Err(e) = m.set_country_baseline(cc, b) {
-                warn!("{e}");
-            }
-        }
-        let window_start = std::mem::replace(&mut self.window_start_ns, snapshot.at_ns);
-        let calm = |cc: u16| {
-            self.countries.last_window(cc).is_some_and(|n| n < u64::from(self.countries.threshold(cc)))
+        let active = engine.active();
+        let restricted = |s: Subject| {
+            active.iter().any(|r| match (s, r.target) {
+                (Subject::Source(a), Target::Source(n)) => r.kind == Kind::IntlSuspend && n.contains(&a),
+                (Subject::Country(cc), Target::Country(c)) => cc == c,
+                (Subject::Identity(t), Target::Identity(_, tag)) => t == tag,
+                _ => false,
+            })
         };
-        totals
+        self.detector.tick(ms, restricted);
+        self.write_thresholds(m, ms);
+        let now = monotonic_now_ns();
+        let calm: Vec<(u16, u64)> = engine
+            .active()
             .iter()
-            .filter(|(cc, _)| calm(*cc))
-            .flat_map(|(cc, _)| engine.country_calm(*cc, window_start))
-            .collect()
+            .filter_map(|a| match a.target {
+                Target::Country(cc) => Some(cc),
+                _ => None,
+            })
+            .filter_map(|cc| {
+                let (count, start_ms) = self.detector.last_window(Subject::Country(cc), 0)?;
+                let below = count < self.detector.threshold(Subject::Country(cc), 0, ms);
+                let ago = u64::try_from(ms - start_ms).unwrap_or(0) * 1_000_000;
+                below.then_some((cc, now.saturating_sub(ago)))
+            })
+            .collect();
+        calm.into_iter().flat_map(|(cc, start)| engine.country_calm(cc, start)).collect()
     }
+
+    /// Writes the short-scale thresholds to the kernel now (an operator
+    /// changed one).
+    pub(super) fn apply_thresholds(&mut self, m: &mut Maps) {
+        self.write_thresholds(m, now_ms());
+    }
+
+    /// Brings the kernel's learned short-scale thresholds in line with the
+    /// detector's.
+    fn write_thresholds(&mut self, m: &mut Maps, ms: i64) {
+        let want: HashMap<Subject, u32> = self.detector.kernel_thresholds(ms).into_iter().collect();
+        let baseline = |d: &Detector, s: Subject, threshold: u32| Baseline {
+            threshold,
+            windows: 0,
+            peacetime_milli: d.level(s, 0, ms).map_or(0, |l| (l * 1000.0).round() as u64),
+        };
+        for (s, t) in &want {
+            if self.written.get(s) == Some(t) {
+                continue;
+            }
+            let written = match s {
+                Subject::Source(a) => m.set_intl_baseline(*a, Some(baseline(&self.detector, *s, *t))),
+                Subject::Country(cc) => m.set_country_baseline(*cc, baseline(&self.detector, *s, *t)),
+                Subject::Identity(_) => Ok(()),
+            };
+            if let Err(e) = written {
+                warn!("{e}");
+            }
+        }
+        for s in self.written.keys().filter(|s| !want.contains_key(s)) {
+            let removed = match s {
+                Subject::Source(a) => m.set_intl_baseline(*a, None),
+                Subject::Country(cc) => m.set_country_baseline(*cc, Baseline::default()),
+                Subject::Identity(_) => Ok(()),
+            };
+            if let Err(e) = removed {
+                warn!("{e}");
+            }
+        }
+        self.written = want;
+    }
+}
+
+/// The high-risk destinations in `path`: one E.164 country code per line
+/// (an optional `+`), `#` comments, blank lines ignored.
+pub(super) fn read_high_risk(path: &std::path::Path) -> anyhow::Result<HashSet<u16>> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --high-risk-destinations {}", path.display()))?;
+    let mut codes = HashSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let code = line.split('#').next().unwrap_or("").trim();
+        if code.is_empty() {
+            continue;
+        }
+        let cc: u16 =
+            code.trim_start_matches('+').parse().ok().filter(|cc| (1..1000).contains(cc)).with_context(
+                || format!("{}:{}: {code:?} is not an E.164 country code", path.display(), n + 1),
+            )?;
+        codes.insert(cc);
+    }
+    Ok(codes)
 }

@@ -4,6 +4,7 @@ mod actuator;
 mod attach;
 mod learning;
 mod operator;
+mod persist;
 pub mod setup;
 
 use std::{
@@ -44,11 +45,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let control_listener = control::bind(&args.control_socket)?;
     let _socket_file = control::SocketFile(args.control_socket.clone());
 
-    let (mut ebpf, maps, attached) = attach::start(&args, &setup)?;
+    // Opened before touching the kernel, so a database it cannot use fails
+    // cleanly.
+    let store = persist::open(&args.state.state_dir)?;
+    let (mut ebpf, mut maps, attached) = attach::start(&args, &setup)?;
     let mut engine = Engine::new(setup.policy, args.allows.clone());
+    let high_risk = match &args.detect.high_risk_destinations {
+        Some(path) => learning::read_high_risk(path)?,
+        None => Default::default(),
+    };
+    let mut learned = Learned::new(learning::config(&args.detect, high_risk));
+    persist::restore(&store, &mut maps, &mut engine, &mut learned, &setup.auditor)?;
     actuator::adopt_restrictions(&maps, &mut engine);
-    let mut learned = Learned::new(&args.detect);
-    learned.adopt(&maps);
     let maps = Arc::new(Mutex::new(maps));
     // A second, read-only handle on the same pinned maps for the whole-map
     // reads (metrics scrapes, the learning pass: ~60 ms for 65,536 sources),
@@ -57,7 +65,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let event_counts = events::EventCounts::default();
     let (tx, rx) = mpsc::unbounded_channel();
     events::spawn(&mut ebpf, event_counts.clone(), tx)?;
-    let actuator = Actuator::new(setup.auditor);
+    let (call_tx, call_rx) = mpsc::unbounded_channel();
+    events::spawn_calls(&mut ebpf, call_tx)?;
+    let actuator = Actuator::new(setup.auditor, store);
     let registry = Arc::new(prometheus::Registry::new());
     registry
         .register(Box::new(metrics::KernelCollector::new(
@@ -80,7 +90,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
 
     let daemon = Daemon { engine, learned, maps, reader, actuator, window: args.detect.window };
-    let signame = daemon.run(rx, ctl_rx).await?;
+    let signame = daemon.run(rx, call_rx, ctl_rx).await?;
     server.abort();
     control_server.abort();
     shut_down(&args, pin_dir, signame)?;
@@ -126,6 +136,7 @@ impl Daemon {
     async fn run(
         mut self,
         mut rx: mpsc::UnboundedReceiver<ThresholdEvent>,
+        mut call_rx: mpsc::UnboundedReceiver<ThresholdEvent>,
         mut ctl_rx: mpsc::Receiver<control::Pending>,
     ) -> anyhow::Result<&'static str> {
         let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -140,11 +151,12 @@ impl Daemon {
                 _ = sigterm.recv() => break "SIGTERM",
                 _ = sigint.recv() => break "SIGINT",
                 Some(event) = rx.recv() => self.event(&event),
+                Some(event) = call_rx.recv() => self.call_event(&event),
                 _ = learn.tick() => self.read_snapshot(&snap_tx),
                 Some(snapshot) = snap_rx.recv() => self.window_passed(snapshot),
                 Some((request, reply)) = ctl_rx.recv() => {
                     let mut m = lock(&self.maps);
-                    let _ = reply.send(operator::handle_control(request, &mut self.engine, &mut m, &self.actuator));
+                    let _ = reply.send(operator::handle_control(request, &mut self.engine, &mut self.learned, &mut m, &self.actuator));
                 }
                 _ = sweep.tick() => self.sweep(),
             }
@@ -156,6 +168,19 @@ impl Daemon {
         let latency_us = now.saturating_sub(event.at_ns) / 1000;
         let mut m = lock(&self.maps);
         for d in self.learned.decide(&mut self.engine, now, event, self.window) {
+            self.actuator.apply(&mut m, &d, Some(latency_us));
+        }
+    }
+
+    fn call_event(&mut self, event: &ThresholdEvent) {
+        let now = monotonic_now_ns();
+        let decisions = self.learned.call_event(&mut self.engine, now, event);
+        if decisions.is_empty() {
+            return;
+        }
+        let latency_us = now.saturating_sub(event.at_ns) / 1000;
+        let mut m = lock(&self.maps);
+        for d in decisions {
             self.actuator.apply(&mut m, &d, Some(latency_us));
         }
     }
@@ -175,6 +200,7 @@ impl Daemon {
         for d in self.learned.window_passed(snapshot, &mut m, &mut self.engine) {
             self.actuator.apply(&mut m, &d, None);
         }
+        self.actuator.persist_learned(&mut self.learned.detector);
     }
 
     fn sweep(&mut self) {

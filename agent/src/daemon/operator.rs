@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use super::actuator::Actuator;
+use super::{actuator::Actuator, learning::Learned};
 use crate::{
     clock::monotonic_now_ns,
     control,
+    detect::{SCALE_NAMES, Subject},
     maps::Maps,
     policy::{Active, Decision, Engine, Kind, Target},
 };
@@ -22,15 +23,96 @@ fn view(a: &Active, now: u64) -> control::RestrictionView {
     }
 }
 
+/// The subject an operator names: `source ADDR`, `identity TAG` (16 hex
+/// digits, from `tollgate identity-tag`) or `country CC`.
+fn parse_subject(scope: &str, key: &str) -> Result<Subject, String> {
+    match scope {
+        "source" => key.parse().map(Subject::Source).map_err(|_| format!("{key:?} is not an IP address")),
+        "identity" => u64::from_str_radix(key, 16)
+            .ok()
+            .filter(|_| key.len() == 16)
+            .map(Subject::Identity)
+            .ok_or_else(|| format!("{key:?} is not an identity tag (16 hex digits)")),
+        "country" => key
+            .trim_start_matches('+')
+            .parse()
+            .ok()
+            .filter(|cc| (1..1000).contains(cc))
+            .map(Subject::Country)
+            .ok_or_else(|| format!("{key:?} is not an E.164 country code")),
+        other => Err(format!("unknown scope {other:?} (source, identity or country)")),
+    }
+}
+
+/// Sets or clears an operator's threshold; audited and kept.
+fn baseline(
+    learned: &mut Learned,
+    actuator: &Actuator,
+    maps: &mut Maps,
+    (scope, key, scale, threshold, note): (String, String, String, Option<u32>, Option<String>),
+) -> Result<Vec<control::BaselineView>, String> {
+    let subject = parse_subject(&scope, &key)?;
+    let k = SCALE_NAMES
+        .iter()
+        .position(|n| *n == scale)
+        .ok_or_else(|| format!("unknown scale {scale:?} (short, medium or long)"))?;
+    if threshold == Some(0) {
+        return Err(
+            "a threshold must be at least 1 (use `baseline clear` to return to the learned one)".into()
+        );
+    }
+    if k == 0 && matches!(subject, Subject::Source(_)) && learned.detector.config().source[0] == 0 {
+        return Err("the short scale of sources is off (--intl-invite-threshold 0)".into());
+    }
+    learned.detector.set_override(subject, k, threshold);
+    learned.apply_thresholds(maps);
+    super::persist::save_override(actuator.store(), subject, k, threshold, note.clone())
+        .map_err(|e| e.to_string())?;
+    actuator.auditor().record_baseline(&scope, &key, &scale, threshold, note.as_deref());
+    Ok(views(learned).into_iter().filter(|v| v.scope == scope && v.scale == scale && v.key == key).collect())
+}
+
+/// Every operator's threshold, with the learned level beside it.
+fn views(learned: &Learned) -> Vec<control::BaselineView> {
+    let d = &learned.detector;
+    let now = crate::store::now_ms();
+    let mut out: Vec<control::BaselineView> = d
+        .overrides()
+        .map(|(s, k, t)| {
+            let lk = super::persist::level_key(s, k);
+            control::BaselineView {
+                scope: lk.scope,
+                key: lk.key,
+                scale: SCALE_NAMES[k].to_owned(),
+                threshold: t,
+                operator: true,
+                level: d.level(s, k, now),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.scope, &a.key, &a.scale).cmp(&(&b.scope, &b.key, &b.scale)));
+    out
+}
+
 /// Answers an operator's request in the main loop.
 pub(super) fn handle_control(
     request: control::Request,
     engine: &mut Engine,
+    learned: &mut Learned,
     maps: &mut Maps,
     actuator: &Actuator,
 ) -> control::Response {
     let now = monotonic_now_ns();
     let decision = match request {
+        control::Request::BaselineList => {
+            return control::Response { ok: true, baselines: views(learned), ..Default::default() };
+        }
+        control::Request::Baseline { scope, key, scale, threshold, note } => {
+            return match baseline(learned, actuator, maps, (scope, key, scale, threshold, note)) {
+                Ok(baselines) => control::Response { ok: true, baselines, ..Default::default() },
+                Err(e) => control::Response::error(e),
+            };
+        }
         control::Request::List => Ok(None),
         control::Request::Restrict { kind, target, seconds, note } => {
             parse_target(kind, &target).and_then(|target| {
@@ -49,7 +131,7 @@ pub(super) fn handle_control(
                     shown = vec![view(a, now)];
                 }
             }
-            control::Response { ok: true, error: None, restrictions: shown }
+            control::Response { ok: true, restrictions: shown, ..Default::default() }
         }
         Err(e) => control::Response::error(e),
     }

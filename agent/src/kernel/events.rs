@@ -19,7 +19,8 @@ use aya::{
 };
 use log::{info, warn};
 use tollgate_common::{
-    EVENT_AUTH_FAILURES, EVENT_COUNTRY_INVITES, EVENT_INTL_INVITES, MAP_EVENTS, ThresholdEvent,
+    EVENT_AUTH_FAILURES, EVENT_COUNTRY_INVITES, EVENT_INTL_INVITES, MAP_CALL_EVENTS, MAP_EVENTS,
+    ThresholdEvent,
 };
 
 use crate::{
@@ -43,32 +44,51 @@ pub fn spawn(
     counts: EventCounts,
     tx: tokio::sync::mpsc::UnboundedSender<ThresholdEvent>,
 ) -> Result<()> {
-    let map = ebpf.take_map(MAP_EVENTS).ok_or_else(|| Error::Map {
-        context: format!("map {MAP_EVENTS} missing from the eBPF object"),
-        error: aya::maps::MapError::InvalidName { name: MAP_EVENTS.to_owned() },
+    drain(ebpf, MAP_EVENTS, move |e| {
+        report(&e, &counts);
+        let _ = tx.send(e);
+    })
+}
+
+/// Starts the task that drains the kernel's call event ring buffer (call
+/// attempts, new authentications) into `tx`.
+pub fn spawn_calls(ebpf: &mut Ebpf, tx: tokio::sync::mpsc::UnboundedSender<ThresholdEvent>) -> Result<()> {
+    drain(ebpf, MAP_CALL_EVENTS, move |e| {
+        let _ = tx.send(e);
+    })
+}
+
+/// Hands every record of the ring buffer `name` to `sink` as it arrives.
+fn drain(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    mut sink: impl FnMut(ThresholdEvent) + Send + 'static,
+) -> Result<()> {
+    let map = ebpf.take_map(name).ok_or_else(|| Error::Map {
+        context: format!("map {name} missing from the eBPF object"),
+        error: aya::maps::MapError::InvalidName { name: name.to_owned() },
     })?;
-    let ring: RingBuf<MapData> = RingBuf::try_from(map).map_err(Error::map(format!("map {MAP_EVENTS}")))?;
+    let ring: RingBuf<MapData> = RingBuf::try_from(map).map_err(Error::map(format!("map {name}")))?;
     // SAFETY: the ring buffer owns its descriptor and moves into the AsyncFd.
     let mut fd =
         unsafe { tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| Error::io("watching the event ring buffer")(e.into()))?;
+            .map_err(|e| Error::io(format!("watching the ring buffer {name}"))(e.into()))?;
     tokio::spawn(async move {
         loop {
             let Ok(mut guard) = fd.readable_mut().await else {
-                warn!("event ring buffer: polling failed; threshold events stop");
+                warn!("ring buffer {name}: polling failed; its events stop");
                 break;
             };
             let ring = guard.get_inner_mut();
             while let Some(item) = ring.next() {
                 if item.len() < size_of::<ThresholdEvent>() {
-                    warn!("event ring buffer: short record of {} bytes", item.len());
+                    warn!("ring buffer {name}: short record of {} bytes", item.len());
                     continue;
                 }
                 // SAFETY: the kernel writes whole ThresholdEvent records;
                 // read_unaligned makes no alignment assumption.
                 let e: ThresholdEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                report(&e, &counts);
-                let _ = tx.send(e);
+                sink(e);
             }
             guard.clear_ready();
         }
