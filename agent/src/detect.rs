@@ -508,6 +508,9 @@ impl Detector {
     fn new_destination(&mut self, line: Subject, addr: IpAddr, cc: u16, now: i64, out: &mut Vec<Report>) {
         let nd = &self.cfg.new_destination;
         let mature = self.mature(line, now);
+        // A destination first called before the line's history counted (it
+        // was new itself) is part of that history, not new to it.
+        let matured_at = self.lines.get(&line).map_or(i64::MAX, |f| f.saturating_add(ms(self.cfg.learning.min_history)));
         let history = ms(nd.history);
         let d = self
             .destinations
@@ -518,7 +521,7 @@ impl Detector {
             d.first_call_ms = now;
         }
         d.last_call_ms = now;
-        let is_new = now - d.first_call_ms < self.cfg.ms(SCALES - 1);
+        let is_new = d.first_call_ms >= matured_at && now - d.first_call_ms < self.cfg.ms(SCALES - 1);
         self.dirty = true;
         if nd.divisor == 0 || !mature || !is_new {
             return;
@@ -677,6 +680,20 @@ impl Detector {
         }
     }
 
+    /// Starts counting `subject` (a country under restriction that no call
+    /// reaches still has its windows, and so its calm ones).
+    pub fn track(&mut self, subject: Subject, now: i64) {
+        self.roll(subject, now);
+        if let Some(c) = self.counts.get_mut(&subject) {
+            c.last_ms = now;
+        }
+    }
+
+    /// The learned level of `subject` on `scale`, trusted or not.
+    pub fn learned(&self, subject: Subject, scale: usize) -> Option<Level> {
+        self.counts.get(&subject)?.levels[scale]
+    }
+
     /// The count of `subject`'s last completed window on `scale`, and when
     /// that window began (as of the last roll).
     pub fn last_window(&self, subject: Subject, scale: usize) -> Option<(u32, i64)> {
@@ -819,6 +836,22 @@ mod tests {
         assert!(all.is_empty(), "{:?}", all.first());
         let level = d.level(Subject::Source(pbx), 1, 21 * DAY).expect("learned");
         assert!((100.0..=130.0).contains(&level), "{level}");
+    }
+
+    #[test]
+    fn destinations_called_while_a_line_was_new_are_part_of_its_history() {
+        let mut c = cfg();
+        c.source = [30, 600, 6000];
+        let mut d = Detector::new(c);
+        let pbx = ip("198.51.100.15");
+        // From its first day, 200 an hour to +44: under its ceilings, over
+        // the new-destination threshold (600 / 4), never judged by it.
+        let (r, _) = place(&mut d, pbx, &[44], 200, 0, 24 * 9);
+        assert!(r.is_empty(), "{:?}", r.first());
+        // A country it starts calling once mature is new to it.
+        let (r, _) = place(&mut d, pbx, &[44, 49], 400, 9 * DAY, 2);
+        assert!(r.iter().any(|r| r.rule == Rule::NewDestination && r.cc == 49), "{r:?}");
+        assert!(r.iter().all(|r| r.cc != 44), "{r:?}");
     }
 
     /// A source staying just under its threshold each window never teaches
@@ -995,6 +1028,17 @@ mod tests {
             r.extend(d.call(IpAddr::from([198, 51, 100, a]), 0, 232, 30_000));
         }
         assert!(r.iter().any(|r| r.subject == Subject::Country(232) && r.scale == 1), "{r:?}");
+    }
+
+    #[test]
+    fn a_tracked_country_no_call_reaches_has_calm_windows() {
+        let mut d = Detector::new(cfg());
+        let t0 = 10 * DAY;
+        for m in 0..3 {
+            d.track(Subject::Country(232), t0 + m * MIN);
+            d.tick(t0 + m * MIN, |_| false);
+        }
+        assert_eq!(d.last_window(Subject::Country(232), 0), Some((0, t0 + MIN)));
     }
 
     #[test]

@@ -614,10 +614,10 @@ impl Engine {
         reason: Reason,
         imposed_at_ns: u64,
         expires_at_ns: u64,
-    ) {
+    ) -> bool {
         if self.active.iter().any(|a| a.kind == kind && a.target == target) {
             // Restored from the state database, with its own origin.
-            return;
+            return false;
         }
         let evidence = Evidence { window: self.cfg.window, ..Evidence::default() };
         self.active.push(Active {
@@ -635,6 +635,7 @@ impl Engine {
         });
         *self.offences.entry((kind, target)).or_insert(0) += 1;
         self.next_id += 1;
+        true
     }
 
     /// An operator's restriction. Refused when the kind does not fit the
@@ -904,13 +905,9 @@ mod tests {
     #[test]
     fn adopted_restrictions_expire_and_count_as_offences() {
         let mut e = Engine::new(cfg(), vec![]);
-        e.adopt(
-            Kind::AuthSuspend,
-            Target::Source("203.0.113.10/32".parse().unwrap()),
-            Reason::Adopted,
-            0,
-            50 * S,
-        );
+        let target = Target::Source("203.0.113.10/32".parse().unwrap());
+        assert!(e.adopt(Kind::AuthSuspend, target, Reason::Adopted, 0, 50 * S));
+        assert!(!e.adopt(Kind::AuthSuspend, target, Reason::Adopted, 0, 50 * S), "once");
         assert!(matches!(e.expire(50 * S).as_slice(), [Decision::Expire(a)] if a.reason == Reason::Adopted));
         let again = imposed(&on(&mut e, 60 * S, ip("203.0.113.10"), EventKind::AuthFailures, 10)).clone();
         assert_eq!(again.offence, 2);

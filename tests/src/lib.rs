@@ -108,3 +108,9 @@ pub fn nth_call(message: &[u8], n: usize) -> Vec<u8> {
     out.extend_from_slice(&message[at..]);
     out
 }
+
+/// `message` as a call no other in this process has (see [`nth_call`]).
+pub fn fresh_call(message: &[u8]) -> Vec<u8> {
+    static N: AtomicU32 = AtomicU32::new(0);
+    nth_call(message, 1_000_000 + N.fetch_add(1, Ordering::Relaxed) as usize)
+}

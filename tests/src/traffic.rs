@@ -66,9 +66,12 @@ impl Pacer {
         let sock = ns.run(move || UdpSocket::bind(SocketAddr::new(src, 0)).expect("bind UDP source"));
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
+        // A message with a Call-ID is sent as a call of its own each time.
+        let calls = payload.windows(9).any(|w| w == b"Call-ID: ");
         let thread = std::thread::spawn(move || {
             while !stopped.load(Ordering::Relaxed) {
-                sock.send_to(payload, dst).expect("send");
+                let message = if calls { crate::fresh_call(payload) } else { payload.to_vec() };
+                sock.send_to(&message, dst).expect("send");
                 std::thread::sleep(every);
             }
         });

@@ -48,7 +48,9 @@ pub(super) fn adopt_restrictions(maps: &Maps, engine: &mut Engine) {
         found.push((Kind::CountryRestrict, Target::Country(cc), why, since, r.until_ns));
     }
     for (kind, target, why, since, until) in found.into_iter().filter(|f| f.4 > now) {
-        engine.adopt(kind, target, why, since, until);
+        if !engine.adopt(kind, target, why, since, until) {
+            continue;
+        }
         info!(
             "{} on {target} still in force, {} left",
             kind.name(),

@@ -170,6 +170,11 @@ impl Learned {
             self.detector.line_seen(Subject::Source(addr), first);
         }
         let active = engine.active();
+        for a in active {
+            if let Target::Country(cc) = a.target {
+                self.detector.track(Subject::Country(cc), ms);
+            }
+        }
         let restricted = |s: Subject| {
             active.iter().any(|r| match (s, r.target) {
                 (Subject::Source(a), Target::Source(n)) => r.kind == Kind::IntlSuspend && n.contains(&a),
@@ -208,10 +213,13 @@ impl Learned {
     /// detector's.
     fn write_thresholds(&mut self, m: &mut Maps, ms: i64) {
         let want: HashMap<Subject, u32> = self.detector.kernel_thresholds(ms).into_iter().collect();
-        let baseline = |d: &Detector, s: Subject, threshold: u32| Baseline {
-            threshold,
-            windows: 0,
-            peacetime_milli: d.level(s, 0, ms).map_or(0, |l| (l * 1000.0).round() as u64),
+        let baseline = |d: &Detector, s: Subject, threshold: u32| {
+            let l = d.learned(s, 0);
+            Baseline {
+                threshold,
+                windows: l.map_or(0, |l| l.windows),
+                peacetime_milli: l.map_or(0, |l| (l.level * 1000.0).round() as u64),
+            }
         };
         for (s, t) in &want {
             if self.written.get(s) == Some(t) {

@@ -167,6 +167,18 @@ pub(super) fn restore(
         {
             warn!("restoring restriction {} into the kernel: {e}", a.id);
         }
+        info!(
+            "{} on {} still in force, {} left (since {}, {})",
+            a.kind.name(),
+            a.target,
+            humantime::format_duration(std::time::Duration::from_secs(
+                u64::try_from(row.expires_at_ms - now).unwrap_or(0) / 1000
+            )),
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(row.imposed_at_ms).unwrap_or(0))
+            ),
+            a.reason.name()
+        );
         engine.restore(a);
         kept += 1;
     }
