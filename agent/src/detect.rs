@@ -510,7 +510,8 @@ impl Detector {
         let mature = self.mature(line, now);
         // A destination first called before the line's history counted (it
         // was new itself) is part of that history, not new to it.
-        let matured_at = self.lines.get(&line).map_or(i64::MAX, |f| f.saturating_add(ms(self.cfg.learning.min_history)));
+        let matured_at =
+            self.lines.get(&line).map_or(i64::MAX, |f| f.saturating_add(ms(self.cfg.learning.min_history)));
         let history = ms(nd.history);
         let d = self
             .destinations

@@ -461,3 +461,141 @@ fn agent_source(agent: &Agent, addr: IpAddr) -> u64 {
     let maps = tollgate::maps::Maps::open_pinned(&agent.pin_dir).expect("maps");
     maps.source(addr).map_or(0, |s| s.intl_invites)
 }
+
+/// A reboot, simulated: the agent is killed and every pin removed (`tollgate
+/// detach`), so the kernel keeps nothing. Started again, the agent restores
+/// from its state database the restrictions in force, with their original
+/// start, expiry, reason and evidence, and the learned and operators'
+/// levels; one that lapsed meanwhile is audited as expired and does not
+/// come back.
+#[test]
+fn restrictions_and_learned_levels_survive_a_reboot() {
+    if !privileged("restrictions_and_learned_levels_survive_a_reboot") {
+        return;
+    }
+    let topo = Topology::new();
+    let audit = AuditFile::new();
+    let mut agent = start(
+        &topo,
+        &audit,
+        &[
+            "--window",
+            "1s",
+            "--intl-invite-threshold",
+            "10",
+            "--surge-ratio",
+            "10",
+            "--baseline-min-windows",
+            "2",
+            "--baseline-min-history",
+            "0",
+            "--long-window",
+            "4s",
+            "--baseline-max-rise",
+            "10",
+            "--baseline-learn-below",
+            "0.9",
+            "--new-destination-divisor",
+            "0",
+            "--intl-medium-threshold",
+            "0",
+            "--intl-long-threshold",
+            "0",
+            "--intl-suspend",
+            "1h",
+        ],
+    );
+    // A PBX that learns a level above the ceiling...
+    let pbx = CUSTOMER_V4;
+    let steady = Pacer::start(
+        &topo.peer,
+        pbx,
+        SocketAddr::new(EDGE_V4, 5060),
+        fixture("invite-intl-plus-232.sip"),
+        Duration::from_millis(200),
+    );
+    let learned = |agent: &Agent, addr: IpAddr| {
+        let maps = tollgate::maps::Maps::open_pinned(&agent.pin_dir).ok()?;
+        maps.intl_baselines().into_iter().find(|(a, _)| *a == addr).map(|(_, b)| b.threshold)
+    };
+    let before = wait_for(Duration::from_secs(15), || learned(&agent, pbx)).expect("a learned level");
+    drop(steady);
+    // ...an operator's threshold for another...
+    let (ok, _, err) = agent.control(&[
+        "baseline",
+        "set",
+        "source",
+        "198.51.100.99",
+        "--scale",
+        "short",
+        "--threshold",
+        "50",
+    ]);
+    assert!(ok, "{err}");
+    // ...a surge, intl-suspended for an hour...
+    let hijacked = CUSTOMER_V6;
+    send_n(&topo, hijacked, "invite-intl-00-232.sip", 12);
+    let imposed = audited(&audit, &[r#""event":"impose""#, r#""kind":"intl-suspend""#, "2001:db8:2::10"]);
+    // ...and an operator's auth-suspend of 3 s, which lapses while down.
+    let (ok, _, err) =
+        agent.control(&["restrict", "auth", "203.0.113.50", "--for", "3s", "--reason", "short one"]);
+    assert!(ok, "{err}");
+
+    agent.kill();
+    let detached = agent.cli("detach");
+    eprintln!("{detached}");
+    assert!(!agent.pin_dir.exists(), "pins remain after detach");
+    std::thread::sleep(Duration::from_secs(4));
+    agent.restart();
+    let log = agent.log_text();
+    assert!(log.contains("1 restrictions in force restored, 1 lapsed while stopped"), "{log}");
+
+    // The lapsed one is audited as expired, with its own reason and note.
+    let expired = audited(&audit, &[r#""event":"expire""#, "203.0.113.50/32"]);
+    assert!(expired.contains(r#""reason":"operator""#) && expired.contains("short one"), "{expired}");
+    let (ok, list, err) = agent.control(&["restrictions", "list"]);
+    assert!(ok, "{err}");
+    assert!(!list.contains("203.0.113.50"), "a lapsed restriction came back: {list}");
+    assert!(list.contains("2001:db8:2::10/128") && list.contains("intl-surge"), "{list}");
+    // In the kernel again, and enforced.
+    let drops = agent.packets(verdict::DROP_INTL_SUSPENDED);
+    send(&topo, hijacked, "invite-intl-00-232.sip");
+    assert!(rises(&agent, verdict::DROP_INTL_SUSPENDED, drops), "the restored intl-suspend is not enforced");
+    // Lifted now, its record keeps its original start, reason and evidence.
+    let id: String = list
+        .lines()
+        .find(|l| l.contains("2001:db8:2::10"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("listed")
+        .to_owned();
+    let (ok, _, err) = agent.control(&["lift", &id]);
+    assert!(ok, "{err}");
+    let lifted = audited(&audit, &[r#""event":"lift""#, "2001:db8:2::10"]);
+    let field = |line: &str, name: &str| {
+        let at = line.find(&format!(r#""{name}":"#)).map(|i| i + name.len() + 3)?;
+        Some(line[at..].split(['"', ',']).find(|s| !s.is_empty())?.to_owned())
+    };
+    for name in ["start", "reason", "count", "threshold"] {
+        assert_eq!(field(&lifted, name), field(&imposed, name), "{name}: {imposed} then {lifted}");
+    }
+    // The expiry through two clocks (monotonic, wall): to the millisecond.
+    let ms = |line: &str| {
+        let t = humantime::parse_rfc3339(&field(line, "expires").expect("expires")).expect("a time");
+        t.duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis() as i64
+    };
+    assert!((ms(&lifted) - ms(&imposed)).abs() <= 2, "expires: {imposed} then {lifted}");
+    // The learned and the operator's levels are back in the kernel.
+    let after =
+        wait_for(Duration::from_secs(5), || learned(&agent, pbx)).expect("the learned level came back");
+    assert!(after > 10 && after >= before / 2, "{before} then {after}");
+    assert_eq!(
+        wait_for(Duration::from_secs(5), || learned(&agent, "198.51.100.99".parse().unwrap())),
+        Some(50)
+    );
+    let (ok, baselines, err) = agent.control(&["baseline", "list"]);
+    assert!(ok && baselines.contains("198.51.100.99") && baselines.contains("50"), "{baselines}{err}");
+    assert!(
+        audit.lines().iter().any(|l| l.contains(r#""event":"baseline-set""#)),
+        "the operator's threshold audited"
+    );
+}

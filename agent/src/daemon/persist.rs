@@ -175,7 +175,8 @@ pub(super) fn restore(
                 u64::try_from(row.expires_at_ms - now).unwrap_or(0) / 1000
             )),
             humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(row.imposed_at_ms).unwrap_or(0))
+                std::time::UNIX_EPOCH
+                    + std::time::Duration::from_millis(u64::try_from(row.imposed_at_ms).unwrap_or(0))
             ),
             a.reason.name()
         );
