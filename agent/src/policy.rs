@@ -470,8 +470,12 @@ impl Engine {
         if self.allow.iter().any(|a| a.contains(&addr)) {
             return vec![Decision::Alert { kind, target, why: "allowlisted source", evidence }];
         }
+        let max = self.cfg.max_restriction;
         if let Some(a) = self.active.iter_mut().find(|a| a.kind == kind && a.target == target) {
-            let duration = a.expires_at_ns.saturating_sub(a.imposed_at_ns);
+            // As long as its offence's duration from now (never its span so
+            // far, which each extension would compound).
+            let factor = 1u32.checked_shl(a.offence.saturating_sub(1)).unwrap_or(u32::MAX);
+            let duration = nanos(base.saturating_mul(factor).min(max));
             a.expires_at_ns = a.expires_at_ns.max(now_ns.saturating_add(duration));
             a.evidence = evidence;
             return vec![Decision::Extend(a.clone())];
@@ -819,6 +823,12 @@ mod tests {
             [Decision::Extend(x)] => {
                 assert_eq!((x.id, x.expires_at_ns, x.evidence.count), (a.id, 2800 * S, 40))
             }
+            other => panic!("{other:?}"),
+        }
+        // Each extension is the offence's duration from now, not the span
+        // so far (which would compound).
+        match on(&mut e, 1001 * S, ip("198.51.100.10"), EventKind::IntlInvites, 41).as_slice() {
+            [Decision::Extend(x)] => assert_eq!(x.expires_at_ns, 2801 * S),
             other => panic!("{other:?}"),
         }
         assert!(e.expire(2799 * S).is_empty());

@@ -958,15 +958,22 @@ fn invite_password_guessing_is_detected() {
     let line = bed.imposed("auth-suspend", &target(attacker), Duration::from_secs(20));
     let at_block = bed.kamailio.logged("tollgate-invite-forbidden", attacker);
     std::thread::sleep(Duration::from_millis(500));
-    let seen = bed.kamailio.logged("tollgate-invite", attacker);
+    // INVITEs with credentials (Kamailio logs the digest user after
+    // `auth=`): the first leg of each call, without, still reaches it
+    // and is challenged; no guess does.
+    let guesses = |b: &Bed| {
+        let needle = format!("tollgate-invite from {attacker} ");
+        b.kamailio
+            .log_text()
+            .lines()
+            .filter(|l| l.contains(&needle) && !l.trim_end().ends_with("auth=<null>"))
+            .count()
+    };
+    let seen = guesses(&bed);
     guessing.join().expect("sipp");
     eprintln!("INVITE guessing: suspended after {at_block} wrong passwords\n{line}");
     assert!((THRESHOLD..THRESHOLD + 5).contains(&at_block), "{at_block}");
-    assert_eq!(
-        bed.kamailio.logged("tollgate-invite", attacker),
-        seen,
-        "INVITEs reached Kamailio while suspended"
-    );
+    assert_eq!(guesses(&bed), seen, "credentialed INVITEs reached Kamailio while suspended");
 }
 
 /// `tollgate identity-tag NAME` for the agent's deployment key.
@@ -1373,7 +1380,7 @@ fn one_credential_many_addresses(test: &str, dry: bool) {
             t.join().expect("caller");
         }
     }
-    let line = bed.imposed("identity-suspend", "identity ", Duration::from_millis(1));
+    let line = bed.imposed("identity-suspend", "identity ", Duration::from_secs(5));
     let time = started.elapsed();
     eprintln!("one credential, 50 addresses: {line}");
     assert!(line.contains("everywhere") && line.contains(r#""reason":"identity-surge""#), "{line}");

@@ -78,13 +78,15 @@ pub(super) fn config(d: &DetectArgs, high_risk: HashSet<u16>) -> DetectConfig {
 /// The detector, and what of it the kernel has.
 pub(super) struct Learned {
     pub(super) detector: Detector,
+    /// Where detections are counted for the metrics.
+    counts: crate::events::EventCounts,
     /// The short-scale thresholds last written to the kernel.
     written: HashMap<Subject, u32>,
 }
 
 impl Learned {
-    pub(super) fn new(cfg: DetectConfig) -> Self {
-        Self { detector: Detector::new(cfg), written: HashMap::new() }
+    pub(super) fn new(cfg: DetectConfig, counts: crate::events::EventCounts) -> Self {
+        Self { detector: Detector::new(cfg), counts, written: HashMap::new() }
     }
 
     /// The engine's decisions on a kernel threshold event, with its evidence.
@@ -152,6 +154,9 @@ impl Learned {
                 Vec::new()
             }
         };
+        for r in &reports {
+            self.counts.detected(r);
+        }
         reports.iter().flat_map(|r| engine.on_report(now, r)).collect()
     }
 

@@ -54,7 +54,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => learning::read_high_risk(path)?,
         None => Default::default(),
     };
-    let mut learned = Learned::new(learning::config(&args.detect, high_risk));
+    let event_counts = events::EventCounts::default();
+    let mut learned = Learned::new(learning::config(&args.detect, high_risk), event_counts.clone());
     persist::restore(&store, &mut maps, &mut engine, &mut learned, &setup.auditor)?;
     actuator::adopt_restrictions(&maps, &mut engine);
     let maps = Arc::new(Mutex::new(maps));
@@ -62,7 +63,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // reads (metrics scrapes, the learning pass: ~60 ms for 65,536 sources),
     // so they never hold up a decision.
     let reader = Arc::new(Mutex::new(Maps::open_pinned(pin_dir)?));
-    let event_counts = events::EventCounts::default();
     let (tx, rx) = mpsc::unbounded_channel();
     events::spawn(&mut ebpf, event_counts.clone(), tx)?;
     let (call_tx, call_rx) = mpsc::unbounded_channel();

@@ -29,12 +29,31 @@ use crate::{
     maps::key_addr,
 };
 
+/// Detections counted by (rule, scope, scale).
+pub type DetectionCounts =
+    Arc<std::sync::Mutex<std::collections::BTreeMap<(&'static str, &'static str, &'static str), u64>>>;
+
 /// Events received, by kind.
 #[derive(Clone, Default)]
 pub struct EventCounts {
     pub auth_failures: Arc<AtomicU64>,
     pub intl_invites: Arc<AtomicU64>,
     pub country_invites: Arc<AtomicU64>,
+    /// The agent's own detections (longer scales, identities, new
+    /// destinations, new prefixes), by (rule, scope, scale).
+    pub detections: DetectionCounts,
+}
+
+impl EventCounts {
+    pub fn detected(&self, r: &crate::detect::Report) {
+        let rule = match r.rule {
+            crate::detect::Rule::Surge => "surge",
+            crate::detect::Rule::NewDestination => "new_destination",
+            crate::detect::Rule::NewPrefix => "new_prefix",
+        };
+        let key = (rule, r.subject.scope(), crate::detect::SCALE_NAMES[r.scale.min(2)]);
+        *self.detections.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_insert(0) += 1;
+    }
 }
 
 /// Starts the task that drains the kernel's event ring buffer and passes

@@ -68,6 +68,25 @@ impl DecisionCounts {
     }
 }
 
+pub(super) const DETECTIONS: Family = Family {
+    name: "tollgate_detections_total",
+    help: "The agent's own detections from call events, by rule (surge, new_destination, new_prefix), scope (source, identity, country) and scale (short, medium, long).",
+    kind: MetricType::COUNTER,
+};
+
+/// The agent's detections so far.
+pub(super) fn detections(events: &EventCounts) -> MetricFamily {
+    let d = events.detections.lock().unwrap_or_else(|p| p.into_inner());
+    family(
+        &DETECTIONS,
+        d.iter()
+            .map(|((rule, scope, scale), n)| {
+                sample(&[("rule", rule), ("scope", scope), ("scale", scale)], *n as f64, MetricType::COUNTER)
+            })
+            .collect(),
+    )
+}
+
 /// Threshold events received, by kind.
 pub(super) fn events(events: &EventCounts) -> MetricFamily {
     family(

@@ -37,7 +37,7 @@ const SCRAPE_ERRORS: Family = Family {
     kind: MetricType::COUNTER,
 };
 
-const FAMILIES: [&Family; 23] = [
+const FAMILIES: [&Family; 27] = [
     &learning::LEARNED,
     &learning::COUNTRY_THRESHOLD,
     &decisions::RESTRICTIONS_ACTIVE,
@@ -59,6 +59,10 @@ const FAMILIES: [&Family; 23] = [
     &sip::UNPARSED,
     &decisions::EVENTS,
     &sip::EVENTS_LOST,
+    &sip::INTL_CALLS,
+    &sip::INTL_REPEATS,
+    &sip::CALL_EVENTS_LOST,
+    &decisions::DETECTIONS,
     &learning::SOURCES,
     &learning::SOURCES_CAP,
 ];
@@ -157,6 +161,7 @@ impl Collector for KernelCollector {
         out.extend(enforcement::lists(&maps, &entries, now, &self.attached));
         self.read(&mut out, sip::families(&maps, &self.countries));
         out.push(decisions::events(&self.events));
+        out.push(decisions::detections(&self.events));
         out.push(decisions::restrictions_active(&maps, &entries, now));
         out.push(self.decisions.family());
         self.read(&mut out, learning::levels(&maps, &self.countries));

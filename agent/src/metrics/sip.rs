@@ -68,6 +68,22 @@ pub(super) const EVENTS_LOST: Family = Family {
     kind: MetricType::COUNTER,
 };
 
+pub(super) const INTL_CALLS: Family = Family {
+    name: "tollgate_sip_international_calls_total",
+    help: "International call attempts counted (one per Call-ID: thresholds count these, not INVITE packets).",
+    kind: MetricType::COUNTER,
+};
+pub(super) const INTL_REPEATS: Family = Family {
+    name: "tollgate_sip_international_repeats_total",
+    help: "International INVITEs not counted again: retransmissions and the authentication retry of an attempt counted.",
+    kind: MetricType::COUNTER,
+};
+pub(super) const CALL_EVENTS_LOST: Family = Family {
+    name: "tollgate_call_events_lost_total",
+    help: "Call events the kernel could not deliver (ring buffer full): the agent's longer scales undercount by this.",
+    kind: MetricType::COUNTER,
+};
+
 /// Every SIP family, from the kernel's SIP counters.
 pub(super) fn families(maps: &Maps, countries: &Countries) -> crate::error::Result<Vec<MetricFamily>> {
     let t = maps.sip_totals()?;
@@ -139,6 +155,9 @@ pub(super) fn families(maps: &Maps, countries: &Countries) -> crate::error::Resu
             ],
         ),
         counter(&EVENTS_LOST, &[], at(sip_stat::EVENTS_LOST)),
+        counter(&INTL_CALLS, &[], at(sip_stat::INTL_CALLS)),
+        counter(&INTL_REPEATS, &[], at(sip_stat::INTL_REPEATS)),
+        counter(&CALL_EVENTS_LOST, &[], at(sip_stat::CALL_EVENTS_LOST)),
         family(&AUTH_ATTEMPTS, by_binding(at(sip_stat::ATTEMPT_BOUND), at(sip_stat::ATTEMPT_UNBOUND))),
         family(&AUTH_FAILURES, by_binding(at(sip_stat::FAILURE_BOUND), at(sip_stat::FAILURE_UNBOUND))),
         counter(&AUTH_STALE, &[], at(sip_stat::STALE)),
