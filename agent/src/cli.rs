@@ -681,6 +681,22 @@ mod tests {
     }
 
     #[test]
+    fn scale_lists_and_prefix_lengths() {
+        assert_eq!(parse_triple("30, 60,300"), Ok([30, 60, 300]));
+        assert_eq!(parse_pair("1000,10000"), Ok((1000, 10_000)));
+        for bad in ["30,60", "30,60,300,1", "a,b,c", "", "30,,300", "-1,2,3"] {
+            assert!(parse_triple(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_prefix_lengths("24,48"), Ok((24, 48)));
+        for bad in ["33,48", "24,129", "7,48", "24"] {
+            assert!(parse_prefix_lengths(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_duration_or_zero("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration_or_zero("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration_or_zero("soon").is_err());
+    }
+
+    #[test]
     fn cidrs() {
         assert_eq!(parse_cidr("203.0.113.9/24").unwrap().to_string(), "203.0.113.0/24");
         assert_eq!(parse_cidr("198.51.100.7").unwrap().to_string(), "198.51.100.7/32");

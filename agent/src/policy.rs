@@ -362,6 +362,13 @@ impl Engine {
         self.next_id = self.next_id.max(id);
     }
 
+    /// Takes over the offence count of `kind` on `target` kept in the state
+    /// database: a repeat offence after a restart still escalates.
+    pub fn restore_offences(&mut self, kind: Kind, target: Target, n: u32) {
+        let o = self.offences.entry((kind, target)).or_insert(0);
+        *o = (*o).max(n);
+    }
+
     /// Takes over a restriction kept in the state database, exactly as it
     /// was imposed.
     pub fn restore(&mut self, a: Active) {

@@ -121,11 +121,13 @@ pub(super) struct Actuator {
     counts: metrics::DecisionCounts,
     /// Where restrictions and learned levels are kept across restarts.
     store: Store,
+    /// When history was last pruned.
+    pruned: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Actuator {
     pub(super) fn new(auditor: Auditor, store: Store) -> Self {
-        Self { auditor, counts: metrics::DecisionCounts::default(), store }
+        Self { auditor, counts: metrics::DecisionCounts::default(), store, pruned: Default::default() }
     }
 
     pub(super) fn auditor(&self) -> &Auditor {
@@ -136,10 +138,17 @@ impl Actuator {
         &self.store
     }
 
-    /// Keeps what the detector learned (once per window).
+    /// Keeps what the detector learned (once per window); forgets what is
+    /// older than its history once per long window.
     pub(super) fn persist_learned(&self, d: &mut crate::detect::Detector) {
         if let Err(e) = super::persist::save_learned(&self.store, d) {
             warn!("{e}");
+        }
+        let long = d.config().windows[crate::detect::SCALES - 1];
+        let mut last = self.pruned.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t: std::time::Instant| t.elapsed() >= long) {
+            super::persist::prune(&self.store, d);
+            *last = Some(std::time::Instant::now());
         }
     }
 
@@ -163,9 +172,11 @@ impl Actuator {
         // Kept before it is audited: what the audit says is in force
         // survives a reboot.
         let kept = match d {
-            Decision::Impose(a) | Decision::Extend(a) => {
-                self.store.put_restriction(&super::persist::stored(a))
-            }
+            Decision::Impose(a) => self
+                .store
+                .put_restriction(&super::persist::stored(a))
+                .and_then(|()| self.store.put_offence(a.kind.name(), &a.target.to_string(), a.offence)),
+            Decision::Extend(a) => self.store.put_restriction(&super::persist::stored(a)),
             Decision::Expire(a) | Decision::Lift(a, _) => self.store.remove_restriction(a.id),
             Decision::Alert { .. } => Ok(()),
         };

@@ -183,6 +183,11 @@ pub(super) fn restore(
         engine.restore(a);
         kept += 1;
     }
+    for (kind, target, n) in store.offences()? {
+        if let (Some(kind), Some(target)) = (Kind::from_name(&kind), parse_target(&target)) {
+            engine.restore_offences(kind, target, n);
+        }
+    }
     let mut e = Exported::default();
     for l in store.levels()? {
         if let Some(s) = subject(&l.key.scope, &l.key.key).filter(|_| usize::from(l.key.scale) < SCALES) {
@@ -223,6 +228,24 @@ pub(super) fn restore(
         );
     }
     Ok(())
+}
+
+/// Forgets history older than the new-destination history (and at least
+/// the minimum history and two long windows): destinations, identity
+/// prefixes, levels not updated since.
+pub(super) fn prune(store: &Store, d: &mut Detector) {
+    let c = d.config();
+    let keep = c.new_destination.history.max(c.learning.min_history).max(c.windows[SCALES - 1] * 2);
+    let before = now_ms() - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+    d.prune(before);
+    match store.prune(before) {
+        Ok(0) => {}
+        Ok(n) => info!(
+            "state database: forgot {n} records of history older than {}",
+            humantime::format_duration(keep)
+        ),
+        Err(e) => warn!("{e}"),
+    }
 }
 
 /// Writes what the detector learned since the last call.
