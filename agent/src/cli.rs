@@ -418,8 +418,10 @@ pub struct DetectArgs {
           value_parser = clap::value_parser!(u32).range(1..=tollgate_common::SOURCE_BUCKETS as i64))]
     pub country_min_sources: u32,
 
-    /// Most source addresses tracked at once (least recently seen are
-    /// forgotten first, so a spoofed flood cannot exhaust memory).
+    /// Most source addresses tracked at once in the kernel (least recently
+    /// seen are forgotten first, so a spoofed flood cannot exhaust memory);
+    /// the agent's detection keeps at most 4 times as many sources,
+    /// identities, lines and destinations.
     #[arg(long, value_name = "N", default_value_t = tollgate_common::SOURCES_CAPACITY,
           value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub max_sources: u32,

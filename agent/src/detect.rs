@@ -5,9 +5,10 @@
 //! The kernel counts each international call attempt once (its copies and
 //! authentication retry are recognised by Call-ID) and reports it on its
 //! call event ring; it reports the short scale of sources and countries by
-//! itself, at once, against the thresholds this module learns
-//! ([`Detector::kernel_thresholds`]). Everything else is judged here, as
-//! each call event arrives (no scans of kernel maps):
+//! itself, at once, over tumbling windows, against the thresholds this
+//! module learns ([`Detector::kernel_thresholds`]). Everything is judged
+//! here too, as each call event arrives (no scans of kernel maps), so a
+//! burst split across the kernel's window boundary is still seen:
 //!
 //! - **scales**: every source, identity and country is counted over a
 //!   short, a medium and a long window (e.g. 1 min, 1 h, 24 h), each with
@@ -43,6 +44,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    hash::Hash,
     net::IpAddr,
     time::Duration,
 };
@@ -124,6 +126,10 @@ pub struct DetectConfig {
     pub learning: Learning,
     pub new_destination: NewDestination,
     pub new_prefix: NewPrefix,
+    /// Most subjects, lines, destinations and identities kept at once:
+    /// beyond it the least recently seen are forgotten, so a flood of forged
+    /// sources or identities cannot exhaust the agent's memory.
+    pub max_subjects: usize,
 }
 
 impl DetectConfig {
@@ -274,6 +280,8 @@ pub struct Detector {
     watch: HashMap<(u64, IpAddr), (i64, u32)>,
     /// Dirty since the last export: persisted in batches.
     dirty: bool,
+    /// Entries forgotten at capacity.
+    forgotten: u64,
 }
 
 impl Detector {
@@ -288,6 +296,7 @@ impl Detector {
             prefixes: HashMap::new(),
             watch: HashMap::new(),
             dirty: false,
+            forgotten: 0,
         }
     }
 
@@ -398,9 +407,12 @@ impl Detector {
         let mut out = Vec::new();
         let source = Subject::Source(addr);
         self.line_seen(source, now);
-        // The kernel judges the short scale of sources and countries.
-        self.count(source, addr, 1, cc, addr_bucket(addr), now, &mut out);
-        self.count(Subject::Country(cc), addr, 1, cc, addr_bucket(addr), now, &mut out);
+        // The kernel judges the short scale of sources and countries at
+        // once, over tumbling windows; judged here too, over the sliding
+        // estimate, so a burst split across the kernel's window boundary
+        // is still seen (a millisecond later).
+        self.count(source, addr, cc, addr_bucket(addr), now, &mut out);
+        self.count(Subject::Country(cc), addr, cc, addr_bucket(addr), now, &mut out);
         self.new_destination(source, addr, cc, now, &mut out);
         if tag != 0 {
             self.identified(addr, tag, cc, now, &mut out);
@@ -418,7 +430,7 @@ impl Detector {
     fn identified(&mut self, addr: IpAddr, tag: u64, cc: u16, now: i64, out: &mut Vec<Report>) {
         let id = Subject::Identity(tag);
         self.seen_at(tag, addr, now);
-        self.count(id, addr, 0, cc, addr_key(addr), now, out);
+        self.count(id, addr, cc, addr_key(addr), now, out);
         self.new_destination(id, addr, cc, now, out);
         let np = self.cfg.new_prefix.clone();
         if np.calls == 0 {
@@ -451,14 +463,11 @@ impl Detector {
         }
     }
 
-    /// Counts one call of `subject` and judges it on the scales from
-    /// `from_scale`.
-    #[expect(clippy::too_many_arguments, reason = "one call's facts")]
+    /// Counts one call of `subject` and judges it on every scale.
     fn count(
         &mut self,
         subject: Subject,
         addr: IpAddr,
-        from_scale: usize,
         cc: u16,
         spread: u64,
         now: i64,
@@ -477,7 +486,7 @@ impl Detector {
             w.cur = w.cur.saturating_add(1);
             w.spread.insert(spread);
             let t = thresholds[k];
-            if k < from_scale || t == 0 || w.reported {
+            if t == 0 || w.reported {
                 continue;
             }
             let count = w.estimate(now, lens[k]);
@@ -536,6 +545,7 @@ impl Detector {
         });
         let lens: [i64; SCALES] = std::array::from_fn(|k| self.cfg.ms(k));
         let c = self.new_dest.entry((line, cc)).or_default();
+        c.last_ms = now;
         for k in 0..SCALES {
             let w = &mut c.scales[k];
             w.roll(now, lens[k], 1);
@@ -623,7 +633,25 @@ impl Detector {
         self.new_dest.retain(|_, c| now - c.scales[SCALES - 1].start_ms <= 2 * long);
         let horizon = ms(self.cfg.new_prefix.horizon);
         self.watch.retain(|_, (since, _)| now - *since <= horizon);
+        let max = self.cfg.max_subjects.max(16);
+        let forgotten = cap(&mut self.counts, max, |c| c.last_ms)
+            + cap(&mut self.new_dest, max, |c| c.last_ms)
+            + cap(&mut self.destinations, max, |d| d.last_call_ms)
+            + cap(&mut self.watch, max, |(since, _)| *since)
+            // The newest lines have the least history to lose.
+            + cap(&mut self.lines, max, |first| -*first)
+            + cap(&mut self.prefixes, max, |p| p.values().map(|(_, last)| *last).max().unwrap_or(0));
+        for p in self.prefixes.values_mut() {
+            cap(p, MAX_PREFIXES, |(_, last)| *last);
+        }
+        self.forgotten += forgotten as u64;
         self.dirty = true;
+    }
+
+    /// How many subjects, lines, destinations and identities were
+    /// forgotten at capacity.
+    pub fn forgotten(&self) -> u64 {
+        self.forgotten
     }
 
     /// Forgets history older than `before` (destinations, prefixes).
@@ -711,6 +739,24 @@ impl Detector {
     }
 }
 
+/// Most prefixes kept per identity (the least recently seen go first).
+const MAX_PREFIXES: usize = 64;
+
+/// Forgets the least recently seen entries of `map` (by `seen`) once it
+/// holds more than `max`, down to 90% of it; returns how many.
+fn cap<K: Eq + Hash, V>(map: &mut HashMap<K, V>, max: usize, seen: impl Fn(&V) -> i64) -> usize {
+    if map.len() <= max {
+        return 0;
+    }
+    let excess = map.len() - max * 9 / 10;
+    let mut ages: Vec<i64> = map.values().map(&seen).collect();
+    let (_, cut, _) = ages.select_nth_unstable(excess - 1);
+    let cut = *cut;
+    let before = map.len();
+    map.retain(|_, v| seen(v) > cut);
+    before - map.len()
+}
+
 /// A spread key for a country: the source's bucket (as the kernel's).
 fn addr_bucket(addr: IpAddr) -> u64 {
     u64::from(tollgate_common::source_bucket(&crate::maps::addr_key(addr)))
@@ -754,6 +800,7 @@ mod tests {
                 high_risk_divisor: 2,
             },
             new_prefix: NewPrefix { v4_len: 24, v6_len: 48, horizon: Duration::from_secs(3600), calls: 3 },
+            max_subjects: 100_000,
         }
     }
 
@@ -1040,6 +1087,27 @@ mod tests {
             d.tick(t0 + m * MIN, |_| false);
         }
         assert_eq!(d.last_window(Subject::Country(232), 0), Some((0, t0 + MIN)));
+    }
+
+    /// Forged sources and identities (a spoofed flood) cannot grow the
+    /// detector without bound; the lines with the longest history stay.
+    #[test]
+    fn a_flood_of_forged_subjects_is_bounded() {
+        let mut c = cfg();
+        c.max_subjects = 1000;
+        let mut d = Detector::new(c);
+        let old = ip("198.51.100.16");
+        d.line_seen(Subject::Source(old), 0);
+        let t = 30 * DAY;
+        for i in 0..20_000u32 {
+            let forged = IpAddr::from((0x2001_0db8u128 << 96) | u128::from(i));
+            d.call(forged, u64::from(i) + 1, 44, t + i64::from(i));
+        }
+        d.tick(t + MIN, |_| false);
+        assert!(d.counts.len() <= 1000 && d.lines.len() <= 1000, "{} {}", d.counts.len(), d.lines.len());
+        assert!(d.destinations.len() <= 1000 && d.prefixes.len() <= 1000);
+        assert!(d.mature(Subject::Source(old), t), "the oldest line keeps its history");
+        assert!(d.forgotten() > 0);
     }
 
     #[test]

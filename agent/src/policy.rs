@@ -329,6 +329,10 @@ pub struct Engine {
     /// surge went on: alerted on until the surge ends.
     exhausted: HashSet<u16>,
     next_id: u64,
+    /// The wall clock (UNIX ms) of a CLOCK_MONOTONIC instant, if given: a
+    /// restriction's start is then fixed once, and the audit trail and the
+    /// state database show the same one.
+    wall: Option<fn(u64) -> i64>,
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -350,7 +354,13 @@ impl Engine {
             offences: HashMap::new(),
             exhausted: HashSet::new(),
             next_id: 1,
+            wall: None,
         }
+    }
+
+    /// Fixes each new restriction's wall-clock start with `wall`.
+    pub fn set_wall_clock(&mut self, wall: fn(u64) -> i64) {
+        self.wall = Some(wall);
     }
 
     pub fn config(&self) -> &PolicyConfig {
@@ -535,7 +545,7 @@ impl Engine {
             expires_at_ns: now_ns.saturating_add(nanos(duration)),
             enforced: !self.cfg.dry_run,
             offence,
-            imposed_wall_ms: None,
+            imposed_wall_ms: self.wall.map(|w| w(now_ns)),
         };
         self.next_id += 1;
         self.active.push(active.clone());
@@ -699,7 +709,7 @@ impl Engine {
             expires_at_ns: now_ns.saturating_add(nanos(duration)),
             enforced: !self.cfg.dry_run,
             offence: 1,
-            imposed_wall_ms: None,
+            imposed_wall_ms: self.wall.map(|w| w(now_ns)),
         };
         self.next_id += 1;
         self.active.push(active.clone());

@@ -30,10 +30,12 @@ const fn base(kind: u8) -> Expect {
         cc: 0,
     }
 }
-/// A request. Its CSeq is read only with credentials (see `authed`): the
-/// transaction matters only for pairing their answer.
+/// A request. Its CSeq is read only with credentials (see `authed`), whose
+/// answer is paired, and in an INVITE, which is counted as one call
+/// attempt by Call-ID and CSeq.
 const fn req(method: u8) -> Expect {
-    Expect { method, ..base(kind::REQUEST) }
+    let cseq_method = if method == method::INVITE { method::INVITE } else { method::NONE };
+    Expect { method, cseq_method, ..base(kind::REQUEST) }
 }
 /// The same with credentials: its CSeq names its method.
 const fn authed(e: Expect) -> Expect {

@@ -578,12 +578,12 @@ fn restrictions_and_learned_levels_survive_a_reboot() {
     for name in ["start", "reason", "count", "threshold"] {
         assert_eq!(field(&lifted, name), field(&imposed, name), "{name}: {imposed} then {lifted}");
     }
-    // The expiry through two clocks (monotonic, wall): to the millisecond.
+    // The expiry through two clocks (monotonic, wall): to a few ms.
     let ms = |line: &str| {
         let t = humantime::parse_rfc3339(&field(line, "expires").expect("expires")).expect("a time");
         t.duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis() as i64
     };
-    assert!((ms(&lifted) - ms(&imposed)).abs() <= 2, "expires: {imposed} then {lifted}");
+    assert!((ms(&lifted) - ms(&imposed)).abs() <= 5, "expires: {imposed} then {lifted}");
     // The learned and the operator's levels are back in the kernel.
     let after =
         wait_for(Duration::from_secs(5), || learned(&agent, pbx)).expect("the learned level came back");

@@ -72,6 +72,7 @@ pub(super) fn config(d: &DetectArgs, high_risk: HashSet<u16>) -> DetectConfig {
             horizon: d.new_prefix_horizon,
             calls: d.new_prefix_calls,
         },
+        max_subjects: 4 * d.max_sources as usize,
     }
 }
 
@@ -188,7 +189,14 @@ impl Learned {
                 _ => false,
             })
         };
+        let forgotten = self.detector.forgotten();
         self.detector.tick(ms, restricted);
+        if self.detector.forgotten() > forgotten {
+            warn!(
+                "detection at capacity (4 x --max-sources): forgot the {} least recently seen sources, identities, lines or destinations",
+                self.detector.forgotten() - forgotten
+            );
+        }
         self.write_thresholds(m, ms);
         let now = monotonic_now_ns();
         let calm: Vec<(u16, u64)> = engine

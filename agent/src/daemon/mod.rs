@@ -50,6 +50,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let store = persist::open(&args.state.state_dir)?;
     let (mut ebpf, mut maps, attached) = attach::start(&args, &setup)?;
     let mut engine = Engine::new(setup.policy, args.allows.clone());
+    engine.set_wall_clock(learning::wall_ms);
     let high_risk = match &args.detect.high_risk_destinations {
         Some(path) => learning::read_high_risk(path)?,
         None => Default::default(),
