@@ -1100,7 +1100,7 @@ mod tests {
         d.line_seen(Subject::Source(old), 0);
         let t = 30 * DAY;
         for i in 0..20_000u32 {
-            let forged = IpAddr::from((0x2001_0db8u128 << 96) | u128::from(i));
+            let forged = IpAddr::V6(std::net::Ipv6Addr::from((0x2001_0db8u128 << 96) | u128::from(i)));
             d.call(forged, u64::from(i) + 1, 44, t + i64::from(i));
         }
         d.tick(t + MIN, |_| false);
