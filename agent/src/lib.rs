@@ -17,6 +17,8 @@ pub mod metrics;
 pub mod policy;
 pub mod state;
 pub mod store;
+#[cfg(test)]
+mod test_dir;
 
 // The kernel side keeps its short paths (`tollgate::loader`, ...).
 pub use kernel::{clsact, events, loader, loader::EBPF_OBJECT, maps, selftest};

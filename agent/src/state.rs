@@ -170,29 +170,7 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     use super::*;
-
-    /// A directory of its own under the system's temporary directory,
-    /// removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("tollgate-state-{}-{name}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir(&dir).expect("temp dir");
-            Self(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn mode(path: &Path) -> u32 {
-        fs::symlink_metadata(path).expect("stat").mode() & 0o7777
-    }
+    use crate::test_dir::{TempDir, mode};
 
     fn write_key(path: &Path, bytes: &[u8], mode: u32) {
         fs::write(path, bytes).expect("write key");
@@ -201,7 +179,7 @@ mod tests {
 
     #[test]
     fn the_first_start_creates_the_directory_and_the_key_root_only() {
-        let tmp = TempDir::new("create");
+        let tmp = TempDir::new("state-create");
         let dir = tmp.0.join("var/lib/tollgate");
         let key = identity_key(&dir).expect("created");
         assert_eq!(mode(&dir), 0o700);
@@ -217,17 +195,17 @@ mod tests {
 
     #[test]
     fn later_starts_load_the_same_key_and_never_overwrite_it() {
-        let tmp = TempDir::new("stable");
+        let tmp = TempDir::new("state-stable");
         let first = identity_key(&tmp.0).expect("created");
         assert_eq!(identity_key(&tmp.0).expect("loaded"), first);
         assert_eq!(load_identity_key(&tmp.0).expect("loaded"), first);
-        let other = TempDir::new("stable-other");
+        let other = TempDir::new("state-stable-other");
         assert_ne!(identity_key(&other.0).expect("created"), first, "a key per deployment");
     }
 
     #[test]
     fn loading_never_creates_a_key() {
-        let tmp = TempDir::new("nokey");
+        let tmp = TempDir::new("state-nokey");
         let err = load_identity_key(&tmp.0).unwrap_err();
         assert!(matches!(err, Error::NoIdentityKey { .. }), "{err}");
         assert_eq!(
@@ -243,7 +221,7 @@ mod tests {
 
     #[test]
     fn a_key_others_may_read_is_refused_and_left_alone() {
-        let tmp = TempDir::new("mode");
+        let tmp = TempDir::new("state-mode");
         let path = identity_key_path(&tmp.0);
         write_key(&path, &[7; 16], 0o644);
         for refuse in [identity_key(&tmp.0), load_identity_key(&tmp.0)] {
@@ -263,7 +241,7 @@ mod tests {
 
     #[test]
     fn what_is_not_a_key_is_refused_and_left_alone() {
-        let tmp = TempDir::new("invalid");
+        let tmp = TempDir::new("state-invalid");
         let path = identity_key_path(&tmp.0);
         for (bytes, problem) in [
             (&[1u8; 15][..], "it is 15 bytes"),
@@ -297,7 +275,7 @@ mod tests {
             eprintln!("a_key_of_another_user_is_refused: needs root to chown; skipped");
             return;
         }
-        let tmp = TempDir::new("owner");
+        let tmp = TempDir::new("state-owner");
         let path = identity_key_path(&tmp.0);
         write_key(&path, &[9; 16], 0o600);
         std::os::unix::fs::chown(&path, Some(65534), None).expect("chown");

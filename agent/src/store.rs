@@ -634,29 +634,7 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     use super::*;
-
-    /// A directory of its own under the system's temporary directory,
-    /// removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("tollgate-store-{}-{name}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir(&dir).expect("temp dir");
-            Self(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn mode(path: &Path) -> u32 {
-        fs::symlink_metadata(path).expect("stat").mode() & 0o7777
-    }
+    use crate::test_dir::{TempDir, mode};
 
     fn restriction(id: u64, expires_at_ms: i64) -> StoredRestriction {
         StoredRestriction {
@@ -698,7 +676,7 @@ mod tests {
 
     #[test]
     fn every_record_survives_a_restart() {
-        let tmp = TempDir::new("roundtrip");
+        let tmp = TempDir::new("store-roundtrip");
         let rs =
             vec![restriction(1, 10), StoredRestriction { note: None, enforced: false, ..restriction(7, 20) }];
         let levels = vec![level(key("country", "232", 3), 9), level(key("source", "198.51.100.7", 255), 9)];
@@ -794,7 +772,7 @@ mod tests {
 
     #[test]
     fn restriction_ids_are_never_reused() {
-        let tmp = TempDir::new("ids");
+        let tmp = TempDir::new("store-ids");
         {
             let store = Store::open(&tmp.0).expect("created");
             assert_eq!(store.next_restriction_id().expect("id"), 1);
@@ -819,7 +797,7 @@ mod tests {
 
     #[test]
     fn the_files_are_for_root_only_whatever_the_umask() {
-        let tmp = TempDir::new("modes");
+        let tmp = TempDir::new("store-modes");
         let dir = tmp.0.join("var/lib/tollgate");
         // SAFETY: umask has no preconditions. It is the process's: other
         // tests running meanwhile may make broader files, none checks.
@@ -845,7 +823,7 @@ mod tests {
 
     #[test]
     fn what_is_not_a_tollgate_database_is_refused_and_left_alone() {
-        let tmp = TempDir::new("refuse");
+        let tmp = TempDir::new("store-refuse");
         let db = tmp.0.join(DB_FILE);
         let garbage = b"this is not a database, just some text an operator left here\n".repeat(100);
         fs::write(&db, &garbage).expect("write");

@@ -360,6 +360,37 @@ fn a_many_source_surge_to_one_country_is_restricted_and_lifted_when_it_stops() {
     assert_eq!(metric_value(&page, r#"tollgate_restrictions_active{kind="country-restrict"}"#), Some(0.0));
 }
 
+/// A 1 s window with a ceiling of 10, and a level learned at once (a PBX
+/// placing ~5 calls a window gets a threshold above the ceiling within a
+/// few windows: a "day" of 4 s in which a level may rise tenfold); the
+/// short scale only (a minute of it would be an hour's), and no
+/// new-destination rule (with a history of seconds every destination would
+/// be new).
+const LEARNS_A_PBX_AT_ONCE: &[&str] = &[
+    "--window",
+    "1s",
+    "--intl-invite-threshold",
+    "10",
+    "--baseline-min-windows",
+    "2",
+    "--surge-ratio",
+    "10",
+    "--baseline-min-history",
+    "0",
+    "--long-window",
+    "4s",
+    "--baseline-max-rise",
+    "10",
+    "--baseline-learn-below",
+    "0.9",
+    "--new-destination-divisor",
+    "0",
+    "--intl-medium-threshold",
+    "0",
+    "--intl-long-threshold",
+    "0",
+];
+
 #[test]
 fn a_busy_pbx_is_judged_by_its_own_peacetime_level_which_survives_a_restart() {
     if !privileged("a_busy_pbx_is_judged_by_its_own_peacetime_level_which_survives_a_restart") {
@@ -367,38 +398,7 @@ fn a_busy_pbx_is_judged_by_its_own_peacetime_level_which_survives_a_restart() {
     }
     let topo = Topology::new();
     let audit = AuditFile::new();
-    let mut agent = start(
-        &topo,
-        &audit,
-        &[
-            "--window",
-            "1s",
-            "--intl-invite-threshold",
-            "10",
-            "--baseline-min-windows",
-            "2",
-            "--surge-ratio",
-            "10",
-            // Learned at once, and allowed to rise to its level within a
-            // few windows (a "day" of 4 s, 10x a day).
-            "--baseline-min-history",
-            "0",
-            "--long-window",
-            "4s",
-            "--baseline-max-rise",
-            "10",
-            "--baseline-learn-below",
-            "0.9",
-            // Its history is a few seconds: every destination would be new.
-            "--new-destination-divisor",
-            "0",
-            // The short scale only (a minute of it would be an hour's).
-            "--intl-medium-threshold",
-            "0",
-            "--intl-long-threshold",
-            "0",
-        ],
-    );
+    let mut agent = start(&topo, &audit, LEARNS_A_PBX_AT_ONCE);
     // The PBX's normal: an international call every 200 ms, ~5 a window.
     let pbx = CUSTOMER_V4;
     let steady = Pacer::start(
@@ -475,36 +475,7 @@ fn restrictions_and_learned_levels_survive_a_reboot() {
     }
     let topo = Topology::new();
     let audit = AuditFile::new();
-    let mut agent = start(
-        &topo,
-        &audit,
-        &[
-            "--window",
-            "1s",
-            "--intl-invite-threshold",
-            "10",
-            "--surge-ratio",
-            "10",
-            "--baseline-min-windows",
-            "2",
-            "--baseline-min-history",
-            "0",
-            "--long-window",
-            "4s",
-            "--baseline-max-rise",
-            "10",
-            "--baseline-learn-below",
-            "0.9",
-            "--new-destination-divisor",
-            "0",
-            "--intl-medium-threshold",
-            "0",
-            "--intl-long-threshold",
-            "0",
-            "--intl-suspend",
-            "1h",
-        ],
-    );
+    let mut agent = start(&topo, &audit, &[LEARNS_A_PBX_AT_ONCE, &["--intl-suspend", "1h"]].concat());
     // A PBX that learns a level above the ceiling...
     let pbx = CUSTOMER_V4;
     let steady = Pacer::start(
