@@ -34,6 +34,14 @@ fn malformed_flags_are_rejected_by_the_parser() {
         (&["run", "--iface", "lo", "--country-min-sources", "0"], "is not in 1..=128"),
         (&["run", "--iface", "lo", "--country-min-sources", "129"], "is not in 1..=128"),
         (&["run", "--iface", "lo", "--country-restrict-for", "0s"], "greater than zero"),
+        (&["run", "--iface", "lo", "--identity-thresholds", "30,60"], "not 3 comma-separated counts"),
+        (&["run", "--iface", "lo", "--country-longer-thresholds", "x,1"], "not 2 comma-separated counts"),
+        (&["run", "--iface", "lo", "--identity-prefix", "33,48"], "not an IPv4 length (8-32)"),
+        (&["run", "--iface", "lo", "--baseline-learn-below", "0"], "not a weight in (0, 1]"),
+        (&["run", "--iface", "lo", "--baseline-max-rise", "0.9"], "not a ratio of at least 1"),
+        (&["run", "--iface", "lo", "--baseline-min-history", "soon"], "not a duration"),
+        (&["run", "--iface", "lo", "--high-risk-divisor", "0"], "is not in 1.."),
+        (&["baseline", "set", "source", "198.51.100.1", "--scale", "hourly"], "invalid value"),
     ] {
         let out = tollgate(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -64,6 +72,51 @@ fn unknown_interface_and_duplicates_fail_before_touching_the_kernel() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert_clean_failure(&out, "--country-restrict-max (2days) must not exceed --max-restriction (1day)");
+    // A list of high-risk destinations it cannot read, or with a line that
+    // is no country code: one line, naming the file (and the line).
+    let list = std::env::temp_dir().join(tollgate_tests::unique("highrisk"));
+    std::fs::write(&list, "# counter-measure 4\n232\n+44\nSierra Leone\n").expect("write the list");
+    for (file, expect) in [
+        (
+            "/nonexistent/tgt-high-risk",
+            "cannot read --high-risk-destinations /nonexistent/tgt-high-risk".to_owned(),
+        ),
+        (
+            list.to_str().expect("utf-8"),
+            format!("{}:4: \"Sierra Leone\" is not an E.164 country code", list.display()),
+        ),
+    ] {
+        let out = tollgate(&[
+            "run",
+            "--iface",
+            "lo",
+            "--high-risk-destinations",
+            file,
+            "--pin-path",
+            "/sys/fs/bpf/tgt-never-created",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{file}");
+        assert_clean_failure(&out, &expect);
+    }
+    let _ = std::fs::remove_file(&list);
+    // A state database that is not one: refused, named, left alone.
+    let state = std::env::temp_dir().join(tollgate_tests::unique("state"));
+    std::fs::create_dir_all(&state).expect("state dir");
+    let db = state.join("tollgate.db");
+    std::fs::write(&db, b"not a database, for sure not SQLite").expect("garbage");
+    let out = tollgate(&[
+        "run",
+        "--iface",
+        "lo",
+        "--state-dir",
+        state.to_str().expect("utf-8"),
+        "--pin-path",
+        "/sys/fs/bpf/tgt-never-created",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_clean_failure(&out, &format!("state database {}: it is not a SQLite database", db.display()));
+    assert_eq!(std::fs::read(&db).expect("read"), b"not a database, for sure not SQLite", "left alone");
+    let _ = std::fs::remove_dir_all(&state);
     assert!(!std::path::Path::new("/sys/fs/bpf/tgt-never-created").exists());
 }
 

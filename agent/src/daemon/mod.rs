@@ -36,6 +36,10 @@ const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let setup = Setup::check(&args)?;
+    let high_risk = match &args.detect.high_risk_destinations {
+        Some(path) => learning::read_high_risk(path)?,
+        None => Default::default(),
+    };
     let pin_dir = args.pin.pin_path.as_path();
     // Bind before touching the kernel, so a busy port fails cleanly.
     let listener = metrics::bind(args.metrics_addr)
@@ -45,16 +49,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let control_listener = control::bind(&args.control_socket)?;
     let _socket_file = control::SocketFile(args.control_socket.clone());
 
-    // Opened before touching the kernel, so a database it cannot use fails
-    // cleanly.
+    // Opened before touching the kernel, so a database it cannot use
+    // fails cleanly.
     let store = persist::open(&args.state.state_dir)?;
     let (mut ebpf, mut maps, attached) = attach::start(&args, &setup)?;
     let mut engine = Engine::new(setup.policy, args.allows.clone());
     engine.set_wall_clock(learning::wall_ms);
-    let high_risk = match &args.detect.high_risk_destinations {
-        Some(path) => learning::read_high_risk(path)?,
-        None => Default::default(),
-    };
     let event_counts = events::EventCounts::default();
     let mut learned = Learned::new(learning::config(&args.detect, high_risk), event_counts.clone());
     persist::restore(&store, &mut maps, &mut engine, &mut learned, &setup.auditor)?;
