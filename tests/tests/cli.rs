@@ -110,6 +110,8 @@ fn unknown_interface_and_duplicates_fail_before_touching_the_kernel() {
         "lo",
         "--state-dir",
         state.to_str().expect("utf-8"),
+        "--metrics-addr",
+        "127.0.0.1:0",
         "--pin-path",
         "/sys/fs/bpf/tgt-never-created",
     ]);

@@ -40,6 +40,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => learning::read_high_risk(path)?,
         None => Default::default(),
     };
+    // Opened before anything is bound or loaded, so a database it cannot
+    // use fails cleanly.
+    let store = persist::open(&args.state.state_dir)?;
     let pin_dir = args.pin.pin_path.as_path();
     // Bind before touching the kernel, so a busy port fails cleanly.
     let listener = metrics::bind(args.metrics_addr)
@@ -49,9 +52,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let control_listener = control::bind(&args.control_socket)?;
     let _socket_file = control::SocketFile(args.control_socket.clone());
 
-    // Opened before touching the kernel, so a database it cannot use
-    // fails cleanly.
-    let store = persist::open(&args.state.state_dir)?;
     let (mut ebpf, mut maps, attached) = attach::start(&args, &setup)?;
     let mut engine = Engine::new(setup.policy, args.allows.clone());
     engine.set_wall_clock(learning::wall_ms);
