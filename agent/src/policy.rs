@@ -920,6 +920,98 @@ mod tests {
         assert_eq!(e.active().len(), 1);
     }
 
+    /// A detector report with the given rule and subject, from `addr`.
+    fn report(rule: Rule, subject: Subject, addr: IpAddr, strong: bool) -> Report {
+        Report {
+            rule,
+            subject,
+            addr,
+            scale: 1,
+            window: Duration::from_secs(3600),
+            count: 8,
+            threshold: 8,
+            level: None,
+            cc: 232,
+            high_risk: true,
+            spread: Some(12),
+            prefix: Some("203.0.113.0/24".parse().unwrap()),
+            strong,
+        }
+    }
+
+    /// What each of the detector's rules restricts, and the evidence kept.
+    #[test]
+    fn reports_restrict_what_their_rule_says() {
+        let mut e = Engine::new(cfg(), vec![]);
+        let (line, office, thief) = (ip("198.51.100.40"), ip("198.51.100.41"), ip("203.0.113.66"));
+        let every = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+        let cases = [
+            (
+                report(Rule::Surge, Subject::Source(line), line, false),
+                Kind::IntlSuspend,
+                Target::Source(line.into()),
+                Reason::IntlSurge,
+            ),
+            (
+                report(Rule::NewDestination, Subject::Source(office), office, false),
+                Kind::IntlSuspend,
+                Target::Source(office.into()),
+                Reason::NewDestination,
+            ),
+            (
+                report(Rule::NewDestination, Subject::Identity(7), thief, false),
+                Kind::IdentitySuspend,
+                Target::Identity(thief, 7),
+                Reason::NewDestination,
+            ),
+            // Strong evidence: the address; else the identity there.
+            (
+                report(Rule::NewPrefix, Subject::Identity(8), thief, true),
+                Kind::IntlSuspend,
+                Target::Source(thief.into()),
+                Reason::NewPrefix,
+            ),
+            (
+                report(Rule::NewPrefix, Subject::Identity(9), ip("192.0.2.9"), false),
+                Kind::IdentitySuspend,
+                Target::Identity(ip("192.0.2.9"), 9),
+                Reason::NewPrefix,
+            ),
+            // One credential from many addresses: wherever it is used.
+            (
+                report(Rule::Surge, Subject::Identity(10), thief, false),
+                Kind::IdentitySuspend,
+                Target::Identity(every, 10),
+                Reason::IdentitySurge,
+            ),
+        ];
+        for (r, kind, target, reason) in cases {
+            let a = imposed(&e.on_report(0, &r)).clone();
+            assert_eq!((a.kind, a.target, a.reason), (kind, target, reason), "{r:?}");
+            assert_eq!(a.expires_at_ns, 1800 * S, "for --intl-suspend");
+            let ev = a.evidence;
+            assert_eq!(
+                (ev.count, ev.threshold, ev.scale, ev.cc, ev.high_risk),
+                (8, 8, Some(1), Some(232), true)
+            );
+            assert_eq!(ev.strong.is_some(), r.rule == Rule::NewPrefix);
+            assert_eq!(ev.addresses.is_some(), matches!(r.subject, Subject::Identity(_)));
+        }
+        assert_eq!(Target::Identity(every, 10).to_string(), "identity 000000000000000a everywhere");
+        // A country's longer-scale surge goes by the country rules.
+        let d = e.on_report(0, &report(Rule::Surge, Subject::Country(232), line, false));
+        assert!(
+            matches!(&d[..], [Decision::Impose(a)] if a.target == Target::Country(232) && a.evidence.sources == Some(12)),
+            "{d:?}"
+        );
+        // A report on a restriction in force extends it; the allowlist wins.
+        let d = e.on_report(60 * S, &report(Rule::Surge, Subject::Source(line), line, false));
+        assert!(matches!(&d[..], [Decision::Extend(a)] if a.expires_at_ns == 1860 * S), "{d:?}");
+        let mut allowing = Engine::new(cfg(), vec!["203.0.113.0/24".parse().unwrap()]);
+        let d = allowing.on_report(0, &report(Rule::Surge, Subject::Identity(11), thief, false));
+        assert!(matches!(&d[..], [Decision::Alert { why: "allowlisted source", .. }]), "{d:?}");
+    }
+
     #[test]
     fn unknown_event_kinds_are_ignored() {
         // An unknown code never becomes an event kind...
