@@ -3,7 +3,6 @@
 //! map wrappers.
 
 pub mod audit;
-pub mod baseline;
 pub mod cli;
 pub mod clock;
 pub mod commands;
