@@ -341,6 +341,8 @@ pub struct DetectArgs {
     #[arg(long, value_name = "PATH")]
     pub high_risk_destinations: Option<PathBuf>,
 
+    /// Further divisor of the ceilings for a new destination on the
+    /// --high-risk-destinations list.
     #[arg(long, value_name = "N", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub high_risk_divisor: u32,
@@ -356,7 +358,8 @@ pub struct DetectArgs {
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
     pub new_prefix_horizon: Duration,
 
-    /// (0: rule off)
+    /// International calls from a prefix new to an identity, within
+    /// --new-prefix-horizon, that restrict it there (0: rule off).
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub new_prefix_calls: u32,
 
