@@ -26,8 +26,7 @@ use crate::{
 
 /// Wall-clock ms of a CLOCK_MONOTONIC instant.
 pub(super) fn wall_ms(mono_ns: u64) -> i64 {
-    let (now_mono, now) = (monotonic_now_ns(), now_ms());
-    now - i64::try_from(now_mono.saturating_sub(mono_ns) / 1_000_000).unwrap_or(i64::MAX)
+    super::persist::wall_of(mono_ns, now_ms(), monotonic_now_ns())
 }
 
 /// The sources the kernel tracks at the end of a window, and when each was

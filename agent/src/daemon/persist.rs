@@ -44,7 +44,7 @@ fn mono_of(ms: i64, now_ms: i64, now_ns: u64) -> u64 {
     if ms >= now_ms { now_ns.saturating_add(delta) } else { now_ns.saturating_sub(delta) }
 }
 
-fn wall_of(ns: u64, now_ms: i64, now_ns: u64) -> i64 {
+pub(super) fn wall_of(ns: u64, now_ms: i64, now_ns: u64) -> i64 {
     let delta = i64::try_from(now_ns.abs_diff(ns) / NS_PER_MS).unwrap_or(i64::MAX);
     if ns >= now_ns { now_ms.saturating_add(delta) } else { now_ms.saturating_sub(delta) }
 }
