@@ -285,6 +285,10 @@ pub mod sweep {
     /// Only the start line was read: a request other than REGISTER whose
     /// credentials could not count (see [`parse_with`]'s `requests`).
     pub const START_ONLY: u8 = 16;
+    /// More than one credentials header (Authorization and
+    /// Proxy-Authorization, or two of one): only the first is read, and the
+    /// registrar may use another. Set whether swept or not.
+    pub const SEVERAL_CREDENTIALS: u8 = 32;
 }
 
 impl SipSummary {
@@ -417,6 +421,7 @@ pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, sweep_all: bool, requests: bool
     // What is needed of the scan, so that it can go before the parameters
     // are read (the kernel's stack is small).
     let (complete, later_bits, body) = (lines.complete(), lines.later, lines.body);
+    let several = if lines.several_credentials != 0 { sweep::SEVERAL_CREDENTIALS } else { 0 };
     let (call_id, cseq_at, length_at) = (lines.call_id, lines.cseq, lines.content_length);
     let has_auth = !lines.credentials.is_empty();
     let challenge = k == kind::RESPONSE && (summary.status == 401 || summary.status == 407);
@@ -454,7 +459,7 @@ pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, sweep_all: bool, requests: bool
             | if later_bits & later::INVITE != 0 { sweep::LATER_INVITE } else { 0 }
             | if complete { 0 } else { sweep::HEADERS_OPEN };
     }
-    summary.sweep = swept;
+    summary.sweep = swept | several;
     // Every response has a CSeq: without it, it cannot be attributed. A
     // REGISTER whose headers did not end in the window may have its
     // credentials in the part not seen: do not guess.
@@ -760,6 +765,22 @@ mod tests {
         let plain =
             crate::corpus::CORPUS.iter().find(|c| c.name == "invite-intl-plus-232.sip").unwrap().bytes;
         assert!(!parse_with(plain, true, true).has_auth);
+    }
+
+    #[test]
+    fn several_credentials_are_flagged_whether_swept_or_not() {
+        // A decoy first, the credential the registrar will use second: the
+        // kernel reads the first only, so it must know there is another.
+        let msg = b"INVITE sip:0023276000000@x SIP/2.0\r\nCall-ID: c\r\nCSeq: 2 INVITE\r\n\
+            Authorization: Digest username=\"decoy\", nonce=\"n\"\r\n\
+            proxy-authorization : Digest username=\"stolen\", nonce=\"m\"\r\n\r\n";
+        for (sweep_all, requests) in [(false, false), (false, true), (true, true)] {
+            let s = parse_with(msg.as_slice(), sweep_all, requests);
+            assert!(s.has_auth && s.sweep & sweep::SEVERAL_CREDENTIALS != 0, "{sweep_all} {requests}");
+        }
+        let one = b"INVITE sip:0023276000000@x SIP/2.0\r\nCall-ID: c\r\nCSeq: 2 INVITE\r\n\
+            Authorization: Digest username=\"a\", nonce=\"n\"\r\n\r\n";
+        assert_eq!(parse_with(one.as_slice(), false, true).sweep & sweep::SEVERAL_CREDENTIALS, 0);
     }
 
     #[test]

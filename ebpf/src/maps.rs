@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use tollgate_common::{
     ALLOWLIST_CAPACITY, AddrKey, AllowEntry, BLOCKLIST_CAPACITY, Baseline, BlockEntry, CALL_EVENTS_BYTES,
-    CALLS_CAPACITY, CallKey, CallSeen, Config, Counter, CountryRestriction, CountryWindow, EVENTS_BYTES,
+    CALLS_CAPACITY, CallKey, ID_DROPPED_CAPACITY, CallSeen, Config, Counter, CountryRestriction, CountryWindow, EVENTS_BYTES,
     INTL_BASELINE_CAPACITY, IdentityAt, IdentityRestriction, NONCES_CAPACITY, NonceKey,
     RESTRICTIONS_CAPACITY, Restriction, SIP_PORTS_CAPACITY, SOURCES_CAPACITY, SipContext, SourceStats,
     TRANSACTIONS_CAPACITY, Txn, TxnKey,
@@ -56,6 +56,10 @@ pub(crate) static SIP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(si
 
 #[map]
 pub(crate) static COUNTRY_INVITES: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTRY_CODE_SLOTS, 0);
+
+/// International call attempts dropped, per country (each call once).
+#[map]
+pub(crate) static COUNTRY_BLOCKED: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTRY_CODE_SLOTS, 0);
 
 #[map]
 pub(crate) static COUNTRY_CODES: Array<u32> = Array::with_max_entries(COUNTRY_CODE_SLOTS, 0);
@@ -127,6 +131,12 @@ pub(crate) static COUNTRY_WINDOW: Array<CountryWindow> = Array::with_max_entries
 #[map]
 pub(crate) static ID_RESTRICT: HashMap<IdentityAt, IdentityRestriction> =
     HashMap::with_max_entries(RESTRICTIONS_CAPACITY, 0);
+
+/// Where a restricted identity's request was last dropped: within the
+/// nonce horizon, what could carry its credentials unseen from there is
+/// dropped too (restrict.rs). Not pinned.
+#[map]
+pub(crate) static ID_DROPPED: LruHashMap<AddrKey, u64> = LruHashMap::with_max_entries(ID_DROPPED_CAPACITY, 0);
 
 /// country-restrict: expiry per E.164 country code.
 #[map]

@@ -4,15 +4,15 @@
 
 use aya_ebpf::{bindings::xdp_action, maps::lpm_trie::Key};
 use tollgate_common::{
-    AddrKey, IPPROTO_TCP, IdentityAt, MAX_NESTED_BLOCKS, NO_VERDICT, SipContext,
+    AddrKey, IPPROTO_TCP, IdentityAt, IdentityRestriction, MAX_NESTED_BLOCKS, NO_VERDICT, SipContext,
     number::class,
     sip::{SipSummary, kind, method, sweep},
     verdict,
 };
 
 use crate::{
-    maps::{COUNTRY_RESTRICT, ID_RESTRICT, RESTRICTIONS},
-    sip::counters::mark_challenged,
+    maps::{COUNTRY_RESTRICT, ID_DROPPED, ID_RESTRICT, RESTRICTIONS},
+    sip::counters::{mark_challenged, within_horizon},
 };
 
 /// auth-suspend: REGISTER and credentialed requests ([`SipContext::restricted`] bit).
@@ -83,6 +83,21 @@ fn fail_closed(sc: &SipContext, s: &SipSummary, class: u8) -> Option<u32> {
     None
 }
 
+/// The restrictions of identity `tag` at `addr` (none: all zero).
+#[inline(always)]
+fn identity_at(addr: AddrKey, tag: u64) -> IdentityRestriction {
+    // SAFETY: a value from a successful lookup, copied at once.
+    ID_RESTRICT.get_ptr(&IdentityAt { addr, tag }).map(|r| unsafe { *r }).unwrap_or_default()
+}
+
+/// Whether a restricted identity's request from `addr` was dropped within
+/// the nonce horizon.
+#[inline(always)]
+fn dropped_here(addr: &AddrKey, now: u64) -> bool {
+    // SAFETY: a value from a successful lookup, read at once.
+    ID_DROPPED.get_ptr(addr).is_some_and(|t| within_horizon(unsafe { *t }, now))
+}
+
 /// The final verdict of a SIP request: the first program's, unless a SIP
 /// restriction applies. Allowlisted sources and readable emergency calls
 /// are never restricted; a packet already dropped stays dropped.
@@ -99,25 +114,40 @@ pub(crate) fn restrict(sc: &SipContext, s: &SipSummary, class: u8, cc: u16, tag:
     {
         return (drop, code);
     }
+    // Where a restricted identity was dropped, what could carry its
+    // credentials unseen is dropped too (fail closed there): a datagram
+    // not readable as SIP (a tiny first IP fragment), and an international
+    // INVITE whose headers do not end in what was read (the credentials in
+    // a later fragment or segment) or that carries more than one
+    // credentials header (a decoy first). TCP continuation segments pass:
+    // other phones behind the same NAT send them (README: "Lines").
+    let hidden = (s.kind == kind::UNPARSED && sc.proto != IPPROTO_TCP)
+        || (s.kind == kind::REQUEST
+            && class == class::INTERNATIONAL
+            && (s.body == 0 || s.sweep & sweep::SEVERAL_CREDENTIALS != 0));
+    if hidden && dropped_here(&sc.src, now) {
+        return (drop, verdict::DROP_RESTRICTED_UNREADABLE);
+    }
     if s.kind != kind::REQUEST || class == class::EMERGENCY {
         return staged;
     }
     if (s.method == method::REGISTER || s.has_auth) && sc.restricted & AUTH != 0 {
         return (drop, verdict::DROP_AUTH_SUSPENDED);
     }
-    // The identity at this address, or everywhere (the all-zero address:
-    // a credential used from many addresses).
-    let suspended = |addr: AddrKey| {
-        ID_RESTRICT
-            .get_ptr(&IdentityAt { addr, tag })
-            // SAFETY: a value from a successful lookup, read at once.
-            .is_some_and(|r| unsafe { (*r).until_ns } > now)
-    };
-    if tag != 0 && (suspended(sc.src) || suspended([0; 16])) {
-        // Keep reading this address's requests while the identity tries
-        // (see CHALLENGED).
-        mark_challenged(&sc.src, now);
-        return (drop, verdict::DROP_IDENTITY_SUSPENDED);
+    if tag != 0 {
+        // The identity at this address, and everywhere (the all-zero
+        // address: a credential used from many addresses, or a line).
+        let (here, everywhere) = (identity_at(sc.src, tag), identity_at([0; 16], tag));
+        let suspended = here.until_ns > now || everywhere.until_ns > now;
+        let intl = class == class::INTERNATIONAL && (here.intl_until_ns > now || everywhere.intl_until_ns > now);
+        if suspended || intl {
+            // Keep reading this address's requests while the identity
+            // tries (see CHALLENGED), and fail closed here (above).
+            mark_challenged(&sc.src, now);
+            let _ = ID_DROPPED.insert(&sc.src, &now, 0);
+            let code = if suspended { verdict::DROP_IDENTITY_SUSPENDED } else { verdict::DROP_INTL_SUSPENDED };
+            return (drop, code);
+        }
     }
     if class == class::INTERNATIONAL {
         if sc.restricted & INTL != 0 {

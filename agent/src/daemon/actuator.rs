@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use log::{info, warn};
-use tollgate_common::{BlockEntry, CountryRestriction, IdentityRestriction, NO_EXPIRY, reason};
+use tollgate_common::{BlockEntry, CountryRestriction, NO_EXPIRY, reason};
 
 use crate::{
     audit::Auditor,
@@ -34,13 +34,9 @@ pub(super) fn adopt_restrictions(maps: &Maps, engine: &mut Engine) {
         }
     }
     for (addr, tag, r) in maps.identities.entries() {
-        found.push((
-            Kind::IdentitySuspend,
-            Target::Identity(addr, tag),
-            Reason::BruteForce,
-            r.imposed_at_ns,
-            r.until_ns,
-        ));
+        let target = Target::Identity(addr, tag);
+        found.push((Kind::IdentitySuspend, target, Reason::BruteForce, r.imposed_at_ns, r.until_ns));
+        found.push((Kind::IntlSuspend, target, Reason::Adopted, r.intl_imposed_at_ns, r.intl_until_ns));
     }
     for (cc, r) in maps.country_restrictions().unwrap_or_default() {
         let why = Reason::adopted(r.reason);
@@ -89,12 +85,19 @@ pub(super) fn write_restriction(maps: &mut Maps, a: &Active, until: u64) -> crat
                 Ok(())
             }
         }
-        (Kind::IdentitySuspend, Target::Identity(addr, tag)) => {
-            if until == 0 {
-                maps.identities.remove(addr, tag)
+        (Kind::IdentitySuspend | Kind::IntlSuspend, Target::Identity(addr, tag)) => {
+            let existing = maps.identities.get(addr, tag);
+            let mut r = existing.unwrap_or_default();
+            let (since, at) = (if until == 0 { 0 } else { a.imposed_at_ns }, until);
+            if a.kind == Kind::IdentitySuspend {
+                (r.until_ns, r.imposed_at_ns) = (at, since);
             } else {
-                let r = IdentityRestriction { until_ns: until, imposed_at_ns: a.imposed_at_ns };
-                maps.identities.set(addr, tag, r)
+                (r.intl_until_ns, r.intl_imposed_at_ns) = (at, since);
+            }
+            match (r.until_ns == 0 && r.intl_until_ns == 0, existing.is_some()) {
+                (true, true) => maps.identities.remove(addr, tag),
+                (true, false) => Ok(()),
+                (false, _) => maps.identities.set(addr, tag, r),
             }
         }
         (Kind::CountryRestrict, Target::Country(cc)) => {

@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use tollgate_common::{
     AddrKey, AllowEntry, Baseline, BlockEntry, Config, Counter, CountryRestriction, IdentityAt,
     IdentityRestriction, MAP_ALLOWLIST, MAP_BLOCKLIST, MAP_CONFIG, MAP_COUNTRY_BASELINE, MAP_COUNTRY_CODES,
-    MAP_COUNTRY_INVITES, MAP_COUNTRY_RESTRICT, MAP_ID_RESTRICT, MAP_INTL_BASELINE, MAP_NUMBER_PLAN,
+    MAP_COUNTRY_BLOCKED, MAP_COUNTRY_INVITES, MAP_COUNTRY_RESTRICT, MAP_ID_RESTRICT, MAP_INTL_BASELINE, MAP_NUMBER_PLAN,
     MAP_RESTRICTIONS, MAP_SIP_PORTS, MAP_SIP_STATS, MAP_SOURCES, MAP_STATS, Restriction, SourceStats,
     V4_MAPPED_PREFIX_LEN,
     number::{COUNTRY_CODE_SLOTS, NumberPlan},
@@ -40,6 +40,7 @@ pub struct Maps {
     sources: HashMap<MapData, AddrKey, SourceStats>,
     sip_stats: PerCpuArray<MapData, u64>,
     country_invites: PerCpuArray<MapData, u64>,
+    country_blocked: PerCpuArray<MapData, u64>,
     country_codes: Array<MapData, u32>,
     number_plan: Array<MapData, NumberPlan>,
 }
@@ -143,6 +144,7 @@ impl Maps {
             sources: typed(s, MAP_SOURCES)?,
             sip_stats: typed(s, MAP_SIP_STATS)?,
             country_invites: typed(s, MAP_COUNTRY_INVITES)?,
+            country_blocked: typed(s, MAP_COUNTRY_BLOCKED)?,
             country_codes: typed(s, MAP_COUNTRY_CODES)?,
             number_plan: typed(s, MAP_NUMBER_PLAN)?,
         })
@@ -213,17 +215,16 @@ impl Maps {
             .collect()
     }
 
-    /// International INVITEs per E.164 country code, non-zero ones only.
+    /// International call attempts per E.164 country code, non-zero ones
+    /// only.
     pub fn country_invites(&self) -> Result<Vec<(u16, u64)>> {
-        let mut out = Vec::new();
-        for cc in 0..COUNTRY_CODE_SLOTS {
-            let per_cpu = self.country_invites.get(&cc, 0).map_err(Error::map("reading COUNTRY_INVITES"))?;
-            let n = per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v));
-            if n != 0 {
-                out.push((cc as u16, n));
-            }
-        }
-        Ok(out)
+        per_country(&self.country_invites, MAP_COUNTRY_INVITES)
+    }
+
+    /// International call attempts dropped per E.164 country code (each
+    /// call once), non-zero ones only.
+    pub fn country_blocked(&self) -> Result<Vec<(u16, u64)>> {
+        per_country(&self.country_blocked, MAP_COUNTRY_BLOCKED)
     }
 
     /// Every tracked source with its counters.
@@ -328,6 +329,20 @@ impl Restrictions {
     }
 }
 
+/// A per-CPU counter array indexed by country code, summed, non-zero
+/// entries only.
+fn per_country(map: &PerCpuArray<MapData, u64>, name: &str) -> Result<Vec<(u16, u64)>> {
+    let mut out = Vec::new();
+    for cc in 0..COUNTRY_CODE_SLOTS {
+        let per_cpu = map.get(&cc, 0).map_err(Error::map(format!("reading {name}")))?;
+        let n = per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v));
+        if n != 0 {
+            out.push((cc as u16, n));
+        }
+    }
+    Ok(out)
+}
+
 /// identity-suspend: one identity (tag) at one address.
 pub struct IdentityRestrictions(HashMap<MapData, IdentityAt, IdentityRestriction>);
 
@@ -335,6 +350,10 @@ impl IdentityRestrictions {
     pub fn set(&mut self, addr: IpAddr, tag: u64, r: IdentityRestriction) -> Result<()> {
         let key = IdentityAt { addr: addr_key(addr), tag };
         self.0.insert(key, r, 0).map_err(Error::map(format!("suspending an identity at {addr}")))
+    }
+
+    pub fn get(&self, addr: IpAddr, tag: u64) -> Option<IdentityRestriction> {
+        self.0.get(&IdentityAt { addr: addr_key(addr), tag }, 0).ok()
     }
 
     pub fn remove(&mut self, addr: IpAddr, tag: u64) -> Result<()> {

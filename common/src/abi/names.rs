@@ -23,6 +23,10 @@ pub const MAP_SOURCES: &str = "SOURCES";
 pub const MAP_SIP_STATS: &str = "SIP_STATS";
 /// Per-CPU international INVITEs by E.164 country code (`u64`, index = code).
 pub const MAP_COUNTRY_INVITES: &str = "COUNTRY_INVITES";
+/// Per-CPU international call attempts dropped (by any restriction or
+/// the blocklist), by E.164 country code (`u64`, index = code): each call
+/// once, however many of its copies are dropped.
+pub const MAP_COUNTRY_BLOCKED: &str = "COUNTRY_BLOCKED";
 /// Assigned E.164 country codes (`u32` 1 = assigned, index = code).
 pub const MAP_COUNTRY_CODES: &str = "COUNTRY_CODES";
 /// The dialling plan (array of one [`crate::number::NumberPlan`]).
@@ -44,8 +48,13 @@ pub const MAP_RESTRICTIONS: &str = "RESTRICTIONS";
 /// Country restrictions on international INVITEs (array indexed by E.164
 /// code, value [`CountryRestriction`]).
 pub const MAP_COUNTRY_RESTRICT: &str = "COUNTRY_RESTRICT";
-/// identity-suspend: one identity's credentials from one address.
+/// identity-suspend and an identity's intl-suspend, at one address or
+/// everywhere (key [`IdentityAt`], value [`IdentityRestriction`]).
 pub const MAP_ID_RESTRICT: &str = "ID_RESTRICT";
+/// Addresses where a restricted identity's request was dropped, and when
+/// (LRU, key [`AddrKey`], value CLOCK_MONOTONIC ns). Not pinned.
+pub const MAP_ID_DROPPED: &str = "ID_DROPPED";
+pub const ID_DROPPED_CAPACITY: u32 = 16_384;
 pub const RESTRICTIONS_CAPACITY: u32 = 65_536;
 /// Learned per-source thresholds for international INVITEs (hash, key
 /// [`AddrKey`], value [`Baseline`]): a source whose normal ("peacetime")
@@ -76,7 +85,7 @@ pub const MAP_JUMP_TC: &str = "JUMP_TC";
 /// dead agent's program keeps working. The jump tables are pinned because
 /// the kernel empties a program array when its last user reference goes.
 /// The event ring buffer is not pinned: a new agent starts a new stream.
-pub const PINNED_MAPS: [&str; 18] = [
+pub const PINNED_MAPS: [&str; 19] = [
     MAP_ID_RESTRICT,
     MAP_INTL_BASELINE,
     MAP_COUNTRY_BASELINE,
@@ -93,6 +102,7 @@ pub const PINNED_MAPS: [&str; 18] = [
     MAP_SOURCES,
     MAP_SIP_STATS,
     MAP_COUNTRY_INVITES,
+    MAP_COUNTRY_BLOCKED,
     MAP_COUNTRY_CODES,
     MAP_NUMBER_PLAN,
 ];

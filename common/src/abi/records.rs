@@ -323,6 +323,9 @@ pub struct CallSeen {
 
 /// The call's one authentication retry (CSeq + 1) was seen.
 pub const CALL_RETRIED: u32 = 1;
+/// A copy of the call was dropped: it is counted once in
+/// [`crate::MAP_COUNTRY_BLOCKED`].
+pub const CALL_BLOCKED: u32 = 2;
 /// Copies of one call attempt (same Call-ID, CSeq and number) counted once
 /// within [`CALL_LIFETIME_NS`]: the first send and the six retransmissions
 /// of SIP's Timer A before Timer B ends the transaction. A client reusing
@@ -342,13 +345,18 @@ pub struct IdentityAt {
     pub tag: u64,
 }
 
-/// An identity-suspend: until when (CLOCK_MONOTONIC ns) the identity's
-/// credentialed requests from the address are dropped, and since when.
+/// The restrictions of one identity at one address (or, at the all-zero
+/// address, everywhere), each until when (CLOCK_MONOTONIC ns; 0: none)
+/// and since when: identity-suspend drops its credentialed requests,
+/// intl-suspend its international INVITEs (a line's international
+/// calling, counter-measures 2, 3 and 5).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct IdentityRestriction {
     pub until_ns: u64,
     pub imposed_at_ns: u64,
+    pub intl_until_ns: u64,
+    pub intl_imposed_at_ns: u64,
 }
 
 /// A nonce a registrar issued to an address (in a 401/407 sent to it).
@@ -479,7 +487,7 @@ const _: () = assert!(core::mem::size_of::<NonceKey>() == 24);
 const _: () = assert!(core::mem::size_of::<IdentityAt>() == 24);
 const _: () = assert!(core::mem::size_of::<CallKey>() == 24);
 const _: () = assert!(core::mem::size_of::<CallSeen>() == 32);
-const _: () = assert!(core::mem::size_of::<IdentityRestriction>() == 16);
+const _: () = assert!(core::mem::size_of::<IdentityRestriction>() == 32);
 const _: () = assert!(core::mem::size_of::<Baseline>() == 16);
 const _: () = assert!(core::mem::size_of::<CountryRestriction>() == 24);
 const _: () = assert!(core::mem::size_of::<CountryWindow>() == 32);

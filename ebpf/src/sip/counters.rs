@@ -7,7 +7,7 @@ use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use tollgate_common::{
-    AddrKey, CALL_COPIES, CALL_LIFETIME_NS, CALL_RETRIED, CallKey, CallSeen, Config, EVENT_AUTH_FAILURES,
+    AddrKey, CALL_BLOCKED, CALL_COPIES, CALL_LIFETIME_NS, CALL_RETRIED, CallKey, CallSeen, Config, EVENT_AUTH_FAILURES,
     EVENT_AUTH_OK, EVENT_CALL, EVENT_COUNTRY_INVITES, EVENT_FLAG_IDENTIFIED, EVENT_FLAG_OTHER_OK,
     EVENT_INTL_INVITES, IPPROTO_TCP, NonceKey, SipContext, SourceStats, TXN_BOUND, TXN_LIFETIME_NS,
     ThresholdEvent, Txn, TxnKey,
@@ -19,7 +19,7 @@ use tollgate_common::{
 
 use super::Window;
 use crate::maps::{
-    CALL_EVENTS, CALLS, CHALLENGED, CONFIG, COUNTRY_BASELINE, COUNTRY_INVITES, COUNTRY_WINDOW, EVENTS,
+    CALL_EVENTS, CALLS, CHALLENGED, CONFIG, COUNTRY_BASELINE, COUNTRY_BLOCKED, COUNTRY_INVITES, COUNTRY_WINDOW, EVENTS,
     INTL_BASELINE, NONCES, SIP_STATS, SOURCES, TRANSACTIONS,
 };
 
@@ -74,6 +74,29 @@ pub(super) fn request(sc: &SipContext, s: &SipSummary, tag: u64, class: u8, cc: 
     // SAFETY: e points into a live map value (from `source`); no other
     // reference to it is held here.
     check_thresholds(unsafe { &mut *e }, src, cfg, now, None);
+}
+
+/// An international INVITE to `cc` was dropped: its call counts once in
+/// COUNTRY_BLOCKED, however many of its copies (and its retry) are
+/// dropped. Without a Call-ID (or once its call is forgotten), every drop
+/// counts.
+#[inline(always)]
+pub(crate) fn blocked(sc: &SipContext, s: &SipSummary, cc: u16) {
+    if s.call_id != 0
+        && let Some(c) = CALLS.get_ptr_mut(&CallKey { addr: sc.src, call_id: s.call_id })
+    {
+        // SAFETY: c points into a live map value; a race at worst counts
+        // the call twice.
+        let c = unsafe { &mut *c };
+        if c.flags & CALL_BLOCKED != 0 {
+            return;
+        }
+        c.flags |= CALL_BLOCKED;
+    }
+    if let Some(slot) = COUNTRY_BLOCKED.get_ptr_mut(cc as u32) {
+        // SAFETY: per-CPU slot from a successful lookup.
+        unsafe { *slot += 1 };
+    }
 }
 
 /// Whether an international INVITE is a new call attempt, to count: not a
@@ -132,10 +155,16 @@ fn call_event(addr: &AddrKey, kind: u32, tag: u64, cc: u16, flags: u16, now: u64
 /// [`CHALLENGED`]). Without a configuration, it is taken as challenged.
 #[inline(always)]
 pub(crate) fn challenged(addr: &AddrKey, now: u64) -> bool {
-    let Some(cfg) = CONFIG.get(0) else { return true };
-    let horizon = cfg.nonce_horizon_s as u64 * 1_000_000_000;
     // SAFETY: a value from a successful lookup, read at once.
-    CHALLENGED.get_ptr(addr).is_some_and(|t| now.wrapping_sub(unsafe { *t }) < horizon)
+    CHALLENGED.get_ptr(addr).is_some_and(|t| within_horizon(unsafe { *t }, now))
+}
+
+/// Whether `then` is within the nonce horizon of `now` (without a
+/// configuration: yes).
+#[inline(always)]
+pub(crate) fn within_horizon(then: u64, now: u64) -> bool {
+    let Some(cfg) = CONFIG.get(0) else { return true };
+    now.wrapping_sub(then) < cfg.nonce_horizon_s as u64 * 1_000_000_000
 }
 
 /// Notes that `addr` was challenged now (see [`CHALLENGED`]).

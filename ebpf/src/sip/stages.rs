@@ -30,7 +30,7 @@ use tollgate_common::{
 
 use super::{
     Packet, Payload, Window,
-    counters::{challenged, identity, request, response, stat},
+    counters::{blocked, challenged, identity, request, response, stat},
     zero_tail,
 };
 use crate::{
@@ -551,5 +551,9 @@ fn count_message() -> (i32, u32) {
         kind::RESPONSE => response(&sc.dst, s, cfg, sc.now_ns),
         _ => {}
     }
-    restrict(sc, s, class, cc, tag)
+    let (action, code) = restrict(sc, s, class, cc, tag);
+    if class == class::INTERNATIONAL && action == xdp_action::XDP_DROP as i32 {
+        blocked(sc, s, cc);
+    }
+    (action, code)
 }
