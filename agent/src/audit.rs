@@ -19,7 +19,7 @@ use tollgate_common::hash::IdentityTag;
 
 use crate::{
     clock::monotonic_now_ns,
-    policy::{Active, Decision, Evidence},
+    policy::{Active, Decision, Evidence, Target},
 };
 
 #[derive(Serialize)]
@@ -77,6 +77,10 @@ struct Record<'a> {
     id: Option<u64>,
     kind: &'a str,
     target: String,
+    /// The identity tag of a line restricted as such (the target names it
+    /// too), so a notification can find the holder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identity: Option<String>,
     reason: &'a str,
     evidence: EvidenceJson,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -125,6 +129,14 @@ fn wall_of_ms(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// The identity tag of a target that is an identity.
+fn identity_of(t: &Target) -> Option<String> {
+    match t {
+        Target::Identity(_, tag) => Some(IdentityTag(*tag).to_string()),
+        _ => None,
+    }
+}
+
 fn evidence(e: &Evidence) -> EvidenceJson {
     EvidenceJson {
         count: e.count,
@@ -155,15 +167,21 @@ impl Auditor {
     }
 
     /// Runs the operator's hook in the background; never blocks decisions.
-    fn run_hook(&self, line: &str, event: &str, kind: &str, target: &str, mode: &str) {
+    /// Besides the record on stdin it gets, for notifying a line's holder
+    /// (counter-measure 5) without parsing JSON: the restriction's id
+    /// (`TOLLGATE_ID`) and, for a line named by its identity, its tag
+    /// (`TOLLGATE_IDENTITY`; empty otherwise).
+    fn run_hook(&self, line: &str, r: &Record) {
         let Some(cmd) = self.hook.clone() else { return };
         let mut command = tokio::process::Command::new("sh");
         command
             .args(["-c", &cmd])
-            .env("TOLLGATE_EVENT", event)
-            .env("TOLLGATE_KIND", kind)
-            .env("TOLLGATE_TARGET", target)
-            .env("TOLLGATE_MODE", mode)
+            .env("TOLLGATE_EVENT", r.event)
+            .env("TOLLGATE_KIND", r.kind)
+            .env("TOLLGATE_TARGET", &r.target)
+            .env("TOLLGATE_MODE", r.mode)
+            .env("TOLLGATE_ID", r.id.map(|id| id.to_string()).unwrap_or_default())
+            .env("TOLLGATE_IDENTITY", r.identity.as_deref().unwrap_or_default())
             .stdin(std::process::Stdio::piped())
             .kill_on_drop(true);
         let input = format!("{line}\n");
@@ -239,6 +257,7 @@ impl Auditor {
             id: Some(a.id),
             kind: a.kind.name(),
             target: a.target.to_string(),
+            identity: identity_of(&a.target),
             reason: a.reason.name(),
             evidence: evidence(&a.evidence),
             start: Some(a.imposed_wall_ms.map_or_else(|| wall(a.imposed_at_ns), wall_of_ms)),
@@ -261,6 +280,7 @@ impl Auditor {
                 id: None,
                 kind: kind.name(),
                 target: target.to_string(),
+                identity: identity_of(target),
                 reason: why,
                 evidence: evidence(e),
                 start: None,
@@ -275,7 +295,7 @@ impl Auditor {
         };
         let line = serde_json::to_string(&record).expect("audit records serialize");
         if matches!(record.event, "impose" | "expire" | "lift") {
-            self.run_hook(&line, record.event, record.kind, &record.target, mode);
+            self.run_hook(&line, &record);
         }
         self.write(&line);
     }

@@ -44,8 +44,9 @@ pub enum Command {
         command: RestrictionsCommand,
     },
     /// Impose a restriction by hand, e.g. `restrict intl 198.51.100.7 --for 2h
-    /// --reason "holder asked"` or `restrict country 232 --for 1h`. Audited
-    /// like automatic ones; refused for allowlisted sources.
+    /// --reason "holder asked"`, `restrict intl --identity NAME --for 30d`
+    /// (a line, from every address) or `restrict country 232 --for 1h`.
+    /// Audited like automatic ones; refused for allowlisted sources.
     Restrict(RestrictArgs),
     /// Lift a restriction by its id (see `tollgate restrictions list`).
     Lift(LiftArgs),
@@ -149,7 +150,17 @@ pub struct ControlArgs {
 pub struct RestrictArgs {
     pub kind: crate::policy::Kind,
     /// A source address or prefix, or for `country` an E.164 code (232).
-    pub target: String,
+    #[arg(required_unless_present_any = ["identity", "tag"])]
+    pub target: Option<String>,
+    /// A line by its digest username (`intl`: its international calls, from
+    /// every address; `auth`: every credentialed request of it). The agent
+    /// turns the name into its identity tag at once and keeps only the tag:
+    /// the name is not stored or logged.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["target", "tag"])]
+    pub identity: Option<String>,
+    /// A line by its identity tag, as audit records show it (16 hex digits).
+    #[arg(long, value_name = "TAG", conflicts_with = "target")]
+    pub tag: Option<String>,
     /// How long (every restriction is temporary).
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Duration,
@@ -451,9 +462,16 @@ pub struct PolicyArgs {
     #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_duration)]
     pub intl_suspend: Duration,
 
-    /// Longest a restriction lasts after escalation.
+    /// Longest a restriction lasts after escalation, and the longest one an
+    /// operator imposes by hand (but see --max-line-suspension).
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
     pub max_restriction: Duration,
+
+    /// Longest an operator suspends a line's international calling by hand
+    /// (`restrict intl --identity NAME`: the holder asked, or agreed for a
+    /// dormant line; counter-measures 2 and 3).
+    #[arg(long, value_name = "DURATION", default_value = "365d", value_parser = parse_duration)]
+    pub max_line_suspension: Duration,
 
     /// Let tollgate restrict a whole destination country code when a surge
     /// to it comes from at least --country-min-sources sources (counter-

@@ -31,6 +31,10 @@ pub enum Request {
         target: String,
         seconds: u64,
         note: Option<String>,
+        /// A line's digest username instead of `target`: the agent keeps
+        /// only its identity tag.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        identity: Option<String>,
     },
     Lift {
         id: u64,
@@ -182,7 +186,8 @@ mod tests {
             (Kind::Block, "block"),
             (Kind::CountryRestrict, "country"),
         ] {
-            let request = Request::Restrict { kind, target: "x".into(), seconds: 1, note: None };
+            let request =
+                Request::Restrict { kind, target: "x".into(), seconds: 1, note: None, identity: None };
             let json = serde_json::to_string(&request).expect("serialize");
             assert_eq!(
                 json,

@@ -80,7 +80,7 @@ pub enum Kind {
     CountryRestrict,
     /// identity-suspend: drop one identity's credentialed requests from one
     /// address, where other identities authenticate (an office behind one
-    /// NAT). Automatic only, for now.
+    /// NAT), or everywhere (a line, by hand: `restrict auth --identity`).
     #[value(skip)]
     #[serde(rename = "identity")]
     IdentitySuspend,
@@ -230,6 +230,9 @@ pub struct PolicyConfig {
     pub intl_suspend: Duration,
     /// Cap of escalated durations.
     pub max_restriction: Duration,
+    /// Longest a line's (an identity's) international calling is
+    /// suspended by hand.
+    pub max_line_suspension: Duration,
     /// Most restricted sources per /24 or /48 and kind (0: no cap).
     pub prefix_cap: usize,
     pub dry_run: bool,
@@ -447,15 +450,17 @@ impl Engine {
         let (kind, target, reason) = match (r.rule, r.subject) {
             (Rule::Surge, Subject::Country(cc)) => return self.on_country_surge(now_ns, cc, evidence),
             (Rule::Surge, Subject::Source(_)) => (Kind::IntlSuspend, source, Reason::IntlSurge),
-            // One credential from many addresses: wherever it is used.
+            // One line's calls from many addresses: its international
+            // calling, wherever it is used (counter-measure 5); it still
+            // registers and calls at home.
             (Rule::Surge, Subject::Identity(tag)) => (
-                Kind::IdentitySuspend,
+                Kind::IntlSuspend,
                 Target::Identity(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), tag),
                 Reason::IdentitySurge,
             ),
             (Rule::NewDestination, Subject::Source(_)) => (Kind::IntlSuspend, source, Reason::NewDestination),
             (Rule::NewDestination, Subject::Identity(tag)) => {
-                (Kind::IdentitySuspend, Target::Identity(r.addr, tag), Reason::NewDestination)
+                (Kind::IntlSuspend, Target::Identity(r.addr, tag), Reason::NewDestination)
             }
             // Strong evidence (no customer known at that prefix): the
             // address's international calls; else the identity there.
@@ -676,19 +681,30 @@ impl Engine {
             (_, Target::Country(_)) => {
                 return Err(format!("{} takes a source address or prefix", kind.name()));
             }
-            (Kind::IdentitySuspend, _) | (_, Target::Identity(..)) => {
-                return Err("identity-suspend is imposed by the engine only".into());
+            // A line (an identity) everywhere: its international calls,
+            // or all its credentialed requests.
+            (Kind::IntlSuspend | Kind::IdentitySuspend, Target::Identity(addr, _))
+                if addr.is_unspecified() => {}
+            (_, Target::Identity(..)) => {
+                return Err("an identity is restricted by hand in two ways: intl or auth".into());
             }
+            (Kind::IdentitySuspend, _) => return Err("identity-suspend takes an identity".into()),
             (_, Target::Source(net)) => {
                 if self.allow.iter().any(|a| a.contains(&net) || net.contains(a)) {
                     return Err(format!("{net} overlaps the allowlist, which wins over every restriction"));
                 }
             }
         }
-        if duration.is_zero() || duration > self.cfg.max_restriction {
+        let (max, flag) = match (kind, target) {
+            (Kind::IntlSuspend, Target::Identity(..)) => {
+                (self.cfg.max_line_suspension, "--max-line-suspension")
+            }
+            _ => (self.cfg.max_restriction, "--max-restriction"),
+        };
+        if duration.is_zero() || duration > max {
             return Err(format!(
-                "the duration must be more than 0 and at most --max-restriction ({})",
-                humantime::format_duration(self.cfg.max_restriction)
+                "the duration must be more than 0 and at most {flag} ({})",
+                humantime::format_duration(max)
             ));
         }
         if let Some(a) = self.active.iter().find(|a| a.kind == kind && a.target == target) {
@@ -738,6 +754,7 @@ mod tests {
             auth_suspend: Duration::from_secs(600),
             intl_suspend: Duration::from_secs(1800),
             max_restriction: Duration::from_secs(3600),
+            max_line_suspension: Duration::from_secs(365 * 86_400),
             prefix_cap: 3,
             dry_run: false,
             window: Duration::from_secs(60),
@@ -904,8 +921,27 @@ mod tests {
         );
         let c = e.impose_manual(0, Kind::CountryRestrict, Target::Country(232), hour, None).unwrap();
         assert!(matches!(c, Decision::Impose(ref x) if x.target == Target::Country(232)));
+        // A line's international calling, for the holder's 30 days (over
+        // --max-restriction, within --max-line-suspension).
+        let line = Target::Identity(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0xab);
+        let month = Duration::from_secs(30 * 86_400);
+        let l = e.impose_manual(0, Kind::IntlSuspend, line, month, None).unwrap();
+        assert!(
+            matches!(l, Decision::Impose(ref x) if x.target == line && x.expires_at_ns == 30 * 86_400 * S)
+        );
+        let at_one = Target::Identity(ip("192.0.2.1"), 0xab);
         // Refusals, each with a reason the operator can act on.
         for (kind, target, d) in [
+            (Kind::IntlSuspend, line, hour),      // already in force
+            (Kind::IdentitySuspend, line, month), // over --max-restriction
+            (
+                Kind::IntlSuspend,
+                Target::Identity(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 1),
+                Duration::from_secs(366 * 86_400),
+            ),
+            (Kind::IntlSuspend, at_one, hour), // by hand: everywhere only
+            (Kind::Block, line, hour),         // kind does not fit
+            (Kind::IdentitySuspend, src("192.0.2.1/32"), hour), // kind does not fit
             (Kind::Block, src("203.0.113.0/24"), hour), // contains an allowlisted source
             (Kind::AuthSuspend, Target::Country(232), hour), // kind does not fit
             (Kind::CountryRestrict, src("192.0.2.1/32"), hour), // kind does not fit
@@ -917,7 +953,7 @@ mod tests {
         }
         assert!(matches!(e.lift(a.id), Ok(Decision::Lift(x, OPERATOR)) if x.id == a.id));
         assert!(e.lift(a.id).is_err(), "only once");
-        assert_eq!(e.active().len(), 1);
+        assert_eq!(e.active().len(), 2);
     }
 
     /// A detector report with the given rule and subject, from `addr`.
@@ -960,7 +996,7 @@ mod tests {
             ),
             (
                 report(Rule::NewDestination, Subject::Identity(7), thief, false),
-                Kind::IdentitySuspend,
+                Kind::IntlSuspend,
                 Target::Identity(thief, 7),
                 Reason::NewDestination,
             ),
@@ -977,10 +1013,11 @@ mod tests {
                 Target::Identity(ip("192.0.2.9"), 9),
                 Reason::NewPrefix,
             ),
-            // One credential from many addresses: wherever it is used.
+            // One line from many addresses: its international calls,
+            // wherever it is used.
             (
                 report(Rule::Surge, Subject::Identity(10), thief, false),
-                Kind::IdentitySuspend,
+                Kind::IntlSuspend,
                 Target::Identity(every, 10),
                 Reason::IdentitySurge,
             ),
@@ -1044,6 +1081,7 @@ mod country_tests {
     fn cfg(opted_in: bool) -> PolicyConfig {
         PolicyConfig {
             max_restriction: Duration::from_secs(86_400),
+            max_line_suspension: Duration::from_secs(365 * 86_400),
             country_restrict: opted_in,
             ..super::tests::cfg()
         }

@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use tollgate_common::{
     ALLOWLIST_CAPACITY, AddrKey, AllowEntry, BLOCKLIST_CAPACITY, Baseline, BlockEntry, CALL_EVENTS_BYTES,
-    CALLS_CAPACITY, CallKey, ID_DROPPED_CAPACITY, CallSeen, Config, Counter, CountryRestriction, CountryWindow, EVENTS_BYTES,
-    INTL_BASELINE_CAPACITY, IdentityAt, IdentityRestriction, NONCES_CAPACITY, NonceKey,
+    CALLS_CAPACITY, CallKey, CallSeen, Config, Counter, CountryRestriction, CountryWindow, EVENTS_BYTES,
+    ID_DROPPED_CAPACITY, INTL_BASELINE_CAPACITY, IdentityAt, IdentityRestriction, NONCES_CAPACITY, NonceKey,
     RESTRICTIONS_CAPACITY, Restriction, SIP_PORTS_CAPACITY, SOURCES_CAPACITY, SipContext, SourceStats,
     TRANSACTIONS_CAPACITY, Txn, TxnKey,
     number::{COUNTRY_CODE_SLOTS, NumberPlan},

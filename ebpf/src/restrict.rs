@@ -139,13 +139,15 @@ pub(crate) fn restrict(sc: &SipContext, s: &SipSummary, class: u8, cc: u16, tag:
         // address: a credential used from many addresses, or a line).
         let (here, everywhere) = (identity_at(sc.src, tag), identity_at([0; 16], tag));
         let suspended = here.until_ns > now || everywhere.until_ns > now;
-        let intl = class == class::INTERNATIONAL && (here.intl_until_ns > now || everywhere.intl_until_ns > now);
+        let intl =
+            class == class::INTERNATIONAL && (here.intl_until_ns > now || everywhere.intl_until_ns > now);
         if suspended || intl {
             // Keep reading this address's requests while the identity
             // tries (see CHALLENGED), and fail closed here (above).
             mark_challenged(&sc.src, now);
             let _ = ID_DROPPED.insert(&sc.src, &now, 0);
-            let code = if suspended { verdict::DROP_IDENTITY_SUSPENDED } else { verdict::DROP_INTL_SUSPENDED };
+            let code =
+                if suspended { verdict::DROP_IDENTITY_SUSPENDED } else { verdict::DROP_INTL_SUSPENDED };
             return (drop, code);
         }
     }

@@ -1353,8 +1353,8 @@ fn stolen_credential_dry_run() {
 }
 
 /// One credential from 50 addresses, 5 international calls each (no
-/// address alone is abusive): its calls are summed, and the identity is
-/// suspended wherever it is used.
+/// address alone is abusive): its calls are summed, and the line's
+/// international calling is suspended wherever it is used.
 fn one_credential_many_addresses(test: &str, dry: bool) {
     if !tools_present(test) {
         return;
@@ -1381,7 +1381,7 @@ fn one_credential_many_addresses(test: &str, dry: bool) {
         }
     }
     let everywhere = format!("identity {} everywhere", tag_of(&bed, "1003"));
-    let line = bed.imposed("identity-suspend", &everywhere, Duration::from_secs(5));
+    let line = bed.imposed("intl-suspend", &everywhere, Duration::from_secs(5));
     let time = started.elapsed();
     eprintln!("one credential, 50 addresses: {line}");
     assert!(line.contains(r#""reason":"identity-surge""#), "{line}");
@@ -1404,14 +1404,144 @@ fn one_credential_many_addresses(test: &str, dry: bool) {
 }
 
 #[test]
-fn one_credential_from_fifty_addresses_is_identity_suspended_everywhere() {
-    one_credential_many_addresses(
-        "one_credential_from_fifty_addresses_is_identity_suspended_everywhere",
-        false,
-    );
+fn one_credential_from_fifty_addresses_is_intl_suspended_everywhere() {
+    one_credential_many_addresses("one_credential_from_fifty_addresses_is_intl_suspended_everywhere", false);
 }
 
 #[test]
 fn one_credential_many_addresses_dry_run() {
     one_credential_many_addresses("one_credential_many_addresses_dry_run", true);
+}
+
+// ---------------------------------------------------------------------------
+// 12. A line's international calling suspended at its holder's request
+//     (counter-measure 2, issue 13): by its identity, from every address.
+// ---------------------------------------------------------------------------
+
+/// Whether `text` names `name` as a word of its own (not inside a longer
+/// run of letters and digits, such as an identity tag).
+fn names(text: &str, name: &str) -> bool {
+    text.match_indices(name).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + name.len()..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_alphanumeric())
+            && !after.is_some_and(|c| c.is_ascii_alphanumeric())
+    })
+}
+
+/// A sipp CSV of the line 1003 whose authenticated INVITE carries `extra`
+/// as one more header line before its credentials.
+fn extra_csv(extra: &str) -> TempFile {
+    let f = TempFile::new("extra");
+    let text = format!("SEQUENTIAL\n1003;[authentication username=1003 password=pbx-secret-3];{extra}\n");
+    std::fs::write(&f.0, text).expect("extra csv");
+    f
+}
+
+/// The line 1003 is intl-suspended by its name for 30 days: its
+/// international calls are dropped from its usual address and from
+/// another one, whatever the framing of its credentials there (padding
+/// into a second IP fragment, a decoy Authorization first), while its
+/// domestic and emergency calls complete and another line at the same
+/// address still calls abroad; the name is kept nowhere; lifting it
+/// restores the line.
+fn line_suspended_by_identity(test: &str, dry: bool) {
+    if !tools_present(test) {
+        return;
+    }
+    let bed = Bed::start(dry, &[]);
+    let (home, away) = (customer_v4(5), attacker_v4(2));
+    let (ok, out, err) = bed.agent.control(&[
+        "restrict",
+        "intl",
+        "--identity",
+        "1003",
+        "--for",
+        "30d",
+        "--reason",
+        "holder asked",
+    ]);
+    assert!(ok, "{err}");
+    let tag = tag_of(&bed, "1003");
+    let everywhere = format!("identity {tag} everywhere");
+    assert!(out.contains(&everywhere) && (out.contains("30days") || out.contains("29days 23h")), "{out}");
+    let line = bed.imposed("intl-suspend", &everywhere, Duration::from_secs(5));
+    for field in [r#""reason":"operator""#, r#""note":"holder asked""#, &format!(r#""identity":"{tag}""#)] {
+        assert!(line.contains(field), "{field} missing in {line}");
+    }
+
+    let attempt = |csv: &str, src: IpAddr, number: &str| {
+        let mut c = call(csv, src, number, 1, 1);
+        c.recv_timeout_ms = 1500;
+        c.run(&bed.inet())
+    };
+    let mut lost = 0;
+    for (src, number) in [(home, "+23276000001"), (away, "0023276000002")] {
+        attempt("pbx.csv", src, number);
+        // Domestic and emergency calls of the same line complete.
+        for n in ["0312345678", "110"] {
+            let out = attempt("pbx.csv", src, n);
+            lost += out.failed;
+            assert_eq!(out.successful, 1, "{n} from {src}: {}", out.text);
+        }
+    }
+    // Another line at the line's own address still calls abroad.
+    let other = attempt("good.csv", home, "+442071234567");
+    assert_eq!(other.successful, 1, "{}", other.text);
+    // Where the line was dropped, framings that hide its credentials:
+    // padding that puts them in a second IP fragment, a decoy first.
+    let pad = extra_csv(&format!("X-Padding: {}", "p".repeat(1600)));
+    let decoy = extra_csv(
+        r#"Authorization: Digest username="1001", realm="other.example", nonce="decoy", uri="sip:x@edge.example", response="00000000000000000000000000000000""#,
+    );
+    for csv in [&pad, &decoy] {
+        let mut c = Client::new("call-uac-extra.xml", csv.0.clone(), away, core_for(away));
+        c.service = Some("+23276000003".into());
+        c.recv_timeout_ms = 1500;
+        c.run(&bed.inet());
+    }
+    let (at_home, abroad) = (relayed_to(&bed, home, "2327600"), relayed_to(&bed, away, "2327600"));
+    eprintln!("line suspended by identity: {at_home} calls relayed from home, {abroad} from elsewhere");
+    if dry {
+        assert_eq!((at_home, abroad), (1, 3), "everything relayed in dry-run");
+    } else {
+        assert_eq!((at_home, abroad), (0, 0), "international calls of the suspended line relayed");
+        let unreadable = bed.agent.packets(tollgate_common::verdict::DROP_RESTRICTED_UNREADABLE);
+        assert!(unreadable >= 2, "the hidden credentials were not dropped as unreadable ({unreadable})");
+    }
+    // The name is kept nowhere: not in the audit trail, not in the log.
+    for (what, text) in [("audit trail", bed.audit.text()), ("agent log", bed.agent.log_text())] {
+        assert!(!names(&text, "1003"), "the name appears in the {what}:\n{text}");
+    }
+
+    // Lifted: the line calls abroad again.
+    let id = line.split(r#""id":"#).nth(1).and_then(|r| r.split(',').next()).expect("an id").to_owned();
+    let (ok, _, err) = bed.agent.control(&["lift", &id]);
+    assert!(ok, "{err}");
+    let out = attempt("pbx.csv", away, "+23276000009");
+    assert_eq!(out.successful, 1, "after the lift: {}", out.text);
+    report::record(&Row {
+        scenario: "12. a line intl-suspended by identity at its holder's request",
+        dry_run: dry,
+        attempts: Some(at_home + abroad),
+        time_to_block: None,
+        legit_lost: lost as usize,
+        reached: format!(
+            "{} of 5 international calls of the line relayed (2 addresses, 2 hidden framings); its domestic and emergency calls answered",
+            at_home + abroad
+        ),
+    });
+}
+
+#[test]
+fn a_line_suspended_by_identity_is_blocked_from_every_address_but_calls_at_home() {
+    line_suspended_by_identity(
+        "a_line_suspended_by_identity_is_blocked_from_every_address_but_calls_at_home",
+        false,
+    );
+}
+
+#[test]
+fn line_suspended_by_identity_dry_run() {
+    line_suspended_by_identity("line_suspended_by_identity_dry_run", true);
 }

@@ -45,11 +45,18 @@ pub fn list(args: ControlArgs) -> anyhow::Result<()> {
 }
 
 pub fn restrict(args: RestrictArgs) -> anyhow::Result<()> {
+    // A tag names the line in the display form the agent reads back.
+    let target = match (&args.target, &args.tag) {
+        (Some(t), _) => t.clone(),
+        (None, Some(tag)) => format!("identity {tag} everywhere"),
+        (None, None) => String::new(),
+    };
     let request = control::Request::Restrict {
         kind: args.kind,
-        target: args.target,
+        target,
         seconds: args.duration.as_secs().max(1),
         note: args.reason,
+        identity: args.identity,
     };
     print_restrictions(&ask(&args.control.control_socket, request)?);
     Ok(())

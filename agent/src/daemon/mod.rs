@@ -90,7 +90,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         pin_dir.display()
     );
 
-    let daemon = Daemon { engine, learned, maps, reader, actuator, window: args.detect.window };
+    let daemon = Daemon {
+        engine,
+        learned,
+        maps,
+        reader,
+        actuator,
+        window: args.detect.window,
+        identity_key: setup.identity_key,
+    };
     let signame = daemon.run(rx, call_rx, ctl_rx).await?;
     server.abort();
     control_server.abort();
@@ -126,6 +134,8 @@ struct Daemon {
     actuator: Actuator,
     /// The detection and learning window.
     window: Duration,
+    /// Turns the identity an operator names into its tag.
+    identity_key: tollgate_common::IdentityKey,
 }
 
 fn lock(maps: &Mutex<Maps>) -> MutexGuard<'_, Maps> {
@@ -157,7 +167,7 @@ impl Daemon {
                 Some(snapshot) = snap_rx.recv() => self.window_passed(snapshot),
                 Some((request, reply)) = ctl_rx.recv() => {
                     let mut m = lock(&self.maps);
-                    let _ = reply.send(operator::handle_control(request, &mut self.engine, &mut self.learned, &mut m, &self.actuator));
+                    let _ = reply.send(operator::handle_control(request, &mut self.engine, &mut self.learned, &mut m, &self.actuator, &self.identity_key));
                 }
                 _ = sweep.tick() => self.sweep(),
             }

@@ -1,6 +1,11 @@
 //! The operator's requests from the control socket, answered by the engine.
 
-use std::time::Duration;
+use std::{
+    net::{IpAddr, Ipv6Addr},
+    time::Duration,
+};
+
+use tollgate_common::{IdentityKey, hash};
 
 use super::{actuator::Actuator, learning::Learned};
 use crate::{
@@ -101,6 +106,7 @@ pub(super) fn handle_control(
     learned: &mut Learned,
     maps: &mut Maps,
     actuator: &Actuator,
+    key: &IdentityKey,
 ) -> control::Response {
     let now = monotonic_now_ns();
     let decision = match request {
@@ -114,8 +120,8 @@ pub(super) fn handle_control(
             };
         }
         control::Request::List => Ok(None),
-        control::Request::Restrict { kind, target, seconds, note } => {
-            parse_target(kind, &target).and_then(|target| {
+        control::Request::Restrict { kind, target, seconds, note, identity } => {
+            parse_target(kind, &target, identity.as_deref(), key).and_then(|(kind, target)| {
                 engine.impose_manual(now, kind, target, Duration::from_secs(seconds), note).map(Some)
             })
         }
@@ -137,12 +143,79 @@ pub(super) fn handle_control(
     }
 }
 
-/// What a restriction of `kind` given by an operator applies to.
-fn parse_target(kind: Kind, target: &str) -> Result<Target, String> {
+/// What a restriction of `kind` given by an operator applies to, and in
+/// which way: a line (identity `name`, turned into its tag here and not
+/// kept, or `identity TAG everywhere`) is intl-suspended, or for `auth`
+/// identity-suspended, at every address.
+fn parse_target(
+    kind: Kind,
+    target: &str,
+    name: Option<&str>,
+    key: &IdentityKey,
+) -> Result<(Kind, Target), String> {
+    let everywhere = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+    let line = match (name, super::persist::parse_target(target)) {
+        (Some(name), _) => Some(Target::Identity(everywhere, hash::identity_tag(key, name.as_bytes()))),
+        (None, Some(t @ Target::Identity(..))) if target.split(' ').nth(1).is_some_and(|t| t.len() == 16) => {
+            Some(t)
+        }
+        _ => None,
+    };
+    if let Some(line) = line {
+        return match kind {
+            Kind::IntlSuspend | Kind::IdentitySuspend => Ok((kind, line)),
+            Kind::AuthSuspend => Ok((Kind::IdentitySuspend, line)),
+            _ => Err(format!("{} takes a source address or prefix, not an identity", kind.name())),
+        };
+    }
+    if !target.is_empty() && target.starts_with("identity ") {
+        return Err(format!("{target:?} is not `identity TAG everywhere` (TAG: 16 hex digits)"));
+    }
     if kind == Kind::CountryRestrict {
         let code = target.trim_start_matches('+');
-        Ok(Target::Country(code.parse().map_err(|_| format!("{target:?} is not an E.164 country code"))?))
+        Ok((
+            kind,
+            Target::Country(code.parse().map_err(|_| format!("{target:?} is not an E.164 country code"))?),
+        ))
     } else {
-        Ok(Target::Source(crate::cli::parse_cidr(target)?))
+        Ok((kind, Target::Source(crate::cli::parse_cidr(target)?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_named_by_its_identity_or_its_tag_and_kept_as_the_tag() {
+        let key = IdentityKey { k0: 7, k1: 11 };
+        let tag = hash::identity_tag(&key, b"alice");
+        let line = Target::Identity(IpAddr::V6(Ipv6Addr::UNSPECIFIED), tag);
+        assert_eq!(parse_target(Kind::IntlSuspend, "", Some("alice"), &key), Ok((Kind::IntlSuspend, line)));
+        // `auth` on a line: its credentials, everywhere.
+        assert_eq!(
+            parse_target(Kind::AuthSuspend, "", Some("alice"), &key),
+            Ok((Kind::IdentitySuspend, line))
+        );
+        // The tag, as audit records and `restrictions list` show the line.
+        assert_eq!(
+            parse_target(Kind::IntlSuspend, &line.to_string(), None, &key),
+            Ok((Kind::IntlSuspend, line))
+        );
+        assert!(
+            parse_target(Kind::CountryRestrict, "", Some("alice"), &key)
+                .unwrap_err()
+                .contains("not an identity")
+        );
+        assert!(parse_target(Kind::Block, "", Some("alice"), &key).is_err());
+        assert!(
+            parse_target(Kind::IntlSuspend, "identity 12 everywhere", None, &key)
+                .unwrap_err()
+                .contains("16 hex")
+        );
+        assert_eq!(
+            parse_target(Kind::IntlSuspend, "198.51.100.7", None, &key),
+            Ok((Kind::IntlSuspend, Target::Source("198.51.100.7/32".parse().unwrap())))
+        );
     }
 }

@@ -99,6 +99,7 @@ fn policy_config(args: &RunArgs) -> PolicyConfig {
         auth_suspend: args.policy.auth_suspend,
         intl_suspend: args.policy.intl_suspend,
         max_restriction: args.policy.max_restriction,
+        max_line_suspension: args.policy.max_line_suspension,
         prefix_cap: args.policy.prefix_cap,
         spray_identities: args.policy.spray_identities,
         dry_run: args.policy.dry_run,

@@ -7,10 +7,10 @@ use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use tollgate_common::{
-    AddrKey, CALL_BLOCKED, CALL_COPIES, CALL_LIFETIME_NS, CALL_RETRIED, CallKey, CallSeen, Config, EVENT_AUTH_FAILURES,
-    EVENT_AUTH_OK, EVENT_CALL, EVENT_COUNTRY_INVITES, EVENT_FLAG_IDENTIFIED, EVENT_FLAG_OTHER_OK,
-    EVENT_INTL_INVITES, IPPROTO_TCP, NonceKey, SipContext, SourceStats, TXN_BOUND, TXN_LIFETIME_NS,
-    ThresholdEvent, Txn, TxnKey,
+    AddrKey, CALL_BLOCKED, CALL_COPIES, CALL_LIFETIME_NS, CALL_RETRIED, CallKey, CallSeen, Config,
+    EVENT_AUTH_FAILURES, EVENT_AUTH_OK, EVENT_CALL, EVENT_COUNTRY_INVITES, EVENT_FLAG_IDENTIFIED,
+    EVENT_FLAG_OTHER_OK, EVENT_INTL_INVITES, IPPROTO_TCP, NonceKey, SipContext, SourceStats, TXN_BOUND,
+    TXN_LIFETIME_NS, ThresholdEvent, Txn, TxnKey,
     hash::identity_tag_window,
     number::class,
     sip::{SipSummary, method},
@@ -19,8 +19,8 @@ use tollgate_common::{
 
 use super::Window;
 use crate::maps::{
-    CALL_EVENTS, CALLS, CHALLENGED, CONFIG, COUNTRY_BASELINE, COUNTRY_BLOCKED, COUNTRY_INVITES, COUNTRY_WINDOW, EVENTS,
-    INTL_BASELINE, NONCES, SIP_STATS, SOURCES, TRANSACTIONS,
+    CALL_EVENTS, CALLS, CHALLENGED, CONFIG, COUNTRY_BASELINE, COUNTRY_BLOCKED, COUNTRY_INVITES,
+    COUNTRY_WINDOW, EVENTS, INTL_BASELINE, NONCES, SIP_STATS, SOURCES, TRANSACTIONS,
 };
 
 /// Counts a request against its sender. A request carrying credentials is
