@@ -7,7 +7,10 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use tollgate::clock::monotonic_now_ns;
-use tollgate_common::{CountryRestriction, Restriction, corpus::fixture, frames::FrameBuilder, verdict::*};
+use tollgate_common::{
+    Config, CountryRestriction, IdentityKey, IdentityRestriction, Restriction, corpus::fixture, frames::FrameBuilder,
+    hash::identity_tag, verdict::*,
+};
 use tollgate_tests::{
     privileged,
     testrun::{Loaded, XDP_DROP, XDP_PASS},
@@ -278,4 +281,79 @@ fn restricted_sources_fail_closed_on_what_cannot_be_read() {
     for (name, frame, want) in cases {
         assert_eq!(l.run(&frame), want, "intl-suspended: {name}");
     }
+}
+
+/// `invite-with-auth.sip` (user 1001, calling +232) dialling `number`
+/// instead, with `extra` inserted before its credentials.
+fn credentialed_invite(src: IpAddr, number: &str, extra: &str) -> Vec<u8> {
+    let text = String::from_utf8(fixture("invite-with-auth.sip").to_vec()).expect("utf-8");
+    let text =
+        text.replace("+23276123456", number).replacen("Authorization:", &format!("{extra}Authorization:"), 1);
+    FrameBuilder::udp(src, edge_for(src), 40000, 5060).payload(text.as_bytes()).build()
+}
+
+#[test]
+fn a_line_intl_suspended_by_identity_is_dropped_everywhere_and_hidden_credentials_fail_closed_where_seen() {
+    if !privileged(
+        "a_line_intl_suspended_by_identity_is_dropped_everywhere_and_hidden_credentials_fail_closed_where_seen",
+    ) {
+        return;
+    }
+    let mut l = Loaded::new();
+    l.allow(&["203.0.113.20/32"]);
+    // Hidden credentials fail closed within the nonce horizon of a drop.
+    l.maps.set_config(Config { nonce_horizon_s: 300, ..Config::default() }).expect("config");
+    let now = monotonic_now_ns();
+    let line = identity_tag(&IdentityKey::default(), b"1001");
+    let everywhere = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+    let r = IdentityRestriction { intl_until_ns: now + HOUR, intl_imposed_at_ns: now, ..Default::default() };
+    l.maps.identities.set(everywhere, line, r).unwrap();
+    for src in [CUSTOMER_V4, CUSTOMER_V6, ATTACKER_V4] {
+        for _copy in 0..3 {
+            assert_eq!(
+                l.run(&credentialed_invite(src, "+23276123456", "")),
+                (XDP_DROP, DROP_INTL_SUSPENDED),
+                "{src}"
+            );
+        }
+        for number in ["0312345678", "110", "+81312345678"] {
+            assert_eq!(l.run(&credentialed_invite(src, number, "")), (XDP_PASS, PASS_SIP), "{src} {number}");
+        }
+    }
+    assert_eq!(
+        l.run(&credentialed_invite(TRUSTED_V4, "+23276123456", "")),
+        (XDP_PASS, PASS_ALLOWLISTED),
+        "the allowlist wins"
+    );
+    // Each dropped call counts once per country, however many copies.
+    assert_eq!(l.maps.country_blocked().unwrap(), vec![(232, 3)]);
+
+    // Where the line was dropped, what could hide its credentials fails
+    // closed: padding past what is read (the credentials in a later
+    // fragment), a decoy credentials header first, an unreadable datagram.
+    let pad = format!("X-Padding: {}\r\n", "p".repeat(1900));
+    let decoy = "Proxy-Authorization: Digest username=\"decoy\", nonce=\"x\"\r\n";
+    let garbage = FrameBuilder::udp(ATTACKER_V4, edge_for(ATTACKER_V4), 40000, 5060).payload(b"INV").build();
+    for frame in [
+        credentialed_invite(ATTACKER_V4, "+442071234567", &pad),
+        credentialed_invite(ATTACKER_V4, "+442071234567", decoy),
+        garbage.clone(),
+    ] {
+        assert_eq!(l.run(&frame), (XDP_DROP, DROP_RESTRICTED_UNREADABLE));
+    }
+    // Readable calls of other lines there pass, and so do the hidden
+    // framings where the line was never seen (judged like any source).
+    let other =
+        String::from_utf8(fixture("invite-with-auth.sip").to_vec()).unwrap().replace("\"1001\"", "\"1002\"");
+    let other =
+        FrameBuilder::udp(ATTACKER_V4, edge_for(ATTACKER_V4), 40000, 5060).payload(other.as_bytes()).build();
+    assert_eq!(l.run(&other), (XDP_PASS, PASS_SIP));
+    let fresh: IpAddr = "192.0.2.77".parse().unwrap();
+    assert_eq!(l.run(&credentialed_invite(fresh, "+442071234567", decoy)), (XDP_PASS, PASS_SIP));
+    let garbage = FrameBuilder::udp(fresh, edge_for(fresh), 40000, 5060).payload(b"INV").build();
+    assert_eq!(l.run(&garbage), (XDP_PASS, PASS_SIP));
+
+    // Lifted (the entry gone): the line calls abroad again.
+    l.maps.identities.remove(everywhere, line).unwrap();
+    assert_eq!(l.run(&credentialed_invite(CUSTOMER_V4, "+23276123456", "")), (XDP_PASS, PASS_SIP));
 }
