@@ -4,6 +4,7 @@
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
     path::PathBuf,
+    process::Command,
     time::Duration,
 };
 
@@ -161,7 +162,7 @@ fn dry_run_audits_the_same_decision_and_enforces_nothing() {
     let audit = AuditFile::new();
     let hook_out = AuditFile::new();
     let hook = format!(
-        "echo \"$TOLLGATE_EVENT $TOLLGATE_KIND $TOLLGATE_TARGET $TOLLGATE_MODE\" >> {0}; cat >> {0}",
+        "echo \"$TOLLGATE_EVENT $TOLLGATE_KIND $TOLLGATE_TARGET $TOLLGATE_MODE id=$TOLLGATE_ID identity=$TOLLGATE_IDENTITY\" >> {0}; cat >> {0}",
         hook_out.path()
     );
     let agent = start(&topo, &audit, &["--dry-run", "--on-decision", &hook]);
@@ -170,9 +171,23 @@ fn dry_run_audits_the_same_decision_and_enforces_nothing() {
     let line = audited(&audit, &[r#""event":"impose""#, r#""target":"203.0.113.10/32""#]);
     assert!(line.contains(r#""enforced":false"#) && line.contains(r#""mode":"dry-run""#), "{line}");
     // The operator's hook was told, with the same record on stdin.
-    let told = audited(&hook_out, &["impose auth-suspend 203.0.113.10/32 dry-run"]);
+    let told = audited(&hook_out, &["impose auth-suspend 203.0.113.10/32 dry-run id=1 identity="]);
     assert!(!told.is_empty());
     audited(&hook_out, &[r#""event":"impose""#, r#""mode":"dry-run""#]);
+    // A line suspended by hand: the hook gets its tag and the restriction's
+    // id, to notify the holder (counter-measure 5).
+    let (ok, _, err) = agent.control(&["restrict", "intl", "--identity", "1001", "--for", "1h"]);
+    assert!(ok, "{err}");
+    let tag = Command::new(tollgate_tests::tollgate_bin())
+        .args(["identity-tag", "1001", "--state-dir"])
+        .arg(&agent.state_dir)
+        .output()
+        .expect("identity-tag");
+    let tag = String::from_utf8_lossy(&tag.stdout).trim().to_owned();
+    audited(
+        &hook_out,
+        &[&format!("impose intl-suspend identity {tag} everywhere dry-run id=2 identity={tag}")],
+    );
     // Still registering (and failing) normally: nothing dropped.
     register(&topo.peer, ATTACKER_V4, EDGE_V4, false, false, 2);
     assert_eq!(agent.packets(verdict::DROP_AUTH_SUSPENDED), 0);
@@ -507,9 +522,21 @@ fn restrictions_and_learned_levels_survive_a_reboot() {
     let hijacked = CUSTOMER_V6;
     send_n(&topo, hijacked, "invite-intl-00-232.sip", 12);
     let imposed = audited(&audit, &[r#""event":"impose""#, r#""kind":"intl-suspend""#, "2001:db8:2::10"]);
-    // ...and an operator's auth-suspend of 3 s, which lapses while down.
+    // ...and an operator's auth-suspend of 3 s, which lapses while down...
     let (ok, _, err) =
         agent.control(&["restrict", "auth", "203.0.113.50", "--for", "3s", "--reason", "short one"]);
+    assert!(ok, "{err}");
+    // ...and a line's international calling, for its holder's 30 days.
+    let (ok, _, err) = agent.control(&[
+        "restrict",
+        "intl",
+        "--identity",
+        "1001",
+        "--for",
+        "30d",
+        "--reason",
+        "holder asked",
+    ]);
     assert!(ok, "{err}");
 
     agent.kill();
@@ -519,7 +546,7 @@ fn restrictions_and_learned_levels_survive_a_reboot() {
     std::thread::sleep(Duration::from_secs(4));
     agent.restart();
     let log = agent.log_text();
-    assert!(log.contains("1 restrictions in force restored, 1 lapsed while stopped"), "{log}");
+    assert!(log.contains("2 restrictions in force restored, 1 lapsed while stopped"), "{log}");
 
     // The lapsed one is audited as expired, with its own reason and note.
     let expired = audited(&audit, &[r#""event":"expire""#, "203.0.113.50/32"]);
@@ -532,6 +559,14 @@ fn restrictions_and_learned_levels_survive_a_reboot() {
     let drops = agent.packets(verdict::DROP_INTL_SUSPENDED);
     send(&topo, hijacked, "invite-intl-00-232.sip");
     assert!(rises(&agent, verdict::DROP_INTL_SUSPENDED, drops), "the restored intl-suspend is not enforced");
+    // The line too: its credentials from any address, abroad.
+    assert!(list.contains("everywhere") && list.contains("holder asked"), "{list}");
+    let drops = agent.packets(verdict::DROP_INTL_SUSPENDED);
+    send(&topo, ATTACKER_V6, "invite-with-auth.sip");
+    assert!(
+        rises(&agent, verdict::DROP_INTL_SUSPENDED, drops),
+        "the restored line suspension is not enforced"
+    );
     // Lifted now, its record keeps its original start, reason and evidence.
     let id: String = list
         .lines()
@@ -554,7 +589,18 @@ fn restrictions_and_learned_levels_survive_a_reboot() {
         let t = humantime::parse_rfc3339(&field(line, "expires").expect("expires")).expect("a time");
         t.duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis() as i64
     };
-    assert!((ms(&lifted) - ms(&imposed)).abs() <= 5, "expires: {imposed} then {lifted}");
+    // Against its last expiry before the agent stopped: the detector's
+    // report of the same crossing may have extended it a moment later.
+    let last = audit
+        .lines()
+        .into_iter()
+        .filter(|l| {
+            l.contains("2001:db8:2::10")
+                && (l.contains(r#""event":"impose""#) || l.contains(r#""event":"extend""#))
+        })
+        .last()
+        .expect("imposed");
+    assert!((ms(&lifted) - ms(&last)).abs() <= 5, "expires: {last} then {lifted}");
     // The learned and the operator's levels are back in the kernel.
     let after =
         wait_for(Duration::from_secs(5), || learned(&agent, pbx)).expect("the learned level came back");

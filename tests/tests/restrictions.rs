@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use tollgate::clock::monotonic_now_ns;
 use tollgate_common::{
-    Config, CountryRestriction, IdentityKey, IdentityRestriction, Restriction, corpus::fixture, frames::FrameBuilder,
-    hash::identity_tag, verdict::*,
+    Config, CountryRestriction, IdentityKey, IdentityRestriction, Restriction, corpus::fixture,
+    frames::FrameBuilder, hash::identity_tag, verdict::*,
 };
 use tollgate_tests::{
     privileged,
