@@ -147,19 +147,19 @@ pub struct ControlArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["target", "identity", "tag"])))]
 pub struct RestrictArgs {
     pub kind: crate::policy::Kind,
     /// A source address or prefix, or for `country` an E.164 code (232).
-    #[arg(required_unless_present_any = ["identity", "tag"])]
     pub target: Option<String>,
     /// A line by its digest username (`intl`: its international calls, from
     /// every address; `auth`: every credentialed request of it). The agent
     /// turns the name into its identity tag at once and keeps only the tag:
     /// the name is not stored or logged.
-    #[arg(long, value_name = "NAME", conflicts_with_all = ["target", "tag"])]
+    #[arg(long, value_name = "NAME")]
     pub identity: Option<String>,
     /// A line by its identity tag, as audit records show it (16 hex digits).
-    #[arg(long, value_name = "TAG", conflicts_with = "target")]
+    #[arg(long, value_name = "TAG")]
     pub tag: Option<String>,
     /// How long (every restriction is temporary).
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]

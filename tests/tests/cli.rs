@@ -42,6 +42,9 @@ fn malformed_flags_are_rejected_by_the_parser() {
         (&["run", "--iface", "lo", "--baseline-min-history", "soon"], "not a duration"),
         (&["run", "--iface", "lo", "--high-risk-divisor", "0"], "is not in 1.."),
         (&["baseline", "set", "source", "198.51.100.1", "--scale", "hourly"], "invalid value"),
+        (&["restrict", "intl", "--for", "30d"], "<TARGET|--identity <NAME>|--tag <TAG>>"),
+        (&["restrict", "intl", "198.51.100.7", "--identity", "1001", "--for", "1h"], "cannot be used with"),
+        (&["restrict", "intl", "--identity", "1001", "--tag", "00ab", "--for", "1h"], "cannot be used with"),
     ] {
         let out = tollgate(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
