@@ -366,8 +366,9 @@ pub struct DigestParams {
     pub nonce: Span,
     /// `stale=true` (challenges).
     pub stale: u8,
-    // Scalars, not an array: see SipSummary's padding.
-    pub _pad8: u8,
+    /// (credentials) A second `username`: which one the registrar uses is
+    /// its own business, so the one kept is not proof of the identity.
+    pub again: u8,
     pub _pad16: u16,
 }
 
@@ -389,9 +390,9 @@ pub struct ParamScan {
     /// username, 2: nonce, 3: stale).
     pub which: u8,
     pub done: u8,
-    /// Credentials: done once a username and a nonce are found (the first
-    /// of each is the one kept, so nothing after them can change the
-    /// result). A challenge is read to its end, for `stale`.
+    /// Credentials: the first username and nonce are kept, and the header
+    /// is read to its end for a second username ([`DigestParams::again`]).
+    /// A challenge is read to its end, for `stale`.
     pub credentials: u8,
     pub params: DigestParams,
 }
@@ -506,6 +507,7 @@ impl ParamScan {
         let value = Span { start: self.value, end: b.launder(e) as u32 };
         match self.which {
             1 if self.params.username.is_empty() => self.params.username = value,
+            1 => self.params.again = 1,
             2 if self.params.nonce.is_empty() => self.params.nonce = value,
             3 => {
                 let t = (b.word(value.start as usize) | LOWER) & low(4);
@@ -514,9 +516,6 @@ impl ParamScan {
             _ => {}
         }
         self.which = 0;
-        if self.credentials != 0 && !self.params.username.is_empty() && !self.params.nonce.is_empty() {
-            self.done = 1;
-        }
     }
 }
 

@@ -286,8 +286,9 @@ pub mod sweep {
     /// credentials could not count (see [`parse_with`]'s `requests`).
     pub const START_ONLY: u8 = 16;
     /// More than one credentials header (Authorization and
-    /// Proxy-Authorization, or two of one): only the first is read, and the
-    /// registrar may use another. Set whether swept or not.
+    /// Proxy-Authorization, or two of one), a second `username` in one, or
+    /// one too long to read to its end: only the first username is read,
+    /// and the registrar may use another. Set whether swept or not.
     pub const SEVERAL_CREDENTIALS: u8 = 32;
 }
 
@@ -421,7 +422,7 @@ pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, sweep_all: bool, requests: bool
     // What is needed of the scan, so that it can go before the parameters
     // are read (the kernel's stack is small).
     let (complete, later_bits, body) = (lines.complete(), lines.later, lines.body);
-    let several = if lines.several_credentials != 0 { sweep::SEVERAL_CREDENTIALS } else { 0 };
+    let mut several = if lines.several_credentials != 0 { sweep::SEVERAL_CREDENTIALS } else { 0 };
     let (call_id, cseq_at, length_at) = (lines.call_id, lines.cseq, lines.content_length);
     let has_auth = !lines.credentials.is_empty();
     let challenge = k == kind::RESPONSE && (summary.status == 401 || summary.status == 407);
@@ -441,8 +442,14 @@ pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, sweep_all: bool, requests: bool
     summary.body = body;
     summary.has_auth = has_auth;
     if (challenge || k == kind::REQUEST) && !digest.is_empty() {
-        let p = b.scan_params(ParamScan::new(b, digest, !challenge)).params;
+        let scan = b.scan_params(ParamScan::new(b, digest, !challenge));
+        let p = scan.params;
         let nonce = b.hash(p.nonce);
+        // A second username, or a header too long to read to its end:
+        // the identity kept may not be the one the registrar uses.
+        if !challenge && (p.again != 0 || scan.done == 0) {
+            several = sweep::SEVERAL_CREDENTIALS;
+        }
         if challenge {
             summary.challenge_nonce = nonce;
             summary.stale = p.stale != 0;
@@ -778,8 +785,13 @@ mod tests {
             let s = parse_with(msg.as_slice(), sweep_all, requests);
             assert!(s.has_auth && s.sweep & sweep::SEVERAL_CREDENTIALS != 0, "{sweep_all} {requests}");
         }
+        // A second username in one header: the registrar may take the last.
+        let twice = b"INVITE sip:0023276000000@x SIP/2.0\r\nCall-ID: c\r\nCSeq: 2 INVITE\r\n\
+            Proxy-Authorization: Digest username=\"decoy\", nonce=\"n\", uri=\"sip:x\", UserName = \"stolen\"\r\n\r\n";
+        let s = parse_with(twice.as_slice(), false, true);
+        assert!(s.sweep & sweep::SEVERAL_CREDENTIALS != 0);
         let one = b"INVITE sip:0023276000000@x SIP/2.0\r\nCall-ID: c\r\nCSeq: 2 INVITE\r\n\
-            Authorization: Digest username=\"a\", nonce=\"n\"\r\n\r\n";
+            Authorization: Digest username=\"a\", nonce=\"n\", uri=\"sip:x\", response=\"00\"\r\n\r\n";
         assert_eq!(parse_with(one.as_slice(), false, true).sweep & sweep::SEVERAL_CREDENTIALS, 0);
     }
 

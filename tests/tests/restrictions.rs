@@ -337,6 +337,16 @@ fn a_line_intl_suspended_by_identity_is_dropped_everywhere_and_hidden_credential
     for frame in [
         credentialed_invite(ATTACKER_V4, "+442071234567", &pad),
         credentialed_invite(ATTACKER_V4, "+442071234567", decoy),
+        // A second username in the same header.
+        {
+            let text = String::from_utf8(fixture("invite-with-auth.sip").to_vec()).unwrap();
+            let text = text
+                .replace("+23276123456", "+442071234567")
+                .replace("username=\"1001\"", "username=\"decoy\", username=\"1001\"");
+            FrameBuilder::udp(ATTACKER_V4, edge_for(ATTACKER_V4), 40000, 5060)
+                .payload(text.as_bytes())
+                .build()
+        },
         garbage.clone(),
     ] {
         assert_eq!(l.run(&frame), (XDP_DROP, DROP_RESTRICTED_UNREADABLE));
