@@ -289,7 +289,7 @@ pub mod sweep {
     /// Proxy-Authorization, or two of one), a second `username` in one, or
     /// one too long to read to its end: only the first username is read,
     /// and the registrar may use another. Set whether swept or not.
-    pub const SEVERAL_CREDENTIALS: u8 = 32;
+    pub const SEVERAL_CREDENTIALS: u8 = 1 << 5;
 }
 
 impl SipSummary {
@@ -422,7 +422,8 @@ pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, sweep_all: bool, requests: bool
     // What is needed of the scan, so that it can go before the parameters
     // are read (the kernel's stack is small).
     let (complete, later_bits, body) = (lines.complete(), lines.later, lines.body);
-    let mut several = if lines.several_credentials != 0 { sweep::SEVERAL_CREDENTIALS } else { 0 };
+    // Branch-free (and below), so the verifier keeps one state for both.
+    let mut several = (lines.several_credentials & 1) << 5;
     let (call_id, cseq_at, length_at) = (lines.call_id, lines.cseq, lines.content_length);
     let has_auth = !lines.credentials.is_empty();
     let challenge = k == kind::RESPONSE && (summary.status == 401 || summary.status == 407);
@@ -447,8 +448,8 @@ pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, sweep_all: bool, requests: bool
         let nonce = b.hash(p.nonce);
         // A second username, or a header too long to read to its end:
         // the identity kept may not be the one the registrar uses.
-        if !challenge && (p.again != 0 || scan.done == 0) {
-            several = sweep::SEVERAL_CREDENTIALS;
+        if !challenge {
+            several |= ((p.again | (scan.done ^ 1)) & 1) << 5;
         }
         if challenge {
             summary.challenge_nonce = nonce;
