@@ -74,9 +74,10 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct IdentityTagArgs {
-    /// The username exactly as it appears between the quotes of
-    /// `username="..."` in Authorization: case-sensitive, escapes as written
-    /// (`\"` is two characters). Only the first 64 bytes count.
+    /// The username as it appears between the quotes of `username="..."` in
+    /// Authorization: ASCII case does not count (registrars look names up
+    /// without it), escapes as written (`\"` is two characters). Only the
+    /// first 64 bytes count.
     #[arg(value_name = "NAME")]
     pub name: std::ffi::OsString,
     #[command(flatten)]

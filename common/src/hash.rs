@@ -135,6 +135,30 @@ pub fn siphash24_window<B: ByteWindow + ?Sized>(
     start: usize,
     len: usize,
 ) -> Option<u64> {
+    window_hash::<false, B>(key, b, start, len)
+}
+
+/// ASCII upper-case letters of a word made lower case, the other bytes
+/// left as they are; without a branch (per byte: `A`..=`Z` is 7 bits at
+/// least 0x41 and below 0x5b, with the top bit clear).
+#[inline(always)]
+const fn ascii_lower(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let low7 = w & (0x7f * ONES);
+    let from_a = low7 + 0x3f * ONES;
+    let past_z = low7 + 0x25 * ONES;
+    let upper = from_a & !past_z & !w & (0x80 * ONES);
+    w | (upper >> 2)
+}
+
+/// [`siphash24_window`], of the bytes ASCII-lower-cased when `FOLD`.
+#[inline(always)]
+fn window_hash<const FOLD: bool, B: ByteWindow + ?Sized>(
+    key: &IdentityKey,
+    b: &B,
+    start: usize,
+    len: usize,
+) -> Option<u64> {
     let available = b.len();
     if len > MAX_HASHED || start > available || len > available - start {
         return None;
@@ -155,6 +179,9 @@ pub fn siphash24_window<B: ByteWindow + ?Sized>(
         // One word load (the kernel's is two aligned loads), not eight
         // byte loads: what lies past `len` is masked below.
         let mut m = b.word(start + base);
+        if FOLD {
+            m = ascii_lower(m);
+        }
         // This block's valid positions, 2^n - 1 for its n data bytes, made
         // a byte mask: (2^n)^8 - 1 is the low 8n bits (2^64 wraps to 0).
         let bits = if base < u64::BITS as usize { (valid >> base) & 0xff } else { 0 };
@@ -191,18 +218,23 @@ const fn ones_if(bit: u64) -> u64 {
 /// The identity tag of a digest `username` under the deployment's `key`:
 /// SipHash-2-4 of the username's bytes as they appear between the quotes of
 /// `username="..."` in an Authorization or Proxy-Authorization header,
-/// exactly: case-sensitive, nothing trimmed, and not unescaped (a
-/// quoted-pair such as `\"` is hashed as its two bytes, as the kernel reads
-/// it). Only the first [`MAX_HASHED`] bytes are hashed: a longer name has
-/// the tag of its first [`MAX_HASHED`] bytes, since the kernel reads no
-/// further. The name itself is never kept; an operator asks "is this
-/// alice?" with `tollgate identity-tag alice`, which prints this tag.
+/// with ASCII letters in lower case, and otherwise exactly: nothing
+/// trimmed, and not unescaped (a quoted-pair such as `\"` is hashed as its
+/// two bytes, as the kernel reads it). Case does not count because
+/// registrars look names up without it (Kamailio's db_text, MySQL's
+/// default collations): `ALICE` authenticates as `alice` there, and must
+/// be the same line here. Only the first [`MAX_HASHED`] bytes are hashed:
+/// a longer name has the tag of its first [`MAX_HASHED`] bytes, since the
+/// kernel reads no further. The name itself is never kept; an operator
+/// asks "is this alice?" with `tollgate identity-tag alice`, which prints
+/// this tag.
 pub fn identity_tag(key: &IdentityKey, username: &[u8]) -> u64 {
-    let hashed = match username.get(..MAX_HASHED) {
-        Some(prefix) => prefix,
-        None => username,
-    };
-    siphash24(key, hashed)
+    let n = username.len().min(MAX_HASHED);
+    let mut lower = [0u8; MAX_HASHED];
+    for (l, c) in lower.iter_mut().zip(&username[..n]) {
+        *l = c.to_ascii_lowercase();
+    }
+    siphash24(key, &lower[..n])
 }
 
 /// [`identity_tag`] of the username that occupies `len` bytes of `b` from
@@ -216,7 +248,7 @@ pub fn identity_tag_window<B: ByteWindow + ?Sized>(
     start: usize,
     len: usize,
 ) -> Option<u64> {
-    siphash24_window(key, b, start, if len < MAX_HASHED { len } else { MAX_HASHED })
+    window_hash::<true, B>(key, b, start, if len < MAX_HASHED { len } else { MAX_HASHED })
 }
 
 /// An identity tag as operators and audit records show it: 16 lower-case
@@ -401,7 +433,10 @@ mod tests {
     fn identity_tags() {
         let tag = identity_tag(&PAPER_KEY, b"alice");
         assert_eq!(tag, siphash24(&PAPER_KEY, b"alice"));
-        assert_ne!(tag, identity_tag(&PAPER_KEY, b"Alice"), "case-sensitive");
+        assert_eq!(tag, identity_tag(&PAPER_KEY, b"ALIce"), "ASCII case does not count");
+        assert_ne!(tag, identity_tag(&PAPER_KEY, b"alicE\xc3"), "other bytes do");
+        let upper = b"Authorization: Digest username=\"ALICE\", realm=\"x\"";
+        assert_eq!(identity_tag_window(&PAPER_KEY, upper.as_slice(), 32, 5), Some(tag));
         assert_ne!(tag, identity_tag(&IdentityKey::from_bytes([1; 16]), b"alice"), "keyed");
         let header = b"Authorization: Digest username=\"alice\", realm=\"x\"";
         assert_eq!(identity_tag_window(&PAPER_KEY, header.as_slice(), 32, 5), Some(tag));
@@ -437,7 +472,20 @@ mod tests {
                 siphash24_window(&key, &Junk(&payload[..before + data.len()]), before, data.len()),
                 Some(want)
             );
-            prop_assert_eq!(identity_tag_window(&key, payload.as_slice(), before, data.len()), Some(want));
+            prop_assert_eq!(
+                identity_tag_window(&key, payload.as_slice(), before, data.len()),
+                Some(identity_tag(&key, &data))
+            );
+            prop_assert_eq!(
+                identity_tag_window(&key, &Junk(&payload[..before + data.len()]), before, data.len()),
+                Some(identity_tag(&key, &data))
+            );
+        }
+
+        #[test]
+        fn lower_casing_a_word_is_per_byte(w in any::<u64>()) {
+            let want = u64::from_le_bytes(w.to_le_bytes().map(|b| b.to_ascii_lowercase()));
+            prop_assert_eq!(ascii_lower(w), want);
         }
 
         /// The host form against the standard library's SipHash-2-4
