@@ -154,6 +154,9 @@ fn parse_target(
     key: &IdentityKey,
 ) -> Result<(Kind, Target), String> {
     let everywhere = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+    if name.is_some_and(str::is_empty) {
+        return Err("--identity needs a username".into());
+    }
     let line = match (name, super::persist::parse_target(target)) {
         (Some(name), _) => Some(Target::Identity(everywhere, hash::identity_tag(key, name.as_bytes()))),
         (None, Some(t @ Target::Identity(..))) if target.split(' ').nth(1).is_some_and(|t| t.len() == 16) => {
@@ -208,6 +211,7 @@ mod tests {
                 .contains("not an identity")
         );
         assert!(parse_target(Kind::Block, "", Some("alice"), &key).is_err());
+        assert!(parse_target(Kind::IntlSuspend, "", Some(""), &key).unwrap_err().contains("needs a username"));
         assert!(
             parse_target(Kind::IntlSuspend, "identity 12 everywhere", None, &key)
                 .unwrap_err()
