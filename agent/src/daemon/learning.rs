@@ -29,15 +29,25 @@ pub(super) fn wall_ms(mono_ns: u64) -> i64 {
     super::persist::wall_of(mono_ns, now_ms(), monotonic_now_ns())
 }
 
-/// The sources the kernel tracks at the end of a window, and when each was
-/// first seen there (their history begins then).
+/// The sources the kernel tracks at the end of a window: when each was
+/// first (its history begins then) and last seen there, and whether it
+/// looks like a customer's (sent INVITEs, or an identity authenticated
+/// there).
 pub(super) struct Snapshot {
-    sources: Vec<(IpAddr, i64)>,
+    sources: Vec<(IpAddr, i64, i64, bool)>,
 }
 
 impl Snapshot {
     pub(super) fn read(maps: &Maps) -> Self {
-        Self { sources: maps.sources().into_iter().map(|(a, s)| (a, wall_ms(s.first_seen_ns))).collect() }
+        let sources = maps
+            .sources()
+            .into_iter()
+            .map(|(a, s)| {
+                let customer = s.invites > 0 || s.ok_tag[0] != 0;
+                (a, wall_ms(s.first_seen_ns), wall_ms(s.last_seen_ns), customer)
+            })
+            .collect();
+        Self { sources }
     }
 }
 
@@ -171,8 +181,8 @@ impl Learned {
         engine: &mut Engine,
     ) -> Vec<Decision> {
         let ms = now_ms();
-        for (addr, first) in snapshot.sources {
-            self.detector.line_seen(Subject::Source(addr), first);
+        for (addr, first, last, customer) in snapshot.sources {
+            self.detector.source_seen(addr, first, last, customer);
         }
         let active = engine.active();
         for a in active {
