@@ -35,6 +35,8 @@ pub(super) fn wall_ms(mono_ns: u64) -> i64 {
 /// there).
 pub(super) struct Snapshot {
     sources: Vec<(IpAddr, i64, i64, bool)>,
+    /// The kernel's per-country counters (None: they could not be read).
+    pub(super) countries: Option<super::reporting::Counters>,
 }
 
 impl Snapshot {
@@ -47,7 +49,8 @@ impl Snapshot {
                 (a, wall_ms(s.first_seen_ns), wall_ms(s.last_seen_ns), customer)
             })
             .collect();
-        Self { sources }
+        let countries = super::reporting::counters(maps).map_err(|e| warn!("{e}")).ok();
+        Self { sources, countries }
     }
 }
 
@@ -147,8 +150,15 @@ impl Learned {
     }
 
     /// A call event: a new international call attempt, the identity of
-    /// one, or a new authentication.
-    pub(super) fn call_event(&mut self, engine: &mut Engine, now: u64, e: &ThresholdEvent) -> Vec<Decision> {
+    /// one, or a new authentication. Country surges the detector reports
+    /// are counted in `reporting`.
+    pub(super) fn call_event(
+        &mut self,
+        engine: &mut Engine,
+        reporting: &mut super::reporting::Reporting,
+        now: u64,
+        e: &ThresholdEvent,
+    ) -> Vec<Decision> {
         let (addr, ms) = (key_addr(&e.addr), now_ms());
         let reports: Vec<Report> = match e.kind {
             EVENT_CALL if e.flags & EVENT_FLAG_IDENTIFIED != 0 => {
@@ -166,6 +176,9 @@ impl Learned {
         };
         for r in &reports {
             self.counts.detected(r);
+            if let Subject::Country(cc) = r.subject {
+                reporting.surge(cc);
+            }
         }
         reports.iter().flat_map(|r| engine.on_report(now, r)).collect()
     }

@@ -5,6 +5,7 @@ mod attach;
 mod learning;
 mod operator;
 mod persist;
+mod reporting;
 pub mod setup;
 
 use std::{
@@ -24,6 +25,7 @@ use tollgate_common::ThresholdEvent;
 use self::{
     actuator::Actuator,
     learning::{Learned, Snapshot},
+    reporting::Reporting,
     setup::Setup,
 };
 use crate::{
@@ -59,6 +61,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut learned = Learned::new(learning::config(&args.detect, high_risk), event_counts.clone());
     persist::restore(&store, &mut maps, &mut engine, &mut learned, &setup.auditor)?;
     actuator::adopt_restrictions(&maps, &mut engine);
+    let reporting = Reporting::start(&store, &maps)?;
     let maps = Arc::new(Mutex::new(maps));
     // A second, read-only handle on the same pinned maps for the whole-map
     // reads (metrics scrapes, the learning pass: ~60 ms for 65,536 sources),
@@ -90,7 +93,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         pin_dir.display()
     );
 
-    let daemon = Daemon { engine, learned, maps, reader, actuator, window: args.detect.window };
+    let daemon = Daemon { engine, learned, maps, reader, actuator, reporting, window: args.detect.window };
     let signame = daemon.run(rx, call_rx, ctl_rx).await?;
     server.abort();
     control_server.abort();
@@ -124,6 +127,8 @@ struct Daemon {
     maps: Arc<Mutex<Maps>>,
     reader: Arc<Mutex<Maps>>,
     actuator: Actuator,
+    /// Per-country counts for the reports.
+    reporting: Reporting,
     /// The detection and learning window.
     window: Duration,
 }
@@ -157,7 +162,15 @@ impl Daemon {
                 Some(snapshot) = snap_rx.recv() => self.window_passed(snapshot),
                 Some((request, reply)) = ctl_rx.recv() => {
                     let mut m = lock(&self.maps);
-                    let _ = reply.send(operator::handle_control(request, &mut self.engine, &mut self.learned, &mut m, &self.actuator));
+                    let answer = operator::handle_control(
+                        request,
+                        &mut self.engine,
+                        &mut self.learned,
+                        &mut m,
+                        &self.actuator,
+                        &mut self.reporting,
+                    );
+                    let _ = reply.send(answer);
                 }
                 _ = sweep.tick() => self.sweep(),
             }
@@ -167,21 +180,26 @@ impl Daemon {
     fn event(&mut self, event: &ThresholdEvent) {
         let now = monotonic_now_ns();
         let latency_us = now.saturating_sub(event.at_ns) / 1000;
+        if events::EventKind::from_code(event.kind) == Some(events::EventKind::CountryInvites) {
+            self.reporting.surge(event.cc);
+        }
         let mut m = lock(&self.maps);
         for d in self.learned.decide(&mut self.engine, now, event, self.window) {
+            self.reporting.decision(&d);
             self.actuator.apply(&mut m, &d, Some(latency_us));
         }
     }
 
     fn call_event(&mut self, event: &ThresholdEvent) {
         let now = monotonic_now_ns();
-        let decisions = self.learned.call_event(&mut self.engine, now, event);
+        let decisions = self.learned.call_event(&mut self.engine, &mut self.reporting, now, event);
         if decisions.is_empty() {
             return;
         }
         let latency_us = now.saturating_sub(event.at_ns) / 1000;
         let mut m = lock(&self.maps);
         for d in decisions {
+            self.reporting.decision(&d);
             self.actuator.apply(&mut m, &d, Some(latency_us));
         }
     }
@@ -196,12 +214,15 @@ impl Daemon {
         });
     }
 
-    fn window_passed(&mut self, snapshot: Snapshot) {
+    fn window_passed(&mut self, mut snapshot: Snapshot) {
+        let counters = snapshot.countries.take();
         let mut m = lock(&self.maps);
         for d in self.learned.window_passed(snapshot, &mut m, &mut self.engine) {
+            self.reporting.decision(&d);
             self.actuator.apply(&mut m, &d, None);
         }
         self.actuator.persist_learned(&mut self.learned.detector);
+        self.reporting.window(self.actuator.store(), counters);
     }
 
     fn sweep(&mut self) {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{actuator::Actuator, learning::Learned};
+use super::{actuator::Actuator, learning::Learned, reporting::Reporting};
 use crate::{
     clock::monotonic_now_ns,
     control,
@@ -101,9 +101,24 @@ pub(super) fn handle_control(
     learned: &mut Learned,
     maps: &mut Maps,
     actuator: &Actuator,
+    reporting: &mut Reporting,
 ) -> control::Response {
     let now = monotonic_now_ns();
     let decision = match request {
+        control::Request::ReportDormant { since_seconds } => {
+            let since = Duration::from_secs(since_seconds);
+            return match reporting.dormant(actuator.store(), &learned.detector, engine, since) {
+                Ok(r) => control::Response { ok: true, dormant: Some(r), ..Default::default() },
+                Err(e) => control::Response::error(e.to_string()),
+            };
+        }
+        control::Request::ReportCountries { since_seconds } => {
+            let since = Duration::from_secs(since_seconds);
+            return match reporting.countries(actuator.store(), maps, engine, since) {
+                Ok(r) => control::Response { ok: true, countries: Some(r), ..Default::default() },
+                Err(e) => control::Response::error(e.to_string()),
+            };
+        }
         control::Request::BaselineList => {
             return control::Response { ok: true, baselines: views(learned), ..Default::default() };
         }
@@ -126,6 +141,7 @@ pub(super) fn handle_control(
             let mut shown: Vec<control::RestrictionView> =
                 engine.active().iter().map(|a| view(a, now)).collect();
             if let Some(d) = d {
+                reporting.decision(&d);
                 actuator.apply(maps, &d, None);
                 if let Decision::Lift(a, _) | Decision::Impose(a) = &d {
                     shown = vec![view(a, now)];

@@ -134,7 +134,18 @@ pub(super) fn stored_line(s: Subject, l: &Line) -> StoredLine {
     }
 }
 
-pub(super) fn line_of(text: &str) -> Option<Subject> {
+/// The line of a database row (None: one this build cannot read).
+pub(super) fn line_record(l: &StoredLine) -> Option<(Subject, Line)> {
+    let line = Line {
+        first_seen_ms: l.first_seen_ms,
+        last_seen_ms: l.last_seen_ms,
+        last_intl_ms: l.last_intl_ms,
+        customer: l.customer,
+    };
+    Some((line_of(&l.line)?, line))
+}
+
+fn line_of(text: &str) -> Option<Subject> {
     let (scope, key) = text.split_once(':')?;
     subject(scope, key)
 }
@@ -209,19 +220,7 @@ pub(super) fn restore(
             ));
         }
     }
-    e.lines = store
-        .lines()?
-        .into_iter()
-        .filter_map(|l| {
-            let line = Line {
-                first_seen_ms: l.first_seen_ms,
-                last_seen_ms: l.last_seen_ms,
-                last_intl_ms: l.last_intl_ms,
-                customer: l.customer,
-            };
-            Some((line_of(&l.line)?, line))
-        })
-        .collect();
+    e.lines = store.lines()?.iter().filter_map(line_record).collect();
     e.destinations = store
         .destinations()?
         .into_iter()
@@ -362,5 +361,9 @@ mod tests {
         {
             assert_eq!(line_of(&line_text(s)), Some(s));
         }
+        let l = Line { first_seen_ms: 1, last_seen_ms: 2, last_intl_ms: None, customer: true };
+        let s = Subject::Identity(0xab);
+        assert_eq!(stored_line(s, &l).line, "identity:00000000000000ab");
+        assert_eq!(line_record(&stored_line(s, &l)), Some((s, l)));
     }
 }
