@@ -83,8 +83,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.detect.max_sources,
         )))
         .expect("collector registers once");
-    let server = tokio::spawn(metrics::serve(listener, Arc::clone(&registry)));
     let (ctl_tx, ctl_rx) = mpsc::channel::<control::Pending>(16);
+    // /countries.json is answered by the main loop, like `tollgate report`.
+    let server = tokio::spawn(metrics::serve(listener, Arc::clone(&registry), ctl_tx.clone()));
     let control_server = tokio::spawn(control::serve(control_listener, ctl_tx));
     info!(
         "enforcing on {}; metrics on http://{}/metrics; state pinned in {}",
