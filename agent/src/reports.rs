@@ -789,7 +789,8 @@ mod tests {
         );
         assert_eq!(r.countries.len(), 1);
         let json = json(&r);
-        for text in [&json] {
+        let table = crate::commands::report::countries_table(&r);
+        for text in [&json, &table] {
             for secret in ["198.51.100.77", "123456789abcdef0", "12345678", "holder", "+23276123456", "1001"]
             {
                 assert!(!text.contains(secret), "{secret} in {text}");
