@@ -153,7 +153,7 @@ impl Daemon {
         // learn from the moment between start-up and the first tick.
         let mut learn = tokio::time::interval_at(tokio::time::Instant::now() + self.window, self.window);
         let (snap_tx, mut snap_rx) = mpsc::channel::<Snapshot>(1);
-        Ok(loop {
+        let signame = loop {
             tokio::select! {
                 _ = sigterm.recv() => break "SIGTERM",
                 _ = sigint.recv() => break "SIGINT",
@@ -175,7 +175,11 @@ impl Daemon {
                 }
                 _ = sweep.tick() => self.sweep(),
             }
-        })
+        };
+        // The surges and restrictions counted since the last window are
+        // kept (the counters' growth is read by the next agent).
+        self.reporting.window(self.actuator.store(), None);
+        Ok(signame)
     }
 
     fn event(&mut self, event: &ThresholdEvent) {
