@@ -59,6 +59,13 @@ pub enum Command {
         #[command(subcommand)]
         command: BaselineCommand,
     },
+    /// Reports for line holders and customers, from the running agent:
+    /// lines that have not called abroad (counter-measure 3) and the
+    /// destination countries fraud targets (counter-measure 4).
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
     /// Print the identity tag of a digest username, to find it in audit
     /// records ("is this alice?").
     ///
@@ -130,6 +137,57 @@ pub struct BaselineArgs {
     /// Why (kept in the audit trail).
     #[arg(long, value_name = "TEXT")]
     pub note: Option<String>,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Customers' lines with no international call attempt in the period,
+    /// so their holders can be asked whether to suspend international
+    /// calling (counter-measure 3).
+    ///
+    /// A line is an identity (shown as its identity tag, never the name)
+    /// or a source address. Listed: identities that authenticated
+    /// successfully, and sources where one did or that sent INVITEs (not
+    /// every scanner), first seen before the period began and with no
+    /// international call attempt since then (or ever); with any
+    /// intl-suspend in force on them.
+    Dormant(DormantArgs),
+    /// Destination countries with surges, restrictions or blocked calls in
+    /// the period, with counts, for a customer page (counter-measure 4).
+    ///
+    /// Whole hours: the period starts on the hour. Country codes, labels,
+    /// counts and times only, never a number, an identity or an address.
+    /// The same report is GET /countries.json?since=DURATION on the
+    /// agent's --metrics-addr.
+    Countries(CountriesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DormantArgs {
+    /// How long the lines listed have not called abroad (e.g. 90d).
+    #[arg(long, value_name = "DURATION", default_value = "90d", value_parser = parse_duration)]
+    pub since: Duration,
+    #[command(flatten)]
+    pub output: ReportOutput,
+}
+
+#[derive(Debug, Args)]
+pub struct CountriesArgs {
+    /// The period, back from now (its start rounded down to the hour).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub since: Duration,
+    #[command(flatten)]
+    pub output: ReportOutput,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportOutput {
+    /// Print the report as JSON (stable field names; see the README)
+    /// instead of a table.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub control: ControlArgs,
 }

@@ -49,6 +49,16 @@ pub enum Request {
         note: Option<String>,
     },
     BaselineList,
+    /// Counter-measure 3: customers' lines with no international call
+    /// attempt within the last `since_seconds`.
+    ReportDormant {
+        since_seconds: u64,
+    },
+    /// Counter-measure 4: destination countries with surges, restrictions
+    /// or blocked calls within the whole hours since `since_seconds` ago.
+    ReportCountries {
+        since_seconds: u64,
+    },
 }
 
 /// A threshold in force for a subject on one scale.
@@ -83,6 +93,10 @@ pub struct Response {
     pub restrictions: Vec<RestrictionView>,
     #[serde(default)]
     pub baselines: Vec<BaselineView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dormant: Option<crate::reports::DormantReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub countries: Option<crate::reports::CountriesReport>,
 }
 
 impl Response {
@@ -198,6 +212,28 @@ mod tests {
         assert!(
             serde_json::from_str::<Request>(r#"{"op":"restrict","kind":"nope","target":"x","seconds":1}"#)
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn report_requests_and_answers_have_a_stable_wire_form() {
+        for (request, json) in [
+            (
+                Request::ReportDormant { since_seconds: 7_776_000 },
+                r#"{"op":"report-dormant","since_seconds":7776000}"#,
+            ),
+            (
+                Request::ReportCountries { since_seconds: 86_400 },
+                r#"{"op":"report-countries","since_seconds":86400}"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&request).expect("serialize"), json);
+            assert_eq!(serde_json::from_str::<Request>(json).expect("parse"), request);
+        }
+        // Other answers are as they were: no report fields.
+        assert_eq!(
+            serde_json::to_string(&Response { ok: true, ..Response::default() }).expect("serialize"),
+            r#"{"ok":true,"error":null,"restrictions":[],"baselines":[]}"#
         );
     }
 }

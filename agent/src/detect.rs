@@ -255,12 +255,45 @@ pub struct Destination {
     pub last_call_ms: i64,
 }
 
+/// A line's (source's or identity's) history. Lines are never pruned (a
+/// forgotten line would look new, and a line's last international call is
+/// what counter-measure 3's dormant report asks for), only capped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Line {
+    /// Its history begins here.
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    /// Its last international call attempt (None: none seen).
+    pub last_intl_ms: Option<i64>,
+    /// It looks like a customer's line, not a scanner's: an identity that
+    /// authenticated successfully; a source where one did, or that sent
+    /// INVITEs (of any class).
+    pub customer: bool,
+}
+
+impl Line {
+    /// A line seen at `at_ms` and nothing more known of it.
+    pub const fn seen(at_ms: i64) -> Self {
+        Self { first_seen_ms: at_ms, last_seen_ms: at_ms, last_intl_ms: None, customer: false }
+    }
+
+    /// What both records say: the earliest first, the latest last sighting
+    /// and international call; a customer's if either says so.
+    pub fn merge(&mut self, other: Line) {
+        self.first_seen_ms = self.first_seen_ms.min(other.first_seen_ms);
+        self.last_seen_ms = self.last_seen_ms.max(other.last_seen_ms);
+        // None (never) orders before any time.
+        self.last_intl_ms = self.last_intl_ms.max(other.last_intl_ms);
+        self.customer |= other.customer;
+    }
+}
+
 /// What the detector keeps across restarts.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Exported {
     pub levels: Vec<(Subject, usize, Level)>,
-    /// Lines (sources, identities) and when they were first seen.
-    pub lines: Vec<(Subject, i64)>,
+    /// Lines (sources, identities) and their histories.
+    pub lines: Vec<(Subject, Line)>,
     pub destinations: Vec<(Subject, u16, Destination)>,
     /// Identity, prefix, first and last seen.
     pub prefixes: Vec<(u64, IpNet, i64, i64)>,
@@ -270,7 +303,7 @@ pub struct Detector {
     cfg: DetectConfig,
     counts: HashMap<Subject, Counts>,
     overrides: HashMap<(Subject, usize), u32>,
-    lines: HashMap<Subject, i64>,
+    lines: HashMap<Subject, Line>,
     destinations: HashMap<(Subject, u16), Destination>,
     /// Counts of calls to new destinations, per line and country.
     new_dest: HashMap<(Subject, u16), Counts>,
@@ -360,22 +393,44 @@ impl Detector {
             .collect()
     }
 
-    /// A line (source) seen by the kernel: its history begins.
+    /// A line seen at `at_ms`: its history begins (if it had not).
     pub fn line_seen(&mut self, line: Subject, at_ms: i64) {
-        let first = self.lines.entry(line).or_insert(at_ms);
-        if at_ms < *first {
-            *first = at_ms;
-        }
+        self.note_line(line, Line::seen(at_ms));
+    }
+
+    /// A source the kernel tracks, first and last seen there, and whether
+    /// it sent INVITEs or an identity authenticated there.
+    pub fn source_seen(&mut self, addr: IpAddr, first_ms: i64, last_ms: i64, customer: bool) {
+        let line = Line {
+            first_seen_ms: first_ms,
+            last_seen_ms: last_ms.max(first_ms),
+            last_intl_ms: None,
+            customer,
+        };
+        self.note_line(Subject::Source(addr), line);
+    }
+
+    fn note_line(&mut self, subject: Subject, line: Line) {
+        self.lines.entry(subject).and_modify(|l| l.merge(line)).or_insert(line);
         self.dirty = true;
     }
 
-    fn mature(&self, line: Subject, now: i64) -> bool {
-        self.lines.get(&line).is_some_and(|f| now - *f >= ms(self.cfg.learning.min_history))
+    /// Every line and its history, in no set order.
+    pub fn lines(&self) -> impl Iterator<Item = (Subject, Line)> + '_ {
+        self.lines.iter().map(|(s, l)| (*s, *l))
     }
 
-    /// An identity authenticated successfully at `addr`.
+    fn mature(&self, line: Subject, now: i64) -> bool {
+        self.lines.get(&line).is_some_and(|l| now - l.first_seen_ms >= ms(self.cfg.learning.min_history))
+    }
+
+    /// An identity authenticated successfully at `addr`: both are a
+    /// customer's lines.
     pub fn auth_ok(&mut self, tag: u64, addr: IpAddr, now: i64) {
         self.seen_at(tag, addr, now);
+        let customer = Line { customer: true, ..Line::seen(now) };
+        self.note_line(Subject::Identity(tag), customer);
+        self.note_line(Subject::Source(addr), customer);
     }
 
     /// Notes `tag` at `addr`; a prefix new to a mature identity is watched.
@@ -406,7 +461,8 @@ impl Detector {
     pub fn call(&mut self, addr: IpAddr, tag: u64, cc: u16, now: i64) -> Vec<Report> {
         let mut out = Vec::new();
         let source = Subject::Source(addr);
-        self.line_seen(source, now);
+        // An international INVITE is an INVITE: a customer's line.
+        self.note_line(source, Line { last_intl_ms: Some(now), customer: true, ..Line::seen(now) });
         // The kernel judges the short scale of sources and countries at
         // once, over tumbling windows; judged here too, over the sliding
         // estimate, so a burst split across the kernel's window boundary
@@ -430,6 +486,7 @@ impl Detector {
     fn identified(&mut self, addr: IpAddr, tag: u64, cc: u16, now: i64, out: &mut Vec<Report>) {
         let id = Subject::Identity(tag);
         self.seen_at(tag, addr, now);
+        self.note_line(id, Line { last_intl_ms: Some(now), ..Line::seen(now) });
         self.count(id, addr, cc, addr_key(addr), now, out);
         self.new_destination(id, addr, cc, now, out);
         let np = self.cfg.new_prefix.clone();
@@ -519,8 +576,10 @@ impl Detector {
         let mature = self.mature(line, now);
         // A destination first called before the line's history counted (it
         // was new itself) is part of that history, not new to it.
-        let matured_at =
-            self.lines.get(&line).map_or(i64::MAX, |f| f.saturating_add(ms(self.cfg.learning.min_history)));
+        let matured_at = self
+            .lines
+            .get(&line)
+            .map_or(i64::MAX, |l| l.first_seen_ms.saturating_add(ms(self.cfg.learning.min_history)));
         let history = ms(nd.history);
         let d = self
             .destinations
@@ -639,7 +698,7 @@ impl Detector {
             + cap(&mut self.destinations, max, |d| d.last_call_ms)
             + cap(&mut self.watch, max, |(since, _)| *since)
             // The newest lines have the least history to lose.
-            + cap(&mut self.lines, max, |first| -*first)
+            + cap(&mut self.lines, max, |l| -l.first_seen_ms)
             + cap(&mut self.prefixes, max, |p| p.values().map(|(_, last)| *last).max().unwrap_or(0));
         for p in self.prefixes.values_mut() {
             cap(p, MAX_PREFIXES, |(_, last)| *last);
@@ -679,13 +738,13 @@ impl Detector {
                 }
             }
         }
-        e.lines = self.lines.iter().map(|(s, f)| (*s, *f)).collect();
+        e.lines = self.lines().collect();
         e.destinations = self.destinations.iter().map(|((s, cc), d)| (*s, *cc, *d)).collect();
         for (tag, p) in &self.prefixes {
             e.prefixes.extend(p.iter().map(|(net, (f, l))| (*tag, *net, *f, *l)));
         }
         e.levels.sort_by_key(|a| (a.0, a.1));
-        e.lines.sort();
+        e.lines.sort_by_key(|(s, _)| *s);
         e.destinations.sort_by_key(|(s, cc, _)| (*s, *cc));
         e.prefixes.sort();
         e
@@ -698,8 +757,8 @@ impl Detector {
                 self.counts.entry(s).or_default().levels[k] = Some(l);
             }
         }
-        for (s, f) in e.lines {
-            self.line_seen(s, f);
+        for (s, l) in e.lines {
+            self.note_line(s, l);
         }
         for (s, cc, d) in e.destinations {
             self.destinations.insert((s, cc), d);
@@ -1108,6 +1167,47 @@ mod tests {
         assert!(d.destinations.len() <= 1000 && d.prefixes.len() <= 1000);
         assert!(d.mature(Subject::Source(old), t), "the oldest line keeps its history");
         assert!(d.forgotten() > 0);
+    }
+
+    /// Counter-measure 3 asks which lines have not called abroad for a long
+    /// time: each line keeps its first and last sighting, its last
+    /// international call, and whether it is a customer's at all.
+    #[test]
+    fn a_line_keeps_its_sightings_its_last_international_call_and_whose_it_is() {
+        let mut d = Detector::new(cfg());
+        let (pbx, phone, scanner) = (ip("198.51.100.50"), ip("198.51.100.51"), ip("203.0.113.9"));
+        // The kernel saw a scanner (OPTIONS only) and a phone that sent
+        // INVITEs (domestic ones: never a call event); an older snapshot
+        // of the phone adds nothing.
+        d.source_seen(scanner, 10, 20, false);
+        d.source_seen(phone, 5, 30, true);
+        d.source_seen(phone, 8, 25, false);
+        // A PBX calls abroad, an identity authenticates at it and calls.
+        d.call(pbx, 0, 44, 100);
+        d.auth_ok(7, pbx, 150);
+        d.call(pbx, 7, 44, 200);
+        // Another identity's credentials in a call, never authenticated.
+        d.call_identified(pbx, 9, 44, 210);
+        let lines: HashMap<Subject, Line> = d.lines().collect();
+        let line = |first, last, intl, customer| Line {
+            first_seen_ms: first,
+            last_seen_ms: last,
+            last_intl_ms: intl,
+            customer,
+        };
+        assert_eq!(lines[&Subject::Source(scanner)], line(10, 20, None, false));
+        assert_eq!(lines[&Subject::Source(phone)], line(5, 30, None, true));
+        assert_eq!(lines[&Subject::Source(pbx)], line(100, 200, Some(200), true));
+        assert_eq!(lines[&Subject::Identity(7)], line(150, 200, Some(200), true));
+        assert_eq!(lines[&Subject::Identity(9)], line(210, 210, Some(210), false));
+        assert_eq!(lines.len(), 5);
+        // History pruning never forgets a line; an export brings them back.
+        d.prune(i64::MAX);
+        let e = d.export();
+        assert_eq!(e.lines.len(), 5);
+        let mut again = Detector::new(cfg());
+        again.import(e.clone());
+        assert_eq!(again.export(), e);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod error;
 pub mod kernel;
 pub mod metrics;
 pub mod policy;
+pub mod reports;
 pub mod state;
 pub mod store;
 #[cfg(test)]

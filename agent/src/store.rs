@@ -8,20 +8,30 @@
 //! never CLOCK_MONOTONIC, which restarts at boot.
 //!
 //! Operators may read the file with `sqlite3` (the agent may be running: the
-//! journal is WAL, so readers do not block it). Schema version 1
+//! journal is WAL, so readers do not block it). Schema version 2
 //! (`PRAGMA user_version`), one table per record type:
 //!
 //! ```text
-//! meta              (name PK, value)           counters; 'next_restriction_id'
+//! meta              (name PK, value)           counters; 'next_restriction_id',
+//!                                              'history_since_ms', 'history_pruned_before_ms',
+//!                                              the last readings of the kernel's per-country
+//!                                              counters ('country_read_ms', 'country_attempts:CC',
+//!                                              'country_blocked:CC')
 //! restrictions      (id PK, kind, target, reason, note, evidence,
 //!                    imposed_at_ms, expires_at_ms, enforced 0/1, offence)
 //! offences          (kind, target PK, offences)
 //! levels            (scope, key, scale PK, level, windows, first_ms, updated_ms)
 //! overrides         (scope, key, scale PK, threshold, note, set_at_ms)
 //! identity_prefixes (tag, prefix PK, first_seen_ms, last_seen_ms)
-//! lines             (line PK, first_seen_ms)
+//! lines             (line PK, first_seen_ms, last_seen_ms, last_intl_ms (NULL: never),
+//!                    customer 0/1)
 //! destinations      (line, cc PK, first_call_ms, last_call_ms)
+//! country_hours     (hour_ms, cc PK, attempts, blocked, surges, restrictions,
+//!                    dry_run_restrictions)
 //! ```
+//!
+//! A version 1 file (lines with `first_seen_ms` only, no `country_hours`)
+//! is migrated in place, in one transaction, when this build opens it.
 //!
 //! Identity tags are kept as 16 lowercase hex digits (TEXT), as tollgate
 //! prints them, so that `sqlite3` output can be compared with logs and
@@ -43,7 +53,7 @@ use crate::error::{Error, Result};
 /// The database's file name in the state directory.
 pub const DB_FILE: &str = "tollgate.db";
 /// The schema this build reads and writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: u32 = 1;
+const SCHEMA_VERSION: u32 = 2;
 /// What errors of an in-memory store name as its path.
 const MEMORY: &str = "(in memory)";
 /// Mode of the database and its `-wal`/`-shm` files: they hold who called
@@ -55,7 +65,7 @@ const DIR_MODE: u32 = 0o700;
 /// before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Version 1. No REFERENCES: lines and destinations are written by
+/// Version 2. No REFERENCES: lines and destinations are written by
 /// different parts of the agent, in no set order.
 const SCHEMA: &str = "
 CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -76,11 +86,50 @@ CREATE TABLE overrides (
 CREATE TABLE identity_prefixes (
     tag TEXT NOT NULL, prefix TEXT NOT NULL, first_seen_ms INTEGER NOT NULL,
     last_seen_ms INTEGER NOT NULL, PRIMARY KEY (tag, prefix));
-CREATE TABLE lines (line TEXT PRIMARY KEY, first_seen_ms INTEGER NOT NULL);
+CREATE TABLE lines (
+    line TEXT PRIMARY KEY, first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,
+    last_intl_ms INTEGER, customer INTEGER NOT NULL);
 CREATE TABLE destinations (
     line TEXT NOT NULL, cc INTEGER NOT NULL, first_call_ms INTEGER NOT NULL,
     last_call_ms INTEGER NOT NULL, PRIMARY KEY (line, cc));
+CREATE TABLE country_hours (
+    hour_ms INTEGER NOT NULL, cc INTEGER NOT NULL, attempts INTEGER NOT NULL,
+    blocked INTEGER NOT NULL, surges INTEGER NOT NULL, restrictions INTEGER NOT NULL,
+    dry_run_restrictions INTEGER NOT NULL, PRIMARY KEY (hour_ms, cc));
 ";
+
+/// From version 1 to 2. A line's last sighting and last international call
+/// are what the rest of the database knows of them: its destinations (kept
+/// for --new-destination-history only) and, for an identity, the prefixes
+/// it was seen at. A line with a destination, or an identity seen
+/// authenticating somewhere, is a customer's; a source without a
+/// destination becomes one again when the kernel next sees it send an
+/// INVITE. The history of international calls starts now
+/// (`history_since_ms`): what was pruned before cannot be told from never.
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE lines RENAME TO lines_v1;
+CREATE TABLE lines (
+    line TEXT PRIMARY KEY, first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,
+    last_intl_ms INTEGER, customer INTEGER NOT NULL);
+INSERT INTO lines
+SELECT l.line, l.first_seen_ms,
+    max(l.first_seen_ms,
+        coalesce((SELECT max(d.last_call_ms) FROM destinations d WHERE d.line = l.line), l.first_seen_ms),
+        coalesce((SELECT max(p.last_seen_ms) FROM identity_prefixes p WHERE 'identity:' || p.tag = l.line),
+                 l.first_seen_ms)),
+    (SELECT max(d.last_call_ms) FROM destinations d WHERE d.line = l.line),
+    EXISTS (SELECT 1 FROM destinations d WHERE d.line = l.line)
+        OR EXISTS (SELECT 1 FROM identity_prefixes p WHERE 'identity:' || p.tag = l.line)
+FROM lines_v1 l;
+DROP TABLE lines_v1;
+CREATE TABLE country_hours (
+    hour_ms INTEGER NOT NULL, cc INTEGER NOT NULL, attempts INTEGER NOT NULL,
+    blocked INTEGER NOT NULL, surges INTEGER NOT NULL, restrictions INTEGER NOT NULL,
+    dry_run_restrictions INTEGER NOT NULL, PRIMARY KEY (hour_ms, cc));
+";
+
+/// The length of a `country_hours` bucket.
+pub const HOUR_MS: i64 = 3_600_000;
 
 /// Wall-clock time in UNIX milliseconds, saturating (a clock before 1970
 /// gives negative times, not a panic).
@@ -140,6 +189,52 @@ pub struct IdentityPrefix {
     pub prefix: String,
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
+}
+
+/// A line's history ([`crate::detect::Line`]), under its `scope:key` text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredLine {
+    pub line: String,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    /// None: no international call attempt seen.
+    pub last_intl_ms: Option<i64>,
+    pub customer: bool,
+}
+
+/// One destination country's counts in one hour.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CountryHour {
+    /// The hour's start (a multiple of [`HOUR_MS`]).
+    pub hour_ms: i64,
+    pub cc: u16,
+    /// International call attempts (blocked ones included).
+    pub attempts: u64,
+    /// International call attempts dropped.
+    pub blocked: u64,
+    /// Surges detected (the kernel's reports and the detector's).
+    pub surges: u64,
+    /// Restrictions imposed, enforced and dry-run ones.
+    pub restrictions: u64,
+    pub dry_run_restrictions: u64,
+}
+
+/// The kernel's cumulative per-country counters as last read: (attempts,
+/// blocked) by country code, the countries not listed at 0.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CountryReadings {
+    pub read_ms: i64,
+    pub counters: std::collections::BTreeMap<u16, (u64, u64)>,
+}
+
+/// What the store knows of how far back its history goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HistoryBounds {
+    /// When this schema's history began: the database was made or migrated
+    /// (None: a database of an earlier build that did not record it).
+    pub since_ms: Option<i64>,
+    /// The latest time before which history was pruned.
+    pub pruned_before_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -245,11 +340,20 @@ impl Store {
         // Immediate: of two tollgates starting at once on a new file, one
         // creates the tables and the other then finds them.
         let tx = conn.unchecked_transaction().map_err(classify(&path, "creating the schema"))?;
+        let began = |tx: &Connection| set_meta(tx, "history_since_ms", now_ms());
         match user_version(&tx).map_err(classify(&path, "creating the schema"))? {
             0 => tx
                 .execute_batch(SCHEMA)
+                .and_then(|()| began(&tx))
                 .and_then(|()| tx.pragma_update(None, "user_version", SCHEMA_VERSION))
                 .map_err(classify(&path, "creating the schema"))?,
+            1 => {
+                tx.execute_batch(MIGRATE_1_TO_2)
+                    .and_then(|()| began(&tx))
+                    .and_then(|()| tx.pragma_update(None, "user_version", SCHEMA_VERSION))
+                    .map_err(classify(&path, "migrating the schema from version 1 to 2"))?;
+                log::info!("{}: migrated the schema from version 1 to 2", path.display());
+            }
             SCHEMA_VERSION => {}
             found => return Err(newer(found)),
         }
@@ -477,22 +581,141 @@ impl Store {
         })
     }
 
-    /// Records (line, first seen) pairs; a line stored keeps its earliest.
-    pub fn put_lines(&self, rows: &[(String, i64)]) -> Result<()> {
+    /// Records lines' histories; a line stored keeps its earliest first and
+    /// latest last sighting and international call, and stays a
+    /// customer's once it was one (an agent that forgot a line at capacity
+    /// and sees it again knows less of it than the database).
+    pub fn put_lines(&self, rows: &[StoredLine]) -> Result<()> {
         self.write("storing lines", |tx| {
+            // max() of SQL is NULL if either is: coalesce makes NULL "never".
             let mut put = tx.prepare_cached(
-                "INSERT INTO lines VALUES (?1, ?2) ON CONFLICT (line) DO UPDATE SET first_seen_ms = min(first_seen_ms, ?2)",
+                "INSERT INTO lines VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (line) DO UPDATE SET
+                 first_seen_ms = min(first_seen_ms, ?2), last_seen_ms = max(last_seen_ms, ?3),
+                 last_intl_ms = max(coalesce(last_intl_ms, ?4), coalesce(?4, last_intl_ms)),
+                 customer = max(customer, ?5)",
             )?;
-            for (line, first_seen_ms) in rows {
-                put.execute(params![line, first_seen_ms])?;
+            for r in rows {
+                put.execute(params![r.line, r.first_seen_ms, r.last_seen_ms, r.last_intl_ms, r.customer])?;
             }
             Ok(())
         })
     }
 
-    /// (line, first seen), by line.
-    pub fn lines(&self) -> Result<Vec<(String, i64)>> {
-        self.read("lines", "SELECT * FROM lines ORDER BY line", |row| Ok((row.get(0)?, row.get(1)?)))
+    /// The lines stored, by line.
+    pub fn lines(&self) -> Result<Vec<StoredLine>> {
+        self.read("lines", "SELECT * FROM lines ORDER BY line", |row| {
+            Ok(StoredLine {
+                line: row.get(0)?,
+                first_seen_ms: row.get(1)?,
+                last_seen_ms: row.get(2)?,
+                last_intl_ms: row.get(3)?,
+                customer: row.get(4)?,
+            })
+        })
+    }
+
+    /// How far back the history goes.
+    pub fn history(&self) -> Result<HistoryBounds> {
+        let get = |name: &str| {
+            self.conn
+                .prepare_cached("SELECT value FROM meta WHERE name = ?1")?
+                .query_row([name], |row| row.get::<_, i64>(0))
+                .optional()
+        };
+        let run = || {
+            Ok(HistoryBounds {
+                since_ms: get("history_since_ms")?,
+                pruned_before_ms: get("history_pruned_before_ms")?,
+            })
+        };
+        run().map_err(self.fail("reading the history's bounds"))
+    }
+
+    /// Adds `rows` to the hours' counts and, in the same transaction,
+    /// replaces the last readings of the kernel's counters with `readings`:
+    /// what the counters grew by is counted once, whether the agent stops
+    /// before or after.
+    pub fn add_country_hours(&self, rows: &[CountryHour], readings: Option<&CountryReadings>) -> Result<()> {
+        self.write("storing the countries' hours", |tx| {
+            let mut add = tx.prepare_cached(
+                "INSERT INTO country_hours VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (hour_ms, cc) DO UPDATE SET
+                 attempts = attempts + ?3, blocked = blocked + ?4, surges = surges + ?5,
+                 restrictions = restrictions + ?6, dry_run_restrictions = dry_run_restrictions + ?7",
+            )?;
+            for r in rows {
+                add.execute(params![
+                    r.hour_ms,
+                    r.cc,
+                    r.attempts,
+                    r.blocked,
+                    r.surges,
+                    r.restrictions,
+                    r.dry_run_restrictions
+                ])?;
+            }
+            if let Some(readings) = readings {
+                tx.prepare_cached("DELETE FROM meta WHERE name LIKE 'country\\_%:%' ESCAPE '\\'")?.execute([])?;
+                set_meta(tx, "country_read_ms", readings.read_ms)?;
+                for (cc, (attempts, blocked)) in &readings.counters {
+                    for (name, value) in [("attempts", attempts), ("blocked", blocked)] {
+                        if *value != 0 {
+                            set_meta(tx, &format!("country_{name}:{cc}"), saturating_i64(*value))?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The hours' counts from the hour `from_ms` on, by hour and country.
+    pub fn country_hours(&self, from_ms: i64) -> Result<Vec<CountryHour>> {
+        let run = || {
+            self.conn
+                .prepare_cached("SELECT * FROM country_hours WHERE hour_ms >= ?1 ORDER BY hour_ms, cc")?
+                .query_map([from_ms], |row| {
+                    Ok(CountryHour {
+                        hour_ms: row.get(0)?,
+                        cc: row.get(1)?,
+                        attempts: row.get(2)?,
+                        blocked: row.get(3)?,
+                        surges: row.get(4)?,
+                        restrictions: row.get(5)?,
+                        dry_run_restrictions: row.get(6)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()
+        };
+        run().map_err(self.fail("reading the countries' hours"))
+    }
+
+    /// The last readings of the kernel's per-country counters (None: never
+    /// read into this database).
+    pub fn country_readings(&self) -> Result<Option<CountryReadings>> {
+        let rows: Vec<(String, i64)> = self.read(
+            "the countries' counter readings",
+            "SELECT name, value FROM meta WHERE name = 'country_read_ms' OR name LIKE 'country\\_%:%' ESCAPE '\\'",
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        let mut out: Option<CountryReadings> = None;
+        let mut counters = std::collections::BTreeMap::new();
+        for (name, value) in rows {
+            if name == "country_read_ms" {
+                out = Some(CountryReadings { read_ms: value, ..Default::default() });
+                continue;
+            }
+            let Some((what, cc)) = name.strip_prefix("country_").and_then(|n| n.split_once(':')) else {
+                continue;
+            };
+            let (Ok(cc), Ok(value)) = (cc.parse::<u16>(), u64::try_from(value)) else { continue };
+            let slot: &mut (u64, u64) = counters.entry(cc).or_default();
+            match what {
+                "attempts" => slot.0 = value,
+                "blocked" => slot.1 = value,
+                _ => {}
+            }
+        }
+        Ok(out.map(|r| CountryReadings { counters, ..r }))
     }
 
     /// Records calls of lines to countries; a pair stored keeps its
@@ -523,10 +746,11 @@ impl Store {
     }
 
     /// Forgets history not seen since `before_ms`: identity prefixes last
-    /// seen, destinations last called and levels last updated before it.
-    /// Returns how many rows went. Lines are kept: a forgotten line would
-    /// look new, and new lines are what is watched most closely.
-    /// Restrictions, offences and overrides are not history.
+    /// seen, destinations last called and levels last updated before it,
+    /// countries' hours that ended before it. Returns how many rows went.
+    /// Lines are kept: a forgotten line would look new, and new lines are
+    /// what is watched most closely. Restrictions, offences and overrides
+    /// are not history.
     pub fn prune(&self, before_ms: i64) -> Result<usize> {
         self.write("forgetting old history", |tx| {
             let mut deleted = 0;
@@ -534,9 +758,15 @@ impl Store {
                 "DELETE FROM identity_prefixes WHERE last_seen_ms < ?1",
                 "DELETE FROM destinations WHERE last_call_ms < ?1",
                 "DELETE FROM levels WHERE updated_ms < ?1",
+                "DELETE FROM country_hours WHERE hour_ms + 3600000 <= ?1",
             ] {
                 deleted += tx.prepare_cached(sql)?.execute([before_ms])?;
             }
+            // A report over a longer period then says how far back it sees.
+            tx.prepare_cached(
+                "INSERT INTO meta VALUES ('history_pruned_before_ms', ?1) ON CONFLICT (name) DO UPDATE SET value = max(value, ?1)",
+            )?
+            .execute([before_ms])?;
             Ok(deleted)
         })
     }
@@ -549,6 +779,16 @@ fn bump_next_id(tx: &Connection, next: u64) -> rusqlite::Result<()> {
     )?
     .execute([next])
     .map(drop)
+}
+
+fn set_meta(tx: &Connection, name: &str, value: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached("INSERT INTO meta VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = ?2")?
+        .execute(params![name, value])
+        .map(drop)
+}
+
+fn saturating_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 fn level_key(row: &Row) -> rusqlite::Result<LevelKey> {
@@ -667,6 +907,28 @@ mod tests {
         LineDestination { line: line.into(), cc, first_call_ms, last_call_ms }
     }
 
+    fn line(line: &str, first: i64, last: i64, intl: Option<i64>, customer: bool) -> StoredLine {
+        StoredLine {
+            line: line.into(),
+            first_seen_ms: first,
+            last_seen_ms: last,
+            last_intl_ms: intl,
+            customer,
+        }
+    }
+
+    fn hour(hour_ms: i64, cc: u16, counts: [u64; 5]) -> CountryHour {
+        let [attempts, blocked, surges, restrictions, dry_run_restrictions] = counts;
+        CountryHour { hour_ms, cc, attempts, blocked, surges, restrictions, dry_run_restrictions }
+    }
+
+    /// Every table's `CREATE` statement, by name.
+    fn schema_text(conn: &Connection) -> Vec<(String, String)> {
+        conn.prepare("SELECT name, sql FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .and_then(|mut s| s.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect())
+            .expect("schema")
+    }
+
     /// The one-line error of opening `dir`, checked to name `path`.
     fn refusal(dir: &Path, path: &Path) -> String {
         let text = Store::open(dir).expect_err("refused").to_string();
@@ -682,7 +944,10 @@ mod tests {
         let levels = vec![level(key("country", "232", 3), 9), level(key("source", "198.51.100.7", 255), 9)];
         let ovr = StoredOverride { key: key("identity", "00ab", 1), threshold: 30, note: None, set_at_ms: 3 };
         let prefixes = vec![prefix(0, "2001:db8::/48", 1, 2), prefix(u64::MAX, "198.51.100.0/24", -5, 7)];
-        let lines = vec![("198.51.100.7".to_owned(), 11), ("203.0.113.9".to_owned(), 12)];
+        let lines = vec![
+            line("source:198.51.100.7", 11, 30, Some(20), true),
+            line("source:203.0.113.9", 12, 12, None, false),
+        ];
         let dests = vec![dest("198.51.100.7", 1, 1, 2), dest("198.51.100.7", 65535, 3, 4)];
         {
             let store = Store::open(&tmp.0).expect("created");
@@ -721,9 +986,15 @@ mod tests {
         store.put_identity_prefixes(&[prefix(9, "p", 10, 20), prefix(9, "q", 10, 20)]).expect("put");
         store.put_identity_prefixes(&[prefix(9, "p", 15, 15), prefix(9, "q", 5, 30)]).expect("put");
         assert_eq!(store.identity_prefixes().expect("read"), [prefix(9, "p", 10, 20), prefix(9, "q", 5, 30)]);
-        store.put_lines(&[("a".into(), 10), ("b".into(), 10)]).expect("put");
-        store.put_lines(&[("a".into(), 20), ("b".into(), 5)]).expect("put");
-        assert_eq!(store.lines().expect("read"), [("a".into(), 10), ("b".into(), 5)]);
+        store.put_lines(&[line("a", 10, 20, Some(15), false), line("b", 10, 20, None, true)]).expect("put");
+        // An agent that forgot the lines knows less of them than the store.
+        store.put_lines(&[line("a", 20, 19, None, false), line("b", 5, 25, Some(24), false)]).expect("put");
+        assert_eq!(
+            store.lines().expect("read"),
+            [line("a", 10, 20, Some(15), false), line("b", 5, 25, Some(24), true)]
+        );
+        store.put_lines(&[line("a", 30, 30, Some(12), true)]).expect("put");
+        assert_eq!(store.lines().expect("read")[0], line("a", 10, 30, Some(15), true));
         store.put_destinations(&[dest("a", 44, 10, 20)]).expect("put");
         store.put_destinations(&[dest("a", 44, 12, 18), dest("a", 44, 8, 25)]).expect("put");
         assert_eq!(store.destinations().expect("read"), [dest("a", 44, 8, 25)]);
@@ -844,19 +1115,21 @@ mod tests {
         // One of a newer tollgate.
         fs::remove_file(&db).expect("rm");
         drop(Store::open(&tmp.0).expect("created"));
-        Connection::open(&db).and_then(|c| c.pragma_update(None, "user_version", 2)).expect("version 2");
+        Connection::open(&db).and_then(|c| c.pragma_update(None, "user_version", 3)).expect("version 3");
         let text = refusal(&tmp.0, &db);
         assert!(
-            text.contains("made by a newer tollgate (schema version 2; this one knows up to 1)"),
+            text.contains("made by a newer tollgate (schema version 3; this one knows up to 2)"),
             "{text}"
         );
         let version = Connection::open(&db).and_then(|c| user_version(&c)).expect("version");
-        assert_eq!(version, 2, "left alone");
+        assert_eq!(version, 3, "left alone");
 
         // A symbolic link, even to a good database.
         let elsewhere = tmp.0.join("elsewhere.db");
         fs::rename(&db, &elsewhere).expect("mv");
-        Connection::open(&elsewhere).and_then(|c| c.pragma_update(None, "user_version", 1)).expect("v1");
+        Connection::open(&elsewhere)
+            .and_then(|c| c.pragma_update(None, "user_version", SCHEMA_VERSION))
+            .expect("this version");
         symlink(&elsewhere, &db).expect("symlink");
         let text = refusal(&tmp.0, &db);
         assert!(text.contains("symbolic link"), "{text}");
@@ -885,13 +1158,17 @@ mod tests {
         store
             .put_levels(&[level(key("source", "old", 0), 99), level(key("source", "new", 0), 100)])
             .expect("put");
-        store.put_lines(&[("a".into(), 1)]).expect("put");
+        store.put_lines(&[line("source:a", 1, 1, None, true)]).expect("put");
+        store.add_country_hours(&[hour(-HOUR_MS, 232, [1; 5]), hour(0, 232, [1; 5])], None).expect("put");
         let o = StoredOverride { key: key("source", "old", 0), threshold: 1, note: None, set_at_ms: 1 };
         store.put_override(&o).expect("put");
         store.put_restriction(&restriction(1, 1)).expect("put");
         store.put_offence("k", "t", 1).expect("put");
 
-        assert_eq!(store.prune(100).expect("prune"), 3);
+        assert_eq!(store.history().expect("bounds").pruned_before_ms, None);
+        assert_eq!(store.prune(100).expect("prune"), 4);
+        // The hour that ended before 100 went; the one still going at 100 stays.
+        assert_eq!(store.country_hours(i64::MIN).expect("read"), [hour(0, 232, [1; 5])]);
         assert_eq!(store.identity_prefixes().expect("read"), [prefix(1, "new", 1, 100)]);
         assert_eq!(store.destinations().expect("read"), [dest("a", 2, 1, 100), dest("b", 1, 1, 150)]);
         assert_eq!(store.levels().expect("read"), [level(key("source", "new", 0), 100)]);
@@ -900,6 +1177,160 @@ mod tests {
         assert_eq!(store.restrictions().expect("read").len(), 1);
         assert_eq!(store.offences().expect("read").len(), 1);
         assert_eq!(store.prune(100).expect("prune again"), 0);
+        store.prune(50).expect("prune less");
+        assert_eq!(store.history().expect("bounds").pruned_before_ms, Some(100), "the latest cut stays");
+    }
+
+    /// The schema of version 1, as its build created it.
+    const SCHEMA_V1: &str = "
+CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE restrictions (
+    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, target TEXT NOT NULL, reason TEXT NOT NULL,
+    note TEXT, evidence TEXT NOT NULL, imposed_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL, enforced INTEGER NOT NULL, offence INTEGER NOT NULL);
+CREATE TABLE offences (
+    kind TEXT NOT NULL, target TEXT NOT NULL, offences INTEGER NOT NULL,
+    PRIMARY KEY (kind, target));
+CREATE TABLE levels (
+    scope TEXT NOT NULL, key TEXT NOT NULL, scale INTEGER NOT NULL, level REAL NOT NULL,
+    windows INTEGER NOT NULL, first_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (scope, key, scale));
+CREATE TABLE overrides (
+    scope TEXT NOT NULL, key TEXT NOT NULL, scale INTEGER NOT NULL, threshold INTEGER NOT NULL,
+    note TEXT, set_at_ms INTEGER NOT NULL, PRIMARY KEY (scope, key, scale));
+CREATE TABLE identity_prefixes (
+    tag TEXT NOT NULL, prefix TEXT NOT NULL, first_seen_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL, PRIMARY KEY (tag, prefix));
+CREATE TABLE lines (line TEXT PRIMARY KEY, first_seen_ms INTEGER NOT NULL);
+CREATE TABLE destinations (
+    line TEXT NOT NULL, cc INTEGER NOT NULL, first_call_ms INTEGER NOT NULL,
+    last_call_ms INTEGER NOT NULL, PRIMARY KEY (line, cc));
+PRAGMA user_version = 1;
+";
+
+    /// A version 1 file as an earlier agent left it: a line that called
+    /// abroad, an identity seen authenticating, a source seen once, and a
+    /// restriction in force.
+    fn version_1_file(db: &Path) {
+        Connection::open(db)
+            .and_then(|c| {
+                c.execute_batch(SCHEMA_V1)?;
+                c.execute_batch(
+                    "INSERT INTO lines VALUES ('source:198.51.100.7', 1000), ('identity:00000000000000ab', 2000),
+                         ('source:203.0.113.9', 3000);
+                     INSERT INTO destinations VALUES ('source:198.51.100.7', 232, 1500, 4000),
+                         ('source:198.51.100.7', 44, 1200, 2500);
+                     INSERT INTO identity_prefixes VALUES ('00000000000000ab', '198.51.100.0/24', 2000, 6000);
+                     INSERT INTO restrictions VALUES (7, 'intl-suspend', '198.51.100.7/32', 'intl-surge', NULL,
+                         '{}', 1700000000000, 10, 1, 2);
+                     INSERT INTO meta VALUES ('next_restriction_id', 8);",
+                )
+            })
+            .expect("a version 1 database");
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated_in_place_and_keeps_its_rows() {
+        let tmp = TempDir::new("store-migrate");
+        let db = tmp.0.join(DB_FILE);
+        version_1_file(&db);
+        let before = now_ms();
+        let store = Store::open(&tmp.0).expect("migrated");
+        assert_eq!(user_version(&store.conn).expect("version"), 2);
+        assert_eq!(
+            store.lines().expect("read"),
+            [
+                // Seen authenticating until 6000 (its prefix), never called abroad.
+                line("identity:00000000000000ab", 2000, 6000, None, true),
+                // Last called abroad at 4000 (its latest destination).
+                line("source:198.51.100.7", 1000, 4000, Some(4000), true),
+                // Nothing known but its first sighting: not a customer's (yet).
+                line("source:203.0.113.9", 3000, 3000, None, false),
+            ]
+        );
+        assert_eq!(
+            store.restrictions().expect("read"),
+            [StoredRestriction {
+                target: "198.51.100.7/32".into(),
+                note: None,
+                evidence: "{}".into(),
+                ..restriction(7, 10)
+            }]
+        );
+        assert_eq!(store.destinations().expect("read").len(), 2);
+        assert_eq!(store.identity_prefixes().expect("read").len(), 1);
+        assert_eq!(store.next_restriction_id().expect("id"), 8, "counters kept");
+        assert_eq!(store.country_hours(i64::MIN).expect("read"), []);
+        assert_eq!(store.country_readings().expect("read"), None);
+        // The history of international calls starts at the migration.
+        let since = store.history().expect("bounds").since_ms.expect("recorded");
+        assert!((before..=now_ms()).contains(&since), "{since}");
+        // The same schema, to the letter, as a database made by this build.
+        let fresh = Store::in_memory().expect("fresh");
+        assert_eq!(schema_text(&store.conn), schema_text(&fresh.conn));
+        drop(store);
+        // Opened again: nothing more to migrate, nothing changed.
+        let store = Store::open(&tmp.0).expect("reopened");
+        assert_eq!(store.lines().expect("read").len(), 3);
+        assert_eq!(store.history().expect("bounds").since_ms, Some(since));
+    }
+
+    /// A migration that fails changes nothing: the file stays a version 1
+    /// database with its rows, for this build to try again or an older one
+    /// to use.
+    #[test]
+    fn a_migration_that_fails_leaves_the_version_1_file_as_it_was() {
+        let tmp = TempDir::new("store-migrate-fails");
+        let db = tmp.0.join(DB_FILE);
+        version_1_file(&db);
+        // In the migration's way.
+        Connection::open(&db).and_then(|c| c.execute_batch("CREATE TABLE lines_v1 (x)")).expect("table");
+        let text = refusal(&tmp.0, &db);
+        assert!(
+            text.contains("migrating the schema from version 1 to 2") && text.contains("lines_v1"),
+            "{text}"
+        );
+        let conn = Connection::open(&db).expect("open");
+        assert_eq!(user_version(&conn).expect("version"), 1);
+        let lines: i64 = conn.query_row("SELECT count(*) FROM lines", [], |r| r.get(0)).expect("count");
+        let columns: i64 = conn
+            .query_row("SELECT count(*) FROM pragma_table_info('lines')", [], |r| r.get(0))
+            .expect("cols");
+        assert_eq!((lines, columns), (3, 2));
+    }
+
+    #[test]
+    fn country_hours_add_up_and_their_readings_are_replaced_with_them() {
+        let store = Store::in_memory().expect("store");
+        assert_eq!(store.country_readings().expect("read"), None, "never read");
+        let readings = |read_ms, counters: &[(u16, (u64, u64))]| CountryReadings {
+            read_ms,
+            counters: counters.iter().copied().collect(),
+        };
+        let first = readings(10, &[(232, (5, 2)), (44, (3, 0))]);
+        store
+            .add_country_hours(&[hour(0, 232, [5, 2, 1, 1, 0]), hour(0, 44, [3, 0, 0, 0, 0])], Some(&first))
+            .expect("put");
+        assert_eq!(store.country_readings().expect("read"), Some(first));
+        // The next window: more of the same hour, one country fewer read.
+        let second = readings(20, &[(232, (9, 2))]);
+        store
+            .add_country_hours(
+                &[hour(0, 232, [4, 0, 0, 0, 1]), hour(HOUR_MS, 1, [1, 0, 0, 0, 0])],
+                Some(&second),
+            )
+            .expect("put");
+        assert_eq!(store.country_readings().expect("read"), Some(second.clone()));
+        // Events alone (no reading) keep the readings as they were.
+        store.add_country_hours(&[hour(HOUR_MS, 1, [0, 0, 1, 0, 0])], None).expect("put");
+        assert_eq!(store.country_readings().expect("read"), Some(second));
+        assert_eq!(
+            store.country_hours(0).expect("read"),
+            [hour(0, 44, [3, 0, 0, 0, 0]), hour(0, 232, [9, 2, 1, 1, 1]), hour(HOUR_MS, 1, [1, 0, 1, 0, 0])]
+        );
+        assert_eq!(store.country_hours(HOUR_MS).expect("read"), [hour(HOUR_MS, 1, [1, 0, 1, 0, 0])]);
+        // A new database records when its history began.
+        assert!(store.history().expect("bounds").since_ms.is_some());
     }
 
     #[test]

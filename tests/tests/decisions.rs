@@ -594,11 +594,11 @@ fn restrictions_and_learned_levels_survive_a_reboot() {
     let last = audit
         .lines()
         .into_iter()
-        .filter(|l| {
+        .rev()
+        .find(|l| {
             l.contains("2001:db8:2::10")
                 && (l.contains(r#""event":"impose""#) || l.contains(r#""event":"extend""#))
         })
-        .last()
         .expect("imposed");
     assert!((ms(&lifted) - ms(&last)).abs() <= 5, "expires: {last} then {lifted}");
     // The learned and the operator's levels are back in the kernel.

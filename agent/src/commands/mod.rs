@@ -3,6 +3,7 @@
 
 pub mod detach;
 pub mod identity;
+pub mod report;
 pub mod restrictions;
 pub mod status;
 pub mod top;

@@ -29,15 +29,28 @@ pub(super) fn wall_ms(mono_ns: u64) -> i64 {
     super::persist::wall_of(mono_ns, now_ms(), monotonic_now_ns())
 }
 
-/// The sources the kernel tracks at the end of a window, and when each was
-/// first seen there (their history begins then).
+/// The sources the kernel tracks at the end of a window: when each was
+/// first (its history begins then) and last seen there, and whether it
+/// looks like a customer's (sent INVITEs, or an identity authenticated
+/// there).
 pub(super) struct Snapshot {
-    sources: Vec<(IpAddr, i64)>,
+    sources: Vec<(IpAddr, i64, i64, bool)>,
+    /// The kernel's per-country counters (None: they could not be read).
+    pub(super) countries: Option<super::reporting::Counters>,
 }
 
 impl Snapshot {
     pub(super) fn read(maps: &Maps) -> Self {
-        Self { sources: maps.sources().into_iter().map(|(a, s)| (a, wall_ms(s.first_seen_ns))).collect() }
+        let sources = maps
+            .sources()
+            .into_iter()
+            .map(|(a, s)| {
+                let customer = s.invites > 0 || s.ok_tag[0] != 0;
+                (a, wall_ms(s.first_seen_ns), wall_ms(s.last_seen_ns), customer)
+            })
+            .collect();
+        let countries = super::reporting::counters(maps).map_err(|e| warn!("{e}")).ok();
+        Self { sources, countries }
     }
 }
 
@@ -137,8 +150,15 @@ impl Learned {
     }
 
     /// A call event: a new international call attempt, the identity of
-    /// one, or a new authentication.
-    pub(super) fn call_event(&mut self, engine: &mut Engine, now: u64, e: &ThresholdEvent) -> Vec<Decision> {
+    /// one, or a new authentication. Country surges the detector reports
+    /// are counted in `reporting`.
+    pub(super) fn call_event(
+        &mut self,
+        engine: &mut Engine,
+        reporting: &mut super::reporting::Reporting,
+        now: u64,
+        e: &ThresholdEvent,
+    ) -> Vec<Decision> {
         let (addr, ms) = (key_addr(&e.addr), now_ms());
         let reports: Vec<Report> = match e.kind {
             EVENT_CALL if e.flags & EVENT_FLAG_IDENTIFIED != 0 => {
@@ -156,6 +176,9 @@ impl Learned {
         };
         for r in &reports {
             self.counts.detected(r);
+            if let Subject::Country(cc) = r.subject {
+                reporting.surge(cc);
+            }
         }
         reports.iter().flat_map(|r| engine.on_report(now, r)).collect()
     }
@@ -171,8 +194,8 @@ impl Learned {
         engine: &mut Engine,
     ) -> Vec<Decision> {
         let ms = now_ms();
-        for (addr, first) in snapshot.sources {
-            self.detector.line_seen(Subject::Source(addr), first);
+        for (addr, first, last, customer) in snapshot.sources {
+            self.detector.source_seen(addr, first, last, customer);
         }
         let active = engine.active();
         for a in active {

@@ -5,6 +5,7 @@ mod attach;
 mod learning;
 mod operator;
 mod persist;
+mod reporting;
 pub mod setup;
 
 use std::{
@@ -24,6 +25,7 @@ use tollgate_common::ThresholdEvent;
 use self::{
     actuator::Actuator,
     learning::{Learned, Snapshot},
+    reporting::Reporting,
     setup::Setup,
 };
 use crate::{
@@ -59,6 +61,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut learned = Learned::new(learning::config(&args.detect, high_risk), event_counts.clone());
     persist::restore(&store, &mut maps, &mut engine, &mut learned, &setup.auditor)?;
     actuator::adopt_restrictions(&maps, &mut engine);
+    let reporting = Reporting::start(&store, &maps)?;
     let maps = Arc::new(Mutex::new(maps));
     // A second, read-only handle on the same pinned maps for the whole-map
     // reads (metrics scrapes, the learning pass: ~60 ms for 65,536 sources),
@@ -80,8 +83,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.detect.max_sources,
         )))
         .expect("collector registers once");
-    let server = tokio::spawn(metrics::serve(listener, Arc::clone(&registry)));
     let (ctl_tx, ctl_rx) = mpsc::channel::<control::Pending>(16);
+    // /countries.json is answered by the main loop, like `tollgate report`.
+    let server = tokio::spawn(metrics::serve(listener, Arc::clone(&registry), ctl_tx.clone()));
     let control_server = tokio::spawn(control::serve(control_listener, ctl_tx));
     info!(
         "enforcing on {}; metrics on http://{}/metrics; state pinned in {}",
@@ -96,6 +100,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         maps,
         reader,
         actuator,
+        reporting,
         window: args.detect.window,
         identity_key: setup.identity_key,
     };
@@ -132,6 +137,8 @@ struct Daemon {
     maps: Arc<Mutex<Maps>>,
     reader: Arc<Mutex<Maps>>,
     actuator: Actuator,
+    /// Per-country counts for the reports.
+    reporting: Reporting,
     /// The detection and learning window.
     window: Duration,
     /// Turns the identity an operator names into its tag.
@@ -157,7 +164,7 @@ impl Daemon {
         // learn from the moment between start-up and the first tick.
         let mut learn = tokio::time::interval_at(tokio::time::Instant::now() + self.window, self.window);
         let (snap_tx, mut snap_rx) = mpsc::channel::<Snapshot>(1);
-        Ok(loop {
+        let signame = loop {
             tokio::select! {
                 _ = sigterm.recv() => break "SIGTERM",
                 _ = sigint.recv() => break "SIGINT",
@@ -167,31 +174,49 @@ impl Daemon {
                 Some(snapshot) = snap_rx.recv() => self.window_passed(snapshot),
                 Some((request, reply)) = ctl_rx.recv() => {
                     let mut m = lock(&self.maps);
-                    let _ = reply.send(operator::handle_control(request, &mut self.engine, &mut self.learned, &mut m, &self.actuator, &self.identity_key));
+                    let answer = operator::handle_control(
+                        request,
+                        &mut self.engine,
+                        &mut self.learned,
+                        &mut m,
+                        &self.actuator,
+                        &mut self.reporting,
+                        &self.identity_key,
+                    );
+                    let _ = reply.send(answer);
                 }
                 _ = sweep.tick() => self.sweep(),
             }
-        })
+        };
+        // The surges and restrictions counted since the last window are
+        // kept (the counters' growth is read by the next agent).
+        self.reporting.window(self.actuator.store(), None);
+        Ok(signame)
     }
 
     fn event(&mut self, event: &ThresholdEvent) {
         let now = monotonic_now_ns();
         let latency_us = now.saturating_sub(event.at_ns) / 1000;
+        if events::EventKind::from_code(event.kind) == Some(events::EventKind::CountryInvites) {
+            self.reporting.surge(event.cc);
+        }
         let mut m = lock(&self.maps);
         for d in self.learned.decide(&mut self.engine, now, event, self.window) {
+            self.reporting.decision(&d);
             self.actuator.apply(&mut m, &d, Some(latency_us));
         }
     }
 
     fn call_event(&mut self, event: &ThresholdEvent) {
         let now = monotonic_now_ns();
-        let decisions = self.learned.call_event(&mut self.engine, now, event);
+        let decisions = self.learned.call_event(&mut self.engine, &mut self.reporting, now, event);
         if decisions.is_empty() {
             return;
         }
         let latency_us = now.saturating_sub(event.at_ns) / 1000;
         let mut m = lock(&self.maps);
         for d in decisions {
+            self.reporting.decision(&d);
             self.actuator.apply(&mut m, &d, Some(latency_us));
         }
     }
@@ -206,12 +231,15 @@ impl Daemon {
         });
     }
 
-    fn window_passed(&mut self, snapshot: Snapshot) {
+    fn window_passed(&mut self, mut snapshot: Snapshot) {
+        let counters = snapshot.countries.take();
         let mut m = lock(&self.maps);
         for d in self.learned.window_passed(snapshot, &mut m, &mut self.engine) {
+            self.reporting.decision(&d);
             self.actuator.apply(&mut m, &d, None);
         }
         self.actuator.persist_learned(&mut self.learned.detector);
+        self.reporting.window(self.actuator.store(), counters);
     }
 
     fn sweep(&mut self) {

@@ -7,7 +7,7 @@ use std::{
 
 use tollgate_common::{IdentityKey, hash};
 
-use super::{actuator::Actuator, learning::Learned};
+use super::{actuator::Actuator, learning::Learned, reporting::Reporting};
 use crate::{
     clock::monotonic_now_ns,
     control,
@@ -106,10 +106,25 @@ pub(super) fn handle_control(
     learned: &mut Learned,
     maps: &mut Maps,
     actuator: &Actuator,
+    reporting: &mut Reporting,
     key: &IdentityKey,
 ) -> control::Response {
     let now = monotonic_now_ns();
     let decision = match request {
+        control::Request::ReportDormant { since_seconds } => {
+            let since = Duration::from_secs(since_seconds);
+            return match reporting.dormant(actuator.store(), &learned.detector, engine, since) {
+                Ok(r) => control::Response { ok: true, dormant: Some(r), ..Default::default() },
+                Err(e) => control::Response::error(e.to_string()),
+            };
+        }
+        control::Request::ReportCountries { since_seconds } => {
+            let since = Duration::from_secs(since_seconds);
+            return match reporting.countries(actuator.store(), maps, engine, since) {
+                Ok(r) => control::Response { ok: true, countries: Some(r), ..Default::default() },
+                Err(e) => control::Response::error(e.to_string()),
+            };
+        }
         control::Request::BaselineList => {
             return control::Response { ok: true, baselines: views(learned), ..Default::default() };
         }
@@ -132,6 +147,7 @@ pub(super) fn handle_control(
             let mut shown: Vec<control::RestrictionView> =
                 engine.active().iter().map(|a| view(a, now)).collect();
             if let Some(d) = d {
+                reporting.decision(&d);
                 actuator.apply(maps, &d, None);
                 if let Decision::Lift(a, _) | Decision::Impose(a) = &d {
                     shown = vec![view(a, now)];
@@ -211,7 +227,9 @@ mod tests {
                 .contains("not an identity")
         );
         assert!(parse_target(Kind::Block, "", Some("alice"), &key).is_err());
-        assert!(parse_target(Kind::IntlSuspend, "", Some(""), &key).unwrap_err().contains("needs a username"));
+        assert!(
+            parse_target(Kind::IntlSuspend, "", Some(""), &key).unwrap_err().contains("needs a username")
+        );
         assert!(
             parse_target(Kind::IntlSuspend, "identity 12 everywhere", None, &key)
                 .unwrap_err()

@@ -20,12 +20,12 @@ use super::{actuator, learning::Learned};
 use crate::{
     audit::Auditor,
     clock::monotonic_now_ns,
-    detect::{Destination, Detector, Exported, Level, SCALES, Subject},
+    detect::{Destination, Detector, Exported, Level, Line, SCALES, Subject},
     maps::Maps,
     policy::{Active, Decision, Engine, Kind, Reason, Target},
     store::{
-        IdentityPrefix, LevelKey, LineDestination, Store, StoredLevel, StoredOverride, StoredRestriction,
-        now_ms,
+        IdentityPrefix, LevelKey, LineDestination, Store, StoredLevel, StoredLine, StoredOverride,
+        StoredRestriction, now_ms,
     },
 };
 
@@ -123,6 +123,28 @@ fn line_text(s: Subject) -> String {
     format!("{scope}:{key}")
 }
 
+/// The database row of a line's history.
+pub(super) fn stored_line(s: Subject, l: &Line) -> StoredLine {
+    StoredLine {
+        line: line_text(s),
+        first_seen_ms: l.first_seen_ms,
+        last_seen_ms: l.last_seen_ms,
+        last_intl_ms: l.last_intl_ms,
+        customer: l.customer,
+    }
+}
+
+/// The line of a database row (None: one this build cannot read).
+pub(super) fn line_record(l: &StoredLine) -> Option<(Subject, Line)> {
+    let line = Line {
+        first_seen_ms: l.first_seen_ms,
+        last_seen_ms: l.last_seen_ms,
+        last_intl_ms: l.last_intl_ms,
+        customer: l.customer,
+    };
+    Some((line_of(&l.line)?, line))
+}
+
 fn line_of(text: &str) -> Option<Subject> {
     let (scope, key) = text.split_once(':')?;
     subject(scope, key)
@@ -198,7 +220,7 @@ pub(super) fn restore(
             ));
         }
     }
-    e.lines = store.lines()?.into_iter().filter_map(|(t, f)| Some((line_of(&t)?, f))).collect();
+    e.lines = store.lines()?.iter().filter_map(line_record).collect();
     e.destinations = store
         .destinations()?
         .into_iter()
@@ -267,7 +289,7 @@ pub(super) fn save_learned(store: &Store, d: &mut Detector) -> crate::error::Res
         })
         .collect();
     store.put_levels(&levels)?;
-    let lines: Vec<(String, i64)> = e.lines.iter().map(|(s, f)| (line_text(*s), *f)).collect();
+    let lines: Vec<StoredLine> = e.lines.iter().map(|(s, l)| stored_line(*s, l)).collect();
     store.put_lines(&lines)?;
     let dests: Vec<LineDestination> = e
         .destinations
@@ -339,5 +361,9 @@ mod tests {
         {
             assert_eq!(line_of(&line_text(s)), Some(s));
         }
+        let l = Line { first_seen_ms: 1, last_seen_ms: 2, last_intl_ms: None, customer: true };
+        let s = Subject::Identity(0xab);
+        assert_eq!(stored_line(s, &l).line, "identity:00000000000000ab");
+        assert_eq!(line_record(&stored_line(s, &l)), Some((s, l)));
     }
 }
