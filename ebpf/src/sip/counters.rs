@@ -155,8 +155,13 @@ fn call_event(addr: &AddrKey, kind: u32, tag: u64, cc: u16, flags: u16, now: u64
 /// [`CHALLENGED`]). Without a configuration, it is taken as challenged.
 #[inline(always)]
 pub(crate) fn challenged(addr: &AddrKey, now: u64) -> bool {
+    // The configuration first, then the address: the other order (as in
+    // `within_horizon`) costs the parse stage 60% more verifier
+    // instructions on Linux 6.1 (197k against 315k).
+    let Some(cfg) = CONFIG.get(0) else { return true };
+    let horizon = cfg.nonce_horizon_s as u64 * 1_000_000_000;
     // SAFETY: a value from a successful lookup, read at once.
-    CHALLENGED.get_ptr(addr).is_some_and(|t| within_horizon(unsafe { *t }, now))
+    CHALLENGED.get_ptr(addr).is_some_and(|t| now.wrapping_sub(unsafe { *t }) < horizon)
 }
 
 /// Whether `then` is within the nonce horizon of `now` (without a
