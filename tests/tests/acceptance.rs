@@ -1538,7 +1538,7 @@ fn line_suspended_by_identity(test: &str, dry: bool) {
         time_to_block: None,
         legit_lost: lost as usize,
         reached: format!(
-            "{} of 6 international calls of suspended lines relayed (2 addresses, 2 hidden framings, a name in capitals); their domestic and emergency calls answered",
+            "{} of 5 international calls of suspended lines relayed (2 addresses, 2 hidden framings, a name in capitals); their domestic and emergency calls answered",
             at_home + abroad
         ),
     });

@@ -17,7 +17,7 @@ pub(super) const EVENTS: Family = Family {
 };
 pub(super) const RESTRICTIONS_ACTIVE: Family = Family {
     name: "tollgate_restrictions_active",
-    help: "Restrictions in force in the kernel now, by kind.",
+    help: "Restrictions in force in the kernel now, by kind (intl-suspend: of sources and of lines).",
     kind: MetricType::GAUGE,
 };
 pub(super) const DECISIONS: Family = Family {
@@ -114,6 +114,9 @@ pub(super) fn events(events: &EventCounts) -> MetricFamily {
 /// Restrictions in force in the kernel now, by kind.
 pub(super) fn restrictions_active(maps: &Maps, entries: &[(IpNet, BlockEntry)], now: u64) -> MetricFamily {
     let restrictions = maps.restrictions.entries();
+    // Identities: identity-suspend, and a line's intl-suspend (counted
+    // with the sources').
+    let lines = maps.identities.entries();
     let active = |f: fn(&tollgate_common::Restriction) -> u64| {
         restrictions.iter().filter(|(_, r)| f(r) > now).count() as f64
     };
@@ -123,7 +126,11 @@ pub(super) fn restrictions_active(maps: &Maps, entries: &[(IpNet, BlockEntry)], 
         &RESTRICTIONS_ACTIVE,
         vec![
             sample(&[("kind", "auth-suspend")], active(|r| r.auth_until_ns), MetricType::GAUGE),
-            sample(&[("kind", "intl-suspend")], active(|r| r.intl_until_ns), MetricType::GAUGE),
+            sample(
+                &[("kind", "intl-suspend")],
+                active(|r| r.intl_until_ns) + lines.iter().filter(|(_, _, r)| r.intl_until_ns > now).count() as f64,
+                MetricType::GAUGE,
+            ),
             sample(
                 &[("kind", "block")],
                 entries
@@ -135,7 +142,7 @@ pub(super) fn restrictions_active(maps: &Maps, entries: &[(IpNet, BlockEntry)], 
             sample(&[("kind", "country-restrict")], countries_restricted as f64, MetricType::GAUGE),
             sample(
                 &[("kind", "identity-suspend")],
-                maps.identities.entries().iter().filter(|(_, _, r)| r.until_ns > now).count() as f64,
+                lines.iter().filter(|(_, _, r)| r.until_ns > now).count() as f64,
                 MetricType::GAUGE,
             ),
         ],
