@@ -233,6 +233,31 @@ fn an_international_surge_is_intl_suspended_but_domestic_and_emergency_calls_pas
     let passed = agent.packets(verdict::PASS_SIP);
     send(&topo, CUSTOMER_V4, "invite-intl-plus-232.sip");
     assert!(rises(&agent, verdict::PASS_SIP, passed));
+    // The operators' view: the decision by reason, its latency, the map
+    // it filled, the dropped call by country, the events read.
+    let page = agent.metrics().expect("metrics");
+    let value = |name: &str, labels: &[&str]| {
+        page.lines()
+            .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
+            .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    let checks: [(&str, &[&str], f64); 7] = [
+        (
+            "tollgate_restriction_decisions_total{",
+            &[r#"event="impose""#, r#"kind="intl-suspend""#, r#"reason="intl-surge""#, r#"mode="enforce""#],
+            1.0,
+        ),
+        ("tollgate_decision_latency_seconds_count", &[], 1.0),
+        ("tollgate_map_entries{", &[r#"map="restrictions""#], 1.0),
+        ("tollgate_map_capacity_entries{", &[r#"map="sources""#], 65536.0),
+        ("tollgate_sip_international_blocked_calls_total{", &[r#"cc="232""#], 1.0),
+        ("tollgate_ring_buffer_events_total{", &[r#"ring="call_events""#, r#"outcome="read""#], 20.0),
+        ("tollgate_build_info{", &[r#"version=""#, r#"kernel=""#], 1.0),
+    ];
+    for (name, labels, at_least) in checks {
+        let v = value(name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{page}"));
+        assert!(v >= at_least, "{name} {labels:?} = {v}, want at least {at_least}");
+    }
 }
 
 /// The id in the first data row of `tollgate restrict`'s table.

@@ -161,7 +161,9 @@ impl Actuator {
     }
 
     /// Writes an enforced decision into the kernel and audits every decision.
-    pub(super) fn apply(&self, maps: &mut Maps, d: &Decision, latency_us: Option<u64>) {
+    /// `event_at_ns`: when the kernel crossed the threshold this decision
+    /// answers (the decision latency runs from it to the kernel write).
+    pub(super) fn apply(&self, maps: &mut Maps, d: &Decision, event_at_ns: Option<u64>) {
         let written = match d {
             Decision::Impose(a) | Decision::Extend(a) if a.enforced => {
                 write_restriction(maps, a, a.expires_at_ns)
@@ -172,6 +174,7 @@ impl Actuator {
         if let Err(e) = written {
             warn!("applying a decision to the kernel failed: {e}");
         }
+        let latency_us = event_at_ns.map(|t| monotonic_now_ns().saturating_sub(t) / 1000);
         // Kept before it is audited: what the audit says is in force
         // survives a reboot.
         let kept = match d {
@@ -186,7 +189,7 @@ impl Actuator {
         if let Err(e) = kept {
             warn!("{e}");
         }
-        self.counts.record(d);
+        self.counts.record(d, latency_us);
         self.auditor.record(d, latency_us);
     }
 }

@@ -70,7 +70,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::unbounded_channel();
     events::spawn(&mut ebpf, event_counts.clone(), tx)?;
     let (call_tx, call_rx) = mpsc::unbounded_channel();
-    events::spawn_calls(&mut ebpf, call_tx)?;
+    events::spawn_calls(&mut ebpf, event_counts.clone(), call_tx)?;
     let actuator = Actuator::new(setup.auditor, store);
     let registry = Arc::new(prometheus::Registry::new());
     registry

@@ -39,6 +39,8 @@ pub struct EventCounts {
     pub auth_failures: Arc<AtomicU64>,
     pub intl_invites: Arc<AtomicU64>,
     pub country_invites: Arc<AtomicU64>,
+    /// Call events read from their ring buffer.
+    pub calls_read: Arc<AtomicU64>,
     /// The agent's own detections (longer scales, identities, new
     /// destinations, new prefixes), by (rule, scope, scale).
     pub detections: DetectionCounts,
@@ -71,8 +73,13 @@ pub fn spawn(
 
 /// Starts the task that drains the kernel's call event ring buffer (call
 /// attempts, new authentications) into `tx`.
-pub fn spawn_calls(ebpf: &mut Ebpf, tx: tokio::sync::mpsc::UnboundedSender<ThresholdEvent>) -> Result<()> {
+pub fn spawn_calls(
+    ebpf: &mut Ebpf,
+    counts: EventCounts,
+    tx: tokio::sync::mpsc::UnboundedSender<ThresholdEvent>,
+) -> Result<()> {
     drain(ebpf, MAP_CALL_EVENTS, move |e| {
+        counts.calls_read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _ = tx.send(e);
     })
 }

@@ -26,15 +26,51 @@ pub(super) const DECISIONS: Family = Family {
     kind: MetricType::COUNTER,
 };
 
+pub(super) const RESTRICTION_DECISIONS: Family = Family {
+    name: "tollgate_restriction_decisions_total",
+    help: "Restrictions imposed, extended, lifted and expired, by event, kind, reason and mode (dry-run: what would have been restricted).",
+    kind: MetricType::COUNTER,
+};
+pub(super) const LATENCY_NAME: &str = "tollgate_decision_latency_seconds";
+const LATENCY_HELP: &str =
+    "From the kernel's threshold crossing to the decision written into the kernel (and audited), in seconds.";
+/// Decision latency buckets, 100 us to 1 s.
+const LATENCY_BUCKETS: [f64; 10] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0];
+
 /// (event, kind, mode) of a decision.
 type DecisionKey = (&'static str, &'static str, &'static str);
+/// (event, kind, reason, mode) of a restriction's decision.
+type RestrictionKey = (&'static str, &'static str, &'static str, &'static str);
 
-/// Decisions taken, by (event, kind, mode).
-#[derive(Clone, Default)]
-pub struct DecisionCounts(Arc<Mutex<std::collections::BTreeMap<DecisionKey, u64>>>);
+#[derive(Default)]
+struct Counts {
+    decisions: std::collections::BTreeMap<DecisionKey, u64>,
+    restrictions: std::collections::BTreeMap<RestrictionKey, u64>,
+}
+
+/// Decisions taken, by (event, kind, mode) and, for restrictions, by
+/// reason too; and their latency.
+#[derive(Clone)]
+pub struct DecisionCounts {
+    counts: Arc<Mutex<Counts>>,
+    latency: prometheus::Histogram,
+}
+
+impl Default for DecisionCounts {
+    fn default() -> Self {
+        let opts =
+            prometheus::HistogramOpts::new(LATENCY_NAME, LATENCY_HELP).buckets(LATENCY_BUCKETS.to_vec());
+        Self {
+            counts: Default::default(),
+            latency: prometheus::Histogram::with_opts(opts).expect("a valid histogram"),
+        }
+    }
+}
 
 impl DecisionCounts {
-    pub fn record(&self, d: &crate::policy::Decision) {
+    /// Counts `d`; `latency_us` is the time from the kernel event it
+    /// answers, if any.
+    pub fn record(&self, d: &crate::policy::Decision, latency_us: Option<u64>) {
         use crate::policy::Decision::*;
         let (event, kind, enforced) = match d {
             Impose(a) => ("impose", a.kind, a.enforced),
@@ -44,17 +80,24 @@ impl DecisionCounts {
             Alert { kind, .. } => ("alert", *kind, false),
         };
         let mode = if enforced || event == "alert" { "enforce" } else { "dry-run" };
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()).entry((event, kind.name(), mode)).or_insert(0) += 1;
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        *c.decisions.entry((event, kind.name(), mode)).or_insert(0) += 1;
+        if let Impose(a) | Extend(a) | Expire(a) | Lift(a, _) = d {
+            *c.restrictions.entry((event, kind.name(), a.reason.name(), mode)).or_insert(0) += 1;
+            if let (Some(us), "impose" | "extend") = (latency_us, event) {
+                self.latency.observe(us as f64 / 1e6);
+            }
+        }
     }
-}
 
-impl DecisionCounts {
-    /// The decisions taken so far, by event, kind and mode.
-    pub(super) fn family(&self) -> MetricFamily {
-        let decisions = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        family(
+    /// The decisions taken so far: by event, kind and mode; restrictions
+    /// by reason too; the latency histogram.
+    pub(super) fn families(&self) -> Vec<MetricFamily> {
+        use prometheus::core::Collector as _;
+        let c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let decisions = family(
             &DECISIONS,
-            decisions
+            c.decisions
                 .iter()
                 .map(|((event, kind, mode), n)| {
                     sample(
@@ -64,7 +107,20 @@ impl DecisionCounts {
                     )
                 })
                 .collect(),
-        )
+        );
+        let restrictions = family(
+            &RESTRICTION_DECISIONS,
+            c.restrictions
+                .iter()
+                .map(|((event, kind, reason, mode), n)| {
+                    let labels = [("event", *event), ("kind", *kind), ("reason", *reason), ("mode", *mode)];
+                    sample(&labels, *n as f64, MetricType::COUNTER)
+                })
+                .collect(),
+        );
+        let mut out = vec![decisions, restrictions];
+        out.extend(self.latency.collect());
+        out
     }
 }
 
@@ -128,7 +184,8 @@ pub(super) fn restrictions_active(maps: &Maps, entries: &[(IpNet, BlockEntry)], 
             sample(&[("kind", "auth-suspend")], active(|r| r.auth_until_ns), MetricType::GAUGE),
             sample(
                 &[("kind", "intl-suspend")],
-                active(|r| r.intl_until_ns) + lines.iter().filter(|(_, _, r)| r.intl_until_ns > now).count() as f64,
+                active(|r| r.intl_until_ns)
+                    + lines.iter().filter(|(_, _, r)| r.intl_until_ns > now).count() as f64,
                 MetricType::GAUGE,
             ),
             sample(

@@ -3,7 +3,10 @@
 
 use ipnet::IpNet;
 use prometheus::proto::{MetricFamily, MetricType};
-use tollgate_common::{BLOCKLIST_CAPACITY, BlockEntry, verdict};
+use tollgate_common::{
+    ALLOWLIST_CAPACITY, BLOCKLIST_CAPACITY, BlockEntry, INTL_BASELINE_CAPACITY, RESTRICTIONS_CAPACITY,
+    verdict,
+};
 
 use super::{Family, family, sample};
 use crate::maps::Maps;
@@ -78,4 +81,38 @@ pub(super) fn lists(
                 .collect(),
         ),
     ]
+}
+
+pub(super) const MAP_ENTRIES: Family = Family {
+    name: "tollgate_map_entries",
+    help: "Entries in each bounded kernel map (sources, blocklist, allowlist, restrictions, identity_restrictions, intl_baselines).",
+    kind: MetricType::GAUGE,
+};
+pub(super) const MAP_CAPACITY: Family = Family {
+    name: "tollgate_map_capacity_entries",
+    help: "Entries each bounded kernel map holds at most (the per-source map: least recently seen evicted first).",
+    kind: MetricType::GAUGE,
+};
+
+/// Fill and size of every bounded map.
+pub(super) fn map_pressure(
+    maps: &Maps,
+    blocklist: usize,
+    sources: usize,
+    max_sources: u32,
+) -> Vec<MetricFamily> {
+    let maps = [
+        ("sources", sources, max_sources),
+        ("blocklist", blocklist, BLOCKLIST_CAPACITY),
+        ("allowlist", maps.allowlist.prefixes().len(), ALLOWLIST_CAPACITY),
+        ("restrictions", maps.restrictions.entries().len(), RESTRICTIONS_CAPACITY),
+        ("identity_restrictions", maps.identities.entries().len(), RESTRICTIONS_CAPACITY),
+        ("intl_baselines", maps.intl_baselines().len(), INTL_BASELINE_CAPACITY),
+    ];
+    let (mut entries, mut capacity) = (Vec::new(), Vec::new());
+    for (name, n, cap) in maps {
+        entries.push(sample(&[("map", name)], n as f64, MetricType::GAUGE));
+        capacity.push(sample(&[("map", name)], cap as f64, MetricType::GAUGE));
+    }
+    vec![family(&MAP_ENTRIES, entries), family(&MAP_CAPACITY, capacity)]
 }

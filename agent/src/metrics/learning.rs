@@ -55,6 +55,6 @@ pub(super) fn levels(maps: &Maps, countries: &Countries) -> crate::error::Result
 }
 
 /// Sources tracked now, and the most that can be.
-pub(super) fn sources(maps: &Maps, max_sources: u32) -> Vec<MetricFamily> {
-    vec![counter(&SOURCES, &[], maps.sources().len() as u64), counter(&SOURCES_CAP, &[], max_sources as u64)]
+pub(super) fn sources(tracked: usize, max_sources: u32) -> Vec<MetricFamily> {
+    vec![counter(&SOURCES, &[], tracked as u64), counter(&SOURCES_CAP, &[], max_sources as u64)]
 }

@@ -37,7 +37,31 @@ const SCRAPE_ERRORS: Family = Family {
     kind: MetricType::COUNTER,
 };
 
-const FAMILIES: [&Family; 27] = [
+const BUILD_INFO: Family = Family {
+    name: "tollgate_build_info",
+    help: "1, labelled with this agent's version and the kernel it runs on.",
+    kind: MetricType::GAUGE,
+};
+const SCRAPE_DURATION: Family = Family {
+    name: "tollgate_scrape_duration_seconds",
+    help: "How long this answer took to read from the kernel maps, in seconds (its other families).",
+    kind: MetricType::GAUGE,
+};
+const LATENCY: Family = Family {
+    name: decisions::LATENCY_NAME,
+    help: "See the histogram's own help.",
+    kind: MetricType::HISTOGRAM,
+};
+
+const FAMILIES: [&Family; 35] = [
+    &BUILD_INFO,
+    &SCRAPE_DURATION,
+    &LATENCY,
+    &decisions::RESTRICTION_DECISIONS,
+    &sip::INTL_BLOCKED_BY_COUNTRY,
+    &sip::RING_EVENTS,
+    &enforcement::MAP_ENTRIES,
+    &enforcement::MAP_CAPACITY,
     &learning::LEARNED,
     &learning::COUNTRY_THRESHOLD,
     &decisions::RESTRICTIONS_ACTIVE,
@@ -117,6 +141,8 @@ pub struct KernelCollector {
     max_sources: u32,
     descs: Vec<Desc>,
     read_errors: std::sync::atomic::AtomicU64,
+    /// The running kernel's release (`uname -r`).
+    kernel: String,
 }
 
 impl KernelCollector {
@@ -142,6 +168,9 @@ impl KernelCollector {
             max_sources,
             descs,
             read_errors: Default::default(),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|k| k.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".to_owned()),
         }
     }
 }
@@ -153,23 +182,36 @@ impl Collector for KernelCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         use std::sync::atomic::Ordering::Relaxed;
+        let started = monotonic_now_ns();
         let maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         self.read(&mut out, enforcement::verdicts(&maps));
         let now = monotonic_now_ns();
         let entries = maps.blocklist.entries();
         out.extend(enforcement::lists(&maps, &entries, now, &self.attached));
-        self.read(&mut out, sip::families(&maps, &self.countries));
+        self.read(&mut out, sip::families(&maps, &self.countries, &self.events));
         out.push(decisions::events(&self.events));
         out.push(decisions::detections(&self.events));
         out.push(decisions::restrictions_active(&maps, &entries, now));
-        out.push(self.decisions.family());
+        out.extend(self.decisions.families());
         self.read(&mut out, learning::levels(&maps, &self.countries));
-        out.extend(learning::sources(&maps, self.max_sources));
+        let tracked = maps.sources().len();
+        out.extend(learning::sources(tracked, self.max_sources));
+        out.extend(enforcement::map_pressure(&maps, entries.len(), tracked, self.max_sources));
         out.push(family(
             &SCRAPE_ERRORS,
             vec![sample(&[], self.read_errors.load(Relaxed) as f64, MetricType::COUNTER)],
         ));
+        out.push(family(
+            &BUILD_INFO,
+            vec![sample(
+                &[("version", env!("CARGO_PKG_VERSION")), ("kernel", &self.kernel)],
+                1.0,
+                MetricType::GAUGE,
+            )],
+        ));
+        let took = monotonic_now_ns().saturating_sub(started) as f64 / 1e9;
+        out.push(family(&SCRAPE_DURATION, vec![sample(&[], took, MetricType::GAUGE)]));
         out
     }
 }

@@ -62,6 +62,16 @@ pub(super) const AUTH_STALE: Family = Family {
     help: "Stale-nonce challenges answering credentialed requests (not failures).",
     kind: MetricType::COUNTER,
 };
+pub(super) const INTL_BLOCKED_BY_COUNTRY: Family = Family {
+    name: "tollgate_sip_international_blocked_calls_total",
+    help: "International call attempts dropped (by any restriction or the blocklist), by destination country (label, E.164 code); each call once.",
+    kind: MetricType::COUNTER,
+};
+pub(super) const RING_EVENTS: Family = Family {
+    name: "tollgate_ring_buffer_events_total",
+    help: "Events from the kernel, by ring buffer (events: threshold crossings; call_events: call attempts and authentications) and outcome (read by the agent, lost to a full buffer).",
+    kind: MetricType::COUNTER,
+};
 pub(super) const EVENTS_LOST: Family = Family {
     name: "tollgate_threshold_events_lost_total",
     help: "Threshold events the kernel could not deliver (ring buffer full).",
@@ -85,7 +95,11 @@ pub(super) const CALL_EVENTS_LOST: Family = Family {
 };
 
 /// Every SIP family, from the kernel's SIP counters.
-pub(super) fn families(maps: &Maps, countries: &Countries) -> crate::error::Result<Vec<MetricFamily>> {
+pub(super) fn families(
+    maps: &Maps,
+    countries: &Countries,
+    events: &crate::events::EventCounts,
+) -> crate::error::Result<Vec<MetricFamily>> {
     let t = maps.sip_totals()?;
     let at = |i: u32| t[i as usize];
     let requests = (0..method::COUNT as u32)
@@ -109,14 +123,28 @@ pub(super) fn families(maps: &Maps, countries: &Countries) -> crate::error::Resu
             )
         })
         .collect();
-    let by_country = maps
-        .country_invites()?
-        .into_iter()
-        .map(|(cc, n)| {
-            let code = cc.to_string();
-            let label = countries.label(cc).unwrap_or("unassigned");
-            sample(&[("country", label), ("cc", &code)], n as f64, MetricType::COUNTER)
+    let per_country = |counts: Vec<(u16, u64)>| {
+        counts
+            .into_iter()
+            .map(|(cc, n)| {
+                let code = cc.to_string();
+                let label = countries.label(cc).unwrap_or("unassigned");
+                sample(&[("country", label), ("cc", &code)], n as f64, MetricType::COUNTER)
+            })
+            .collect()
+    };
+    let by_country = per_country(maps.country_invites()?);
+    let blocked = per_country(maps.country_blocked()?);
+    let ring = |ring: &'static str, read: u64, lost: u64| {
+        [("read", read), ("lost", lost)].map(|(outcome, n)| {
+            sample(&[("ring", ring), ("outcome", outcome)], n as f64, MetricType::COUNTER)
         })
+    };
+    let e = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let threshold_read = e(&events.auth_failures) + e(&events.intl_invites) + e(&events.country_invites);
+    let rings = ring("events", threshold_read, at(sip_stat::EVENTS_LOST))
+        .into_iter()
+        .chain(ring("call_events", e(&events.calls_read), at(sip_stat::CALL_EVENTS_LOST)))
         .collect();
     Ok(vec![
         family(&SIP_REQUESTS, requests),
@@ -146,6 +174,8 @@ pub(super) fn families(maps: &Maps, countries: &Countries) -> crate::error::Resu
         counter(&OTHER_RESPONSES, &[], at(sip_stat::RESPONSE_OTHER)),
         family(&INVITES, invites),
         family(&INTL_BY_COUNTRY, by_country),
+        family(&INTL_BLOCKED_BY_COUNTRY, blocked),
+        family(&RING_EVENTS, rings),
         counter(&KEEPALIVES, &[], at(sip_stat::KEEPALIVE)),
         family(
             &UNPARSED,
