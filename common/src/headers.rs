@@ -390,10 +390,13 @@ pub struct ParamScan {
     /// username, 2: nonce, 3: stale).
     pub which: u8,
     pub done: u8,
-    /// Credentials: the first username and nonce are kept, and the header
-    /// is read to its end for a second username ([`DigestParams::again`]).
-    /// A challenge is read to its end, for `stale`.
+    /// Credentials: done once a username and a nonce are found (the first
+    /// of each is kept), unless `thorough`. A challenge is read to its
+    /// end, for `stale`.
     pub credentials: u8,
+    /// Read credentials to their end too, for a second username
+    /// ([`DigestParams::again`]): only a swept source pays for that.
+    pub thorough: u8,
     pub params: DigestParams,
 }
 
@@ -415,7 +418,7 @@ pub const MAX_PARAM_STEPS: usize = 160;
 impl ParamScan {
     /// A scan of the header value `value` (after `Digest`, if present), of
     /// credentials or of a challenge.
-    pub fn new<B: ByteWindow + ?Sized>(b: &B, value: Span, credentials: bool) -> Self {
+    pub fn new<B: ByteWindow + ?Sized>(b: &B, value: Span, credentials: bool, thorough: bool) -> Self {
         let mut pos = b.launder(value.start as usize);
         if (b.word(pos) | LOWER) & low(7) == lit(b"digest ") {
             pos += 7;
@@ -425,6 +428,7 @@ impl ParamScan {
             end: value.end,
             name: pos as u32,
             credentials: credentials as u8,
+            thorough: thorough as u8,
             ..Self::default()
         }
     }
@@ -516,6 +520,13 @@ impl ParamScan {
             _ => {}
         }
         self.which = 0;
+        if self.credentials != 0
+            && self.thorough == 0
+            && !self.params.username.is_empty()
+            && !self.params.nonce.is_empty()
+        {
+            self.done = 1;
+        }
     }
 }
 
@@ -638,7 +649,7 @@ mod tests {
     }
 
     fn params(msg: &[u8], value: Span) -> DigestParams {
-        let mut p = ParamScan::new(msg, value, false);
+        let mut p = ParamScan::new(msg, value, false, false);
         let mut n = 0;
         while n < MAX_PARAM_STEPS && p.step(msg) {
             n += 1;

@@ -286,9 +286,9 @@ pub mod sweep {
     /// credentials could not count (see [`parse_with`]'s `requests`).
     pub const START_ONLY: u8 = 16;
     /// More than one credentials header (Authorization and
-    /// Proxy-Authorization, or two of one), a second `username` in one, or
-    /// one too long to read to its end: only the first username is read,
-    /// and the registrar may use another. Set whether swept or not.
+    /// Proxy-Authorization, or two of one), a second `username` in one
+    /// (looked for only when swept), or one too long to read to its end:
+    /// only the first username is read, and the registrar may use another.
     pub const SEVERAL_CREDENTIALS: u8 = 1 << 5;
 }
 
@@ -443,11 +443,12 @@ pub fn parse_with<B: ByteWindow + ?Sized>(b: &B, sweep_all: bool, requests: bool
     summary.body = body;
     summary.has_auth = has_auth;
     if (challenge || k == kind::REQUEST) && !digest.is_empty() {
-        let scan = b.scan_params(ParamScan::new(b, digest, !challenge));
+        let scan = b.scan_params(ParamScan::new(b, digest, !challenge, sweep_all));
         let p = scan.params;
         let nonce = b.hash(p.nonce);
-        // A second username, or a header too long to read to its end:
-        // the identity kept may not be the one the registrar uses.
+        // A second username (looked for when swept), or a header too long
+        // to read to its end: the identity kept may not be the one the
+        // registrar uses.
         if !challenge {
             several |= ((p.again | (scan.done ^ 1)) & 1) << 5;
         }
@@ -789,7 +790,7 @@ mod tests {
         // A second username in one header: the registrar may take the last.
         let twice = b"INVITE sip:0023276000000@x SIP/2.0\r\nCall-ID: c\r\nCSeq: 2 INVITE\r\n\
             Proxy-Authorization: Digest username=\"decoy\", nonce=\"n\", uri=\"sip:x\", UserName = \"stolen\"\r\n\r\n";
-        let s = parse_with(twice.as_slice(), false, true);
+        let s = parse_with(twice.as_slice(), true, true);
         assert!(s.sweep & sweep::SEVERAL_CREDENTIALS != 0);
         let one = b"INVITE sip:0023276000000@x SIP/2.0\r\nCall-ID: c\r\nCSeq: 2 INVITE\r\n\
             Authorization: Digest username=\"a\", nonce=\"n\", uri=\"sip:x\", response=\"00\"\r\n\r\n";

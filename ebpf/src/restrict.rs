@@ -91,9 +91,10 @@ fn identity_at(addr: AddrKey, tag: u64) -> IdentityRestriction {
 }
 
 /// Whether a restricted identity's request from `addr` was dropped within
-/// the nonce horizon.
+/// the nonce horizon (the parse stage asks once per packet; the count
+/// stage reads [`SipContext::marked`]).
 #[inline(always)]
-fn dropped_here(addr: &AddrKey, now: u64) -> bool {
+pub(crate) fn dropped_here(addr: &AddrKey, now: u64) -> bool {
     // SAFETY: a value from a successful lookup, read at once.
     ID_DROPPED.get_ptr(addr).is_some_and(|t| within_horizon(unsafe { *t }, now))
 }
@@ -125,7 +126,7 @@ pub(crate) fn restrict(sc: &SipContext, s: &SipSummary, class: u8, cc: u16, tag:
         || (s.kind == kind::REQUEST
             && class == class::INTERNATIONAL
             && (s.body == 0 || s.sweep & sweep::SEVERAL_CREDENTIALS != 0));
-    if hidden && dropped_here(&sc.src, now) {
+    if hidden && sc.marked != 0 {
         return (drop, verdict::DROP_RESTRICTED_UNREADABLE);
     }
     if s.kind != kind::REQUEST || class == class::EMERGENCY {

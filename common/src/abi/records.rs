@@ -35,7 +35,10 @@ pub struct SipContext {
     /// The SIP restrictions on the source (bits: 1 auth-suspend, 2
     /// intl-suspend), looked up once by the parse stage.
     pub restricted: u8,
-    pub _pad8: u8,
+    /// A restricted identity's request from the source was dropped within
+    /// the nonce horizon (1), looked up once by the parse stage: its
+    /// packets are swept, and what could hide credentials fails closed.
+    pub marked: u8,
     pub _pad16: u16,
     /// When the packet arrived (CLOCK_MONOTONIC ns), read once by the
     /// first program: every stage judges expiries against the same time.

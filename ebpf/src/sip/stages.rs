@@ -36,7 +36,7 @@ use super::{
 use crate::{
     enforce::count,
     maps::{CONFIG, COUNTRY_CODES, NUMBER_PLAN, SCRATCH, SIP_CTX, SUMMARY},
-    restrict::{restrict, restrictions},
+    restrict::{dropped_here, restrict, restrictions},
 };
 
 /// The value of [`SCRATCH`].
@@ -394,7 +394,7 @@ pub(crate) fn stage<C: Packet>(
             base: 0,
             msgs: 0,
             restricted: 0,
-            _pad8: 0,
+            marked: 0,
             _pad16: 0,
             now_ns,
         }
@@ -446,12 +446,14 @@ pub(crate) fn parse_stage() {
     let base = sc.base as usize;
     if base == 0 && sc.responses_only == 0 && sc.allowlisted == 0 {
         sc.restricted = restrictions(&sc.src, sc.now_ns);
+        sc.marked = dropped_here(&sc.src, sc.now_ns) as u8;
     }
     let restricted = sc.restricted;
     // Only a restricted source's packets are swept whole (credentials in
-    // any request, later messages in a TCP segment): see restrict.rs. The
-    // sweep reads the whole window once, from its start.
-    let sweep = base == 0 && restricted != 0;
+    // any request, later messages in a TCP segment, a second username):
+    // see restrict.rs. The sweep reads the whole window once, from its
+    // start.
+    let sweep = base == 0 && (restricted != 0 || sc.marked != 0);
     // The headers of a request other than REGISTER matter only where its
     // credentials could count (or be restricted): over TCP (the handshake
     // binds them, and the framing needs Content-Length), and over UDP from
