@@ -129,8 +129,9 @@ pub(super) struct Actuator {
 }
 
 impl Actuator {
-    pub(super) fn new(auditor: Auditor, store: Store) -> Self {
-        Self { auditor, counts: metrics::DecisionCounts::default(), store, pruned: Default::default() }
+    pub(super) fn new(auditor: Auditor, store: Store, dry_run: bool) -> Self {
+        let counts = metrics::DecisionCounts::with_automatic_impositions(dry_run);
+        Self { auditor, counts, store, pruned: Default::default() }
     }
 
     pub(super) fn auditor(&self) -> &Auditor {

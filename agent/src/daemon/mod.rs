@@ -71,7 +71,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     events::spawn(&mut ebpf, event_counts.clone(), tx)?;
     let (call_tx, call_rx) = mpsc::unbounded_channel();
     events::spawn_calls(&mut ebpf, event_counts.clone(), call_tx)?;
-    let actuator = Actuator::new(setup.auditor, store);
+    let actuator = Actuator::new(setup.auditor, store, args.policy.dry_run);
     let registry = Arc::new(prometheus::Registry::new());
     registry
         .register(Box::new(metrics::KernelCollector::new(

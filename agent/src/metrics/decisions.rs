@@ -68,6 +68,31 @@ impl Default for DecisionCounts {
 }
 
 impl DecisionCounts {
+    /// Counts that start at 0 for every automatic imposition this agent
+    /// can decide (in its mode), so that Prometheus's `increase()` sees
+    /// the first one: a series first scraped at 1 shows no increase.
+    pub fn with_automatic_impositions(dry_run: bool) -> Self {
+        let c = Self::default();
+        let mode = if dry_run { "dry-run" } else { "enforce" };
+        let automatic = [
+            ("auth-suspend", "brute-force"),
+            ("identity-suspend", "brute-force"),
+            ("identity-suspend", "new-prefix"),
+            ("intl-suspend", "intl-surge"),
+            ("intl-suspend", "new-destination"),
+            ("intl-suspend", "new-prefix"),
+            ("intl-suspend", "identity-surge"),
+            ("country-restrict", "country-surge"),
+        ];
+        let mut counts = c.counts.lock().unwrap_or_else(|p| p.into_inner());
+        for (kind, reason) in automatic {
+            counts.restrictions.insert(("impose", kind, reason, mode), 0);
+            counts.decisions.insert(("impose", kind, mode), 0);
+        }
+        drop(counts);
+        c
+    }
+
     /// Counts `d`; `latency_us` is the time from the kernel event it
     /// answers, if any.
     pub fn record(&self, d: &crate::policy::Decision, latency_us: Option<u64>) {
@@ -204,4 +229,28 @@ pub(super) fn restrictions_active(maps: &Maps, entries: &[(IpNet, BlockEntry)], 
             ),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Kind, Reason};
+
+    /// Every automatic imposition starts at 0, under the names the policy
+    /// gives its kinds and reasons.
+    #[test]
+    fn automatic_impositions_start_at_zero() {
+        let c = DecisionCounts::with_automatic_impositions(false);
+        let counts = c.counts.lock().unwrap();
+        for (kind, reason) in [
+            (Kind::AuthSuspend, Reason::BruteForce),
+            (Kind::IdentitySuspend, Reason::BruteForce),
+            (Kind::IntlSuspend, Reason::IntlSurge),
+            (Kind::IntlSuspend, Reason::IdentitySurge),
+            (Kind::IntlSuspend, Reason::NewDestination),
+            (Kind::CountryRestrict, Reason::CountrySurge),
+        ] {
+            assert_eq!(counts.restrictions.get(&("impose", kind.name(), reason.name(), "enforce")), Some(&0));
+        }
+    }
 }
