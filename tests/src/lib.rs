@@ -8,6 +8,7 @@
 
 pub mod kamailio;
 pub mod netns;
+pub mod promql;
 pub mod report;
 pub mod sipp;
 pub mod sipvicious;

@@ -44,6 +44,9 @@ const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     "cpio",
     "xz-utils",
+    // promtool (check and unit-test dashboards/alerts.yml) and the
+    // Prometheus the dashboard tests scrape the agent with.
+    "prometheus",
 ];
 
 #[derive(Parser)]
@@ -426,7 +429,25 @@ fn apt_packages() -> Result<()> {
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    if missing.contains(&"prometheus") {
+        stop_packaged_prometheus()?;
+    }
+    Ok(())
+}
+
+/// Debian's prometheus package starts its service when it is installed
+/// (through /etc/init.d where there is no systemd), unless a policy-rc.d
+/// forbids it as in most containers: a daemon on :9090 with the package's
+/// configuration, which nothing here wants (the tests start their own
+/// Prometheus on loopback). The init script stops only the daemon of its
+/// own pidfile, and succeeds when none runs.
+fn stop_packaged_prometheus() -> Result<()> {
+    let script = Path::new("/etc/init.d/prometheus");
+    if !script.exists() {
+        return Ok(());
+    }
+    run(Command::new(script).arg("stop")).context("stopping the prometheus service its package started")
 }
 
 fn rust_src() -> Result<()> {
