@@ -98,3 +98,19 @@ pub(crate) fn count(code: u32, bytes: u64) {
         }
     }
 }
+
+/// Counts the final action of an XDP packet under its interface, if the
+/// agent asked for that interface (IFACE_STATS).
+#[inline(always)]
+pub(crate) fn count_iface(ctx: &aya_ebpf::programs::XdpContext, action: u32) {
+    // SAFETY: the context's xdp_md, valid for the program's run.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let key = tollgate_common::iface_key(ifindex, action == aya_ebpf::bindings::xdp_action::XDP_DROP);
+    if let Some(c) = crate::maps::IFACE_STATS.get_ptr_mut(&key) {
+        // SAFETY: a per-CPU value from a successful lookup.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += (ctx.data_end() - ctx.data()) as u64;
+        }
+    }
+}

@@ -40,7 +40,7 @@ use tollgate_common::{
 };
 
 use crate::{
-    enforce::{count, evaluate, is_sip_port},
+    enforce::{count, count_iface, evaluate, is_sip_port},
     maps::{JUMP_TC, JUMP_XDP},
     sip::{View, stages},
 };
@@ -59,6 +59,7 @@ pub fn tollgate(ctx: XdpContext) -> u32 {
         unsafe { JUMP_XDP.tail_call(&ctx, JUMP_PARSE) };
     }
     count(code, bytes as u64);
+    count_iface(&ctx, action);
     action
 }
 
@@ -67,7 +68,9 @@ pub fn tollgate_sip_parse(ctx: XdpContext) -> u32 {
     stages::parse_stage();
     // SAFETY: as in tollgate; on failure the staged verdict stands.
     unsafe { JUMP_XDP.tail_call(&ctx, JUMP_COUNT) };
-    stages::staged_verdict() as u32
+    let action = stages::staged_verdict() as u32;
+    count_iface(&ctx, action);
+    action
 }
 
 #[xdp]
@@ -78,8 +81,11 @@ pub fn tollgate_sip_count(ctx: XdpContext) -> u32 {
         // SAFETY: a tail call into a program array of this program's type.
         unsafe { JUMP_XDP.tail_call(&ctx, JUMP_PARSE) };
         // The chain ended early: the verdict so far stands.
-        return stages::finish(action, stages::staged_code()) as u32;
+        let action = stages::finish(action, stages::staged_code()) as u32;
+        count_iface(&ctx, action);
+        return action;
     }
+    count_iface(&ctx, action as u32);
     action as u32
 }
 

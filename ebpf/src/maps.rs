@@ -4,14 +4,14 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
 use tollgate_common::{
     ALLOWLIST_CAPACITY, AddrKey, AllowEntry, BLOCKLIST_CAPACITY, Baseline, BlockEntry, CALL_EVENTS_BYTES,
     CALLS_CAPACITY, CallKey, CallSeen, Config, Counter, CountryRestriction, CountryWindow, EVENTS_BYTES,
-    ID_DROPPED_CAPACITY, INTL_BASELINE_CAPACITY, IdentityAt, IdentityRestriction, NONCES_CAPACITY, NonceKey,
-    RESTRICTIONS_CAPACITY, Restriction, SIP_PORTS_CAPACITY, SOURCES_CAPACITY, SipContext, SourceStats,
-    TRANSACTIONS_CAPACITY, Txn, TxnKey,
+    ID_DROPPED_CAPACITY, IFACE_STATS_CAPACITY, INTL_BASELINE_CAPACITY, IdentityAt, IdentityRestriction,
+    NONCES_CAPACITY, NonceKey, RESTRICTIONS_CAPACITY, Restriction, SIP_PORTS_CAPACITY, SOURCES_CAPACITY,
+    SipContext, SourceStats, TRANSACTIONS_CAPACITY, Txn, TxnKey,
     number::{COUNTRY_CODE_SLOTS, NumberPlan},
     sip::SipSummary,
     sip_stat, verdict,
@@ -44,6 +44,11 @@ pub(crate) static JUMP_TC: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
 #[map]
 pub(crate) static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(verdict::COUNT, 0);
+
+/// Per interface and action; the agent writes the keys (lookups only here).
+#[map]
+pub(crate) static IFACE_STATS: PerCpuHashMap<u32, Counter> =
+    PerCpuHashMap::with_max_entries(IFACE_STATS_CAPACITY, 0);
 
 // SIP counting.
 

@@ -241,7 +241,8 @@ fn an_international_surge_is_intl_suspended_but_domestic_and_emergency_calls_pas
             .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
             .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
     };
-    let checks: [(&str, &[&str], f64); 7] = [
+    let checks: [(&str, &[&str], f64); 8] = [
+        ("tollgate_interface_packets_total{", &[r#"action="drop""#], 1.0),
         (
             "tollgate_restriction_decisions_total{",
             &[r#"event="impose""#, r#"kind="intl-suspend""#, r#"reason="intl-surge""#, r#"mode="enforce""#],

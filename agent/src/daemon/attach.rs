@@ -60,6 +60,7 @@ fn load_and_attach(args: &RunArgs, setup: &Setup, pin_dir: &Path) -> anyhow::Res
             }
         };
         attached.push((iface.clone(), mode.to_owned()));
+        maps.count_interface(loader::if_index(iface)?)?;
     }
     for iface in &args.egress_ifaces {
         let mode = setup.egress_mode.expect("decided in run() when --egress-iface is given");

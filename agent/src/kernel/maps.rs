@@ -17,9 +17,9 @@ use ipnet::IpNet;
 use tollgate_common::{
     AddrKey, AllowEntry, Baseline, BlockEntry, Config, Counter, CountryRestriction, IdentityAt,
     IdentityRestriction, MAP_ALLOWLIST, MAP_BLOCKLIST, MAP_CONFIG, MAP_COUNTRY_BASELINE, MAP_COUNTRY_BLOCKED,
-    MAP_COUNTRY_CODES, MAP_COUNTRY_INVITES, MAP_COUNTRY_RESTRICT, MAP_ID_RESTRICT, MAP_INTL_BASELINE,
-    MAP_NUMBER_PLAN, MAP_RESTRICTIONS, MAP_SIP_PORTS, MAP_SIP_STATS, MAP_SOURCES, MAP_STATS, Restriction,
-    SourceStats, V4_MAPPED_PREFIX_LEN,
+    MAP_COUNTRY_CODES, MAP_COUNTRY_INVITES, MAP_COUNTRY_RESTRICT, MAP_ID_RESTRICT, MAP_IFACE_STATS,
+    MAP_INTL_BASELINE, MAP_NUMBER_PLAN, MAP_RESTRICTIONS, MAP_SIP_PORTS, MAP_SIP_STATS, MAP_SOURCES,
+    MAP_STATS, Restriction, SourceStats, V4_MAPPED_PREFIX_LEN,
     number::{COUNTRY_CODE_SLOTS, NumberPlan},
     port_key, sip_stat, v4_mapped, v4_unmapped, verdict,
 };
@@ -37,6 +37,7 @@ pub struct Maps {
     sip_ports: HashMap<MapData, u32, u8>,
     config: Array<MapData, Config>,
     stats: PerCpuArray<MapData, Counter>,
+    iface_stats: aya::maps::PerCpuHashMap<MapData, u32, Counter>,
     sources: HashMap<MapData, AddrKey, SourceStats>,
     sip_stats: PerCpuArray<MapData, u64>,
     country_invites: PerCpuArray<MapData, u64>,
@@ -141,6 +142,7 @@ impl Maps {
             sip_ports: typed(s, MAP_SIP_PORTS)?,
             config: typed(s, MAP_CONFIG)?,
             stats: typed(s, MAP_STATS)?,
+            iface_stats: typed(s, MAP_IFACE_STATS)?,
             sources: typed(s, MAP_SOURCES)?,
             sip_stats: typed(s, MAP_SIP_STATS)?,
             country_invites: typed(s, MAP_COUNTRY_INVITES)?,
@@ -265,6 +267,36 @@ impl Maps {
             self.sip_ports.keys().filter_map(|k| k.ok()).map(|k| ((k >> 16) as u8, k as u16)).collect();
         v.sort_unstable();
         v
+    }
+
+    /// Counts the final actions of XDP packets on interface `ifindex`
+    /// from now on (an existing count is kept).
+    pub fn count_interface(&mut self, ifindex: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::io("counting CPUs")(e))?;
+        for dropped in [false, true] {
+            let key = tollgate_common::iface_key(ifindex, dropped);
+            if self.iface_stats.get(&key, 0).is_err() {
+                let zeros = aya::maps::PerCpuValues::try_from(vec![Counter::default(); cpus])
+                    .map_err(Error::io("making per-CPU zeros"))?;
+                self.iface_stats.insert(key, zeros, 0).map_err(Error::map("writing IFACE_STATS"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Packets and bytes of interface `ifindex`, passed and dropped,
+    /// summed over CPUs (zero if not counted).
+    pub fn interface_totals(&self, ifindex: u32) -> [Counter; 2] {
+        [false, true].map(|dropped| {
+            let mut total = Counter::default();
+            if let Ok(per_cpu) = self.iface_stats.get(&tollgate_common::iface_key(ifindex, dropped), 0) {
+                for c in per_cpu.iter() {
+                    total.packets = total.packets.wrapping_add(c.packets);
+                    total.bytes = total.bytes.wrapping_add(c.bytes);
+                }
+            }
+            total
+        })
     }
 
     /// Packet and byte totals per verdict code, summed over CPUs.

@@ -116,3 +116,29 @@ pub(super) fn map_pressure(
     }
     vec![family(&MAP_ENTRIES, entries), family(&MAP_CAPACITY, capacity)]
 }
+
+pub(super) const INTERFACE_PACKETS: Family = Family {
+    name: "tollgate_interface_packets_total",
+    help: "Packets the XDP program passed or dropped on each interface it is attached to (given with --iface).",
+    kind: MetricType::COUNTER,
+};
+
+/// Packets per XDP interface and action.
+pub(super) fn interfaces(maps: &Maps, attached: &[(String, String)]) -> MetricFamily {
+    let mut samples = Vec::new();
+    for (iface, mode) in attached {
+        if mode == "tc-egress" {
+            continue;
+        }
+        let Ok(ifindex) = crate::kernel::loader::if_index(iface) else { continue };
+        let [pass, drop] = maps.interface_totals(ifindex);
+        for (action, c) in [("pass", pass), ("drop", drop)] {
+            samples.push(sample(
+                &[("interface", iface), ("action", action)],
+                c.packets as f64,
+                MetricType::COUNTER,
+            ));
+        }
+    }
+    family(&INTERFACE_PACKETS, samples)
+}

@@ -53,7 +53,8 @@ const LATENCY: Family = Family {
     kind: MetricType::HISTOGRAM,
 };
 
-const FAMILIES: [&Family; 35] = [
+const FAMILIES: [&Family; 36] = [
+    &enforcement::INTERFACE_PACKETS,
     &BUILD_INFO,
     &SCRAPE_DURATION,
     &LATENCY,
@@ -189,6 +190,7 @@ impl Collector for KernelCollector {
         let now = monotonic_now_ns();
         let entries = maps.blocklist.entries();
         out.extend(enforcement::lists(&maps, &entries, now, &self.attached));
+        out.push(enforcement::interfaces(&maps, &self.attached));
         self.read(&mut out, sip::families(&maps, &self.countries, &self.events));
         out.push(decisions::events(&self.events));
         out.push(decisions::detections(&self.events));

@@ -16,6 +16,17 @@ pub const MAP_SIP_PORTS: &str = "SIP_PORTS";
 pub const MAP_CONFIG: &str = "CONFIG";
 /// Per-CPU packet/byte counters, indexed by verdict code ([`Counter`]).
 pub const MAP_STATS: &str = "STATS";
+/// Per-CPU packet/byte counters per XDP interface and action (per-CPU
+/// hash, key [`iface_key`], value [`Counter`]): only the keys the agent
+/// writes for the interfaces it attaches to are counted.
+pub const MAP_IFACE_STATS: &str = "IFACE_STATS";
+/// Two keys (pass, drop) for each of at most 32 interfaces.
+pub const IFACE_STATS_CAPACITY: u32 = 64;
+
+/// The [`MAP_IFACE_STATS`] key of interface `ifindex` and an action.
+pub const fn iface_key(ifindex: u32, dropped: bool) -> u32 {
+    (ifindex << 1) | dropped as u32
+}
 
 /// Per-source SIP counters (LRU hash, key [`AddrKey`], value [`SourceStats`]).
 pub const MAP_SOURCES: &str = "SOURCES";
@@ -85,7 +96,7 @@ pub const MAP_JUMP_TC: &str = "JUMP_TC";
 /// dead agent's program keeps working. The jump tables are pinned because
 /// the kernel empties a program array when its last user reference goes.
 /// The event ring buffer is not pinned: a new agent starts a new stream.
-pub const PINNED_MAPS: [&str; 19] = [
+pub const PINNED_MAPS: [&str; 20] = [
     MAP_ID_RESTRICT,
     MAP_INTL_BASELINE,
     MAP_COUNTRY_BASELINE,
@@ -99,6 +110,7 @@ pub const PINNED_MAPS: [&str; 19] = [
     MAP_SIP_PORTS,
     MAP_CONFIG,
     MAP_STATS,
+    MAP_IFACE_STATS,
     MAP_SOURCES,
     MAP_SIP_STATS,
     MAP_COUNTRY_INVITES,
