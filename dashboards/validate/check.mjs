@@ -1,25 +1,27 @@
 #!/usr/bin/env node
-// node check.mjs [DASHBOARD.json]  (default: ../tollgate.json)
+// node check.mjs [DASHBOARD.json ...]  (default: ../tollgate.json)
 //
-// What `tsc --noEmit -p .` (dashboard.ts) cannot check:
-//   1. the dashboard's text as an object literal `satisfies StrictDashboard`
-//      (schema.ts): enum values, literal types, unknown keys, each panel's
-//      options for its type, every target a Prometheus query;
-//   2. what no type says: unique panel ids, the layout inside 24 columns
-//      without overlaps, the template variables, every panel and target on
-//      the `${datasource}` variable, every query filtered by $instance
-//      (and $interface), no fixed range, nothing that answers without its
-//      metric (`or vector(0)`, absent(), ...).
-// Prints every problem as FILE:LINE:COL or FILE: PANEL: ..., and exits 1 if
-// there is any.
+// For each file, in one TypeScript program:
+//   1. as `tsc --noEmit -p .` checks dashboard.ts: the file imported as JSON
+//      against Loose<Dashboard> (schema.ts): structure, field types,
+//      required fields;
+//   2. the file's text as an object literal `satisfies StrictDashboard`:
+//      enum values, literal types, unknown keys, each panel's options for
+//      its type, every target a Prometheus query;
+// then what no type says: unique panel ids, the layout inside 24 columns
+// without overlaps, the template variables, every panel and target on the
+// `${datasource}` variable, every query filtered by $instance (and
+// $interface), no fixed range, nothing that answers without its metric
+// (`or vector(0)`, absent(), ...).
+// Prints each problem on a line of its own that starts with the file's name
+// (FILE:LINE:COL for the literal check), then "FILE: ok" or "FILE: N
+// problem(s)"; exits 1 if any file has a problem, 2 if it cannot check.
 
 import { readFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const file = resolve(process.argv[2] ?? join(here, '..', 'tollgate.json'));
-const shown = relative(process.cwd(), file) || file;
 
 let ts;
 try {
@@ -29,46 +31,91 @@ try {
   process.exit(2);
 }
 
-const problems = [];
-const problem = (where, what) => problems.push(`${shown}: ${where}: ${what}`);
+/** One file being checked: its name as shown, text, parsed JSON, problems. */
+class Checked {
+  constructor(path, index) {
+    this.path = resolve(path);
+    this.shown = relative(process.cwd(), this.path) || this.path;
+    this.problems = [];
+    this.importFile = join(here, `__import_check_${index}__.ts`);
+    this.literalFile = join(here, `__literal_check_${index}__.ts`);
+    this.text = readFileSync(this.path, 'utf8');
+    try {
+      this.json = JSON.parse(this.text);
+    } catch (e) {
+      this.problems.push(`${this.shown}: not JSON: ${e.message}`);
+    }
+  }
+}
+
+// The file whose structure is being checked (structureCheck and its helpers
+// read these two).
+let dashboard;
+let current;
+const problem = (where, what) => current.problems.push(`${current.shown}: ${where}: ${what}`);
 
 // ------------------------------------------------------------------ types
 
-function typeCheck() {
+// The literal check's source: the JSON text unchanged, so that a
+// diagnostic's line is the file's line (columns shift on the first line
+// only). `satisfies` stays on the literal's last line: after a line break it
+// would start a statement of its own.
+const PREFIX = "import type { StrictDashboard } from './schema'; export const dashboard = ";
+
+function typeCheck(files) {
   const config = ts.getParsedCommandLineOfConfigFile(join(here, 'tsconfig.json'), {}, {
     ...ts.sys,
     onUnRecoverableConfigFileDiagnostic: (d) => {
       throw new Error(ts.flattenDiagnosticMessageText(d.messageText, '\n'));
     },
   });
-  const virtual = join(here, '__strict_check__.ts');
-  // The JSON text unchanged, so that a diagnostic's line is the file's
-  // line (columns shift on the first line only). `satisfies` must stay on
-  // the literal's last line: after a line break it would start a statement.
-  const prefix = "import type { StrictDashboard } from './schema'; export const dashboard = ";
-  const source = `${prefix}${text.trimEnd()} satisfies StrictDashboard;\n`;
+  const sources = new Map();
+  for (const f of files) {
+    // Exactly what dashboard.ts does, for this file.
+    sources.set(f.importFile, [
+      `import dashboard from ${JSON.stringify(f.path)};`,
+      "import type { LooseDashboard } from './schema';",
+      'export const checked: LooseDashboard = dashboard;',
+      '',
+    ].join('\n'));
+    if (f.json !== undefined) sources.set(f.literalFile, `${PREFIX}${f.text.trimEnd()} satisfies StrictDashboard;\n`);
+  }
   const host = ts.createCompilerHost(config.options);
-  const isVirtual = (name) => resolve(name) === virtual;
+  const virtual = (name) => sources.get(resolve(name));
   const { getSourceFile, fileExists, readFile } = host;
   host.getSourceFile = (name, language, ...rest) =>
-    isVirtual(name) ? ts.createSourceFile(name, source, language, true) : getSourceFile.call(host, name, language, ...rest);
-  host.fileExists = (name) => isVirtual(name) || fileExists.call(host, name);
-  host.readFile = (name) => (isVirtual(name) ? source : readFile.call(host, name));
-  const program = ts.createProgram({ rootNames: [virtual], options: { ...config.options, noEmit: true }, host });
+    virtual(name) !== undefined
+      ? ts.createSourceFile(name, virtual(name), language, true)
+      : getSourceFile.call(host, name, language, ...rest);
+  host.fileExists = (name) => virtual(name) !== undefined || fileExists.call(host, name);
+  host.readFile = (name) => virtual(name) ?? readFile.call(host, name);
+  const program = ts.createProgram({ rootNames: [...sources.keys()], options: { ...config.options, noEmit: true }, host });
+  const general = [];
   for (const d of ts.getPreEmitDiagnostics(program)) {
-    let message = ts.flattenDiagnosticMessageText(d.messageText, '\n  ');
-    if (message.length > 1500) message = `${message.slice(0, 1500)} ...`;
-    if (d.file && isVirtual(d.file.fileName) && d.start !== undefined) {
+    // Every step of the elaboration (the last says which field), each
+    // without the whole types it names.
+    const message = ts
+      .flattenDiagnosticMessageText(d.messageText, '\n')
+      .split('\n')
+      .map((l) => (l.length > 300 ? `${l.slice(0, 300)} ...` : l))
+      .join('\n  ');
+    const name = d.file ? resolve(d.file.fileName) : undefined;
+    const literal = files.find((f) => f.literalFile === name);
+    const imported = files.find((f) => f.importFile === name || f.path === name);
+    if (literal && d.start !== undefined) {
       const { line, character } = d.file.getLineAndCharacterOfPosition(d.start);
-      const column = line === 0 ? Math.max(0, character - prefix.length) : character;
-      problems.push(`${shown}:${line + 1}:${column + 1}: TS${d.code}: ${message}`);
+      const column = line === 0 ? Math.max(0, character - PREFIX.length) : character;
+      literal.problems.push(`${literal.shown}:${line + 1}:${column + 1}: TS${d.code}: ${message}`);
+    } else if (imported) {
+      imported.problems.push(`${imported.shown}: imported as JSON (as by tsc -p): TS${d.code}: ${message}`);
     } else if (d.file && d.start !== undefined) {
       const { line, character } = d.file.getLineAndCharacterOfPosition(d.start);
-      problems.push(`${relative(process.cwd(), d.file.fileName)}:${line + 1}:${character + 1}: TS${d.code}: ${message}`);
+      general.push(`${relative(process.cwd(), d.file.fileName)}:${line + 1}:${character + 1}: TS${d.code}: ${message}`);
     } else {
-      problems.push(`TS${d.code}: ${message}`);
+      general.push(`TS${d.code}: ${message}`);
     }
   }
+  return general;
 }
 
 // ------------------------------------------------------------------ structure
@@ -253,23 +300,27 @@ function exprProblems(expr) {
 
 // ------------------------------------------------------------------ main
 
-const text = readFileSync(file, 'utf8');
-let dashboard;
+const paths = process.argv.length > 2 ? process.argv.slice(2) : [join(here, '..', 'tollgate.json')];
+let files;
 try {
-  dashboard = JSON.parse(text);
+  files = paths.map((p, i) => new Checked(p, i));
 } catch (e) {
-  console.error(`${shown}: not JSON: ${e.message}`);
-  process.exit(1);
+  console.error(`check.mjs: ${e.message}`);
+  process.exit(2);
 }
-
-typeCheck();
-if (dashboard !== null && typeof dashboard === 'object' && !Array.isArray(dashboard)) {
-  structureCheck();
+const general = typeCheck(files);
+for (const line of general) console.error(line);
+let failed = general.length > 0;
+for (const f of files) {
+  current = f;
+  dashboard = f.json;
+  if (dashboard !== null && typeof dashboard === 'object' && !Array.isArray(dashboard)) structureCheck();
+  for (const line of f.problems) console.error(line);
+  if (f.problems.length > 0) {
+    failed = true;
+    console.error(`${f.shown}: ${f.problems.length} problem(s)`);
+  } else {
+    console.log(`${f.shown}: ok (${countPanels()} panels, ${countTargets()} queries)`);
+  }
 }
-
-if (problems.length > 0) {
-  for (const p of problems) console.error(p);
-  console.error(`${shown}: ${problems.length} problem(s)`);
-  process.exit(1);
-}
-console.log(`${shown}: ok (${countPanels()} panels, ${countTargets()} queries)`);
+process.exit(failed ? 1 : 0);
