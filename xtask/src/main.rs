@@ -59,7 +59,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install everything a fresh machine needs (apt packages, nightly
-    /// rust-src, bpf-linker). Idempotent and quiet when already done.
+    /// rust-src, bpf-linker, SIPVicious, the dashboard check's npm
+    /// packages). Idempotent and quiet when already done.
     Setup,
     /// Set up, then build the agent (which embeds the XDP program).
     Build {
@@ -383,7 +384,41 @@ fn setup() -> Result<()> {
     apt_packages()?;
     rust_src()?;
     bpf_linker()?;
-    sipvicious()
+    sipvicious()?;
+    dashboard_validation()
+}
+
+/// Installs the npm packages that check the Grafana dashboard against
+/// Grafana's schema (dashboards/validate: @grafana/schema and typescript,
+/// pinned in its package-lock.json) with `npm ci`, when node_modules is
+/// missing or was installed from another lockfile. Node.js and npm come
+/// with the machine; Debian's are installed where they do not.
+fn dashboard_validation() -> Result<()> {
+    let dir = workspace_root().join("dashboards/validate");
+    let lock = std::fs::read(dir.join("package-lock.json"))
+        .context("reading dashboards/validate/package-lock.json")?;
+    // A copy of the lockfile npm ci installed from, inside node_modules (so
+    // that removing node_modules removes it too).
+    let stamp = dir.join("node_modules/.tollgate-installed-lock.json");
+    if std::fs::read(&stamp).is_ok_and(|installed| installed == lock) {
+        return Ok(());
+    }
+    if output(Command::new("npm").arg("--version")).is_none() {
+        eprintln!("setup: installing nodejs npm (the dashboard's schema check)");
+        run(Command::new("apt-get").args(["update", "-qq"]))
+            .context("apt-get update (setup needs root and the Debian package mirror)")?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends", "nodejs", "npm"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    eprintln!("setup: npm ci in dashboards/validate (@grafana/schema, typescript)");
+    // Quiet: npm's "added 2 packages" goes to stdout, errors to stderr.
+    run(Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(&dir)
+        .stdout(Stdio::null()))
+    .context("npm ci in dashboards/validate failed")?;
+    std::fs::write(&stamp, &lock).with_context(|| format!("writing {}", stamp.display()))
 }
 
 /// The SIPVicious release the acceptance tests attack with (Debian's 0.3.3
