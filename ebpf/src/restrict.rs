@@ -119,8 +119,9 @@ pub(crate) fn restrict(sc: &SipContext, s: &SipSummary, class: u8, cc: u16, tag:
     // credentials unseen is dropped too (fail closed there): a datagram
     // not readable as SIP (a tiny first IP fragment), and an international
     // INVITE whose headers do not end in what was read (the credentials in
-    // a later fragment or segment) or that carries more than one
-    // credentials header (a decoy first). TCP continuation segments pass:
+    // a later fragment or segment) or whose credentials are ambiguous
+    // (another credentials header, a decoy first; a second username;
+    // sweep::SEVERAL_CREDENTIALS). TCP continuation segments pass:
     // other phones behind the same NAT send them (README: "Lines").
     let hidden = (s.kind == kind::UNPARSED && sc.proto != IPPROTO_TCP)
         || (s.kind == kind::REQUEST
