@@ -209,6 +209,7 @@ fn an_international_surge_is_intl_suspended_but_domestic_and_emergency_calls_pas
     let topo = Topology::new();
     let audit = AuditFile::new();
     let agent = start(&topo, &audit, &["--intl-invite-threshold", "20"]);
+    let began = std::time::Instant::now();
     for _ in 0..20 {
         send(&topo, CUSTOMER_V6, "invite-intl-plus-232.sip");
     }
@@ -216,7 +217,13 @@ fn an_international_surge_is_intl_suspended_but_domestic_and_emergency_calls_pas
         &audit,
         &[r#""event":"impose""#, r#""kind":"intl-suspend""#, r#""target":"2001:db8:2::10/128""#],
     );
+    let bound = began.elapsed();
     assert!(line.contains(r#""reason":"intl-surge""#) && line.contains(r#""count":20"#), "{line}");
+    // The latency runs from the kernel's crossing, during the sends, to
+    // the write: never longer than the test has taken so far.
+    let record: serde_json::Value = serde_json::from_str(&line).expect("an audit record is JSON");
+    let latency_us = record["decision_latency_us"].as_u64().unwrap_or_else(|| panic!("no latency: {line}"));
+    assert!(latency_us <= bound.as_micros() as u64, "{latency_us} us, in a test {bound:?} old: {line}");
     let drops = agent.packets(verdict::DROP_INTL_SUSPENDED);
     send(&topo, CUSTOMER_V6, "invite-intl-00-232.sip");
     assert!(rises(&agent, verdict::DROP_INTL_SUSPENDED, drops), "international INVITE not dropped");
@@ -255,6 +262,15 @@ fn an_international_surge_is_intl_suspended_but_domestic_and_emergency_calls_pas
         ("tollgate_ring_buffer_events_total{", &[r#"ring="call_events""#, r#"outcome="read""#], 20.0),
         ("tollgate_build_info{", &[r#"version=""#, r#"kernel=""#], 1.0),
     ];
+    // The histogram observed the audited latency, in seconds, and nothing
+    // longer than the test.
+    let sum = value("tollgate_decision_latency_seconds_sum", &[]).expect("a latency sum");
+    let count = value("tollgate_decision_latency_seconds_count", &[]).expect("a latency count");
+    assert!(
+        sum + 1e-6 >= latency_us as f64 / 1e6 && sum <= count * began.elapsed().as_secs_f64(),
+        "{count} latencies summing to {sum} s, one audited at {latency_us} us, in a test {:?} old",
+        began.elapsed()
+    );
     for (name, labels, at_least) in checks {
         let v = value(name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{page}"));
         assert!(v >= at_least, "{name} {labels:?} = {v}, want at least {at_least}");

@@ -196,14 +196,13 @@ impl Daemon {
 
     fn event(&mut self, event: &ThresholdEvent) {
         let now = monotonic_now_ns();
-        let latency_us = now.saturating_sub(event.at_ns) / 1000;
         if events::EventKind::from_code(event.kind) == Some(events::EventKind::CountryInvites) {
             self.reporting.surge(event.cc);
         }
         let mut m = lock(&self.maps);
         for d in self.learned.decide(&mut self.engine, now, event, self.window) {
             self.reporting.decision(&d);
-            self.actuator.apply(&mut m, &d, Some(latency_us));
+            self.actuator.apply(&mut m, &d, Some(event.at_ns));
         }
     }
 
@@ -213,11 +212,10 @@ impl Daemon {
         if decisions.is_empty() {
             return;
         }
-        let latency_us = now.saturating_sub(event.at_ns) / 1000;
         let mut m = lock(&self.maps);
         for d in decisions {
             self.reporting.decision(&d);
-            self.actuator.apply(&mut m, &d, Some(latency_us));
+            self.actuator.apply(&mut m, &d, Some(event.at_ns));
         }
     }
 
