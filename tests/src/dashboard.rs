@@ -36,47 +36,69 @@ pub fn load() -> Value {
 /// One query of one panel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Query {
-    /// The panel's id and title.
+    /// The title of the row the panel is in ("" before the first row).
+    pub row: String,
+    /// The panel's id, title, type ("timeseries", "stat", ...) and unit.
     pub panel_id: u64,
     pub panel: String,
+    pub kind: String,
+    pub unit: String,
     pub ref_id: String,
     /// The PromQL as written, template variables and all (see [`substitute`]).
     pub expr: String,
+    /// Grafana's legendFormat (`{{label}}` placeholders), or "".
+    pub legend: String,
     /// An instant query (stat, bar gauge, table): Grafana asks
     /// `/api/v1/query`; otherwise a range query (`/api/v1/query_range`).
     pub instant: bool,
 }
 
-/// Every panel but rows, those inside collapsed rows too, in the file's order.
-pub fn panels(dashboard: &Value) -> Vec<&Value> {
-    let mut out = Vec::new();
+/// Every row's title and its panels (those inside collapsed rows too), in
+/// the file's order; panels before the first row are in a row titled "".
+pub fn rows(dashboard: &Value) -> Vec<(String, Vec<&Value>)> {
+    let mut out: Vec<(String, Vec<&Value>)> = Vec::new();
     for panel in dashboard["panels"].as_array().into_iter().flatten() {
         if panel["type"] == "row" {
-            out.extend(panel["panels"].as_array().into_iter().flatten());
+            let title = panel["title"].as_str().unwrap_or_default().to_owned();
+            out.push((title, panel["panels"].as_array().into_iter().flatten().collect()));
         } else {
-            out.push(panel);
+            if out.is_empty() {
+                out.push((String::new(), Vec::new()));
+            }
+            out.last_mut().expect("a row").1.push(panel);
         }
     }
     out
 }
 
+/// Every panel but rows, those inside collapsed rows too, in the file's order.
+pub fn panels(dashboard: &Value) -> Vec<&Value> {
+    rows(dashboard).into_iter().flat_map(|(_, panels)| panels).collect()
+}
+
 /// Every query of every panel (a panel without queries contributes none:
 /// [`panels`] tells them apart).
 pub fn panel_queries(dashboard: &Value) -> Vec<Query> {
-    panels(dashboard)
-        .into_iter()
-        .flat_map(|panel| {
-            let title = panel["title"].as_str().unwrap_or_default().to_owned();
-            let id = panel["id"].as_u64().unwrap_or_default();
-            panel["targets"].as_array().into_iter().flatten().map(move |t| Query {
-                panel_id: id,
-                panel: title.clone(),
-                ref_id: t["refId"].as_str().unwrap_or_default().to_owned(),
-                expr: t["expr"].as_str().unwrap_or_default().to_owned(),
-                instant: t["instant"] == true,
-            })
-        })
-        .collect()
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    let mut out = Vec::new();
+    for (row, panels) in rows(dashboard) {
+        for panel in panels {
+            for t in panel["targets"].as_array().into_iter().flatten() {
+                out.push(Query {
+                    row: row.clone(),
+                    panel_id: panel["id"].as_u64().unwrap_or_default(),
+                    panel: text(&panel["title"]),
+                    kind: text(&panel["type"]),
+                    unit: text(&panel["fieldConfig"]["defaults"]["unit"]),
+                    ref_id: text(&t["refId"]),
+                    expr: text(&t["expr"]),
+                    legend: text(&t["legendFormat"]),
+                    instant: t["instant"] == true,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// Each query variable as (name, PromQL that returns one series per value
@@ -113,14 +135,16 @@ pub fn label_values_as_promql(query: &str) -> Result<String> {
 
 /// `expr` as Grafana sends it with "All" selected in every variable: the
 /// dashboard's `$instance`/`${instance}` and `$interface` become `.*` (their
-/// allValue), and Grafana's `$__rate_interval`, `$__interval` and
-/// `$__range` become `interval` (a Prometheus duration such as "30s"; give
-/// at least four scrape intervals, as Grafana's $__rate_interval is).
+/// allValue), Grafana's `$__rate_interval` and `$__interval` become
+/// `interval` (a Prometheus duration such as "30s"; give at least four
+/// scrape intervals, as Grafana's $__rate_interval is) and `$__range`
+/// becomes `range` (the dashboard's time range, e.g. "5m").
 /// Anything else after a `$` is left as it is.
-pub fn substitute(expr: &str, interval: &str) -> String {
+pub fn substitute(expr: &str, interval: &str, range: &str) -> String {
     let value = |name: &str| match name {
         "instance" | "interface" => Some(".*"),
-        "__rate_interval" | "__interval" | "__range" => Some(interval),
+        "__rate_interval" | "__interval" => Some(interval),
+        "__range" => Some(range),
         _ => None,
     };
     let mut out = String::with_capacity(expr.len());
@@ -179,7 +203,7 @@ mod tests {
     fn substituted_queries_of_the_dashboard_have_no_variables_left() {
         let d = load();
         for q in panel_queries(&d) {
-            let e = substitute(&q.expr, "30s");
+            let e = substitute(&q.expr, "30s", "5m");
             assert!(!e.contains('$'), "{}/{}: {e}", q.panel, q.ref_id);
             if q.expr.contains("$instance") {
                 assert!(e.contains(r#"instance=~".*""#), "{e}");
@@ -198,7 +222,7 @@ mod tests {
             ]
         );
         for (_, v) in vars {
-            assert!(!substitute(&v, "30s").contains('$'));
+            assert!(!substitute(&v, "30s", "5m").contains('$'));
         }
     }
 
@@ -207,13 +231,20 @@ mod tests {
         assert_eq!(
             substitute(
                 r#"rate(a{instance=~"$instance", interface=~"${interface}"}[$__rate_interval])"#,
-                "1m"
+                "1m",
+                "1h"
             ),
             r#"rate(a{instance=~".*", interface=~".*"}[1m])"#
         );
-        assert_eq!(substitute("x[$__interval] y[${__range}] ${instance}", "20s"), "x[20s] y[20s] .*");
+        assert_eq!(
+            substitute("x[$__interval] y[${__range}] z[$__range] ${instance}", "20s", "2m"),
+            "x[20s] y[2m] z[2m] .*"
+        );
         // Not ours: left alone, so that a test sees it.
-        assert_eq!(substitute("a{b=\"$other\"} $instances $ ${x", "1m"), "a{b=\"$other\"} $instances $ ${x");
+        assert_eq!(
+            substitute("a{b=\"$other\"} $instances $ ${x", "1m", "1h"),
+            "a{b=\"$other\"} $instances $ ${x"
+        );
     }
 
     #[test]

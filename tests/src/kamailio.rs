@@ -24,6 +24,11 @@ pub const CUSTOMER: (&str, &str, &str) = ("1001", "edge.example", "secret");
 /// not in any list of usual passwords.
 pub const VICTIM: (&str, &str, &str) = ("1002", "edge.example", "zebra-quartz-71");
 
+/// Whether Kamailio (Debian package kamailio) is installed.
+pub fn installed() -> bool {
+    crate::command_exists("kamailio")
+}
+
 /// Kamailio running in the foreground in a namespace, listening on UDP
 /// `addr`:5060, with its own run directory (and copy of the subscriber
 /// table) under the temporary directory.

@@ -7,8 +7,10 @@
 //! test panics. Debris left by a killed earlier run is swept on first use.
 
 pub mod dashboard;
+pub mod http;
 pub mod kamailio;
 pub mod netns;
+pub mod prometheus;
 pub mod promql;
 pub mod report;
 pub mod sipp;
@@ -65,22 +67,63 @@ pub fn tool_present(test: &str, tool: &str, found: bool) -> bool {
     false
 }
 
+/// Whether `name` is a command on $PATH.
+pub fn command_exists(name: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The workspace's target directory ($CARGO_TARGET_DIR, or target/).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
 /// Path of the `tollgate` binary under test: $TOLLGATE_BIN, or the debug
 /// build in this workspace's target directory.
 pub fn tollgate_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("TOLLGATE_BIN") {
         return PathBuf::from(p);
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let bin = target.join("debug/tollgate");
+    let bin = target_dir().join("debug/tollgate");
     assert!(
         bin.exists(),
         "{} not found: build it with `cargo build -p tollgate` (cargo xtask test/demo do) or set TOLLGATE_BIN",
         bin.display()
     );
     bin
+}
+
+/// A file under the temporary directory, removed on drop (and shown on
+/// standard error first when a test is failing: an audit log, a CSV).
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    /// A new name (nothing is created).
+    pub fn new(kind: &str) -> Self {
+        Self(std::env::temp_dir().join(unique(kind)))
+    }
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.0).unwrap_or_default()
+    }
+    pub fn lines(&self) -> Vec<String> {
+        self.text().lines().map(str::to_owned).collect()
+    }
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- {} ---\n{}", self.0.display(), self.text());
+        }
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Polls `f` until it returns `Some` or `timeout` passes.

@@ -5,10 +5,15 @@ use std::{
     net::IpAddr,
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
     time::Duration,
 };
 
-use crate::{netns::NetNs, wait_for};
+use crate::{TempFile, netns::NetNs, wait_for};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/sipp").join(name)
@@ -227,6 +232,91 @@ impl Client {
                     .join("\n"),
                 String::from_utf8_lossy(&out.stderr)
             ),
+        }
+    }
+}
+
+/// `calls` calls of `call-uac.xml` (407 proxy authentication with the CSV's
+/// credentials, relayed to the UAS) from `src` to `number`, at `rate` a
+/// second, to Kamailio in the acceptance site's core.
+pub fn call(csv: impl Into<PathBuf>, src: IpAddr, number: &str, calls: u32, rate: u32) -> Client {
+    let mut c = Client::new("call-uac.xml", csv, src, crate::site::core_for(src));
+    c.service = Some(number.to_owned());
+    c.calls = calls;
+    c.rate = rate;
+    c.recv_timeout_ms = 2000;
+    c
+}
+
+/// Whether sipp (Debian package sip-tester) is installed.
+pub fn installed() -> bool {
+    crate::command_exists("sipp")
+}
+
+/// A sipp CSV of credentials for `user`: wrong passwords, with the right
+/// one at position `right_at` (1-based) of `rows` (0: never).
+pub fn guesses_csv(user: &str, right: &str, right_at: usize, rows: usize) -> TempFile {
+    let f = TempFile::new("guesses");
+    let mut text = String::from("SEQUENTIAL\n");
+    for i in 1..=rows {
+        let pw = if i == right_at { right.to_owned() } else { format!("guess{i:04}") };
+        text.push_str(&format!("{user};[authentication username={user} password={pw}]\n"));
+    }
+    std::fs::write(&f.0, text).expect("guesses csv");
+    f
+}
+
+/// A sipp CSV of `users` with their right passwords.
+pub fn users_csv(users: &[(String, String)]) -> TempFile {
+    let f = TempFile::new("users");
+    let mut text = String::from("SEQUENTIAL\n");
+    for (u, pw) in users {
+        text.push_str(&format!("{u};[authentication username={u} password={pw}]\n"));
+    }
+    std::fs::write(&f.0, text).expect("users csv");
+    f
+}
+
+/// Runs a sipp client `every` interval on a thread until stopped, counting
+/// its successful and failed calls: a customer's normal traffic going on
+/// during an attack.
+pub struct Repeater {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<(u64, u64)>>,
+}
+
+impl Repeater {
+    pub fn start(ns: String, client: Client, every: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, 0);
+            while !stopped.load(Ordering::Relaxed) {
+                let out = client.run(&ns);
+                ok += out.successful;
+                failed += out.failed + u64::from(out.successful + out.failed == 0);
+                if out.failed > 0 {
+                    eprintln!("legitimate client {} failed:\n{}", client.src, out.text);
+                }
+                std::thread::sleep(every);
+            }
+            (ok, failed)
+        });
+        Self { stop, thread: Some(thread) }
+    }
+
+    /// Stops it and returns (successful, failed) calls.
+    pub fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().expect("running").join().expect("repeater thread")
+    }
+}
+
+impl Drop for Repeater {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

@@ -11,10 +11,7 @@ use crate::netns::ip;
 
 /// The venv `cargo xtask setup` installs SIPVicious into.
 pub fn venv() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
-        .join("venv")
+    crate::target_dir().join("venv")
 }
 
 /// The `sipvicious_svcrack` script, if installed.

@@ -67,6 +67,8 @@ pub struct Site {
     pub inside_if: String,
     /// The internet side's interface (attackers' route source tricks).
     pub inet_if: String,
+    /// The core's interface, facing the edge (Kamailio's).
+    pub core_if: String,
     pub edge: NetNs,
     pub inet: NetNs,
     pub office: NetNs,
@@ -156,7 +158,7 @@ impl Site {
         office
             .exec(&["nft", &format!("add rule ip nat post oifname \"{office_wan}\" snat to 198.51.100.200")]);
 
-        Self { outside_if, office_if, inside_if, inet_if, edge, inet, office, core }
+        Self { outside_if, office_if, inside_if, inet_if, core_if, edge, inet, office, core }
     }
 
     /// The edge's interfaces, for `tollgate run --iface` each.

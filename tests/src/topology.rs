@@ -10,8 +10,7 @@
 
 use std::{
     fs,
-    io::{Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -21,7 +20,7 @@ use std::{
 use tollgate_common::Counter;
 
 use crate::{
-    netns::{NetNs, PIN_ROOT, enter, ip},
+    netns::{NetNs, PIN_ROOT, ip},
     unique, wait_for,
 };
 
@@ -149,6 +148,8 @@ pub struct Agent {
     args: Vec<String>,
     /// Extra environment for the agent process (kept across restarts).
     env: Vec<(String, String)>,
+    /// `--metrics-addr`: [`METRICS_ADDR`] unless `args` give one.
+    metrics_addr: SocketAddr,
 }
 
 pub const METRICS_ADDR: &str = "127.0.0.1:9465";
@@ -192,6 +193,13 @@ impl Agent {
     ) -> Self {
         let pin_dir = pin_dir.to_owned();
         let log = std::env::temp_dir().join(format!("{}.log", unique("agent")));
+        let metrics_addr = args
+            .iter()
+            .position(|a| *a == "--metrics-addr")
+            .and_then(|i| args.get(i + 1))
+            .unwrap_or(&METRICS_ADDR)
+            .parse()
+            .expect("--metrics-addr is an address:port");
         let mut agent = Self {
             child: None,
             control_socket: std::env::temp_dir().join(format!("{}.sock", unique("ctl"))),
@@ -202,6 +210,7 @@ impl Agent {
             ifaces: ifaces.iter().map(|s| s.to_string()).collect(),
             args: args.iter().map(|s| s.to_string()).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            metrics_addr,
         };
         agent.spawn();
         agent
@@ -220,7 +229,10 @@ impl Agent {
         for iface in &self.ifaces {
             cmd.args(["--iface", iface]);
         }
-        cmd.args(["--metrics-addr", METRICS_ADDR, "--pin-path"])
+        if !self.args.iter().any(|a| a == "--metrics-addr") {
+            cmd.args(["--metrics-addr", METRICS_ADDR]);
+        }
+        cmd.arg("--pin-path")
             .arg(&self.pin_dir)
             .arg("--control-socket")
             .arg(&self.control_socket)
@@ -283,23 +295,16 @@ impl Agent {
 
     /// A function that fetches the metrics page, usable from any thread.
     pub fn metrics_reader(&self) -> impl Fn() -> Option<String> + Send + 'static {
-        let ns = self.edge_ns.clone();
-        move || {
-            let ns = ns.clone();
-            std::thread::spawn(move || {
-                enter(&ns);
-                let addr: SocketAddr = METRICS_ADDR.parse().expect("valid");
-                let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-                s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
-                let mut body = String::new();
-                s.read_to_string(&mut body).ok()?;
-                body.starts_with("HTTP/1.1 200").then_some(body)
-            })
-            .join()
-            .ok()
-            .flatten()
+        let (ns, addr) = (self.edge_ns.clone(), self.metrics_addr);
+        move || match crate::http::get(&ns, addr, "/metrics", Duration::from_secs(5)) {
+            Some((200, body)) => Some(body),
+            _ => None,
         }
+    }
+
+    /// Where its metrics endpoint listens (in its namespace).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
     }
 
     /// Packet/byte totals per verdict, read from the pinned kernel map.

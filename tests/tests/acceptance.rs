@@ -17,20 +17,17 @@ use std::{
     net::IpAddr,
     path::PathBuf,
     process::Command,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use tollgate_tests::{
-    kamailio::{Kamailio, VICTIM},
+    TempFile,
+    kamailio::{self, Kamailio, VICTIM},
     netns::PIN_ROOT,
     privileged,
     report::{self, Row, scale},
-    sipp::{Client, Outcome, Server},
+    sipp::{Client, Outcome, Repeater, Server, call, guesses_csv, users_csv},
     sipvicious::{SourceRoute, Svcrack, run_tool, svcrack_bin},
     site::*,
     tool_present,
@@ -38,35 +35,9 @@ use tollgate_tests::{
     unique, wait_for,
 };
 
-/// A file under the temporary directory, removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(kind: &str) -> Self {
-        Self(std::env::temp_dir().join(unique(kind)))
-    }
-    fn text(&self) -> String {
-        std::fs::read_to_string(&self.0).unwrap_or_default()
-    }
-    fn path(&self) -> &str {
-        self.0.to_str().expect("utf-8")
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- {} ---\n{}", self.0.display(), self.text());
-        }
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 fn tools_present(test: &str) -> bool {
-    let kamailio =
-        Command::new("sh").args(["-c", "command -v kamailio"]).output().is_ok_and(|o| o.status.success());
     privileged(test)
-        && tool_present(test, "kamailio (Debian package kamailio)", kamailio)
+        && tool_present(test, "kamailio (Debian package kamailio)", kamailio::installed())
         && tool_present(test, "sipvicious_svcrack (target/venv)", svcrack_bin().is_some())
 }
 
@@ -145,74 +116,6 @@ impl Bed {
         assert!(ok, "{err}");
         list
     }
-}
-
-/// Runs a sipp client `every` interval on a thread until stopped, counting
-/// its successful and failed calls: a customer's normal traffic going on
-/// during an attack.
-struct Repeater {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<(u64, u64)>>,
-}
-
-impl Repeater {
-    fn start(ns: String, client: Client, every: Duration) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            let (mut ok, mut failed) = (0, 0);
-            while !stopped.load(Ordering::Relaxed) {
-                let out = client.run(&ns);
-                ok += out.successful;
-                failed += out.failed + u64::from(out.successful + out.failed == 0);
-                if out.failed > 0 {
-                    eprintln!("legitimate client {} failed:\n{}", client.src, out.text);
-                }
-                std::thread::sleep(every);
-            }
-            (ok, failed)
-        });
-        Self { stop, thread: Some(thread) }
-    }
-
-    /// Stops it and returns (successful, failed) calls.
-    fn finish(mut self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().expect("running").join().expect("repeater thread")
-    }
-}
-
-impl Drop for Repeater {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// A sipp CSV of credentials for `user`: wrong passwords, with the right
-/// one at position `right_at` (1-based) of `rows`.
-fn guesses_csv(user: &str, right: &str, right_at: usize, rows: usize) -> TempFile {
-    let f = TempFile::new("guesses");
-    let mut text = String::from("SEQUENTIAL\n");
-    for i in 1..=rows {
-        let pw = if i == right_at { right.to_owned() } else { format!("guess{i:04}") };
-        text.push_str(&format!("{user};[authentication username={user} password={pw}]\n"));
-    }
-    std::fs::write(&f.0, text).expect("guesses csv");
-    f
-}
-
-/// A sipp CSV of `users` with their right passwords.
-fn users_csv(users: &[(String, String)]) -> TempFile {
-    let f = TempFile::new("users");
-    let mut text = String::from("SEQUENTIAL\n");
-    for (u, pw) in users {
-        text.push_str(&format!("{u};[authentication username={u} password={pw}]\n"));
-    }
-    std::fs::write(&f.0, text).expect("users csv");
-    f
 }
 
 fn target(addr: IpAddr) -> String {
@@ -448,17 +351,6 @@ fn scans_dry_run() {
 //    calls to +232 in the three dialling forms; its domestic and emergency
 //    calls keep completing.
 // ---------------------------------------------------------------------------
-
-/// `calls` calls of `call-uac.xml` (407 proxy authentication with the CSV's
-/// credentials, relayed to the UAS) to `number`.
-fn call(csv: impl Into<PathBuf>, src: IpAddr, number: &str, calls: u32, rate: u32) -> Client {
-    let mut c = Client::new("call-uac.xml", csv, src, core_for(src));
-    c.service = Some(number.to_owned());
-    c.calls = calls;
-    c.rate = rate;
-    c.recv_timeout_ms = 2000;
-    c
-}
 
 fn hijacked_pbx(test: &str, dry: bool) {
     if !tools_present(test) {

@@ -5,9 +5,7 @@
 //! read back from the running agent, before and after a restart.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
-    path::PathBuf,
+    net::{IpAddr, SocketAddr, UdpSocket},
     process::Command,
     time::{Duration, SystemTime},
 };
@@ -20,7 +18,7 @@ use tollgate::{
 };
 use tollgate_common::{corpus::fixture, verdict};
 use tollgate_tests::{
-    privileged,
+    TempFile, privileged,
     sipp::{Registrar, register},
     topology::*,
     unique, wait_for,
@@ -37,20 +35,6 @@ fn send_n(topo: &Topology, src: IpAddr, name: &'static str, n: u32) {
             std::thread::sleep(Duration::from_micros(200));
         }
     });
-}
-
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-impl TempFile {
-    fn lines(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.0).unwrap_or_default().lines().map(str::to_owned).collect()
-    }
 }
 
 /// `tollgate ARGS` against the agent, which must succeed: its stdout.
@@ -71,19 +55,11 @@ fn restricted(agent: &Agent, args: &[&str]) -> u64 {
 }
 
 /// `GET path` on the agent's metrics address, from inside the edge
-/// namespace: (status line, body).
-fn http_get(topo: &Topology, path: &str) -> (String, String) {
-    let path = path.to_owned();
-    topo.edge.run(move || {
-        let addr: SocketAddr = METRICS_ADDR.parse().expect("valid");
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).expect("send");
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).expect("read");
-        let (head, body) = answer.split_once("\r\n\r\n").expect("a head");
-        (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
-    })
+/// namespace: (status code, body).
+fn http_get(topo: &Topology, path: &str) -> (u16, String) {
+    let addr = METRICS_ADDR.parse().expect("valid");
+    tollgate_tests::http::get(&topo.edge.path(), addr, path, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no answer to GET {path}"))
 }
 
 /// Runs `f` (reading a report in several ways) until the reports it read
@@ -306,7 +282,7 @@ fn dormant_lines_and_targeted_countries_are_reported_as_table_json_and_http() {
         );
         assert_eq!(json, reports::json(&expected));
         assert_eq!(table, countries_table(&expected));
-        assert_eq!(http, ("HTTP/1.1 200 OK".to_owned(), json.clone()));
+        assert_eq!(http, (200, json.clone()));
         for text in [&json, &table, &http.1] {
             for secret in &secrets {
                 assert!(!text.contains(secret.as_str()), "{secret} in the countries report: {text}");
@@ -315,7 +291,7 @@ fn dormant_lines_and_targeted_countries_are_reported_as_table_json_and_http() {
     };
     check_countries(&agent);
     let (status, body) = http_get(&topo, "/countries.json?since=soon");
-    assert_eq!(status, "HTTP/1.1 400 Bad Request");
+    assert_eq!(status, 400);
     assert!(body.starts_with("since: \"soon\" is not a duration") && body.lines().count() == 1, "{body}");
     let list = tollgate(&agent, &["restrictions", "list"]);
     assert!(list.contains(&format!("{country:>4}  country-restrict")), "{list}");
