@@ -404,12 +404,8 @@ fn dashboard_validation() -> Result<()> {
         return Ok(());
     }
     if output(Command::new("npm").arg("--version")).is_none() {
-        eprintln!("setup: installing nodejs npm (the dashboard's schema check)");
-        run(Command::new("apt-get").args(["update", "-qq"]))
-            .context("apt-get update (setup needs root and the Debian package mirror)")?;
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends", "nodejs", "npm"])
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        // The dashboard's schema check.
+        apt_install(&["nodejs", "npm"])?;
     }
     eprintln!("setup: npm ci in dashboards/validate (@grafana/schema, typescript)");
     // Quiet: npm's "added 2 packages" goes to stdout, errors to stderr.
@@ -447,7 +443,17 @@ fn sipvicious() -> Result<()> {
 }
 
 fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    if apt_install(APT_PACKAGES)?.contains(&"prometheus") {
+        stop_packaged_prometheus()?;
+    }
+    Ok(())
+}
+
+/// Installs those of `packages` that dpkg does not list as installed, with
+/// one apt-get update and install; returns the ones it installed (none
+/// when all were, without touching apt).
+fn apt_install<'a>(packages: &[&'a str]) -> Result<Vec<&'a str>> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -456,19 +462,16 @@ fn apt_packages() -> Result<()> {
         })
         .collect();
     if missing.is_empty() {
-        return Ok(());
+        return Ok(missing);
     }
     eprintln!("setup: installing {}", missing.join(" "));
     run(Command::new("apt-get").args(["update", "-qq"]))
-        .context("apt-get update (setup needs root and the Debian package mirror)")?;
+        .context("apt-get update (installing packages needs root and the Debian package mirror)")?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    if missing.contains(&"prometheus") {
-        stop_packaged_prometheus()?;
-    }
-    Ok(())
+    Ok(missing)
 }
 
 /// Debian's prometheus package starts its service when it is installed
