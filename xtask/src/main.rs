@@ -47,6 +47,9 @@ const APT_PACKAGES: &[&str] = &[
     // promtool (check and unit-test dashboards/alerts.yml) and the
     // Prometheus the dashboard tests scrape the agent with.
     "prometheus",
+    // The dashboard's query plots (dashboards/plot.py): its test
+    // (tests/tests/plot.rs) and `cargo xtask dashboards-png`.
+    "python3-matplotlib",
 ];
 
 #[derive(Parser)]
