@@ -52,6 +52,11 @@ const APT_PACKAGES: &[&str] = &[
     "python3-matplotlib",
 ];
 
+/// The interpreter dashboards/plot.py runs under: Debian's, the one the
+/// python3-matplotlib package is installed for (a `python3` earlier on
+/// PATH, such as pyenv's, does not see Debian's packages).
+const PYTHON: &str = "/usr/bin/python3";
+
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "tollgate developer tasks")]
 struct Cli {
@@ -127,6 +132,19 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Plot the dashboard's query results, one PNG per dashboard row
+    /// (dashboards/plot.py; plots of the queries, not Grafana
+    /// screenshots), from the file the live dashboard test writes (`cargo
+    /// xtask test --test prometheus_live`). Installs python3-matplotlib.
+    DashboardsPng {
+        /// The recorded query results [default:
+        /// dashboard-data/queries.json in the target directory].
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Where the PNGs go [default: dashboards/img, in the workspace].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -193,7 +211,26 @@ fn task(task: Task) -> Result<()> {
             cmd.extend(args.iter().map(String::as_str));
             cargo(&cmd, &[("TOLLGATE_BIN", bin.to_str().context("non-UTF-8 target dir")?)])
         }
+        Task::DashboardsPng { data, out } => dashboards_png(
+            &data.unwrap_or_else(|| target_dir().join("dashboard-data/queries.json")),
+            &out.unwrap_or_else(|| workspace_root().join("dashboards/img")),
+        ),
     }
+}
+
+/// Runs dashboards/plot.py on `data`, writing into `out`; the script
+/// prints the path of each PNG it writes. Looks for the data before
+/// installing anything.
+fn dashboards_png(data: &Path, out: &Path) -> Result<()> {
+    if !data.exists() {
+        bail!(
+            "{} does not exist: run the live dashboard test first (`cargo xtask test --test prometheus_live` writes it)",
+            data.display()
+        );
+    }
+    apt_install(&["python3-matplotlib"])?;
+    run(Command::new(PYTHON).arg(workspace_root().join("dashboards/plot.py")).arg(data).arg(out))
+        .context("dashboards/plot.py failed")
 }
 
 fn workspace_root() -> PathBuf {
