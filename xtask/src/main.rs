@@ -47,7 +47,15 @@ const APT_PACKAGES: &[&str] = &[
     // promtool (check and unit-test dashboards/alerts.yml) and the
     // Prometheus the dashboard tests scrape the agent with.
     "prometheus",
+    // The dashboard's query plots (dashboards/plot.py): its test
+    // (tests/tests/plot.rs) and `cargo xtask dashboards-png`.
+    "python3-matplotlib",
 ];
+
+/// The interpreter dashboards/plot.py runs under: Debian's, the one the
+/// python3-matplotlib package is installed for (a `python3` earlier on
+/// PATH, such as pyenv's, does not see Debian's packages).
+const PYTHON: &str = "/usr/bin/python3";
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "tollgate developer tasks")]
@@ -124,6 +132,19 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Plot the dashboard's query results, one PNG per dashboard row
+    /// (dashboards/plot.py; plots of the queries, not Grafana
+    /// screenshots), from the file the live dashboard test writes (`cargo
+    /// xtask test --test prometheus_live`). Installs python3-matplotlib.
+    DashboardsPng {
+        /// The recorded query results [default:
+        /// dashboard-data/queries.json in the target directory].
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Where the PNGs go [default: dashboards/img, in the workspace].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -190,7 +211,26 @@ fn task(task: Task) -> Result<()> {
             cmd.extend(args.iter().map(String::as_str));
             cargo(&cmd, &[("TOLLGATE_BIN", bin.to_str().context("non-UTF-8 target dir")?)])
         }
+        Task::DashboardsPng { data, out } => dashboards_png(
+            &data.unwrap_or_else(|| target_dir().join("dashboard-data/queries.json")),
+            &out.unwrap_or_else(|| workspace_root().join("dashboards/img")),
+        ),
     }
+}
+
+/// Runs dashboards/plot.py on `data`, writing into `out`; the script
+/// prints the path of each PNG it writes. Looks for the data before
+/// installing anything.
+fn dashboards_png(data: &Path, out: &Path) -> Result<()> {
+    if !data.exists() {
+        bail!(
+            "{} does not exist: run the live dashboard test first (`cargo xtask test --test prometheus_live` writes it)",
+            data.display()
+        );
+    }
+    apt_install(&["python3-matplotlib"])?;
+    run(Command::new(PYTHON).arg(workspace_root().join("dashboards/plot.py")).arg(data).arg(out))
+        .context("dashboards/plot.py failed")
 }
 
 fn workspace_root() -> PathBuf {
@@ -404,12 +444,8 @@ fn dashboard_validation() -> Result<()> {
         return Ok(());
     }
     if output(Command::new("npm").arg("--version")).is_none() {
-        eprintln!("setup: installing nodejs npm (the dashboard's schema check)");
-        run(Command::new("apt-get").args(["update", "-qq"]))
-            .context("apt-get update (setup needs root and the Debian package mirror)")?;
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends", "nodejs", "npm"])
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        // The dashboard's schema check.
+        apt_install(&["nodejs", "npm"])?;
     }
     eprintln!("setup: npm ci in dashboards/validate (@grafana/schema, typescript)");
     // Quiet: npm's "added 2 packages" goes to stdout, errors to stderr.
@@ -447,7 +483,17 @@ fn sipvicious() -> Result<()> {
 }
 
 fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    if apt_install(APT_PACKAGES)?.contains(&"prometheus") {
+        stop_packaged_prometheus()?;
+    }
+    Ok(())
+}
+
+/// Installs those of `packages` that dpkg does not list as installed, with
+/// one apt-get update and install; returns the ones it installed (none
+/// when all were, without touching apt).
+fn apt_install<'a>(packages: &[&'a str]) -> Result<Vec<&'a str>> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -456,19 +502,16 @@ fn apt_packages() -> Result<()> {
         })
         .collect();
     if missing.is_empty() {
-        return Ok(());
+        return Ok(missing);
     }
     eprintln!("setup: installing {}", missing.join(" "));
     run(Command::new("apt-get").args(["update", "-qq"]))
-        .context("apt-get update (setup needs root and the Debian package mirror)")?;
+        .context("apt-get update (installing packages needs root and the Debian package mirror)")?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    if missing.contains(&"prometheus") {
-        stop_packaged_prometheus()?;
-    }
-    Ok(())
+    Ok(missing)
 }
 
 /// Debian's prometheus package starts its service when it is installed
