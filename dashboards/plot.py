@@ -100,8 +100,9 @@ def shorten(text, width, lines=1):
 
 
 def unit_label(unit):
-    """Grafana's unit as an axis label ("suffix: calls/min" as "calls/min")."""
-    if not unit:
+    """Grafana's unit as an axis label ("suffix: calls/min" as "calls/min";
+    Grafana's plain-number units, "short" and "none", as none)."""
+    if not unit or unit in ("short", "none"):
         return ""
     for affix in ("suffix:", "prefix:"):
         if unit.startswith(affix):

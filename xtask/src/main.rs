@@ -132,13 +132,14 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Plot the dashboard's query results, one PNG per dashboard row
-    /// (dashboards/plot.py; plots of the queries, not Grafana
-    /// screenshots), from the file the live dashboard test writes (`cargo
-    /// xtask test --test prometheus_live`). Installs python3-matplotlib.
+    /// Run the live dashboard test (Prometheus scraping agents under real
+    /// SIP traffic; needs root) and plot its query results, one PNG per
+    /// dashboard row (dashboards/plot.py; plots of the queries, not
+    /// Grafana screenshots). Installs python3-matplotlib.
     DashboardsPng {
-        /// The recorded query results [default:
-        /// dashboard-data/queries.json in the target directory].
+        /// Plot these recorded query results instead of running the test
+        /// (the test writes dashboard-data/queries.json in the target
+        /// directory).
         #[arg(long)]
         data: Option<PathBuf>,
         /// Where the PNGs go [default: dashboards/img, in the workspace].
@@ -211,11 +212,32 @@ fn task(task: Task) -> Result<()> {
             cmd.extend(args.iter().map(String::as_str));
             cargo(&cmd, &[("TOLLGATE_BIN", bin.to_str().context("non-UTF-8 target dir")?)])
         }
-        Task::DashboardsPng { data, out } => dashboards_png(
-            &data.unwrap_or_else(|| target_dir().join("dashboard-data/queries.json")),
-            &out.unwrap_or_else(|| workspace_root().join("dashboards/img")),
-        ),
+        Task::DashboardsPng { data, out } => {
+            let data = match data {
+                Some(data) => data,
+                None => {
+                    setup()?;
+                    live_dashboard_test()?;
+                    target_dir().join("dashboard-data/queries.json")
+                }
+            };
+            dashboards_png(&data, &out.unwrap_or_else(|| workspace_root().join("dashboards/img")))
+        }
     }
+}
+
+/// Builds the agent and runs tests/tests/prometheus_live.rs, which writes
+/// its query results to dashboard-data/queries.json in the target directory.
+fn live_dashboard_test() -> Result<()> {
+    build(false)?;
+    let bin = target_dir().join("debug/tollgate");
+    cargo(
+        &["test", "-p", "tollgate-tests", "--test", "prometheus_live"],
+        &[
+            ("TOLLGATE_BIN", bin.to_str().context("non-UTF-8 target dir")?),
+            ("TOLLGATE_REQUIRE_PRIVILEGED", "1"),
+        ],
+    )
 }
 
 /// Runs dashboards/plot.py on `data`, writing into `out`; the script
@@ -224,7 +246,7 @@ fn task(task: Task) -> Result<()> {
 fn dashboards_png(data: &Path, out: &Path) -> Result<()> {
     if !data.exists() {
         bail!(
-            "{} does not exist: run the live dashboard test first (`cargo xtask test --test prometheus_live` writes it)",
+            "{} does not exist (`cargo xtask dashboards-png` without --data runs the test that writes it)",
             data.display()
         );
     }
