@@ -131,7 +131,7 @@ fn made_up_data(d: &Value) -> Value {
                 "unit": info.unit,
                 "ref_id": q.ref_id,
                 "legend": legend,
-                "expr": dashboard::substitute(&q.expr, "5s"),
+                "expr": dashboard::substitute(&q.expr, "5s", "60s"),
                 "instant": q.instant,
                 "range": series,
                 "value": value,
