@@ -362,6 +362,7 @@ pub struct RunArgs {
     /// value. Without it /etc/tollgate/tollgate.toml is read when it
     /// exists; `--config /dev/null` reads nothing. `tollgate config check`
     /// validates a file, `tollgate config default` prints every key.
+    // After `config::load`: the file read, given or the default.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
 }

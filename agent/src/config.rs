@@ -51,7 +51,8 @@ const EXAMPLES: &[(&str, &[&str])] = &[
 /// naming the file (and the key, where there is one).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read the configuration file {}: {error}", path.display())]
+    #[error("cannot read the configuration file {}: {error}{}", path.display(),
+            if error.kind() == std::io::ErrorKind::PermissionDenied { " (run as root)" } else { "" })]
     Read { path: PathBuf, error: std::io::Error },
 
     #[error("{}{location}: not valid TOML: {message}", path.display())]
@@ -98,10 +99,15 @@ fn first_line(e: &clap::Error) -> String {
 }
 
 /// Parses the process's command line (`std::env::args_os()`), with the
-/// configuration file's keys for `run`; also returns the file read.
+/// configuration file's keys for `run`; also returns the file read (for
+/// `run`, its `config` is that file too, given or the default).
 pub fn load(argv: Vec<OsString>) -> Result<(Cli, Option<PathBuf>), ParseError> {
     let (argv, path) = expand(&argv)?;
-    Ok((Cli::try_parse_from(argv)?, path))
+    let mut cli = Cli::try_parse_from(argv)?;
+    if let Subcommand::Run(args) = &mut cli.command {
+        args.config.clone_from(&path);
+    }
+    Ok((cli, path))
 }
 
 /// `tollgate run`'s effective arguments for the process's original command
@@ -663,6 +669,7 @@ mod tests {
         let line = [&["run", "--config", file.arg()][..], args].concat();
         run_args(argv(&line)).map(|(args, path)| {
             assert_eq!(path.as_deref(), Some(file.0.as_path()));
+            assert_eq!(args.config, path);
             args
         })
     }

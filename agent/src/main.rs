@@ -8,23 +8,18 @@ use tollgate::{
 
 fn main() -> ExitCode {
     // `run` takes its flags from the configuration file too.
-    let (cli, config_file) = match config::load(std::env::args_os().collect()) {
+    let (cli, _) = match config::load(std::env::args_os().collect()) {
         Ok(parsed) => parsed,
         Err(ParseError::Usage(e)) => e.exit(),
         Err(e) => return fail(&e.into()),
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match cli.command {
-        Command::Run(args) => {
-            if let Some(path) = config_file {
-                log::info!("configuration file: {}", path.display());
-            }
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(tollgate::daemon::run(*args)))
-        }
+        Command::Run(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(tollgate::daemon::run(*args))),
         Command::Status(args) => commands::status::status(args),
         Command::Detach(args) => commands::detach::detach(args),
         Command::Top(args) => commands::top::top(args),
