@@ -77,6 +77,29 @@ pub enum Command {
     /// computed without the key. NAME is not stored or logged. Reading the
     /// key needs root.
     IdentityTag(IdentityTagArgs),
+    /// The configuration file `run` reads (see `run --config`): check one,
+    /// or print a commented default one.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check a configuration file and print the configuration `run` would
+    /// use with it: every key, the built-in defaults and the file's values
+    /// (marked). Exits 1 with one line naming the key when the file is
+    /// invalid. Needs no root.
+    Check {
+        /// The file (default: the one `run` reads without --config,
+        /// /etc/tollgate/tollgate.toml, when it exists).
+        #[arg(value_name = "PATH")]
+        path: Option<PathBuf>,
+    },
+    /// Print a complete configuration file: every `run` flag as a key, with
+    /// its help as comments and its default (or an example) commented out.
+    Default,
 }
 
 #[derive(Debug, Args)]
@@ -332,6 +355,16 @@ pub struct RunArgs {
     /// restarts and upgrades without an enforcement gap.
     #[arg(long)]
     pub keep_attached_on_exit: bool,
+
+    /// Read these flags from this TOML file too: keys are their long names
+    /// without `--` (`window = "60s"`, `iface = ["eth0", "eth1"]`, `dry-run
+    /// = true`); a flag given on the command line replaces the key's whole
+    /// value. Without it /etc/tollgate/tollgate.toml is read when it
+    /// exists; `--config /dev/null` reads nothing. `tollgate config check`
+    /// validates a file, `tollgate config default` prints every key.
+    // After `config::load`: the file read, given or the default.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }
 
 /// Counting windows and the thresholds at which sources, identities and
@@ -533,9 +566,10 @@ pub struct PolicyArgs {
     pub max_line_suspension: Duration,
 
     /// Let tollgate restrict a whole destination country code when a surge
-    /// to it comes from at least --country-min-sources sources (counter-
-    /// measure 7, the last resort). Without it such surges are only audited
-    /// as alerts. Emergency and domestic calls are never affected.
+    /// to it comes from at least --country-min-sources sources
+    /// (counter-measure 7, the last resort). Without it such surges are
+    /// only audited as alerts. Emergency and domestic calls are never
+    /// affected.
     #[arg(long)]
     pub allow_country_restrict: bool,
 

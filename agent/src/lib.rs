@@ -6,6 +6,7 @@ pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod commands;
+pub mod config;
 pub mod control;
 pub mod countries;
 pub mod daemon;

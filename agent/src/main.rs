@@ -1,13 +1,18 @@
 use std::process::ExitCode;
 
-use clap::Parser as _;
 use tollgate::{
-    cli::{Cli, Command, RestrictionsCommand},
+    cli::{Command, RestrictionsCommand},
     commands,
+    config::{self, ParseError},
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `run` takes its flags from the configuration file too.
+    let (cli, _) = match config::load(std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
+        Err(ParseError::Usage(e)) => e.exit(),
+        Err(e) => return fail(&e.into()),
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match cli.command {
         Command::Run(args) => tokio::runtime::Builder::new_current_thread()
@@ -26,13 +31,16 @@ fn main() -> ExitCode {
         Command::Baseline { command } => commands::restrictions::baseline(command),
         Command::Report { command } => commands::report::report(command),
         Command::IdentityTag(args) => commands::identity::tag(args),
+        Command::Config { command } => commands::config::config(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One line, no backtrace: the operator's next step is in the text.
-            eprintln!("tollgate: error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(&e),
     }
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    // One line, no backtrace: the operator's next step is in the text.
+    eprintln!("tollgate: error: {e:#}");
+    ExitCode::FAILURE
 }

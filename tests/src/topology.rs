@@ -145,6 +145,9 @@ pub struct Agent {
     edge_ns: String,
     /// Every interface it attaches to (`--iface` each).
     ifaces: Vec<String>,
+    /// Whether it is told them with `--iface` (else its configuration
+    /// file names them).
+    iface_flags: bool,
     args: Vec<String>,
     /// Extra environment for the agent process (kept across restarts).
     env: Vec<(String, String)>,
@@ -182,9 +185,31 @@ impl Agent {
         Self::start_on(&topo.edge, &[&topo.edge_if], pin_dir, env, args)
     }
 
+    /// Like [`Agent::start`], with the edge interface named only by the
+    /// configuration file `args` give (`--config FILE`), not by `--iface`.
+    pub fn start_configured(topo: &Topology, args: &[&str]) -> Self {
+        let pin_dir = PathBuf::from(PIN_ROOT).join(unique("pin"));
+        let mut agent = Self::unstarted(&topo.edge, &[&topo.edge_if], &pin_dir, &[], args);
+        agent.iface_flags = false;
+        agent.spawn();
+        agent
+    }
+
     /// The most general form: in namespace `ns`, attached to every one of
     /// `ifaces` (a router with XDP on each interface SIP enters by).
     pub fn start_on(
+        ns: &NetNs,
+        ifaces: &[&str],
+        pin_dir: &std::path::Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Self {
+        let mut agent = Self::unstarted(ns, ifaces, pin_dir, env, args);
+        agent.spawn();
+        agent
+    }
+
+    fn unstarted(
         ns: &NetNs,
         ifaces: &[&str],
         pin_dir: &std::path::Path,
@@ -200,7 +225,7 @@ impl Agent {
             .unwrap_or(&METRICS_ADDR)
             .parse()
             .expect("--metrics-addr is an address:port");
-        let mut agent = Self {
+        Self {
             child: None,
             control_socket: std::env::temp_dir().join(format!("{}.sock", unique("ctl"))),
             state_dir: std::env::temp_dir().join(unique("state")),
@@ -208,12 +233,11 @@ impl Agent {
             log,
             edge_ns: ns.path(),
             ifaces: ifaces.iter().map(|s| s.to_string()).collect(),
+            iface_flags: true,
             args: args.iter().map(|s| s.to_string()).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             metrics_addr,
-        };
-        agent.spawn();
-        agent
+        }
     }
 
     /// Starts the agent again with the same arguments and pin directory.
@@ -226,8 +250,16 @@ impl Agent {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("agent log");
         let mut cmd = Command::new(crate::tollgate_bin());
         cmd.arg("run");
-        for iface in &self.ifaces {
-            cmd.args(["--iface", iface]);
+        if self.iface_flags {
+            for iface in &self.ifaces {
+                cmd.args(["--iface", iface]);
+            }
+        }
+        // Never the host's /etc/tollgate/tollgate.toml (a package test may
+        // have installed one): an empty configuration unless the test gives
+        // its own.
+        if !self.args.iter().any(|a| a == "--config" || a.starts_with("--config=")) {
+            cmd.args(["--config", "/dev/null"]);
         }
         if !self.args.iter().any(|a| a == "--metrics-addr") {
             cmd.args(["--metrics-addr", METRICS_ADDR]);

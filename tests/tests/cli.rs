@@ -5,7 +5,13 @@ use std::process::{Command, Output};
 use tollgate_tests::{privileged, tollgate_bin};
 
 fn tollgate(args: &[&str]) -> Output {
-    Command::new(tollgate_bin()).args(args).output().expect("run tollgate")
+    let mut cmd = Command::new(tollgate_bin());
+    cmd.args(args);
+    // Never the host's /etc/tollgate/tollgate.toml (as Agent::spawn).
+    if args.first() == Some(&"run") {
+        cmd.args(["--config", "/dev/null"]);
+    }
+    cmd.output().expect("run tollgate")
 }
 
 fn assert_clean_failure(out: &Output, expect: &str) {
@@ -152,7 +158,7 @@ fn not_root_is_one_clear_line() {
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(tollgate_bin())
-        .args(["run", "--iface", "lo"])
+        .args(["run", "--iface", "lo", "--config", "/dev/null"])
         .output()
         .expect("setpriv (util-linux)");
     assert_clean_failure(&out, "must run as root");

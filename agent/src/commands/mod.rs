@@ -1,6 +1,8 @@
 //! The one-shot subcommands: each reads the pinned state, asks the running
-//! agent or reads the state directory, and prints what it found.
+//! agent, reads the state directory or the configuration file, and prints
+//! what it found.
 
+pub mod config;
 pub mod detach;
 pub mod identity;
 pub mod report;

@@ -38,6 +38,9 @@ const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let setup = Setup::check(&args)?;
+    if let Some(path) = &args.config {
+        info!("configuration file: {}", path.display());
+    }
     let high_risk = match &args.detect.high_risk_destinations {
         Some(path) => learning::read_high_risk(path)?,
         None => Default::default(),

@@ -40,16 +40,9 @@ impl Setup {
         loader::require_kernel()?;
         // Checked before anything is attached.
         let egress_mode = if args.egress_ifaces.is_empty() { None } else { Some(loader::egress_mode()?) };
-        if args.policy.country_restrict_max > args.policy.max_restriction {
-            anyhow::bail!(
-                "--country-restrict-max ({}) must not exceed --max-restriction ({})",
-                humantime::format_duration(args.policy.country_restrict_max),
-                humantime::format_duration(args.policy.max_restriction)
-            );
-        }
-        check_interfaces(args)?;
         let countries = Countries::shipped();
-        let plan = number_plan(&args.plan, &countries)?;
+        let plan = check_values(args, &countries)?;
+        check_interfaces(args)?;
         let auditor = Auditor::open(
             args.policy.audit_log.as_deref(),
             args.policy.dry_run,
@@ -79,6 +72,20 @@ impl Setup {
             identity_key,
         })
     }
+}
+
+/// The checks of the flags' values against each other and the country
+/// table, which need neither root nor the host (`tollgate config check`
+/// makes them too); the dialling plan they give.
+pub fn check_values(args: &RunArgs, countries: &Countries) -> anyhow::Result<NumberPlan> {
+    if args.policy.country_restrict_max > args.policy.max_restriction {
+        anyhow::bail!(
+            "--country-restrict-max ({}) must not exceed --max-restriction ({})",
+            humantime::format_duration(args.policy.country_restrict_max),
+            humantime::format_duration(args.policy.max_restriction)
+        );
+    }
+    number_plan(&args.plan, countries)
 }
 
 /// Every interface exists and is given once per list.
