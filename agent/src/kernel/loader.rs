@@ -596,7 +596,55 @@ pub fn pinned_links(dir: &Path) -> Vec<String> {
 /// process holds the link any more.
 pub fn unpin_link(dir: &Path, iface: &str) -> Result<()> {
     let pin = link_pin(dir, iface);
+    if let Err(e) = detach_pinned_link(&pin) {
+        log::debug!("BPF_LINK_DETACH of {}: {e}; the link goes with its pin", pin.display());
+    }
     fs::remove_file(&pin).map_err(Error::io(format!("removing {}", pin.display())))
+}
+
+/// Detaches the link pinned at `pin` at once (BPF_LINK_DETACH on a file
+/// descriptor from BPF_OBJ_GET). Removing the pin alone releases the link
+/// only when the kernel frees the pin's inode, after an RCU grace period:
+/// `tollgate detach` and a stop returned while the program still ran on
+/// the interface, for as long as a loaded host took to get there.
+fn detach_pinned_link(pin: &Path) -> std::io::Result<()> {
+    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    #[repr(C)]
+    struct LinkDetach {
+        link_fd: u32,
+    }
+    let path = CString::new(pin.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let get = ObjGet { pathname: path.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
+    // SAFETY: a valid bpf_attr prefix for BPF_OBJ_GET, with its size; the
+    // path outlives the call.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &get as *const ObjGet, size_of::<ObjGet>() as u32)
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; it is closed on drop.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let detach = LinkDetach { link_fd: std::os::fd::AsRawFd::as_raw_fd(&fd) as u32 };
+    // SAFETY: a valid bpf_attr prefix for BPF_LINK_DETACH, with its size.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            &detach as *const LinkDetach,
+            size_of::<LinkDetach>() as u32,
+        )
+    };
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// Removes every pinned link and map under `dir`, and `dir` itself.
