@@ -4,7 +4,6 @@
 //! cannot plot. Needs no root, only Debian's python3-matplotlib.
 
 use std::{
-    collections::BTreeMap,
     path::{Path, PathBuf},
     process::{Command, Output},
 };
@@ -28,53 +27,6 @@ fn plot(data: &Path, out: &Path) -> Output {
         .unwrap_or_else(|e| panic!("running {PYTHON} dashboards/plot.py: {e}"))
 }
 
-/// What a panel of the dashboard tells the plotter besides its queries.
-struct PanelInfo {
-    row: String,
-    kind: String,
-    unit: Option<String>,
-    /// legendFormat by refId.
-    legends: BTreeMap<String, String>,
-}
-
-/// Every panel by id, with the title of the row it is in (the row panel
-/// before it, or the collapsed row holding it); and the rows' titles in
-/// the dashboard's order.
-fn panel_infos(d: &Value) -> (BTreeMap<u64, PanelInfo>, Vec<String>) {
-    let mut infos = BTreeMap::new();
-    let mut rows = Vec::new();
-    let mut row = String::new();
-    for top in d["panels"].as_array().expect("panels") {
-        let inner: Vec<&Value> = if top["type"] == "row" {
-            row = top["title"].as_str().expect("row title").to_owned();
-            rows.push(row.clone());
-            top["panels"].as_array().into_iter().flatten().collect()
-        } else {
-            vec![top]
-        };
-        for p in inner {
-            let legends = p["targets"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|t| {
-                    Some((t["refId"].as_str()?.to_owned(), t["legendFormat"].as_str()?.to_owned()))
-                })
-                .collect();
-            infos.insert(
-                p["id"].as_u64().expect("panel id"),
-                PanelInfo {
-                    row: row.clone(),
-                    kind: p["type"].as_str().unwrap_or_default().to_owned(),
-                    unit: p["fieldConfig"]["defaults"]["unit"].as_str().map(str::to_owned),
-                    legends,
-                },
-            );
-        }
-    }
-    (infos, rows)
-}
-
 /// Labels for the `n`th made-up series of a query: one per `{{label}}` of
 /// its legend (plus an instance).
 fn labels(legend: &str, n: usize) -> Value {
@@ -92,13 +44,11 @@ fn labels(legend: &str, n: usize) -> Value {
 /// dashboard test records: two series each, a NaN and an +Inf among their
 /// points; the first instant query's vector empty (a "no data" panel).
 fn made_up_data(d: &Value) -> Value {
-    let (infos, _) = panel_infos(d);
     let mut first_instant = true;
     let queries: Vec<Value> = dashboard::panel_queries(d)
         .into_iter()
         .map(|q| {
-            let info = &infos[&q.panel_id];
-            let legend = info.legends.get(&q.ref_id).cloned().unwrap_or_default();
+            let legend = q.legend.clone();
             let series: Vec<Value> = (0..2)
                 .map(|n| {
                     let values: Vec<Value> = (0..=60u32)
@@ -124,11 +74,11 @@ fn made_up_data(d: &Value) -> Value {
                 }
             });
             json!({
-                "row": info.row,
+                "row": q.row,
                 "panel_id": q.panel_id,
                 "panel": q.panel,
-                "type": info.kind,
-                "unit": info.unit,
+                "type": q.kind,
+                "unit": q.unit,
                 "ref_id": q.ref_id,
                 "legend": legend,
                 "expr": dashboard::substitute(&q.expr, "5s", "60s"),
@@ -179,7 +129,7 @@ fn the_plotter_draws_one_png_per_dashboard_row_and_rejects_bad_input_in_one_line
     let dir = TempDir(std::env::temp_dir().join(unique("plot")));
     std::fs::create_dir_all(&dir.0).unwrap();
     let d = dashboard::load();
-    let (_, rows) = panel_infos(&d);
+    let rows: Vec<String> = dashboard::rows(&d).into_iter().map(|(title, _)| title).collect();
     assert!(rows.len() >= 8, "only {} rows found in the dashboard: {rows:?}", rows.len());
 
     let data = dir.0.join("queries.json");
