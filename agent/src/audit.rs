@@ -108,6 +108,33 @@ pub struct Auditor {
     hook: Option<String>,
 }
 
+/// A reload, as [`Auditor::record_reload`] writes it.
+pub struct Reload<'a> {
+    pub config: Option<&'a Path>,
+    /// (key, values before, values after).
+    pub changed: &'a [(&'a str, Vec<String>, Vec<String>)],
+    pub needs_restart: &'a [&'a str],
+    pub rejected: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ReloadRecord<'a> {
+    time: String,
+    event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config: Option<String>,
+    changed: std::collections::BTreeMap<String, Change>,
+    needs_restart: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rejected: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Change {
+    from: Vec<String>,
+    to: Vec<String>,
+}
+
 /// How long a decision hook may run.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -245,6 +272,32 @@ impl Auditor {
                 warn!("writing the audit log failed: {e}");
             }
         }
+    }
+
+    /// Whether decisions are recorded as dry-run (a reload may change it).
+    pub fn set_dry_run(&mut self, dry_run: bool) {
+        self.dry_run = dry_run;
+    }
+
+    /// Records a reload of the configuration: each changed key with its
+    /// values before and after (what was applied), the keys that changed
+    /// but need a restart (left as they were), or why the file was
+    /// rejected (nothing was applied).
+    pub fn record_reload(&self, reload: &Reload<'_>) {
+        let line = serde_json::to_string(&ReloadRecord {
+            time: wall(monotonic_now_ns()),
+            event: "reload",
+            config: reload.config.map(|p| p.display().to_string()),
+            changed: reload
+                .changed
+                .iter()
+                .map(|(k, from, to)| ((*k).to_owned(), Change { from: from.clone(), to: to.clone() }))
+                .collect(),
+            needs_restart: reload.needs_restart.to_vec(),
+            rejected: reload.rejected,
+        })
+        .expect("audit records serialize");
+        self.write(&line);
     }
 
     /// Records `decision`; `latency_us` is the time since the kernel event.

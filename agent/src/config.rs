@@ -120,6 +120,31 @@ pub fn run_args(argv: Vec<OsString>) -> Result<(RunArgs, Option<PathBuf>), Parse
     }
 }
 
+/// `tollgate run`'s arguments as [`run_args`] reads them, and each run
+/// flag's effective values as text (defaults included), by long name: what
+/// a reload compares to tell what changed.
+pub fn run_args_and_values(
+    argv: Vec<OsString>,
+) -> Result<(RunArgs, std::collections::BTreeMap<String, Vec<String>>), ParseError> {
+    let (expanded, path) = expand(&argv)?;
+    let matches = Cli::command().try_get_matches_from(&expanded)?;
+    let Some(("run", run_matches)) = matches.subcommand() else { return Err(ParseError::NotRun) };
+    let mut values = std::collections::BTreeMap::new();
+    for arg in flags(&run_command()) {
+        let raw = run_matches
+            .get_raw(arg.get_id().as_str())
+            .map(|vs| vs.map(|v| v.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        values.insert(long(arg).to_owned(), raw);
+    }
+    let mut args = match Cli::from_arg_matches(&matches)? {
+        Cli { command: Subcommand::Run(args) } => *args,
+        _ => return Err(ParseError::NotRun),
+    };
+    args.config = path;
+    Ok((args, values))
+}
+
 /// The clap definition of `tollgate run`.
 fn run_command() -> clap::Command {
     Cli::command().find_subcommand("run").expect("run is a subcommand").clone()

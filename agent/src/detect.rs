@@ -333,6 +333,12 @@ impl Detector {
         }
     }
 
+    /// A reload: windows, ceilings and learning rules from now on (counts
+    /// and learned levels are kept).
+    pub fn set_config(&mut self, cfg: DetectConfig) {
+        self.cfg = cfg;
+    }
+
     pub fn config(&self) -> &DetectConfig {
         &self.cfg
     }

@@ -366,6 +366,13 @@ impl Engine {
         self.wall = Some(wall);
     }
 
+    /// A reload: the durations, caps, dry-run and allowlist for decisions
+    /// from now on (restrictions in force keep their end and mode).
+    pub fn set_config(&mut self, cfg: PolicyConfig, allow: Vec<IpNet>) {
+        self.cfg = cfg;
+        self.allow = allow;
+    }
+
     pub fn config(&self) -> &PolicyConfig {
         &self.cfg
     }

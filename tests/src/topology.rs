@@ -296,6 +296,13 @@ impl Agent {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Sends `signal` to the running agent (SIGHUP: reload).
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("the agent is running");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+    }
+
     /// Sends a signal and waits for the agent to exit; returns its exit code.
     pub fn stop(&mut self, signal: i32) -> Option<i32> {
         let mut child = self.child.take()?;

@@ -134,6 +134,13 @@ impl Actuator {
         Self { auditor, counts, store, pruned: Default::default() }
     }
 
+    /// A reload changed --dry-run: decisions from now on are audited and
+    /// counted in the new mode.
+    pub(super) fn set_dry_run(&mut self, dry_run: bool) {
+        self.auditor.set_dry_run(dry_run);
+        self.counts.add_automatic_impositions(dry_run);
+    }
+
     pub(super) fn auditor(&self) -> &Auditor {
         &self.auditor
     }

@@ -5,6 +5,7 @@ mod attach;
 mod learning;
 mod operator;
 mod persist;
+mod reload;
 mod reporting;
 pub mod setup;
 
@@ -38,6 +39,8 @@ const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let setup = Setup::check(&args)?;
+    // What a reload (SIGHUP) compares with: the command line as given.
+    let running = reload::Running::at_start(std::env::args_os().collect())?;
     if let Some(path) = &args.config {
         info!("configuration file: {}", path.display());
     }
@@ -106,6 +109,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         reporting,
         window: args.detect.window,
         identity_key: setup.identity_key,
+        running,
     };
     let signame = daemon.run(rx, call_rx, ctl_rx).await?;
     server.abort();
@@ -146,6 +150,8 @@ struct Daemon {
     window: Duration,
     /// Turns the identity an operator names into its tag.
     identity_key: tollgate_common::IdentityKey,
+    /// The configuration in force, for reloads.
+    running: reload::Running,
 }
 
 fn lock(maps: &Mutex<Maps>) -> MutexGuard<'_, Maps> {
@@ -162,6 +168,7 @@ impl Daemon {
     ) -> anyhow::Result<&'static str> {
         let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let mut sweep = tokio::time::interval(EXPIRY_SWEEP);
         // The first learning window is a whole one: adopted levels must not
         // learn from the moment between start-up and the first tick.
@@ -171,6 +178,11 @@ impl Daemon {
             tokio::select! {
                 _ = sigterm.recv() => break "SIGTERM",
                 _ = sigint.recv() => break "SIGINT",
+                _ = sighup.recv() => {
+                    if self.reload().window_changed {
+                        learn = tokio::time::interval_at(tokio::time::Instant::now() + self.window, self.window);
+                    }
+                }
                 Some(event) = rx.recv() => self.event(&event),
                 Some(event) = call_rx.recv() => self.call_event(&event),
                 _ = learn.tick() => self.read_snapshot(&snap_tx),

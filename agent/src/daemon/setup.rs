@@ -101,7 +101,7 @@ fn check_interfaces(args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn policy_config(args: &RunArgs) -> PolicyConfig {
+pub(super) fn policy_config(args: &RunArgs) -> PolicyConfig {
     PolicyConfig {
         auth_suspend: args.policy.auth_suspend,
         intl_suspend: args.policy.intl_suspend,

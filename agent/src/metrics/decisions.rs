@@ -73,6 +73,13 @@ impl DecisionCounts {
     /// the first one: a series first scraped at 1 shows no increase.
     pub fn with_automatic_impositions(dry_run: bool) -> Self {
         let c = Self::default();
+        c.add_automatic_impositions(dry_run);
+        c
+    }
+
+    /// The same for a mode taken on later (a reload that changes
+    /// --dry-run); counts already there are kept.
+    pub fn add_automatic_impositions(&self, dry_run: bool) {
         let mode = if dry_run { "dry-run" } else { "enforce" };
         let automatic = [
             ("auth-suspend", "brute-force"),
@@ -84,13 +91,11 @@ impl DecisionCounts {
             ("intl-suspend", "identity-surge"),
             ("country-restrict", "country-surge"),
         ];
-        let mut counts = c.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         for (kind, reason) in automatic {
-            counts.restrictions.insert(("impose", kind, reason, mode), 0);
-            counts.decisions.insert(("impose", kind, mode), 0);
+            counts.restrictions.entry(("impose", kind, reason, mode)).or_insert(0);
+            counts.decisions.entry(("impose", kind, mode)).or_insert(0);
         }
-        drop(counts);
-        c
     }
 
     /// Counts `d`; `latency_us` is the time from the kernel event it
