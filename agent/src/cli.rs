@@ -77,6 +77,32 @@ pub enum Command {
     /// computed without the key. NAME is not stored or logged. Reading the
     /// key needs root.
     IdentityTag(IdentityTagArgs),
+    /// Write tollgate's man pages or shell completions into a directory,
+    /// from the same definitions as --help (for packagers: `cargo xtask
+    /// deb` runs it).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        command: GenerateCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenerateCommand {
+    /// One man page per command (section 1): tollgate.1, tollgate-run.1,
+    /// tollgate-restrictions-list.1, ...
+    Man(GenerateArgs),
+    /// Completions for bash (tollgate.bash), zsh (_tollgate) and fish
+    /// (tollgate.fish).
+    Completions(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Where the files go (created if missing; files of the same name are
+    /// replaced). Each file written is printed.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Command::Baseline { command } => commands::restrictions::baseline(command),
         Command::Report { command } => commands::report::report(command),
         Command::IdentityTag(args) => commands::identity::tag(args),
+        Command::Generate { command } => commands::generate::generate(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

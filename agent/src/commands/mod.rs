@@ -2,6 +2,7 @@
 //! agent or reads the state directory, and prints what it found.
 
 pub mod detach;
+pub mod generate;
 pub mod identity;
 pub mod report;
 pub mod restrictions;
