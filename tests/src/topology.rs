@@ -136,6 +136,8 @@ impl Default for Topology {
 /// `tollgate run` inside the edge namespace, with its own pin directory.
 pub struct Agent {
     child: Option<Child>,
+    /// The `tollgate` it runs: [`crate::tollgate_bin`], or an installed one.
+    bin: PathBuf,
     pub pin_dir: PathBuf,
     /// This agent's control socket (each test agent has its own).
     pub control_socket: PathBuf,
@@ -191,6 +193,36 @@ impl Agent {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Self {
+        let mut agent = Self::new(crate::tollgate_bin(), ns, ifaces, pin_dir, env, args);
+        agent.spawn();
+        agent
+    }
+
+    /// Like [`Agent::start_with_pin`], running `bin` (a package's installed
+    /// binary) with `state_dir` as its --state-dir (which it removes on drop
+    /// like the others).
+    pub fn start_installed(
+        topo: &Topology,
+        bin: &std::path::Path,
+        pin_dir: &std::path::Path,
+        state_dir: &std::path::Path,
+        args: &[&str],
+    ) -> Self {
+        let mut agent = Self::new(bin.to_owned(), &topo.edge, &[&topo.edge_if], pin_dir, &[], args);
+        agent.state_dir = state_dir.to_owned();
+        agent.spawn();
+        agent
+    }
+
+    /// An agent of `bin`, not started yet.
+    fn new(
+        bin: PathBuf,
+        ns: &NetNs,
+        ifaces: &[&str],
+        pin_dir: &std::path::Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Self {
         let pin_dir = pin_dir.to_owned();
         let log = std::env::temp_dir().join(format!("{}.log", unique("agent")));
         let metrics_addr = args
@@ -200,8 +232,9 @@ impl Agent {
             .unwrap_or(&METRICS_ADDR)
             .parse()
             .expect("--metrics-addr is an address:port");
-        let mut agent = Self {
+        Self {
             child: None,
+            bin,
             control_socket: std::env::temp_dir().join(format!("{}.sock", unique("ctl"))),
             state_dir: std::env::temp_dir().join(unique("state")),
             pin_dir,
@@ -211,9 +244,7 @@ impl Agent {
             args: args.iter().map(|s| s.to_string()).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             metrics_addr,
-        };
-        agent.spawn();
-        agent
+        }
     }
 
     /// Starts the agent again with the same arguments and pin directory.
@@ -224,7 +255,7 @@ impl Agent {
 
     fn spawn(&mut self) {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("agent log");
-        let mut cmd = Command::new(crate::tollgate_bin());
+        let mut cmd = Command::new(&self.bin);
         cmd.arg("run");
         for iface in &self.ifaces {
             cmd.args(["--iface", iface]);
@@ -320,7 +351,7 @@ impl Agent {
     /// top, detach) in the agent's network namespace, as an operator would
     /// on its host, and returns its standard output, panicking on failure.
     pub fn cli(&self, subcommand: &str) -> String {
-        let mut cmd = Command::new(crate::tollgate_bin());
+        let mut cmd = Command::new(&self.bin);
         cmd.args([subcommand, "--pin-path"]).arg(&self.pin_dir);
         in_namespace(&mut cmd, &self.edge_ns);
         let out = cmd.output().expect("running tollgate");
@@ -331,7 +362,7 @@ impl Agent {
     /// Runs `tollgate ARGS --control-socket <this agent's socket>` (restrict,
     /// lift, restrictions list): (success, stdout, stderr).
     pub fn control(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(crate::tollgate_bin())
+        let out = Command::new(&self.bin)
             .args(args)
             .arg("--control-socket")
             .arg(&self.control_socket)
@@ -358,6 +389,23 @@ impl Agent {
     pub fn packets(&self, verdict: u32) -> u64 {
         self.verdicts()[verdict as usize].packets
     }
+}
+
+/// Sends `n` UDP datagrams from `src` (an address of the peer) to the edge's
+/// `port` and returns how many arrived, once the kernel has counted all of
+/// them under some verdict (so "0 arrived" is not a race). Reads the
+/// agent's pinned maps, so it works after the agent exited leaving them.
+pub fn udp_delivered(topo: &Topology, agent: &Agent, src: IpAddr, port: u16, n: usize) -> usize {
+    let dst = SocketAddr::new(edge_for(src), port);
+    let sink = crate::traffic::UdpSink::bind(&topo.edge, dst);
+    let before: u64 = agent.verdicts().iter().map(|c| c.packets).sum();
+    crate::traffic::udp_burst(&topo.peer, src, dst, n);
+    let seen = wait_for(Duration::from_secs(5), || {
+        let now: u64 = agent.verdicts().iter().map(|c| c.packets).sum();
+        (now >= before + n as u64).then_some(())
+    });
+    assert!(seen.is_some(), "the XDP program did not see the {n} packets from {src}");
+    sink.drain()
 }
 
 /// Makes `cmd` run in the network namespace at `ns` (only the network
