@@ -83,6 +83,14 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Write tollgate's man pages or shell completions into a directory,
+    /// from the same definitions as --help (for packagers: `cargo xtask
+    /// deb` runs it).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        command: GenerateCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +108,24 @@ pub enum ConfigCommand {
     /// Print a complete configuration file: every `run` flag as a key, with
     /// its help as comments and its default (or an example) commented out.
     Default,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenerateCommand {
+    /// One man page per command (section 1): tollgate.1, tollgate-run.1,
+    /// tollgate-restrictions-list.1, ...
+    Man(GenerateArgs),
+    /// Completions for bash (tollgate.bash), zsh (_tollgate) and fish
+    /// (tollgate.fish).
+    Completions(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Where the files go (created if missing; files of the same name are
+    /// replaced). Each file written is printed.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

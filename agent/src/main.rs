@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         Command::Report { command } => commands::report::report(command),
         Command::IdentityTag(args) => commands::identity::tag(args),
         Command::Config { command } => commands::config::config(command),
+        Command::Generate { command } => commands::generate::generate(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

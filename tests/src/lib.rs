@@ -44,22 +44,26 @@ pub fn privileged(test: &str) -> bool {
         netns::sweep_stale();
         return true;
     }
-    let msg =
-        format!("{test}: needs root (network namespaces, XDP); run it through `cargo xtask test` as root");
-    if std::env::var_os("TOLLGATE_REQUIRE_PRIVILEGED").is_some_and(|v| v == "1") {
-        panic!("{msg}");
-    }
-    eprintln!("\n!!!!! SKIPPED {msg} !!!!!\n");
-    false
+    skip_or_fail(&format!(
+        "{test}: needs root (network namespaces, XDP); run it through `cargo xtask test` as root"
+    ))
 }
 
 /// Whether a tool a test needs is installed (`found`). When it is not,
 /// says so loudly; with TOLLGATE_REQUIRE_PRIVILEGED=1 it fails instead.
 pub fn tool_present(test: &str, tool: &str, found: bool) -> bool {
-    if found {
-        return true;
-    }
-    let msg = format!("{test}: {tool} is not installed; run `cargo xtask setup`");
+    found || skip_or_fail(&format!("{test}: {tool} is not installed; run `cargo xtask setup`"))
+}
+
+/// Like [`tool_present`], for something a build makes (`what`, made by
+/// `how`), such as the Debian package.
+pub fn built_present(test: &str, what: &str, how: &str, found: bool) -> bool {
+    found || skip_or_fail(&format!("{test}: {what} does not exist; run `{how}`"))
+}
+
+/// Says loudly that a test is skipped, and returns false; with
+/// TOLLGATE_REQUIRE_PRIVILEGED=1 fails instead, so CI cannot pass by skipping.
+fn skip_or_fail(msg: &str) -> bool {
     if std::env::var_os("TOLLGATE_REQUIRE_PRIVILEGED").is_some_and(|v| v == "1") {
         panic!("{msg}");
     }

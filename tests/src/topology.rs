@@ -136,6 +136,8 @@ impl Default for Topology {
 /// `tollgate run` inside the edge namespace, with its own pin directory.
 pub struct Agent {
     child: Option<Child>,
+    /// The `tollgate` it runs: [`crate::tollgate_bin`], or an installed one.
+    bin: PathBuf,
     pub pin_dir: PathBuf,
     /// This agent's control socket (each test agent has its own).
     pub control_socket: PathBuf,
@@ -189,7 +191,7 @@ impl Agent {
     /// configuration file `args` give (`--config FILE`), not by `--iface`.
     pub fn start_configured(topo: &Topology, args: &[&str]) -> Self {
         let pin_dir = PathBuf::from(PIN_ROOT).join(unique("pin"));
-        let mut agent = Self::unstarted(&topo.edge, &[&topo.edge_if], &pin_dir, &[], args);
+        let mut agent = Self::new(crate::tollgate_bin(), &topo.edge, &[&topo.edge_if], &pin_dir, &[], args);
         agent.iface_flags = false;
         agent.spawn();
         agent
@@ -204,12 +206,30 @@ impl Agent {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Self {
-        let mut agent = Self::unstarted(ns, ifaces, pin_dir, env, args);
+        let mut agent = Self::new(crate::tollgate_bin(), ns, ifaces, pin_dir, env, args);
         agent.spawn();
         agent
     }
 
-    fn unstarted(
+    /// Like [`Agent::start_with_pin`], running `bin` (a package's installed
+    /// binary) with `state_dir` as its --state-dir (which it removes on drop
+    /// like the others).
+    pub fn start_installed(
+        topo: &Topology,
+        bin: &std::path::Path,
+        pin_dir: &std::path::Path,
+        state_dir: &std::path::Path,
+        args: &[&str],
+    ) -> Self {
+        let mut agent = Self::new(bin.to_owned(), &topo.edge, &[&topo.edge_if], pin_dir, &[], args);
+        agent.state_dir = state_dir.to_owned();
+        agent.spawn();
+        agent
+    }
+
+    /// An agent of `bin`, not started yet.
+    fn new(
+        bin: PathBuf,
         ns: &NetNs,
         ifaces: &[&str],
         pin_dir: &std::path::Path,
@@ -227,6 +247,7 @@ impl Agent {
             .expect("--metrics-addr is an address:port");
         Self {
             child: None,
+            bin,
             control_socket: std::env::temp_dir().join(format!("{}.sock", unique("ctl"))),
             state_dir: std::env::temp_dir().join(unique("state")),
             pin_dir,
@@ -248,7 +269,7 @@ impl Agent {
 
     fn spawn(&mut self) {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("agent log");
-        let mut cmd = Command::new(crate::tollgate_bin());
+        let mut cmd = Command::new(&self.bin);
         cmd.arg("run");
         if self.iface_flags {
             for iface in &self.ifaces {
@@ -359,7 +380,7 @@ impl Agent {
     /// top, detach) in the agent's network namespace, as an operator would
     /// on its host, and returns its standard output, panicking on failure.
     pub fn cli(&self, subcommand: &str) -> String {
-        let mut cmd = Command::new(crate::tollgate_bin());
+        let mut cmd = Command::new(&self.bin);
         cmd.args([subcommand, "--pin-path"]).arg(&self.pin_dir);
         in_namespace(&mut cmd, &self.edge_ns);
         let out = cmd.output().expect("running tollgate");
@@ -370,7 +391,7 @@ impl Agent {
     /// Runs `tollgate ARGS --control-socket <this agent's socket>` (restrict,
     /// lift, restrictions list): (success, stdout, stderr).
     pub fn control(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(crate::tollgate_bin())
+        let out = Command::new(&self.bin)
             .args(args)
             .arg("--control-socket")
             .arg(&self.control_socket)
@@ -397,6 +418,23 @@ impl Agent {
     pub fn packets(&self, verdict: u32) -> u64 {
         self.verdicts()[verdict as usize].packets
     }
+}
+
+/// Sends `n` UDP datagrams from `src` (an address of the peer) to the edge's
+/// `port` and returns how many arrived, once the kernel has counted all of
+/// them under some verdict (so "0 arrived" is not a race). Reads the
+/// agent's pinned maps, so it works after the agent exited leaving them.
+pub fn udp_delivered(topo: &Topology, agent: &Agent, src: IpAddr, port: u16, n: usize) -> usize {
+    let dst = SocketAddr::new(edge_for(src), port);
+    let sink = crate::traffic::UdpSink::bind(&topo.edge, dst);
+    let before: u64 = agent.verdicts().iter().map(|c| c.packets).sum();
+    crate::traffic::udp_burst(&topo.peer, src, dst, n);
+    let seen = wait_for(Duration::from_secs(5), || {
+        let now: u64 = agent.verdicts().iter().map(|c| c.packets).sum();
+        (now >= before + n as u64).then_some(())
+    });
+    assert!(seen.is_some(), "the XDP program did not see the {n} packets from {src}");
+    sink.drain()
 }
 
 /// Makes `cmd` run in the network namespace at `ns` (only the network

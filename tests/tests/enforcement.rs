@@ -1,14 +1,13 @@
 //! Blocklist/allowlist enforcement with real traffic through an
 //! XDP-attached veth (issue: foundation, acceptance items a, b and d).
 
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use tollgate_common::verdict;
 use tollgate_tests::{
     privileged,
     topology::*,
-    traffic::{UdpSink, tcp_connects, tcp_listen, udp_burst},
-    wait_for,
+    traffic::{tcp_connects, tcp_listen},
 };
 
 const N: usize = 40;
@@ -19,18 +18,8 @@ fn sa(ip: std::net::IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
-/// Sends N datagrams and returns how many arrived, after the kernel has
-/// counted all of them under some verdict (so "0 arrived" is not a race).
 fn udp_delivered(topo: &Topology, agent: &Agent, src: std::net::IpAddr, port: u16) -> usize {
-    let sink = UdpSink::bind(&topo.edge, sa(edge_for(src), port));
-    let before: u64 = agent.verdicts().iter().map(|c| c.packets).sum();
-    udp_burst(&topo.peer, src, sa(edge_for(src), port), N);
-    let seen = wait_for(Duration::from_secs(5), || {
-        let now: u64 = agent.verdicts().iter().map(|c| c.packets).sum();
-        (now >= before + N as u64).then_some(())
-    });
-    assert!(seen.is_some(), "the XDP program did not see the {N} packets from {src}");
-    sink.drain()
+    tollgate_tests::topology::udp_delivered(topo, agent, src, port, N)
 }
 
 #[test]

@@ -50,7 +50,16 @@ const APT_PACKAGES: &[&str] = &[
     // The dashboard's query plots (dashboards/plot.py): its test
     // (tests/tests/plot.rs) and `cargo xtask dashboards-png`.
     "python3-matplotlib",
+    // The Debian package: dpkg-shlibdeps (cargo-deb's `depends = "$auto"`)
+    // and strip come with dpkg-dev; its test (tests/tests/package.rs) checks
+    // it with lintian.
+    "dpkg-dev",
+    "lintian",
 ];
+
+/// The cargo-deb release `cargo xtask deb` packages with: the
+/// [package.metadata.deb] keys in agent/Cargo.toml are its.
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// The interpreter dashboards/plot.py runs under: Debian's, the one the
 /// python3-matplotlib package is installed for (a `python3` earlier on
@@ -75,9 +84,10 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// Set up, build, then run every test (unit, BPF_PROG_TEST_RUN and
-    /// network-namespace integration tests; needs root), then the kernel
-    /// matrix (`cargo xtask kernels`). With a filter, only `cargo test`.
+    /// Set up, build (the Debian package too), then run every test (unit,
+    /// BPF_PROG_TEST_RUN and network-namespace integration tests; needs
+    /// root), then the kernel matrix (`cargo xtask kernels`). With a
+    /// filter, only `cargo test`.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -132,6 +142,11 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, build the release binary and its man pages and completions,
+    /// and make the Debian package with cargo-deb; prints its path
+    /// (target/debian/tollgate_VERSION-1_ARCH.deb). cargo-deb runs only
+    /// when the package is older than the binary or a file it packages.
+    Deb,
     /// Run the live dashboard test (Prometheus scraping agents under real
     /// SIP traffic; needs root) and plot its query results, one PNG per
     /// dashboard row (dashboards/plot.py; plots of the queries, not
@@ -211,6 +226,11 @@ fn task(task: Task) -> Result<()> {
                 vec!["run", "--release", "--quiet", "-p", "tollgate-tests", "--bin", "tollgate-bench", "--"];
             cmd.extend(args.iter().map(String::as_str));
             cargo(&cmd, &[("TOLLGATE_BIN", bin.to_str().context("non-UTF-8 target dir")?)])
+        }
+        Task::Deb => {
+            setup()?;
+            println!("{}", deb()?.display());
+            Ok(())
         }
         Task::DashboardsPng { data, out } => {
             let data = match data {
@@ -336,7 +356,9 @@ fn acceptance(extra: &[String]) -> Result<()> {
 }
 
 fn test(extra: &[String]) -> Result<()> {
-    // The integration tests run the real binary; build it first.
+    // The integration tests run the real binary, and tests/tests/package.rs
+    // the Debian package; build them first.
+    deb()?;
     build(false)?;
     let bin = target_dir().join("debug/tollgate");
     let report = acceptance_report("report-short.md")?;
@@ -446,8 +468,99 @@ fn setup() -> Result<()> {
     apt_packages()?;
     rust_src()?;
     bpf_linker()?;
+    cargo_deb()?;
     sipvicious()?;
     dashboard_validation()
+}
+
+fn cargo_deb() -> Result<()> {
+    let version = output(Command::new("cargo").args(["deb", "--version"]));
+    if version.is_some_and(|v| v.split_whitespace().any(|w| w == CARGO_DEB_VERSION)) {
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-deb {CARGO_DEB_VERSION} (a few minutes)");
+    run(Command::new("cargo").args([
+        "install",
+        "cargo-deb",
+        "--force",
+        "--locked",
+        "--version",
+        CARGO_DEB_VERSION,
+    ]))
+    .context("installing cargo-deb failed")
+}
+
+/// Where cargo-deb writes the package (its own naming: name, version with
+/// the Debian revision, architecture).
+fn deb_path() -> Result<PathBuf> {
+    let arch = output(Command::new("dpkg").arg("--print-architecture"))
+        .context("dpkg --print-architecture failed (the Debian package is built on Debian)")?;
+    let version = env!("CARGO_PKG_VERSION");
+    Ok(target_dir().join(format!("debian/tollgate_{version}-1_{}.deb", arch.trim())))
+}
+
+/// Builds the Debian package and returns its path. cargo-deb cannot run
+/// commands, so the release binary writes its man pages (gzipped here, as
+/// Debian wants) and completions into target/release/debian-assets first,
+/// where agent/Cargo.toml's assets expect them. cargo-deb runs only when
+/// the package is older than the binary or any file it packages.
+fn deb() -> Result<PathBuf> {
+    build(true)?;
+    let release = target_dir().join("release");
+    let bin = release.join("tollgate");
+    let deb = deb_path()?;
+    let root = workspace_root();
+    let mut inputs = vec![bin.clone(), root.join("agent/Cargo.toml"), root.join("README.md")];
+    for dir in ["packaging", "packaging/debian", "dashboards", "dashboards/img"] {
+        inputs.extend(files_in(&root.join(dir))?);
+    }
+    if newer_than_all(&deb, &inputs) {
+        eprintln!("xtask: {} is up to date", deb.display());
+        return Ok(deb);
+    }
+    let assets = release.join("debian-assets");
+    if assets.exists() {
+        std::fs::remove_dir_all(&assets).with_context(|| format!("removing {}", assets.display()))?;
+    }
+    for what in ["man", "completions"] {
+        run(Command::new(&bin).args(["generate", what]).arg(assets.join(what)).stdout(Stdio::null()))?;
+    }
+    // Debian Policy 12.1: man pages compressed with `gzip -9n` (-n: no name
+    // or time stamp, so the same page gives the same bytes).
+    let pages = files_in(&assets.join("man"))?;
+    if pages.is_empty() {
+        bail!("`tollgate generate man` wrote no page into {}", assets.join("man").display());
+    }
+    run(Command::new("gzip").args(["-9", "-n", "-f"]).args(&pages))?;
+    // Its standard output is the path, which the callers print.
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    run(Command::new(cargo)
+        .args(["deb", "-p", "tollgate", "--no-build"])
+        .current_dir(&root)
+        .stdout(Stdio::null()))?;
+    if !deb.exists() {
+        bail!("cargo-deb did not write {} (see its output above)", deb.display());
+    }
+    Ok(deb)
+}
+
+/// The files directly in `dir` (not in its subdirectories).
+fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            files.push(entry.path());
+        }
+    }
+    Ok(files)
+}
+
+/// Whether `path` exists and was modified after every one of `inputs`.
+fn newer_than_all(path: &Path, inputs: &[PathBuf]) -> bool {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let Some(made) = modified(path) else { return false };
+    inputs.iter().all(|input| modified(input).is_some_and(|t| t < made))
 }
 
 /// Installs the npm packages that check the Grafana dashboard against

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod detach;
+pub mod generate;
 pub mod identity;
 pub mod report;
 pub mod restrictions;
