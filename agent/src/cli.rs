@@ -50,6 +50,10 @@ pub enum Command {
     Restrict(RestrictArgs),
     /// Lift a restriction by its id (see `tollgate restrictions list`).
     Lift(LiftArgs),
+    /// Make the running agent read its configuration file again and apply
+    /// what changed (as SIGHUP does); prints what was applied, what needs a
+    /// restart, or why the file was rejected (exit 1; nothing applied).
+    Reload(ControlArgs),
     /// Operators' thresholds: raise (or lower) one source's, identity's or
     /// country's threshold on one timescale above what the learner may
     /// (a customer that grows), e.g. `baseline set source 198.51.100.10

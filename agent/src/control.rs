@@ -59,6 +59,8 @@ pub enum Request {
     ReportCountries {
         since_seconds: u64,
     },
+    /// Read the configuration again, as SIGHUP does.
+    Reload,
 }
 
 /// A threshold in force for a subject on one scale.
@@ -97,6 +99,9 @@ pub struct Response {
     pub dormant: Option<crate::reports::DormantReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub countries: Option<crate::reports::CountriesReport>,
+    /// What a reload did, for the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 impl Response {

@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         }
         Command::Restrict(args) => commands::restrictions::restrict(args),
         Command::Lift(args) => commands::restrictions::lift(args),
+        Command::Reload(args) => commands::restrictions::reload(args),
         Command::Baseline { command } => commands::restrictions::baseline(command),
         Command::Report { command } => commands::report::report(command),
         Command::IdentityTag(args) => commands::identity::tag(args),

@@ -100,10 +100,17 @@ fn sighup_applies_the_edited_file_in_place_and_rejects_an_invalid_one_whole() {
     assert_eq!(delivered(&topo, &agent, ATTACKER_V4), N);
     assert!(agent.log_text().contains("reload rejected, the running configuration stays"));
 
+    // `tollgate reload` says so too, and exits 1.
+    let (ok, _, err) = agent.control(&["reload"]);
+    assert!(!ok && err.contains("rejected") && err.contains("window") && err.lines().count() == 1, "{err}");
+    reload_record(&audit, 3);
+
     // Still running and reloadable: the file fixed, the next reload applies.
     std::fs::write(&file.0, file_text(&topo.edge_if, "198.51.100.0/24", 5)).unwrap();
-    agent.signal(libc::SIGHUP);
-    let r = reload_record(&audit, 3);
+    let (ok, out, err) = agent.control(&["reload"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "reloaded: applied auth-failure-threshold", "{out}");
+    let r = reload_record(&audit, 4);
     assert_eq!(r["changed"]["auth-failure-threshold"]["to"][0], "5", "{r}");
     assert_eq!(r["needs_restart"], serde_json::json!([]), "the interface is back as it runs: {r}");
     assert_eq!(kernel_config(&agent).auth_failure_threshold, 5);

@@ -69,6 +69,16 @@ pub fn lift(args: LiftArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `tollgate reload`: the running agent reads its configuration again.
+pub fn reload(args: ControlArgs) -> anyhow::Result<()> {
+    let response = control::call(&args.control_socket, &control::Request::Reload)?;
+    if !response.ok {
+        anyhow::bail!("{}", response.error.unwrap_or_else(|| "refused".to_owned()));
+    }
+    println!("reloaded: {}", response.message.unwrap_or_default());
+    Ok(())
+}
+
 /// `tollgate baseline set|clear|list`.
 pub fn baseline(command: BaselineCommand) -> anyhow::Result<()> {
     let (socket, request) = match command {

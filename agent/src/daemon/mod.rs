@@ -179,15 +179,20 @@ impl Daemon {
                 _ = sigterm.recv() => break "SIGTERM",
                 _ = sigint.recv() => break "SIGINT",
                 _ = sighup.recv() => {
-                    if self.reload().window_changed {
-                        learn = tokio::time::interval_at(tokio::time::Instant::now() + self.window, self.window);
-                    }
+                    let _ = self.reload_now(&mut learn);
                 }
                 Some(event) = rx.recv() => self.event(&event),
                 Some(event) = call_rx.recv() => self.call_event(&event),
                 _ = learn.tick() => self.read_snapshot(&snap_tx),
                 Some(snapshot) = snap_rx.recv() => self.window_passed(snapshot),
                 Some((request, reply)) = ctl_rx.recv() => {
+                    if matches!(request, control::Request::Reload) {
+                        let _ = reply.send(match self.reload_now(&mut learn) {
+                            Ok(summary) => control::Response { ok: true, message: Some(summary), ..Default::default() },
+                            Err(why) => control::Response::error(why),
+                        });
+                        continue;
+                    }
                     let mut m = lock(&self.maps);
                     let answer = operator::handle_control(
                         request,
@@ -207,6 +212,16 @@ impl Daemon {
         // kept (the counters' growth is read by the next agent).
         self.reporting.window(self.actuator.store(), None);
         Ok(signame)
+    }
+
+    /// A reload (SIGHUP or `tollgate reload`); the learning timer follows
+    /// a changed window.
+    fn reload_now(&mut self, learn: &mut tokio::time::Interval) -> Result<String, String> {
+        let reloaded = self.reload();
+        if reloaded.window_changed {
+            *learn = tokio::time::interval_at(tokio::time::Instant::now() + self.window, self.window);
+        }
+        reloaded.outcome
     }
 
     fn event(&mut self, event: &ThresholdEvent) {

@@ -125,6 +125,8 @@ pub(super) fn handle_control(
                 Err(e) => control::Response::error(e.to_string()),
             };
         }
+        // The main loop reloads before it gets here.
+        control::Request::Reload => return control::Response::error("reload is the main loop's"),
         control::Request::BaselineList => {
             return control::Response { ok: true, baselines: views(learned), ..Default::default() };
         }

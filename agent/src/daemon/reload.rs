@@ -49,15 +49,17 @@ impl Running {
 pub(super) struct Reloaded {
     /// The detection window changed: the learning timer must follow.
     pub(super) window_changed: bool,
+    /// What was applied and left, in a line for the operator; or why the
+    /// file was rejected.
+    pub(super) outcome: Result<String, String>,
 }
 
 impl Daemon {
     /// Reads the configuration again and applies what changed.
     pub(super) fn reload(&mut self) -> Reloaded {
-        let unchanged = Reloaded { window_changed: false };
         let (mut args, values) = match config::run_args_and_values(self.running.argv.clone()) {
             Ok(read) => read,
-            Err(e) => return self.rejected(&e.to_string(), unchanged),
+            Err(e) => return self.rejected(&e.to_string()),
         };
         let old = &self.running.values;
         let changed: Vec<&str> =
@@ -67,12 +69,12 @@ impl Daemon {
         keep_restart_only(&mut args, &self.running.args);
         let plan = match setup::check_values(&args, &Countries::shipped()) {
             Ok(plan) => plan,
-            Err(e) => return self.rejected(&format!("{e:#}"), unchanged),
+            Err(e) => return self.rejected(&format!("{e:#}")),
         };
         let high_risk = match &args.detect.high_risk_destinations {
             Some(path) => match learning::read_high_risk(path) {
                 Ok(set) => set,
-                Err(e) => return self.rejected(&format!("{e:#}"), unchanged),
+                Err(e) => return self.rejected(&format!("{e:#}")),
             },
             None => Default::default(),
         };
@@ -112,14 +114,15 @@ impl Daemon {
         for k in &restart {
             warn!("reload: {k} changed, which needs a restart: left as it was");
         }
-        info!(
-            "reload: {}",
-            if apply.is_empty() {
-                "nothing to change".to_owned()
-            } else {
-                format!("applied {}", apply.join(", "))
-            }
-        );
+        let mut summary = if apply.is_empty() {
+            "nothing to change".to_owned()
+        } else {
+            format!("applied {}", apply.join(", "))
+        };
+        if !restart.is_empty() {
+            summary.push_str(&format!("; left for a restart: {}", restart.join(", ")));
+        }
+        info!("reload: {summary}");
         self.actuator.auditor().record_reload(&audit::Reload {
             config: args.config.as_deref(),
             changed: &changes,
@@ -135,10 +138,10 @@ impl Daemon {
         }
         self.running.args = args;
         self.running.values = values;
-        Reloaded { window_changed }
+        Reloaded { window_changed, outcome: Ok(summary) }
     }
 
-    fn rejected(&self, why: &str, unchanged: Reloaded) -> Reloaded {
+    fn rejected(&self, why: &str) -> Reloaded {
         warn!("reload rejected, the running configuration stays: {why}");
         self.actuator.auditor().record_reload(&audit::Reload {
             config: self.running.args.config.as_deref(),
@@ -146,7 +149,10 @@ impl Daemon {
             needs_restart: &[],
             rejected: Some(why),
         });
-        unchanged
+        Reloaded {
+            window_changed: false,
+            outcome: Err(format!("rejected, the running configuration stays: {why}")),
+        }
     }
 }
 
