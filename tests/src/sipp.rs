@@ -266,6 +266,11 @@ pub fn guesses_csv(user: &str, right: &str, right_at: usize, rows: usize) -> Tem
     f
 }
 
+/// The credentials of the site's `i`th PBX (subscriber 300`i+1`).
+pub fn pbx_csv(i: u8) -> TempFile {
+    users_csv(&[(format!("300{}", i + 1), format!("pbx-300{}", i + 1))])
+}
+
 /// A sipp CSV of `users` with their right passwords.
 pub fn users_csv(users: &[(String, String)]) -> TempFile {
     let f = TempFile::new("users");

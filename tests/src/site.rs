@@ -54,6 +54,21 @@ pub fn pbx_v4(i: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(198, 51, 100, 101 + i))
 }
 
+/// `tollgate run` flags for a surge to one country from the site's PBXs,
+/// each below its own threshold: 24 calls a window to one country from at
+/// least 5 sources restrict it (opted in), for 20 s at a time, 60 s at most.
+pub const COUNTRY_SURGE_FLAGS: &[&str] = &[
+    "--country-invite-threshold",
+    "24",
+    "--country-min-sources",
+    "5",
+    "--allow-country-restrict",
+    "--country-restrict-for",
+    "20s",
+    "--country-restrict-max",
+    "60s",
+];
+
 /// Kamailio's address of the same family as `src`.
 pub fn core_for(src: IpAddr) -> IpAddr {
     if src.is_ipv4() { CORE_V4 } else { CORE_V6 }

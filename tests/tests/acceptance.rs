@@ -27,7 +27,7 @@ use tollgate_tests::{
     netns::PIN_ROOT,
     privileged,
     report::{self, Row, scale},
-    sipp::{Client, Outcome, Repeater, Server, call, guesses_csv, users_csv},
+    sipp::{Client, Outcome, Repeater, Server, call, guesses_csv, pbx_csv},
     sipvicious::{SourceRoute, Svcrack, run_tool, svcrack_bin},
     site::*,
     tool_present,
@@ -502,25 +502,9 @@ fn country_surge(test: &str, dry: bool) {
     }
     let bed = Bed::start(
         dry,
-        &[
-            "--window",
-            "4s",
-            "--intl-invite-threshold",
-            "40",
-            "--country-invite-threshold",
-            "24",
-            "--country-min-sources",
-            "5",
-            "--allow-country-restrict",
-            "--country-restrict-for",
-            "20s",
-            "--country-restrict-max",
-            "60s",
-        ],
+        &[&["--window", "4s", "--intl-invite-threshold", "40"], COUNTRY_SURGE_FLAGS].concat(),
     );
-    let pbxs: Vec<(IpAddr, TempFile)> = (0..8u8)
-        .map(|i| (pbx_v4(i), users_csv(&[(format!("300{}", i + 1), format!("pbx-300{}", i + 1))])))
-        .collect();
+    let pbxs: Vec<(IpAddr, TempFile)> = (0..8u8).map(|i| (pbx_v4(i), pbx_csv(i))).collect();
     let customer = "pbx.csv";
     let started = Instant::now();
     // Every PBX places two calls a second to +232 (four INVITEs at the

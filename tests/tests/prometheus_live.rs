@@ -34,7 +34,7 @@ use tollgate_tests::{
     privileged,
     prometheus::{self, INTERVAL_SECS, Prometheus},
     promql,
-    sipp::{self, Client, Outcome, Repeater, Server, call, guesses_csv, users_csv},
+    sipp::{self, Client, Outcome, Repeater, Server, call, guesses_csv, pbx_csv},
     site::*,
     target_dir, tool_present,
     topology::Agent,
@@ -73,15 +73,6 @@ const DETECT: &[&str] = &[
     "--intl-invite-threshold",
     "20",
     "--intl-suspend",
-    "60s",
-    "--country-invite-threshold",
-    "24",
-    "--country-min-sources",
-    "5",
-    "--allow-country-restrict",
-    "--country-restrict-for",
-    "20s",
-    "--country-restrict-max",
     "60s",
 ];
 
@@ -177,6 +168,7 @@ fn every_dashboard_query_has_data_and_the_attack_alerts_fire_in_a_live_prometheu
     let audit = TempFile::new("audit");
     let mut args = vec!["--audit-log", audit.path()];
     args.extend_from_slice(DETECT);
+    args.extend_from_slice(COUNTRY_SURGE_FLAGS);
     let edge = Agent::start_on(
         &site.edge,
         &site.edge_ifaces(),
@@ -187,6 +179,7 @@ fn every_dashboard_query_has_data_and_the_attack_alerts_fire_in_a_live_prometheu
     let dry_audit = TempFile::new("audit");
     let mut dry_args = vec!["--audit-log", dry_audit.path(), "--dry-run", "--metrics-addr", CORE_METRICS];
     dry_args.extend_from_slice(DETECT);
+    dry_args.extend_from_slice(COUNTRY_SURGE_FLAGS);
     let core = Agent::start_on(
         &site.core,
         &[&site.core_if],
@@ -264,8 +257,7 @@ fn every_dashboard_query_has_data_and_the_attack_alerts_fire_in_a_live_prometheu
 
     // Eight PBXs, each far below its own threshold, all calling Sierra
     // Leone: the country is restricted (and, after the surge, lifted).
-    let pbxs: Vec<TempFile> =
-        (0..8u8).map(|i| users_csv(&[(format!("300{}", i + 1), format!("pbx-300{}", i + 1))])).collect();
+    let pbxs: Vec<TempFile> = (0..8u8).map(pbx_csv).collect();
     let surge: Vec<JoinHandle<Outcome>> = pbxs
         .iter()
         .enumerate()
