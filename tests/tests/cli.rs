@@ -95,6 +95,7 @@ fn unknown_interface_and_duplicates_fail_before_touching_the_kernel() {
             format!("{}:4: \"Sierra Leone\" is not an E.164 country code", list.display()),
         ),
     ] {
+        let state = std::env::temp_dir().join(tollgate_tests::unique("state"));
         let out = tollgate(&[
             "run",
             "--iface",
@@ -103,9 +104,12 @@ fn unknown_interface_and_duplicates_fail_before_touching_the_kernel() {
             file,
             "--pin-path",
             "/sys/fs/bpf/tgt-never-created",
+            "--state-dir",
+            state.to_str().expect("utf-8"),
         ]);
         assert_eq!(out.status.code(), Some(1), "{file}");
         assert_clean_failure(&out, &expect);
+        assert!(!state.exists(), "a start refused for its flags makes no state directory or key");
     }
     let _ = std::fs::remove_file(&list);
     // A state database that is not one: refused, named, left alone.

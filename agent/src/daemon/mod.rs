@@ -44,10 +44,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.config {
         info!("configuration file: {}", path.display());
     }
-    let high_risk = match &args.detect.high_risk_destinations {
-        Some(path) => learning::read_high_risk(path)?,
-        None => Default::default(),
-    };
     // Opened before anything is bound or loaded, so a database it cannot
     // use fails cleanly.
     let store = persist::open(&args.state.state_dir)?;
@@ -64,7 +60,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut engine = Engine::new(setup.policy, args.allows.clone());
     engine.set_wall_clock(learning::wall_ms);
     let event_counts = events::EventCounts::default();
-    let mut learned = Learned::new(learning::config(&args.detect, high_risk), event_counts.clone());
+    let mut learned = Learned::new(learning::config(&args.detect, setup.high_risk), event_counts.clone());
     persist::restore(&store, &mut maps, &mut engine, &mut learned, &setup.auditor)?;
     actuator::adopt_restrictions(&maps, &mut engine);
     let reporting = Reporting::start(&store, &maps)?;

@@ -31,6 +31,8 @@ pub struct Setup {
     /// The deployment's identity key (`--state-dir`), for the kernel's
     /// identity tags; made at the first start.
     pub identity_key: IdentityKey,
+    /// `--high-risk-destinations`, read.
+    pub high_risk: std::collections::HashSet<u16>,
 }
 
 impl Setup {
@@ -54,6 +56,10 @@ impl Setup {
                 args.policy.audit_log.as_deref().unwrap_or(Path::new("")).display()
             )
         })?;
+        let high_risk = match &args.detect.high_risk_destinations {
+            Some(path) => super::learning::read_high_risk(path)?,
+            None => Default::default(),
+        };
         loader::ensure_bpffs(args.pin.pin_path.as_path())?;
         // Last: a first start with bad flags leaves no key behind.
         let identity_key = state::identity_key(&args.state.state_dir)?;
@@ -70,6 +76,7 @@ impl Setup {
             policy: policy_config(args),
             auditor,
             identity_key,
+            high_risk,
         })
     }
 }
