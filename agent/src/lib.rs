@@ -14,6 +14,7 @@ pub mod detect;
 pub mod error;
 pub mod kernel;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod reports;
 pub mod state;

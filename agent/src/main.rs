@@ -7,6 +7,8 @@ use tollgate::{
 };
 
 fn main() -> ExitCode {
+    // SAFETY: first thing, before any thread exists.
+    let notifier = unsafe { tollgate::notify::Notifier::take_from_env() };
     // `run` takes its flags from the configuration file too.
     let (cli, _) = match config::load(std::env::args_os().collect()) {
         Ok(parsed) => parsed,
@@ -19,7 +21,7 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(tollgate::daemon::run(*args))),
+            .and_then(|rt| rt.block_on(tollgate::daemon::run(*args, notifier))),
         Command::Status(args) => commands::status::status(args),
         Command::Detach(args) => commands::detach::detach(args),
         Command::Top(args) => commands::top::top(args),

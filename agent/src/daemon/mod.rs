@@ -30,14 +30,15 @@ use self::{
     setup::Setup,
 };
 use crate::{
-    cli::RunArgs, clock::monotonic_now_ns, control, events, loader, maps::Maps, metrics, policy::Engine,
+    cli::RunArgs, clock::monotonic_now_ns, control, events, loader, maps::Maps, metrics, notify::Notifier,
+    policy::Engine,
 };
 
 /// How often expired blocks are removed from the map. The kernel already
 /// ignores them once expired; this only keeps the map and the audit tidy.
 const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+pub async fn run(args: RunArgs, notifier: Notifier) -> anyhow::Result<()> {
     let setup = Setup::check(&args)?;
     // What a reload (SIGHUP) compares with: the command line as given.
     let running = reload::Running::at_start(std::env::args_os().collect())?;
@@ -89,12 +90,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // /countries.json is answered by the main loop, like `tollgate report`.
     let server = tokio::spawn(metrics::serve(listener, Arc::clone(&registry), ctl_tx.clone()));
     let control_server = tokio::spawn(control::serve(control_listener, ctl_tx));
+    let enforcing = format!(
+        "enforcing on {}",
+        attached.iter().map(|(i, m)| format!("{i} ({m})")).collect::<Vec<_>>().join(", ")
+    );
     info!(
-        "enforcing on {}; metrics on http://{}/metrics; state pinned in {}",
-        attached.iter().map(|(i, m)| format!("{i} ({m})")).collect::<Vec<_>>().join(", "),
+        "{enforcing}; metrics on http://{}/metrics; state pinned in {}",
         args.metrics_addr,
         pin_dir.display()
     );
+    // Attached, maps written, both sockets listening: what systemd's
+    // Type=notify waits for before it starts what is ordered after us.
+    notifier.ready(&enforcing);
 
     let daemon = Daemon {
         engine,
@@ -106,8 +113,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         window: args.detect.window,
         identity_key: setup.identity_key,
         running,
+        notifier,
+        enforcing,
     };
-    let signame = daemon.run(rx, call_rx, ctl_rx).await?;
+    let (signame, notifier) = daemon.run(rx, call_rx, ctl_rx).await?;
+    notifier.stopping(signame);
     server.abort();
     control_server.abort();
     shut_down(&args, pin_dir, signame)?;
@@ -148,6 +158,10 @@ struct Daemon {
     identity_key: tollgate_common::IdentityKey,
     /// The configuration in force, for reloads.
     running: reload::Running,
+    /// Tells systemd of readiness, reloads and liveness.
+    notifier: Notifier,
+    /// The readiness status line, told again after each reload.
+    enforcing: String,
 }
 
 fn lock(maps: &Mutex<Maps>) -> MutexGuard<'_, Maps> {
@@ -155,13 +169,14 @@ fn lock(maps: &Mutex<Maps>) -> MutexGuard<'_, Maps> {
 }
 
 impl Daemon {
-    /// Runs until SIGTERM or SIGINT; returns the signal's name.
+    /// Runs until SIGTERM or SIGINT; returns the signal's name (and the
+    /// notifier, to say the agent is stopping).
     async fn run(
         mut self,
         mut rx: mpsc::UnboundedReceiver<ThresholdEvent>,
         mut call_rx: mpsc::UnboundedReceiver<ThresholdEvent>,
         mut ctl_rx: mpsc::Receiver<control::Pending>,
-    ) -> anyhow::Result<&'static str> {
+    ) -> anyhow::Result<(&'static str, Notifier)> {
         let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -170,6 +185,9 @@ impl Daemon {
         // learn from the moment between start-up and the first tick.
         let mut learn = tokio::time::interval_at(tokio::time::Instant::now() + self.window, self.window);
         let (snap_tx, mut snap_rx) = mpsc::channel::<Snapshot>(1);
+        // WATCHDOG=1 from this loop, so a loop that hangs is restarted.
+        let watchdog_every = self.notifier.watchdog_interval();
+        let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
         let signame = loop {
             tokio::select! {
                 _ = sigterm.recv() => break "SIGTERM",
@@ -202,18 +220,22 @@ impl Daemon {
                     let _ = reply.send(answer);
                 }
                 _ = sweep.tick() => self.sweep(),
+                _ = watchdog.tick(), if watchdog_every.is_some() => self.notifier.watchdog(),
             }
         };
         // The surges and restrictions counted since the last window are
         // kept (the counters' growth is read by the next agent).
         self.reporting.window(self.actuator.store(), None);
-        Ok(signame)
+        Ok((signame, self.notifier))
     }
 
     /// A reload (SIGHUP or `tollgate reload`); the learning timer follows
     /// a changed window.
     fn reload_now(&mut self, learn: &mut tokio::time::Interval) -> Result<String, String> {
+        self.notifier.reloading();
         let reloaded = self.reload();
+        // Applied or rejected, the agent enforces as before: ready again.
+        self.notifier.ready(&self.enforcing);
         if reloaded.window_changed {
             *learn = tokio::time::interval_at(tokio::time::Instant::now() + self.window, self.window);
         }
