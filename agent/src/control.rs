@@ -5,7 +5,10 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    os::unix::{fs::PermissionsExt as _, net::UnixStream as StdUnixStream},
+    os::unix::{
+        fs::{DirBuilderExt as _, PermissionsExt as _},
+        net::UnixStream as StdUnixStream,
+    },
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -19,8 +22,10 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-/// Default path of the control socket.
-pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tollgate.sock";
+/// Default path of the control socket: in the runtime directory systemd
+/// makes for the unit (`RuntimeDirectory=tollgate`), made by the agent
+/// when it runs by hand.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tollgate/control.sock";
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "kebab-case")]
@@ -116,6 +121,13 @@ pub type Pending = (Request, oneshot::Sender<Response>);
 /// Binds the socket (root only). A leftover socket from a dead agent is
 /// replaced; a live one is an error (two agents would fight over the maps).
 pub fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(Error::io(format!("creating the directory of the control socket {}", dir.display())))?;
+    }
     if path.exists() {
         if StdUnixStream::connect(path).is_ok() {
             return Err(Error::AgentRunning { path: path.to_owned() });
