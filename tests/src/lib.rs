@@ -19,6 +19,7 @@ pub mod site;
 pub mod testrun;
 pub mod topology;
 pub mod traffic;
+pub mod unit;
 
 use std::{
     path::PathBuf,

@@ -269,7 +269,9 @@ impl Agent {
 
     fn spawn(&mut self) {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("agent log");
-        let mut cmd = Command::new(&self.bin);
+        // Exactly the packaged unit's capabilities, so every test that runs
+        // an agent proves the unit's set is enough.
+        let mut cmd = crate::unit::confined(&self.bin, &crate::unit::capabilities());
         cmd.arg("run");
         if self.iface_flags {
             for iface in &self.ifaces {
@@ -311,6 +313,11 @@ impl Agent {
             self.metrics().filter(|m| want.iter().all(|w| m.contains(w)))
         });
         assert!(ready.is_some(), "tollgate did not become ready:\n{}", self.log_text());
+    }
+
+    /// The running agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("agent running").id()
     }
 
     pub fn log_text(&self) -> String {
@@ -439,7 +446,7 @@ pub fn udp_delivered(topo: &Topology, agent: &Agent, src: IpAddr, port: u16, n: 
 
 /// Makes `cmd` run in the network namespace at `ns` (only the network
 /// namespace: the BPF filesystem stays visible, unlike `ip netns exec`).
-fn in_namespace(cmd: &mut Command, ns: &str) {
+pub fn in_namespace(cmd: &mut Command, ns: &str) {
     let ns = ns.to_owned();
     // SAFETY: only async-signal-safe work (open + setns) between fork and exec.
     unsafe {

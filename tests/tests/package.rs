@@ -112,6 +112,14 @@ fn debian_package_installs_enforces_upgrades_removes_and_purges() {
         &["-c", "source /usr/share/bash-completion/completions/tollgate && complete -p tollgate"],
     );
     assert!(completion.contains("_tollgate"), "bash completes tollgate: {completion}");
+    // systemd's own check of the installed unit, as it is (its ExecStart
+    // binary and its Documentation= man pages now exist).
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "/usr/lib/systemd/system/tollgate.service"])
+        .output()
+        .expect("running systemd-analyze verify");
+    let said = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
 
     // The operator's edits: the interface and a block.
     let topo = Topology::new();

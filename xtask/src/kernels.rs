@@ -42,7 +42,8 @@ const KERNELS: &[(&str, &str)] = &[
 const MODULES: &[&str] = &["drivers/net/veth.ko", "net/sched/sch_ingress.ko", "net/sched/cls_bpf.ko"];
 
 /// Host programs the guest needs, by absolute path, with their libraries.
-const GUEST_PROGRAMS: &[&str] = &["/sbin/ip", "/bin/ss", "/usr/bin/sipp"];
+/// setpriv runs every test agent with exactly the unit's capabilities.
+const GUEST_PROGRAMS: &[&str] = &["/sbin/ip", "/bin/ss", "/usr/bin/sipp", "/usr/bin/setpriv"];
 
 /// The tests run in every guest: (test binary, filters). Chosen to cover
 /// what the kernel program does, within minutes of software emulation.
@@ -402,10 +403,10 @@ fn make_common_initramfs(tests: &BTreeMap<String, PathBuf>, out: &Path) -> Resul
         bail!("/bin/busybox missing (apt busybox-static)");
     }
     install(&root, busybox, false)?;
-    // busybox's applets, except those iproute2 provides for real (its `ip`
-    // has no netns).
+    // busybox's applets, except those iproute2 and util-linux provide for
+    // real (its `ip` has no netns, its `setpriv` no --bounding-set).
     let list = output(Command::new(busybox).arg("--list")).context("busybox --list")?;
-    for applet in list.lines().filter(|a| !matches!(*a, "ip" | "ss" | "busybox")) {
+    for applet in list.lines().filter(|a| !matches!(*a, "ip" | "ss" | "setpriv" | "busybox")) {
         symlink("/bin/busybox", root.join("bin").join(applet)).ok();
     }
     for prog in GUEST_PROGRAMS {
