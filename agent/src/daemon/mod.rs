@@ -2,6 +2,7 @@
 
 mod actuator;
 mod attach;
+pub mod feeds;
 mod learning;
 mod operator;
 mod persist;
@@ -64,6 +65,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     persist::restore(&store, &mut maps, &mut engine, &mut learned, &setup.auditor)?;
     actuator::adopt_restrictions(&maps, &mut engine);
     let reporting = Reporting::start(&store, &maps)?;
+    let registry = Arc::new(prometheus::Registry::new());
+    // After the command-line blocks, which feeds never replace.
+    let (feeds, feed_rx) = feeds::Feeds::start(
+        &args.feeds,
+        &args.state.state_dir,
+        &mut maps,
+        &args.allows,
+        feeds::FeedMetrics::register(&registry),
+    );
     let maps = Arc::new(Mutex::new(maps));
     // A second, read-only handle on the same pinned maps for the whole-map
     // reads (metrics scrapes, the learning pass: ~60 ms for 65,536 sources),
@@ -74,7 +84,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (call_tx, call_rx) = mpsc::unbounded_channel();
     events::spawn_calls(&mut ebpf, event_counts.clone(), call_tx)?;
     let actuator = Actuator::new(setup.auditor, store, args.policy.dry_run);
-    let registry = Arc::new(prometheus::Registry::new());
     registry
         .register(Box::new(metrics::KernelCollector::new(
             Arc::clone(&reader),
@@ -106,8 +115,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         window: args.detect.window,
         identity_key: setup.identity_key,
         running,
+        feeds,
     };
-    let signame = daemon.run(rx, call_rx, ctl_rx).await?;
+    let signame = daemon.run(rx, call_rx, ctl_rx, feed_rx).await?;
     server.abort();
     control_server.abort();
     shut_down(&args, pin_dir, signame)?;
@@ -148,6 +158,8 @@ struct Daemon {
     identity_key: tollgate_common::IdentityKey,
     /// The configuration in force, for reloads.
     running: reload::Running,
+    /// The blocklist feeds.
+    feeds: feeds::Feeds,
 }
 
 fn lock(maps: &Mutex<Maps>) -> MutexGuard<'_, Maps> {
@@ -161,6 +173,7 @@ impl Daemon {
         mut rx: mpsc::UnboundedReceiver<ThresholdEvent>,
         mut call_rx: mpsc::UnboundedReceiver<ThresholdEvent>,
         mut ctl_rx: mpsc::Receiver<control::Pending>,
+        mut feed_rx: mpsc::UnboundedReceiver<feeds::Fetched>,
     ) -> anyhow::Result<&'static str> {
         let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -179,6 +192,11 @@ impl Daemon {
                 }
                 Some(event) = rx.recv() => self.event(&event),
                 Some(event) = call_rx.recv() => self.call_event(&event),
+                Some(fetched) = feed_rx.recv() => {
+                    let mut m = lock(&self.maps);
+                    let allows = &self.running.args.allows;
+                    self.feeds.fetched(fetched, &mut m, allows, self.actuator.auditor());
+                }
                 _ = learn.tick() => self.read_snapshot(&snap_tx),
                 Some(snapshot) = snap_rx.recv() => self.window_passed(snapshot),
                 Some((request, reply)) = ctl_rx.recv() => {
@@ -272,5 +290,6 @@ impl Daemon {
             self.actuator.apply(&mut m, &d, None);
         }
         actuator::remove_expired(&mut m);
+        self.feeds.lapse(self.actuator.auditor());
     }
 }
