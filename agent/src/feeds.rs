@@ -262,7 +262,7 @@ fn apiban_items(text: &str) -> Result<Vec<String>, ParseError> {
 pub fn fetch(source: &Source) -> Result<Vec<u8>, String> {
     match source {
         Source::Path(path) => read_file(path),
-        Source::Url(url) => fetch_url(url),
+        Source::Url(url) => fetch_url(url, FETCH_TIMEOUT),
     }
 }
 
@@ -278,10 +278,10 @@ fn read_file(path: &Path) -> Result<Vec<u8>, String> {
     Ok(body)
 }
 
-fn fetch_url(url: &str) -> Result<Vec<u8>, String> {
+fn fetch_url(url: &str, timeout: Duration) -> Result<Vec<u8>, String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(CONNECT_TIMEOUT))
-        .timeout_global(Some(FETCH_TIMEOUT))
+        .timeout_global(Some(timeout))
         .max_redirects(MAX_REDIRECTS)
         .http_status_as_error(false)
         .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
@@ -405,6 +405,68 @@ mod tests {
             parse(Format::Apiban, br#"{"ipaddress":["0.0.0.0/0"]}"#),
             Err(ParseError::TooBroad { .. })
         ));
+    }
+
+    /// An HTTP server on loopback answering each request with `answer`
+    /// (given the request's path), for `n` requests; its base URL.
+    fn serve(n: usize, answer: impl Fn(&str) -> Vec<u8> + Send + 'static) -> String {
+        use std::io::{BufRead as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(n) {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let _ = stream.write_all(&answer(&path));
+            }
+        });
+        base
+    }
+
+    fn http(status: &str, extra: &str, body: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn http_feeds_non_2xx_fail_redirects_are_followed_a_few_times() {
+        let base = serve(16, |path| match path {
+            "/drop.txt" => http("200 OK", "", "203.0.113.0/24 ; SBL1\n"),
+            "/moved" => http("302 Found", "Location: /drop.txt\r\n", ""),
+            "/loop" => http("302 Found", "Location: /loop\r\n", ""),
+            _ => http("500 Internal Server Error", "", "oops"),
+        });
+        let get = |path: &str| fetch_url(&format!("{base}{path}"), Duration::from_secs(5));
+        assert_eq!(get("/drop.txt").unwrap(), b"203.0.113.0/24 ; SBL1\n");
+        assert_eq!(get("/moved").unwrap(), b"203.0.113.0/24 ; SBL1\n");
+        assert!(get("/loop").is_err(), "more than {MAX_REDIRECTS} redirects");
+        let e = get("/broken").unwrap_err();
+        assert!(e.ends_with("HTTP 500"), "{e}");
+    }
+
+    #[test]
+    fn a_server_that_never_finishes_its_answer_times_out() {
+        // Slow loris: headers, then a body that never comes.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/drop.txt", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            let (mut s, _) = listener.accept().unwrap();
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n203.0.113.0/24\n");
+            std::thread::sleep(Duration::from_secs(30));
+        });
+        let started = std::time::Instant::now();
+        assert!(fetch_url(&url, Duration::from_secs(2)).is_err());
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
     }
 
     #[test]
