@@ -113,6 +113,7 @@ pub(super) struct FeedMetrics {
     refreshes: IntCounterVec,
     up: GaugeVec,
     last_success: GaugeVec,
+    refresh: GaugeVec,
 }
 
 impl FeedMetrics {
@@ -128,18 +129,22 @@ impl FeedMetrics {
             .expect("valid metric"),
             up: gauge("tollgate_feed_up", "1 if the feed's last refresh succeeded, 0 if it failed or was refused."),
             last_success: gauge("tollgate_feed_last_success_timestamp_seconds", "When the feed last refreshed successfully (UNIX time, seconds; 0: never)."),
+            refresh: gauge("tollgate_feed_refresh_interval_seconds", "How often the feed is fetched (its refresh), in seconds."),
         };
         registry.register(Box::new(m.entries.clone())).expect("registers once");
         registry.register(Box::new(m.refreshes.clone())).expect("registers once");
         registry.register(Box::new(m.up.clone())).expect("registers once");
         registry.register(Box::new(m.last_success.clone())).expect("registers once");
+        registry.register(Box::new(m.refresh.clone())).expect("registers once");
         m
     }
 
-    fn add(&self, name: &str) {
+    fn add(&self, spec: &FeedSpec) {
+        let name = spec.name.as_str();
         for result in RESULTS {
             self.refreshes.with_label_values(&[name, result]);
         }
+        self.refresh.with_label_values(&[name]).set(spec.refresh.as_secs_f64());
         self.entries.with_label_values(&[name]);
         self.last_success.with_label_values(&[name]);
     }
@@ -151,6 +156,7 @@ impl FeedMetrics {
         let _ = self.entries.remove_label_values(&[name]);
         let _ = self.up.remove_label_values(&[name]);
         let _ = self.last_success.remove_label_values(&[name]);
+        let _ = self.refresh.remove_label_values(&[name]);
     }
 
     fn show(&self, s: &FeedState) {
@@ -258,7 +264,7 @@ impl Feeds {
 
     fn new_feed(&mut self, spec: &FeedSpec) -> Feed {
         self.generation += 1;
-        self.metrics.add(&spec.name);
+        self.metrics.add(spec);
         Feed {
             spec: spec.clone(),
             state: FeedState {

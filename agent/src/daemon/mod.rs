@@ -162,6 +162,12 @@ struct Daemon {
     feeds: feeds::Feeds,
 }
 
+/// Whether a decision removes a blocklist entry.
+fn unblocks(d: &crate::policy::Decision) -> bool {
+    use crate::policy::{Decision, Kind};
+    matches!(d, Decision::Expire(a) | Decision::Lift(a, _) if a.kind == Kind::Block && a.enforced)
+}
+
 fn lock(maps: &Mutex<Maps>) -> MutexGuard<'_, Maps> {
     maps.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -208,6 +214,7 @@ impl Daemon {
                         continue;
                     }
                     let mut m = lock(&self.maps);
+                    let lift = matches!(request, control::Request::Lift { .. });
                     let answer = operator::handle_control(
                         request,
                         &mut self.engine,
@@ -217,6 +224,10 @@ impl Daemon {
                         &mut self.reporting,
                         &self.identity_key,
                     );
+                    if lift {
+                        // A lifted block may have covered a prefix a feed lists.
+                        self.feeds.write_all(&mut m, &self.running.args.allows);
+                    }
                     let _ = reply.send(answer);
                 }
                 _ = sweep.tick() => self.sweep(),
@@ -286,10 +297,16 @@ impl Daemon {
 
     fn sweep(&mut self) {
         let mut m = lock(&self.maps);
+        let mut unblocked = 0;
         for d in self.engine.expire(monotonic_now_ns()) {
+            unblocked += usize::from(unblocks(&d));
             self.actuator.apply(&mut m, &d, None);
         }
-        actuator::remove_expired(&mut m);
+        unblocked += actuator::remove_expired(&mut m);
         self.feeds.lapse(self.actuator.auditor());
+        if unblocked > 0 {
+            // A block that went may have covered a prefix a feed lists.
+            self.feeds.write_all(&mut m, &self.running.args.allows);
+        }
     }
 }
