@@ -252,10 +252,11 @@ impl Feeds {
         // FEED entries nobody owns now (pins of an agent with other feeds).
         let owned = this.owned();
         for (net, e) in maps.blocklist.entries() {
-            if e.reason == reason::FEED && !owned.contains_key(&net) {
-                if let Err(e) = maps.blocklist.remove(&net) {
-                    warn!("feeds: {e}");
-                }
+            if e.reason == reason::FEED
+                && !owned.contains_key(&net)
+                && let Err(e) = maps.blocklist.remove(&net)
+            {
+                warn!("feeds: {e}");
             }
         }
         this.save();
