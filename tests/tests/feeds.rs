@@ -172,8 +172,21 @@ fn a_local_file_feed_blocks_what_it_lists_but_the_allowlist_and_follows_its_edit
     let audit = TempFile::new("audit");
     let spec = format!("name=local,path={},refresh=1s,ttl=1h", feed.path());
     // The trusted PBX is inside the listed /24 but allowlisted.
-    let agent =
-        Agent::start(&topo, &["--feed", &spec, "--allow", "203.0.113.20/32", "--audit-log", audit.path()]);
+    // The IPv6 host the feed lists is also a --block: that entry stays the
+    // command line's.
+    let agent = Agent::start(
+        &topo,
+        &[
+            "--feed",
+            &spec,
+            "--allow",
+            "203.0.113.20/32",
+            "--block",
+            "2001:db8:1::10=1h",
+            "--audit-log",
+            audit.path(),
+        ],
+    );
     wait_metric(&agent, r#"tollgate_feed_entries{feed="local"}"#, |v| v == 2.0);
     assert_eq!(delivered(&topo, &agent, ATTACKER_V4), 0, "inside the listed /24: dropped");
     assert_eq!(delivered(&topo, &agent, ATTACKER_V6), 0, "the listed IPv6 host: dropped");
@@ -181,6 +194,7 @@ fn a_local_file_feed_blocks_what_it_lists_but_the_allowlist_and_follows_its_edit
     assert_eq!(delivered(&topo, &agent, CUSTOMER_V4), N, "not listed: passes");
     let map = blocklist(&agent);
     assert_eq!(map.get("203.0.113.0/24"), Some(&reason::FEED), "{map:?}");
+    assert_eq!(map.get("2001:db8:1::10/128"), Some(&reason::CLI), "a feed never replaces a --block: {map:?}");
     let shown = status(&agent);
     assert!(shown.contains("reason=feed:local"), "{shown}");
     assert!(shown.contains("local (cidr, "), "{shown}");
@@ -196,7 +210,8 @@ fn a_local_file_feed_blocks_what_it_lists_but_the_allowlist_and_follows_its_edit
     wait_for(Duration::from_secs(10), || blocklist(&agent).contains_key("198.51.100.10/32").then_some(()))
         .expect("the new entry is written");
     let map = blocklist(&agent);
-    assert!(!map.contains_key("203.0.113.0/24") && !map.contains_key("2001:db8:1::10/128"), "{map:?}");
+    assert!(!map.contains_key("203.0.113.0/24"), "{map:?}");
+    assert_eq!(map.get("2001:db8:1::10/128"), Some(&reason::CLI), "the --block stays: {map:?}");
     assert_eq!(delivered(&topo, &agent, ATTACKER_V4), N, "no longer listed: passes");
     assert_eq!(delivered(&topo, &agent, CUSTOMER_V4), 0, "newly listed: dropped");
     let changed =
@@ -211,6 +226,12 @@ fn a_local_file_feed_blocks_what_it_lists_but_the_allowlist_and_follows_its_edit
     assert_eq!(wait_metric(&agent, r#"tollgate_feed_up{feed="local"}"#, |v| v == 0.0), 0.0);
     assert!(agent.log_text().contains("feed local: refresh failed: lists 0.0.0.0/0, broader than /8"));
     assert!(!blocklist(&agent).contains_key("0.0.0.0/0"));
+    let failed = wait_for(Duration::from_secs(5), || {
+        feed_records(&audit).into_iter().find(|r| r["result"] == "failed")
+    })
+    .unwrap_or_else(|| panic!("{}", audit.text()));
+    assert_eq!(failed["entries"], 1, "{failed}");
+    assert!(failed["error"].as_str().is_some_and(|e| e.contains("0.0.0.0/0")), "{failed}");
     assert!(!blocklist(&agent).contains_key("198.51.100.0/24"), "nothing of a refused feed is written");
     assert_eq!(delivered(&topo, &agent, ATTACKER_V4), N, "the world is not blocked");
     assert_eq!(delivered(&topo, &agent, CUSTOMER_V4), 0, "the last good entry stays");
@@ -345,19 +366,32 @@ fn a_reload_adds_and_removes_feeds() {
     assert!(out.contains("feed"), "{out}");
     wait_metric(&agent, r#"tollgate_feed_entries{feed="local"}"#, |v| v == 1.0);
     assert_eq!(delivered(&topo, &agent, ATTACKER_V4), 0, "the added feed enforces");
+    // Changed (another file): fetched again at once.
+    let other = TempFile::new("feed");
+    std::fs::write(&other.0, "198.51.100.10\n").unwrap();
+    let with_feed = with_feed.replace(feed.path(), other.path());
+    std::fs::write(&file.0, &with_feed).unwrap();
+    let (ok, out, err) = agent.control(&["reload"]);
+    assert!(ok, "{out}{err}");
+    wait_for(Duration::from_secs(10), || blocklist(&agent).contains_key("198.51.100.10/32").then_some(()))
+        .expect("the changed feed is fetched at once");
+    wait_for(Duration::from_secs(5), || (!blocklist(&agent).contains_key("203.0.113.10/32")).then_some(()))
+        .expect("what it no longer lists goes");
+    assert_eq!(delivered(&topo, &agent, CUSTOMER_V4), 0, "the changed feed enforces");
+    assert_eq!(delivered(&topo, &agent, ATTACKER_V4), N);
     // A bad table is rejected whole; the feed stays.
     std::fs::write(&file.0, format!("{with_feed}colour = \"red\"\n")).unwrap();
     let (ok, out, err) = agent.control(&["reload"]);
     assert!(!ok, "{out}{err}");
     assert!(format!("{out}{err}").contains("unknown key \"colour\""), "{out}{err}");
-    assert_eq!(delivered(&topo, &agent, ATTACKER_V4), 0);
+    assert_eq!(delivered(&topo, &agent, CUSTOMER_V4), 0);
     // Removed: its entries go.
     std::fs::write(&file.0, &plain).unwrap();
     let (ok, out, err) = agent.control(&["reload"]);
     assert!(ok, "{out}{err}");
     wait_for(Duration::from_secs(5), || blocklist(&agent).is_empty().then_some(()))
         .expect("its entries removed");
-    assert_eq!(delivered(&topo, &agent, ATTACKER_V4), N, "the removed feed no longer enforces");
+    assert_eq!(delivered(&topo, &agent, CUSTOMER_V4), N, "the removed feed no longer enforces");
     assert!(!agent.metrics().unwrap_or_default().contains(r#"feed="local""#), "its series go with it");
 }
 
