@@ -9,7 +9,8 @@
 //!
 //! Refused whole, so that a broken or poisoned feed never becomes a partial
 //! or a world-wide block: a prefix shorter than [`MIN_V4_PREFIX`] /
-//! [`MIN_V6_PREFIX`] (0.0.0.0/0 would drop everyone), more malformed lines
+//! [`MIN_V6_PREFIX`] (0.0.0.0/0 would drop everyone) or enclosing the
+//! IPv4-mapped range the kernel keys IPv4 in, more malformed lines
 //! than good ones (an HTML error page served with 200), no entry at all (a
 //! truncated download must not unblock everything at once), or more than
 //! [`MAX_FEED_BYTES`]. A few malformed lines among good ones are skipped and
@@ -53,7 +54,14 @@ impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Path(p) => write!(f, "{}", p.display()),
-            Self::Url(u) => f.write_str(u),
+            // Credentials in the URL stay out of logs, audit and status.
+            Self::Url(u) => match u.split_once("://") {
+                Some((scheme, rest)) if rest.split('/').next().is_some_and(|h| h.contains('@')) => {
+                    let after = &rest[rest.find('@').expect("checked") + 1..];
+                    write!(f, "{scheme}://***@{after}")
+                }
+                _ => f.write_str(u),
+            },
         }
     }
 }
@@ -212,6 +220,7 @@ pub fn parse(format: Format, text: &[u8]) -> Result<Parsed, ParseError> {
         let word = item.split_whitespace().next().unwrap_or("");
         match crate::cli::parse_cidr(word) {
             Ok(net) => {
+                let net = unmapped(net)?;
                 let min = if net.addr().is_ipv4() { MIN_V4_PREFIX } else { MIN_V6_PREFIX };
                 if net.prefix_len() < min {
                     return Err(ParseError::TooBroad { net, min });
@@ -236,6 +245,23 @@ pub fn parse(format: Format, text: &[u8]) -> Result<Parsed, ParseError> {
         return Err(ParseError::Empty);
     }
     Ok(parsed)
+}
+
+/// The kernel keys IPv4 as IPv4-mapped IPv6 (`::ffff:0:0/96`): a mapped
+/// prefix is the IPv4 one it stands for (and judged as such), and an IPv6
+/// prefix that encloses the whole mapped range would block all of IPv4.
+fn unmapped(net: IpNet) -> Result<IpNet, ParseError> {
+    let IpNet::V6(v6) = net else { return Ok(net) };
+    let mapped =
+        ipnet::Ipv6Net::new(std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96).expect("valid");
+    if v6.contains(&mapped) {
+        return Err(ParseError::TooBroad { net, min: 97 });
+    }
+    if mapped.contains(&v6) {
+        let v4 = v6.addr().to_ipv4_mapped().expect("inside ::ffff:0:0/96");
+        return Ok(IpNet::V4(ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).expect("valid")));
+    }
+    Ok(net)
 }
 
 fn apiban_items(text: &str) -> Result<Vec<String>, ParseError> {
@@ -287,17 +313,18 @@ fn fetch_url(url: &str, timeout: Duration) -> Result<Vec<u8>, String> {
         .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
         .build()
         .into();
-    let mut response = agent.get(url).call().map_err(|e| format!("GET {url}: {e}"))?;
+    let shown = Source::Url(url.to_owned()).to_string();
+    let mut response = agent.get(url).call().map_err(|e| format!("GET {shown}: {e}"))?;
     let status = response.status();
     if !status.is_success() {
-        return Err(format!("GET {url}: HTTP {}", status.as_u16()));
+        return Err(format!("GET {shown}: HTTP {}", status.as_u16()));
     }
     response
         .body_mut()
         .with_config()
         .limit(MAX_FEED_BYTES)
         .read_to_vec()
-        .map_err(|e| format!("GET {url}: reading the body: {e}"))
+        .map_err(|e| format!("GET {shown}: reading the body: {e}"))
 }
 
 #[cfg(test)]
@@ -340,6 +367,9 @@ mod tests {
             assert!(e.contains(says), "{bad}: {e}");
             assert!(!e.contains('\n'));
         }
+        let f = parse_feed("name=a,url=https://user:secret@feeds.example.net/x?k=v").unwrap();
+        assert_eq!(f.source.to_string(), "https://***@feeds.example.net/x?k=v");
+        assert_eq!(Source::Url("http://h/a@b".into()).to_string(), "http://h/a@b");
         let a = parse_feed("name=a,path=/x").unwrap();
         assert!(check_unique(&[a.clone(), parse_feed("name=b,path=/x").unwrap()]).is_ok());
         assert!(check_unique(&[a.clone(), a]).unwrap_err().contains("two feeds are named \"a\""));
@@ -383,6 +413,16 @@ mod tests {
             }
         }
         assert!(parse(Format::Cidr, b"10.0.0.0/8\n2001:db8::/19\n").is_ok());
+        // The kernel keys IPv4 inside ::ffff:0:0/96: a mapped prefix is its
+        // IPv4 one, and one enclosing the mapped range is all of IPv4.
+        let p = parse(Format::Cidr, b"::ffff:203.0.113.7\n::ffff:198.51.100.0/120\n").unwrap();
+        assert_eq!(nets(&p), ["198.51.100.0/24", "203.0.113.7/32"]);
+        for text in ["::ffff:0.0.0.0/96\n", "::/20\n", "::ffff:0.0.0.0/100\n"] {
+            assert!(
+                matches!(parse(Format::Cidr, text.as_bytes()), Err(ParseError::TooBroad { .. })),
+                "{text}"
+            );
+        }
         let e = parse(Format::Cidr, b"0.0.0.0/0\n").unwrap_err().to_string();
         assert_eq!(e, "lists 0.0.0.0/0, broader than /8: a feed may not block that much");
     }
