@@ -169,6 +169,18 @@ pub fn parse_feed(s: &str) -> Result<FeedSpec, String> {
     Ok(FeedSpec { name, source, format, refresh, ttl })
 }
 
+/// A `--feed` value as it may be shown: a `url=`'s credentials hidden.
+pub fn redacted(value: &str) -> String {
+    value
+        .split(',')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, url)) if k.trim() == "url" => format!("{k}={}", Source::Url(url.to_owned())),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Feeds given together: their names must differ.
 pub fn check_unique(feeds: &[FeedSpec]) -> Result<(), String> {
     for (i, f) in feeds.iter().enumerate() {
@@ -370,6 +382,10 @@ mod tests {
         let f = parse_feed("name=a,url=https://user:secret@feeds.example.net/x?k=v").unwrap();
         assert_eq!(f.source.to_string(), "https://***@feeds.example.net/x?k=v");
         assert_eq!(Source::Url("http://h/a@b".into()).to_string(), "http://h/a@b");
+        assert_eq!(
+            redacted("name=a,url=https://u:p@h/x,refresh=1h"),
+            "name=a,url=https://***@h/x,refresh=1h"
+        );
         let a = parse_feed("name=a,path=/x").unwrap();
         assert!(check_unique(&[a.clone(), parse_feed("name=b,path=/x").unwrap()]).is_ok());
         assert!(check_unique(&[a.clone(), a]).unwrap_err().contains("two feeds are named \"a\""));

@@ -111,7 +111,12 @@ impl Daemon {
         let changes: Vec<(&str, Vec<String>, Vec<String>)> = apply
             .iter()
             .map(|k| {
-                (*k, old.get(*k).cloned().unwrap_or_default(), values.get(*k).cloned().unwrap_or_default())
+                let shown = |v: Option<&Vec<String>>| -> Vec<String> {
+                    let v = v.cloned().unwrap_or_default();
+                    // A feed's URL without its credentials.
+                    if *k == "feed" { v.iter().map(|s| crate::feeds::redacted(s)).collect() } else { v }
+                };
+                (*k, shown(old.get(*k)), shown(values.get(*k)))
             })
             .collect();
         for k in &restart {
