@@ -247,7 +247,7 @@ fn http_feeds_in_cidr_and_apiban_form_and_a_failing_one_keeps_its_entries_until_
     let server = FeedServer::start(&topo.edge);
     server.set("/drop.txt", 200, "203.0.113.10 ; SBL2\n");
     server.set("/banned", 200, r#"{"ipaddress":["198.51.100.10","2001:db8:1::10"],"ID":"1234"}"#);
-    let drop = format!("name=drop,url={},refresh=2s,ttl=8s", server.url("/drop.txt"));
+    let drop = format!("name=drop,url={},refresh=2s,ttl=12s", server.url("/drop.txt"));
     let apiban = format!("name=apiban,url={},format=apiban,refresh=1h", server.url("/banned"));
     let agent = Agent::start(&topo, &["--feed", &drop, "--feed", &apiban]);
     wait_metric(&agent, r#"tollgate_feed_entries{feed="drop"}"#, |v| v == 1.0);
@@ -275,7 +275,7 @@ fn http_feeds_in_cidr_and_apiban_form_and_a_failing_one_keeps_its_entries_until_
         "{log}"
     );
     assert_eq!(delivered(&topo, &agent, ATTACKER_V4), 0, "kept after the failure");
-    // After the ttl (8 s from the last good refresh) it lapses.
+    // After the ttl (12 s from the last good refresh) it lapses.
     wait_metric(&agent, r#"tollgate_feed_entries{feed="drop"}"#, |v| v == 0.0);
     wait_for(Duration::from_secs(5), || (!blocklist(&agent).contains_key("203.0.113.10/32")).then_some(()))
         .expect("the lapsed entry is removed");
