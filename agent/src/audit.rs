@@ -117,6 +117,21 @@ pub struct Reload<'a> {
     pub rejected: Option<&'a str>,
 }
 
+/// A blocklist feed's refresh, as [`Auditor::record_feed`] writes it.
+pub struct Feed<'a> {
+    pub name: &'a str,
+    pub source: &'a str,
+    /// ok, failed, refused, lapsed or removed.
+    pub result: &'a str,
+    pub added: usize,
+    pub removed: usize,
+    /// Entries the feed has in force after it.
+    pub entries: usize,
+    /// When they lapse (wall clock, UNIX ms), if any.
+    pub expires_ms: Option<i64>,
+    pub error: Option<&'a str>,
+}
+
 #[derive(Serialize)]
 struct ReloadRecord<'a> {
     time: String,
@@ -272,6 +287,40 @@ impl Auditor {
                 warn!("writing the audit log failed: {e}");
             }
         }
+    }
+
+    /// Records a blocklist feed's refresh that changed something, or one
+    /// that failed or was refused, or its entries lapsing or going away.
+    pub fn record_feed(&self, feed: &Feed<'_>) {
+        #[derive(Serialize)]
+        struct FeedRecord<'a> {
+            time: String,
+            event: &'static str,
+            feed: &'a str,
+            source: &'a str,
+            result: &'a str,
+            added: usize,
+            removed: usize,
+            entries: usize,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            expires: Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            error: Option<&'a str>,
+        }
+        let line = serde_json::to_string(&FeedRecord {
+            time: wall(monotonic_now_ns()),
+            event: "feed",
+            feed: feed.name,
+            source: feed.source,
+            result: feed.result,
+            added: feed.added,
+            removed: feed.removed,
+            entries: feed.entries,
+            expires: feed.expires_ms.map(wall_of_ms),
+            error: feed.error,
+        })
+        .expect("audit records serialize");
+        self.write(&line);
     }
 
     /// Whether decisions are recorded as dry-run (a reload may change it).

@@ -31,8 +31,9 @@ pub enum Command {
     /// everything unless --keep-attached-on-exit is given.
     Run(Box<RunArgs>),
     /// Show attachments, blocklist, allowlist and verdict counters from the
-    /// pinned maps (works while `run` is active or after it died).
-    Status(PinArgs),
+    /// pinned maps (works while `run` is active or after it died), and the
+    /// blocklist feeds from --state-dir.
+    Status(StatusArgs),
     /// Detach the program from every interface and remove all pinned state.
     Detach(PinArgs),
     /// Show the busiest SIP sources (auth failures, international INVITEs)
@@ -300,6 +301,16 @@ pub struct TopArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub pin: PinArgs,
+    /// Where `run` keeps its state: the blocklist feeds' last refreshes
+    /// are read from feeds.json there.
+    #[arg(long, value_name = "DIR", default_value = crate::state::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
 pub struct PinArgs {
     /// Directory on the BPF filesystem holding tollgate's pinned maps and links.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_PATH)]
@@ -341,6 +352,25 @@ pub struct RunArgs {
     /// checked before the blocklist. Repeat for several.
     #[arg(long = "allow", value_name = "CIDR", value_parser = parse_cidr)]
     pub allows: Vec<IpNet>,
+
+    /// A blocklist feed, refreshed in the background (repeat for several;
+    /// `[[feeds]]` tables in the configuration file):
+    /// `name=NAME,path=FILE` or `name=NAME,url=https://...`, then optionally
+    /// `format=cidr|apiban` (default cidr: one prefix or address per line,
+    /// `#` and `;` comments), `refresh=DURATION` (default 1h) and
+    /// `ttl=DURATION` (default twice refresh; not shorter than refresh).
+    ///
+    /// Each entry is blocked for ttl after the refresh that listed it, with
+    /// the feed's name as its reason; a successful refresh removes what the
+    /// feed no longer lists. A feed that fails to load keeps its last good
+    /// entries until their ttl (also across a restart). Refused whole: a
+    /// prefix broader than /8 (IPv4) or /19 (IPv6), mostly malformed or
+    /// empty text, more than 16 MiB, or more entries than the blocklist has
+    /// room for. Entries inside an --allow prefix are not written, and
+    /// entries never replace a --block, operator or automatic block.
+    /// NAME: 1 to 32 of a-z, 0-9, - and _.
+    #[arg(long = "feed", value_name = "name=NAME,url=URL", value_parser = crate::feeds::parse_feed)]
+    pub feeds: Vec<crate::feeds::FeedSpec>,
 
     /// A SIP port: `N` for UDP and TCP, or `udp/N`, `tcp/N`. Repeat for
     /// several; replaces the default.

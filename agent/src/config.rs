@@ -42,6 +42,7 @@ const EXAMPLES: &[(&str, &[&str])] = &[
     ("egress-iface", &["eth1"]),
     ("block", &["203.0.113.0/24=2h", "2001:db8:bad::/48"]),
     ("allow", &["198.51.100.0/24"]),
+    ("feed", &["name=drop,url=https://feeds.example.net/drop.txt,format=cidr,refresh=1h,ttl=2h"]),
     ("high-risk-destinations", &["/etc/tollgate/high-risk"]),
     ("audit-log", &["/var/log/tollgate/audit.jsonl"]),
     ("on-decision", &["/usr/local/lib/tollgate/notify"]),
@@ -798,13 +799,27 @@ mod tests {
             "t.toml: feeds: expected a string, a number, a table or a list of them, found array"
         );
         // Without the flag, the key is unknown.
-        let e = Settings::parse(&run_command(), Path::new("t.toml"), "[[feeds]]\nname = \"x\"\n");
+        let bare = clap::Command::new("run").arg(Arg::new("window").long("window"));
+        let e = Settings::parse(&bare, Path::new("t.toml"), "[[feeds]]\nname = \"x\"\n");
         assert!(e.unwrap_err().to_string().starts_with("t.toml: unknown key \"feeds\""));
+        // tollgate's own --feed checks each table with its value parser.
+        let e = Settings::parse(&run_command(), Path::new("t.toml"), "[[feeds]]\nname = \"x\"\n");
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "t.toml: feeds: invalid value \"name=x\": feed x: no source (path=FILE or url=http(s)://...)"
+        );
         // The default file shows tables as tables, after every other key.
         let default = render_default(&run);
-        assert!(default.ends_with("# [[feeds]]\n# name = \"NAME\"\n# url = \"URL\"\n"), "{default}");
+        assert!(
+            default.ends_with(
+                "# [[feeds]]\n# name = \"drop\"\n# url = \"https://feeds.example.net/drop.txt\"\n\
+                 # format = \"cidr\"\n# refresh = \"1h\"\n# ttl = \"2h\"\n"
+            ),
+            "{default}"
+        );
         let settings = Settings::parse(&run, Path::new("t.toml"), &uncomment(&run, &default)).expect("valid");
-        assert_eq!(settings.get("feed"), Some(&Value::Values(vec!["name=NAME,url=URL".to_owned()])));
+        let example = EXAMPLES.iter().find(|(k, _)| *k == "feed").expect("an example").1[0];
+        assert_eq!(settings.get("feed"), Some(&Value::Values(vec![example.to_owned()])));
     }
 
     #[test]

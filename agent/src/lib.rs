@@ -12,6 +12,7 @@ pub mod countries;
 pub mod daemon;
 pub mod detect;
 pub mod error;
+pub mod feeds;
 pub mod kernel;
 pub mod metrics;
 pub mod notify;

@@ -13,8 +13,8 @@ use tollgate_tests::{
 };
 use yaml_rust2::{Yaml, YamlLoader};
 
-/// The alerts issue 14 asks for.
-const ALERTS: [&str; 9] = [
+/// The alerts issues 14 and 15 ask for.
+const ALERTS: [&str; 10] = [
     "TollgateBruteForce",
     "TollgateIntlSurgeRestricted",
     "TollgateCountryRestricted",
@@ -24,6 +24,8 @@ const ALERTS: [&str; 9] = [
     "TollgateAgentDown",
     "TollgateNotAttached",
     "TollgateDecisionLatencyHigh",
+    // Issue 15, blocklist feeds.
+    "TollgateFeedFailing",
 ];
 
 /// Alerts that must fire at the first evaluation that sees their cause

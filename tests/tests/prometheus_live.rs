@@ -166,7 +166,12 @@ fn every_dashboard_query_has_data_and_the_attack_alerts_fire_in_a_live_prometheu
     let kamailio = Kamailio::core(&site.core, CORE_V4, CORE_V6, &uas);
     let _uas = Server::uas(&site.core, CORE_V4, UAS_PORT);
     let audit = TempFile::new("audit");
-    let mut args = vec!["--audit-log", audit.path()];
+    // A blocklist feed (of a prefix no host of the site has), so the feed
+    // metrics TollgateFeedFailing reads exist.
+    let feed = TempFile::new("feed");
+    std::fs::write(&feed.0, "2001:db8:dead::/48\n").expect("write the feed");
+    let feed_spec = format!("name=local,path={},refresh=1h", feed.path());
+    let mut args = vec!["--audit-log", audit.path(), "--feed", &feed_spec];
     args.extend_from_slice(DETECT);
     args.extend_from_slice(COUNTRY_SURGE_FLAGS);
     let edge = Agent::start_on(

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use tollgate_common::{CONFIG_BLOCK_ALL_PORTS, NO_EXPIRY, reason, verdict};
 
-use crate::{cli::PinArgs, clock::monotonic_now_ns, loader};
+use crate::{cli::StatusArgs, clock::monotonic_now_ns, daemon::feeds::StateFile, loader, store::now_ms};
 
-pub fn status(args: PinArgs) -> anyhow::Result<()> {
-    let dir = args.pin_path.as_path();
+pub fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let dir = args.pin.pin_path.as_path();
     let maps = super::open_pinned("status", dir)?;
     let now = monotonic_now_ns();
     let links = loader::pinned_links(dir);
@@ -39,9 +39,20 @@ pub fn status(args: PinArgs) -> anyhow::Result<()> {
             allows.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" ")
         }
     );
+    // Which feed owns a FEED entry is the agent's: feeds.json says.
+    let feeds = StateFile::read(&args.state_dir).unwrap_or_else(|e| {
+        eprintln!("tollgate: warning: {e:#}");
+        StateFile::default()
+    });
     let blocks = maps.blocklist.entries();
     println!("blocklist:    {} entries", blocks.len());
     for (net, e) in blocks {
+        let owners: Vec<&str> =
+            feeds.feeds.iter().filter(|f| f.entries.contains(&net)).map(|f| f.name.as_str()).collect();
+        let why = match (e.reason, owners.is_empty()) {
+            (reason::FEED, false) => format!("feed:{}", owners.join("+")),
+            (r, _) => reason::name(r).to_owned(),
+        };
         let left = if e.expires_at_ns == NO_EXPIRY {
             "permanent".to_owned()
         } else if e.is_active(now) {
@@ -52,8 +63,9 @@ pub fn status(args: PinArgs) -> anyhow::Result<()> {
         } else {
             "expired".to_owned()
         };
-        println!("  {:<43} reason={:<8} {left}", net.to_string(), reason::name(e.reason));
+        println!("  {:<43} reason={why:<8} {left}", net.to_string());
     }
+    print_feeds(&feeds);
     println!("verdicts:");
     let totals = maps.verdict_totals()?;
     for (code, action, why) in verdict::ALL {
@@ -61,4 +73,32 @@ pub fn status(args: PinArgs) -> anyhow::Result<()> {
         println!("  {action:<5} {why:<18} {:>14} packets {:>16} bytes", c.packets, c.bytes);
     }
     Ok(())
+}
+
+/// The feeds of the last `run` with this state directory.
+fn print_feeds(feeds: &StateFile) {
+    if feeds.feeds.is_empty() {
+        println!("feeds:        none");
+        return;
+    }
+    println!("feeds:");
+    let now = now_ms();
+    let when = |ms: i64| {
+        let ago = Duration::from_secs(u64::try_from((now - ms) / 1000).unwrap_or(0));
+        format!("{} ago", humantime::format_duration(ago))
+    };
+    for f in &feeds.feeds {
+        let entries = if f.entries.is_empty() || f.expires_ms <= now {
+            "0 entries".to_owned()
+        } else {
+            let left = Duration::from_secs(u64::try_from((f.expires_ms - now) / 1000).unwrap_or(0));
+            format!("{} entries, for {}", f.entries.len(), humantime::format_duration(left))
+        };
+        let success = f.last_success_ms.map_or_else(|| "never".to_owned(), when);
+        println!("  {} ({}, {}): {entries}; last success {success}", f.name, f.format, f.source);
+        if let Some(e) = &f.last_error {
+            let at = f.last_attempt_ms.map_or_else(String::new, |ms| format!(" ({})", when(ms)));
+            println!("    last error{at}: {e}");
+        }
+    }
 }

@@ -240,16 +240,25 @@ pub(super) fn apply_cli_blocks(
     Ok(())
 }
 
-/// Removes expired command-line blocks (operator blocks are lifted by the
-/// engine, which audits them).
-pub(super) fn remove_expired(maps: &mut Maps) {
+/// Removes expired command-line and feed blocks (operator blocks are
+/// lifted by the engine, which audits them); returns how many that were
+/// not a feed's went (a feed may list the same prefix: it is written
+/// again). Feed entries are not logged one by one: a feed's lapse is one
+/// line ([`super::feeds::Feeds::lapse`]).
+pub(super) fn remove_expired(maps: &mut Maps) -> usize {
     let now = monotonic_now_ns();
+    let mut others = 0;
     for (net, entry) in maps.blocklist.entries() {
         if !entry.is_active(now) && entry.reason != reason::OPERATOR {
             match maps.blocklist.remove(&net) {
-                Ok(()) => info!("block {net} (reason {}) expired and was lifted", reason::name(entry.reason)),
+                Ok(()) if entry.reason == reason::FEED => {}
+                Ok(()) => {
+                    others += 1;
+                    info!("block {net} (reason {}) expired and was lifted", reason::name(entry.reason));
+                }
                 Err(e) => warn!("removing expired block {net}: {e}"),
             }
         }
     }
+    others
 }

@@ -2,6 +2,7 @@
 
 mod actuator;
 mod attach;
+pub mod feeds;
 mod learning;
 mod operator;
 mod persist;
@@ -65,6 +66,15 @@ pub async fn run(args: RunArgs, notifier: Notifier) -> anyhow::Result<()> {
     persist::restore(&store, &mut maps, &mut engine, &mut learned, &setup.auditor)?;
     actuator::adopt_restrictions(&maps, &mut engine);
     let reporting = Reporting::start(&store, &maps)?;
+    let registry = Arc::new(prometheus::Registry::new());
+    // After the command-line blocks, which feeds never replace.
+    let (feeds, feed_rx) = feeds::Feeds::start(
+        &args.feeds,
+        &args.state.state_dir,
+        &mut maps,
+        &args.allows,
+        feeds::FeedMetrics::register(&registry),
+    );
     let maps = Arc::new(Mutex::new(maps));
     // A second, read-only handle on the same pinned maps for the whole-map
     // reads (metrics scrapes, the learning pass: ~60 ms for 65,536 sources),
@@ -75,7 +85,6 @@ pub async fn run(args: RunArgs, notifier: Notifier) -> anyhow::Result<()> {
     let (call_tx, call_rx) = mpsc::unbounded_channel();
     events::spawn_calls(&mut ebpf, event_counts.clone(), call_tx)?;
     let actuator = Actuator::new(setup.auditor, store, args.policy.dry_run);
-    let registry = Arc::new(prometheus::Registry::new());
     registry
         .register(Box::new(metrics::KernelCollector::new(
             Arc::clone(&reader),
@@ -115,8 +124,9 @@ pub async fn run(args: RunArgs, notifier: Notifier) -> anyhow::Result<()> {
         running,
         notifier,
         enforcing,
+        feeds,
     };
-    let (signame, notifier) = daemon.run(rx, call_rx, ctl_rx).await?;
+    let (signame, notifier) = daemon.run(rx, call_rx, ctl_rx, feed_rx).await?;
     notifier.stopping(signame);
     server.abort();
     control_server.abort();
@@ -162,6 +172,14 @@ struct Daemon {
     notifier: Notifier,
     /// The readiness status line, told again after each reload.
     enforcing: String,
+    /// The blocklist feeds.
+    feeds: feeds::Feeds,
+}
+
+/// Whether a decision removes a blocklist entry.
+fn unblocks(d: &crate::policy::Decision) -> bool {
+    use crate::policy::{Decision, Kind};
+    matches!(d, Decision::Expire(a) | Decision::Lift(a, _) if a.kind == Kind::Block && a.enforced)
 }
 
 fn lock(maps: &Mutex<Maps>) -> MutexGuard<'_, Maps> {
@@ -176,6 +194,7 @@ impl Daemon {
         mut rx: mpsc::UnboundedReceiver<ThresholdEvent>,
         mut call_rx: mpsc::UnboundedReceiver<ThresholdEvent>,
         mut ctl_rx: mpsc::Receiver<control::Pending>,
+        mut feed_rx: mpsc::UnboundedReceiver<feeds::Fetched>,
     ) -> anyhow::Result<(&'static str, Notifier)> {
         let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -197,6 +216,11 @@ impl Daemon {
                 }
                 Some(event) = rx.recv() => self.event(&event),
                 Some(event) = call_rx.recv() => self.call_event(&event),
+                Some(fetched) = feed_rx.recv() => {
+                    let mut m = lock(&self.maps);
+                    let allows = &self.running.args.allows;
+                    self.feeds.fetched(fetched, &mut m, allows, self.actuator.auditor());
+                }
                 _ = learn.tick() => self.read_snapshot(&snap_tx),
                 Some(snapshot) = snap_rx.recv() => self.window_passed(snapshot),
                 Some((request, reply)) = ctl_rx.recv() => {
@@ -208,6 +232,7 @@ impl Daemon {
                         continue;
                     }
                     let mut m = lock(&self.maps);
+                    let lift = matches!(request, control::Request::Lift { .. });
                     let answer = operator::handle_control(
                         request,
                         &mut self.engine,
@@ -217,6 +242,10 @@ impl Daemon {
                         &mut self.reporting,
                         &self.identity_key,
                     );
+                    if lift {
+                        // A lifted block may have covered a prefix a feed lists.
+                        self.feeds.write_all(&mut m, &self.running.args.allows);
+                    }
                     let _ = reply.send(answer);
                 }
                 _ = sweep.tick() => self.sweep(),
@@ -290,9 +319,16 @@ impl Daemon {
 
     fn sweep(&mut self) {
         let mut m = lock(&self.maps);
+        let mut unblocked = 0;
         for d in self.engine.expire(monotonic_now_ns()) {
+            unblocked += usize::from(unblocks(&d));
             self.actuator.apply(&mut m, &d, None);
         }
-        actuator::remove_expired(&mut m);
+        unblocked += actuator::remove_expired(&mut m);
+        self.feeds.lapse(self.actuator.auditor());
+        if unblocked > 0 {
+            // A block that went may have covered a prefix a feed lists.
+            self.feeds.write_all(&mut m, &self.running.args.allows);
+        }
     }
 }

@@ -33,7 +33,7 @@ const NEEDS_RESTART: &[&str] = &[
 pub(super) struct Running {
     /// The process's command line, read again with the file at each reload.
     argv: Vec<OsString>,
-    args: RunArgs,
+    pub(super) args: RunArgs,
     values: BTreeMap<String, Vec<String>>,
 }
 
@@ -94,6 +94,9 @@ impl Daemon {
                     actuator::apply_cli_blocks(&mut m, &args.blocks, args.block_duration, &args.allows)
                 })
         };
+        // After the command-line blocks (a --block no longer given may
+        // uncover a prefix a feed lists).
+        self.feeds.reconfigure(&args.feeds, &mut lock(&self.maps), &args.allows, self.actuator.auditor());
         if let Err(e) = written {
             // Partly applied: say so; the next reload (or restart) writes it whole.
             warn!("reload: writing the new configuration into the kernel failed: {e:#}");
@@ -108,7 +111,12 @@ impl Daemon {
         let changes: Vec<(&str, Vec<String>, Vec<String>)> = apply
             .iter()
             .map(|k| {
-                (*k, old.get(*k).cloned().unwrap_or_default(), values.get(*k).cloned().unwrap_or_default())
+                let shown = |v: Option<&Vec<String>>| -> Vec<String> {
+                    let v = v.cloned().unwrap_or_default();
+                    // A feed's URL without its credentials.
+                    if *k == "feed" { v.iter().map(|s| crate::feeds::redacted(s)).collect() } else { v }
+                };
+                (*k, shown(old.get(*k)), shown(values.get(*k)))
             })
             .collect();
         for k in &restart {

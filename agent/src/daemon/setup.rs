@@ -92,6 +92,7 @@ pub fn check_values(args: &RunArgs, countries: &Countries) -> anyhow::Result<Num
             humantime::format_duration(args.policy.max_restriction)
         );
     }
+    crate::feeds::check_unique(&args.feeds).map_err(anyhow::Error::msg)?;
     number_plan(&args.plan, countries)
 }
 

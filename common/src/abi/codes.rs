@@ -38,12 +38,16 @@ pub mod reason {
     pub const OPERATOR: u32 = 2;
     /// Imposed by the agent on a many-source surge to a country.
     pub const COUNTRY_SURGE: u32 = 3;
+    /// Listed by a blocklist feed (`run --feed`); which feed is kept by the
+    /// agent. The kernel treats every reason alike.
+    pub const FEED: u32 = 4;
 
     pub const fn name(code: u32) -> &'static str {
         match code {
             CLI => "cli",
             OPERATOR => "operator",
             COUNTRY_SURGE => "country-surge",
+            FEED => "feed",
             _ => "unknown",
         }
     }
