@@ -375,6 +375,9 @@ pub struct RunArgs {
     #[command(flatten)]
     pub policy: PolicyArgs,
 
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
+
     /// Where operators' `restrict`, `lift` and `restrictions list` reach
     /// this agent (a unix socket only root can use).
     #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_CONTROL_SOCKET)]
