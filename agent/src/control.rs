@@ -84,6 +84,9 @@ pub struct RestrictionView {
     pub note: Option<String>,
     pub expires_in_secs: u64,
     pub enforced: bool,
+    /// The node that decided it (clustering; absent without a cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]

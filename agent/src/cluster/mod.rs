@@ -10,7 +10,9 @@
 //!
 //! Without `--cluster-endpoints` nothing here runs.
 
+pub mod metrics;
 pub mod record;
+mod session;
 
 use std::{
     collections::HashMap,
@@ -222,6 +224,23 @@ pub struct Cluster {
     pub config: Config,
     pub shared: Shared,
     pub ops: mpsc::UnboundedSender<Op>,
+}
+
+/// Starts the session with the store in the background (it connects, and
+/// reconnects, by itself).
+pub fn start(config: Config, shared: Shared) -> (Cluster, mpsc::UnboundedReceiver<Remote>) {
+    {
+        let mut s = shared.lock();
+        s.enabled = true;
+        s.node = config.node.clone();
+        s.prefix = config.prefix.clone();
+        s.endpoints = config.endpoints.clone();
+        s.started_ms = crate::store::now_ms();
+    }
+    let (ops, ops_rx) = mpsc::unbounded_channel();
+    let (remote_tx, remote_rx) = mpsc::unbounded_channel();
+    tokio::spawn(session::run(config.clone(), shared.clone(), ops_rx, remote_tx));
+    (Cluster { config, shared, ops }, remote_rx)
 }
 
 #[cfg(test)]
