@@ -14,7 +14,7 @@ use tollgate_tests::{
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// The alerts issue 14 asks for.
-const ALERTS: [&str; 9] = [
+const ALERTS: [&str; 11] = [
     "TollgateBruteForce",
     "TollgateIntlSurgeRestricted",
     "TollgateCountryRestricted",
@@ -24,6 +24,8 @@ const ALERTS: [&str; 9] = [
     "TollgateAgentDown",
     "TollgateNotAttached",
     "TollgateDecisionLatencyHigh",
+    "TollgateClusterDisconnected",
+    "TollgateClusterSyncStale",
 ];
 
 /// Alerts that must fire at the first evaluation that sees their cause
