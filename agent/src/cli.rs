@@ -31,8 +31,9 @@ pub enum Command {
     /// everything unless --keep-attached-on-exit is given.
     Run(Box<RunArgs>),
     /// Show attachments, blocklist, allowlist and verdict counters from the
-    /// pinned maps (works while `run` is active or after it died).
-    Status(PinArgs),
+    /// pinned maps (works while `run` is active or after it died), and the
+    /// cluster as the running agent sees it.
+    Status(crate::commands::status::StatusArgs),
     /// Detach the program from every interface and remove all pinned state.
     Detach(PinArgs),
     /// Show the busiest SIP sources (auth failures, international INVITEs)

@@ -102,6 +102,19 @@ fn id_of(listing: &str, addr: IpAddr) -> Option<u64> {
         .and_then(|l| l.split_whitespace().next()?.parse().ok())
 }
 
+/// `tollgate status` of a node, cluster section included.
+fn status(n: &Node) -> String {
+    let out = std::process::Command::new(tollgate_tests::tollgate_bin())
+        .args(["status", "--pin-path"])
+        .arg(&n.agent.pin_dir)
+        .arg("--control-socket")
+        .arg(&n.agent.control_socket)
+        .output()
+        .expect("running tollgate status");
+    assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn list(n: &Node) -> String {
     let (ok, out, err) = n.agent.control(&["restrictions", "list"]);
     assert!(ok, "restrictions list: {err}");
@@ -138,6 +151,16 @@ fn a_restriction_made_on_one_node_drops_traffic_on_the_other_within_a_second() {
     assert!(value.contains("\"origin\":\"edge-a\""), "{value}");
     // Listed on B with its origin; audited there as adopted, imposed on A.
     assert!(list(&b).contains("from edge-a"), "{}", list(&b));
+    let shown = status(&b);
+    for want in [
+        "node edge-b under tollgate/v1/default",
+        "connected",
+        "members:    2",
+        "edge-a ",
+        "restrictions by origin: edge-a 1",
+    ] {
+        assert!(shown.contains(want), "status of edge-b has no {want:?}:\n{shown}");
+    }
     let audited = wait_for(Duration::from_secs(2), || {
         b.audit
             .lines()

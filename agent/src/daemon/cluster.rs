@@ -85,6 +85,37 @@ impl Link {
         self.shared.lock().known.get(&key).map(|r| r.origin.clone())
     }
 
+    /// What `tollgate status` shows of the cluster.
+    pub(super) fn view(&self, engine: &Engine) -> crate::control::ClusterView {
+        let now = now_ms();
+        let mut by_origin = std::collections::BTreeMap::new();
+        for a in engine.active() {
+            let origin = self.origin_of(a).unwrap_or_else(|| self.node.clone());
+            *by_origin.entry(origin).or_insert(0) += 1;
+        }
+        let st = self.shared.lock();
+        let age = |ms: i64| (now - ms).max(0) as f64 / 1000.0;
+        crate::control::ClusterView {
+            node: st.node.clone(),
+            prefix: st.prefix.clone(),
+            endpoints: st.endpoints.clone(),
+            connected: st.connected,
+            last_sync_age_secs: st.last_sync_ms.map(age),
+            last_error: st.last_error.clone(),
+            members: st
+                .members
+                .iter()
+                .map(|m| crate::control::MemberView {
+                    name: m.name.clone(),
+                    version: m.version.clone(),
+                    heartbeat_age_secs: age(m.heartbeat_ms),
+                })
+                .collect(),
+            by_origin,
+            queued: st.queued,
+        }
+    }
+
     pub(super) fn node(&self) -> &str {
         &self.node
     }

@@ -137,6 +137,10 @@ pub(super) fn handle_control(
                 Err(e) => control::Response::error(e),
             };
         }
+        control::Request::Cluster => {
+            let cluster = actuator.cluster().map(|c| c.view(engine));
+            return control::Response { ok: true, cluster, ..Default::default() };
+        }
         control::Request::List => Ok(None),
         control::Request::Restrict { kind, target, seconds, note, identity } => {
             parse_target(kind, &target, identity.as_deref(), key).and_then(|(kind, target)| {
