@@ -178,9 +178,14 @@ impl Etcd {
 
     /// Runs etcdctl in the core namespace: (success, stdout).
     pub fn ctl(&self, args: &[&str]) -> (bool, String) {
+        self.ctl_at(&self.endpoints(), args)
+    }
+
+    /// Runs etcdctl against `endpoints` only.
+    pub fn ctl_at(&self, endpoints: &str, args: &[&str]) -> (bool, String) {
         let mut cmd = Command::new("etcdctl");
         cmd.env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoints()))
+            .arg(format!("--endpoints={endpoints}"))
             .args(["--command-timeout=2s", "--dial-timeout=1s"])
             .args(args);
         in_namespace(&mut cmd, self.core.path());
@@ -192,6 +197,22 @@ impl Etcd {
 
     fn healthy(&self) -> bool {
         self.ctl(&["endpoint", "health"]).0
+    }
+
+    /// The index in [`Self::members`] of the current leader, as the
+    /// running members say.
+    pub fn leader(&self) -> Option<usize> {
+        let mut leader = None;
+        let mut ids = Vec::new();
+        for (i, m) in self.members.iter().enumerate().filter(|(_, m)| m.child.is_some()) {
+            let (ok, out) = self.ctl_at(&m.endpoint(), &["endpoint", "status", "-w", "json"]);
+            let v: serde_json::Value = serde_json::from_str(&out).ok().filter(|_| ok)?;
+            let st = &v.as_array()?.first()?["Status"];
+            ids.push((i, st["header"]["member_id"].as_u64()?));
+            leader = leader.or(st["leader"].as_u64().filter(|l| *l != 0));
+        }
+        let leader = leader?;
+        ids.into_iter().find(|(_, id)| *id == leader).map(|(i, _)| i)
     }
 
     /// The keys under `prefix`.

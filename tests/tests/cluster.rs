@@ -266,3 +266,34 @@ fn a_killed_nodes_key_goes_when_its_lease_ends() {
     assert!(seen.is_some(), "edge-a still counts edge-b");
     assert_eq!(etcd.keys(&format!("{PREFIX}/nodes/")), vec![format!("{PREFIX}/nodes/edge-a")]);
 }
+
+#[test]
+fn propagation_goes_on_when_the_etcd_leader_is_killed() {
+    if !ready("propagation_goes_on_when_the_etcd_leader_is_killed") {
+        return;
+    }
+    let mut etcd = Etcd::start(3);
+    let a = node(&mut etcd, "edge-a");
+    let b = node(&mut etcd, "edge-b");
+    connected(&[&a, &b]);
+    let leader = etcd.leader().expect("a leader");
+    etcd.members[leader].kill();
+    let killed = Instant::now();
+    // A decision right after the leader went: it reaches the other node
+    // once the remaining two have elected another.
+    restrict(&a, ATTACKER_V4, "10m");
+    let took = until_blocked(&b, ATTACKER_V4, true, Duration::from_secs(30));
+    let took = took.unwrap_or_else(|| panic!("never reached edge-b:\n{}", b.agent.log_text()));
+    println!("leader m{leader} killed: propagation edge-a -> edge-b took {} ms", took.as_millis());
+    let new = wait_for(Duration::from_secs(10), || etcd.leader().filter(|l| *l != leader));
+    println!(
+        "new leader m{} ({} ms after the kill)",
+        new.expect("a new leader"),
+        killed.elapsed().as_millis()
+    );
+    // And with the new leader, as fast as before.
+    restrict(&b, CUSTOMER_V4, "10m");
+    let took = until_blocked(&a, CUSTOMER_V4, true, Duration::from_secs(10)).expect("reached edge-a");
+    println!("after the election: propagation edge-b -> edge-a took {} ms", took.as_millis());
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}

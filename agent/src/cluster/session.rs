@@ -59,6 +59,8 @@ struct Session {
     pending: BTreeMap<String, Op>,
     /// The last revision of the restrictions' prefix seen.
     revision: Option<i64>,
+    /// The endpoint to try first.
+    next: usize,
 }
 
 pub(super) async fn run(
@@ -67,15 +69,17 @@ pub(super) async fn run(
     mut ops: mpsc::UnboundedReceiver<Op>,
     remote: mpsc::UnboundedSender<Remote>,
 ) {
-    let mut s = Session { config, shared, remote, pending: BTreeMap::new(), revision: None };
+    let mut s = Session { config, shared, remote, pending: BTreeMap::new(), revision: None, next: 0 };
     let mut backoff = BACKOFF_MIN;
     loop {
-        let connected_at = std::time::Instant::now();
         let why = s.serve(&mut ops).await;
         let Err(why) = why else { return };
-        {
+        // The next attempt starts with another member.
+        s.next = (s.next + 1) % s.config.endpoints.len();
+        let was_connected = {
             let mut st = s.shared.lock();
-            if st.connected {
+            let was = st.connected;
+            if was {
                 warn!("cluster: lost the store ({why}); enforcing locally, decisions queued");
             } else {
                 debug!("cluster: {why}");
@@ -83,8 +87,11 @@ pub(super) async fn run(
             st.connected = false;
             st.last_error = Some(why);
             st.queued = s.pending.len();
-        }
-        if connected_at.elapsed() > BACKOFF_MAX {
+            was
+        };
+        // A session that was up retries at once on another member (a lost
+        // leader); only repeated failures back off further.
+        if was_connected {
             backoff = BACKOFF_MIN;
         }
         // Decisions made while waiting join the queue.
@@ -122,7 +129,7 @@ impl Session {
         self.shared.lock().queued = self.pending.len();
     }
 
-    async fn connect(&self) -> Result<Client> {
+    async fn connect(&mut self) -> Result<Client> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(REQUEST_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
@@ -137,7 +144,27 @@ impl Session {
             }
             options = options.with_tls(t);
         }
-        timed("connecting", Client::connect(&self.config.endpoints, Some(options))).await
+        // One endpoint at a time, from the one after the last that failed:
+        // a client balanced over all of them keeps sending some requests to
+        // a dead member, and each failure would end the session.
+        let n = self.config.endpoints.len();
+        let mut why = String::new();
+        for i in 0..n {
+            let endpoint = &self.config.endpoints[(self.next + i) % n];
+            let tried = async {
+                let mut c = timed("connecting", Client::connect([endpoint], Some(options.clone()))).await?;
+                timed("asking the member's status", c.status()).await?;
+                Ok::<_, String>(c)
+            };
+            match tried.await {
+                Ok(c) => {
+                    self.next = (self.next + i) % n;
+                    return Ok(c);
+                }
+                Err(e) => why = format!("{endpoint}: {e}"),
+            }
+        }
+        Err(why)
     }
 
     /// One connection, until the store is lost (Err) or the agent stops.
