@@ -171,7 +171,7 @@ fn hostname() -> String {
 pub enum Op {
     /// `create`: a new restriction, written only if the key is absent (the
     /// first decider wins; a loser adopts the winner's record).
-    Put { record: Record, create: bool },
+    Put { record: Box<Record>, create: bool },
     /// A lift.
     Delete { key: String },
 }

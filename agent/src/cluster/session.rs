@@ -178,16 +178,16 @@ impl Session {
         // What was decided while away, before anything is read: it is newer.
         let queued: Vec<(String, Op)> = std::mem::take(&mut self.pending).into_iter().collect();
         let n = queued.len();
-        for (i, (key, op)) in queued.iter().enumerate() {
+        for (i, (_, op)) in queued.iter().enumerate() {
             if let Err(e) = self.write(&mut client, op.clone()).await {
                 // Keep what is not written yet.
                 self.pending.extend(queued[i..].iter().cloned());
-                let _ = key;
                 return Err(e);
             }
         }
         self.shared.lock().queued = 0;
-        let (_watcher, mut watch) = self.watch(&mut client).await?;
+        // The watcher is kept: dropping it would end the watch.
+        let (mut watcher, mut watch) = self.watch(&mut client).await?;
         {
             let mut st = self.shared.lock();
             st.connected = true;
@@ -203,7 +203,6 @@ impl Session {
         );
         let mut beat = tokio::time::interval(HEARTBEAT);
         beat.tick().await;
-        let mut watcher = _watcher;
         loop {
             tokio::select! {
                 op = ops.recv() => {
@@ -394,7 +393,7 @@ impl Session {
                     timed("writing a restriction", client.put(key.as_str(), value, Some(put))).await?;
                 }
                 let mut st = self.shared.lock();
-                st.known.insert(key, record);
+                st.known.insert(key, *record);
                 st.published += 1;
             }
         }

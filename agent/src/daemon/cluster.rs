@@ -43,8 +43,8 @@ impl Link {
     /// are not: each node expires its own copy, and the key's lease ends.
     pub(super) fn decided(&self, d: &Decision) {
         let op = match d {
-            Decision::Impose(a) => Op::Put { record: self.record_of(a), create: true },
-            Decision::Extend(a) => Op::Put { record: self.record_of(a), create: false },
+            Decision::Impose(a) => Op::Put { record: Box::new(self.record_of(a)), create: true },
+            Decision::Extend(a) => Op::Put { record: Box::new(self.record_of(a)), create: false },
             Decision::Lift(a, _) => {
                 Op::Delete { key: record::restriction_key(&self.prefix, a.kind, &a.target) }
             }
