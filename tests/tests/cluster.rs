@@ -297,3 +297,37 @@ fn propagation_goes_on_when_the_etcd_leader_is_killed() {
     println!("after the election: propagation edge-b -> edge-a took {} ms", took.as_millis());
     assert!(took < Duration::from_secs(2), "took {took:?}");
 }
+
+#[test]
+fn two_nodes_deciding_the_same_restriction_at_once_end_up_with_one_record() {
+    if !ready("two_nodes_deciding_the_same_restriction_at_once_end_up_with_one_record") {
+        return;
+    }
+    let mut etcd = Etcd::start(1);
+    let a = node(&mut etcd, "edge-a");
+    let b = node(&mut etcd, "edge-b");
+    connected(&[&a, &b]);
+    // Both decide while neither can see the other's (propagation is
+    // faster than two operators): with etcd stopped, then back, both
+    // create-if-absent writes meet in the store.
+    etcd.members[0].pause();
+    restrict(&a, ATTACKER_V4, "10m");
+    restrict(&b, ATTACKER_V4, "20m");
+    etcd.members[0].resume();
+    let key = format!("{PREFIX}/restrictions/block/203.0.113.10/32");
+    let value = wait_for(Duration::from_secs(5), || etcd.get(&key)).expect("one record");
+    let winner = if value.contains("\"origin\":\"edge-a\"") { "edge-a" } else { "edge-b" };
+    let (w, l) = if winner == "edge-a" { (&a, &b) } else { (&b, &a) };
+    assert_eq!(etcd.keys(&format!("{PREFIX}/restrictions/")).len(), 1);
+    // The loser takes over the winner's record, and says so.
+    let adopted = wait_for(Duration::from_secs(5), || {
+        l.audit.lines().into_iter().find(|line| line.contains(&format!("\"origin\":\"{winner}\"")))
+    });
+    assert!(adopted.is_some(), "the loser's audit:\n{}", l.audit.text());
+    let shown =
+        wait_for(Duration::from_secs(5), || list(l).contains(&format!("from {winner}")).then_some(()));
+    assert!(shown.is_some(), "{}", list(l));
+    assert!(!w.audit.text().contains("\"origin\""), "the winner adopted nothing:\n{}", w.audit.text());
+    println!("race: {winner} won; the other adopted its record");
+    assert!(blocked(&a, ATTACKER_V4) && blocked(&b, ATTACKER_V4));
+}
