@@ -100,6 +100,13 @@ struct Record<'a> {
     /// From the kernel's threshold crossing to this decision.
     #[serde(skip_serializing_if = "Option::is_none")]
     decision_latency_us: Option<u64>,
+    /// The node that decided it, for one decided elsewhere in the cluster
+    /// (its event is then "adopt", not "impose").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin: Option<&'a str>,
+    /// Why one decided elsewhere is not enforced here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    not_enforced_here: Option<&'a str>,
 }
 
 pub struct Auditor {
@@ -351,6 +358,22 @@ impl Auditor {
 
     /// Records `decision`; `latency_us` is the time since the kernel event.
     pub fn record(&self, decision: &Decision, latency_us: Option<u64>) {
+        self.record_with(decision, latency_us, None, None);
+    }
+
+    /// Records a decision taken over from node `origin` (an imposition is
+    /// audited as "adopt"); `not_enforced` says why it is not enforced here.
+    pub fn record_adopted(&self, decision: &Decision, origin: &str, not_enforced: Option<&str>) {
+        self.record_with(decision, None, Some(origin), not_enforced);
+    }
+
+    fn record_with(
+        &self,
+        decision: &Decision,
+        latency_us: Option<u64>,
+        origin: Option<&str>,
+        not_enforced_here: Option<&str>,
+    ) {
         let now = wall(monotonic_now_ns());
         let mode = if self.dry_run { "dry-run" } else { "enforce" };
         let of_active = |event: &'static str, a: &Active| Record {
@@ -370,9 +393,11 @@ impl Auditor {
             lifted_by: None,
             note: a.note.clone(),
             decision_latency_us: if event == "expire" { None } else { latency_us },
+            origin,
+            not_enforced_here,
         };
         let record = match decision {
-            Decision::Impose(a) => of_active("impose", a),
+            Decision::Impose(a) => of_active(if origin.is_some() { "adopt" } else { "impose" }, a),
             Decision::Extend(a) => of_active("extend", a),
             Decision::Expire(a) => of_active("expire", a),
             Decision::Lift(a, by) => Record { lifted_by: Some(by), ..of_active("lift", a) },
@@ -393,10 +418,13 @@ impl Auditor {
                 lifted_by: None,
                 note: None,
                 decision_latency_us: latency_us,
+                origin,
+                not_enforced_here,
             },
         };
         let line = serde_json::to_string(&record).expect("audit records serialize");
-        if matches!(record.event, "impose" | "expire" | "lift") {
+        // Not for what another node decided: the deciding node notifies, once.
+        if origin.is_none() && matches!(record.event, "impose" | "expire" | "lift") {
             self.run_hook(&line, &record);
         }
         self.write(&line);

@@ -31,8 +31,9 @@ pub enum Command {
     /// everything unless --keep-attached-on-exit is given.
     Run(Box<RunArgs>),
     /// Show attachments, blocklist, allowlist and verdict counters from the
-    /// pinned maps (works while `run` is active or after it died), and the
-    /// blocklist feeds from --state-dir.
+    /// pinned maps (works while `run` is active or after it died), the
+    /// blocklist feeds from --state-dir, and the cluster as the running
+    /// agent sees it.
     Status(StatusArgs),
     /// Detach the program from every interface and remove all pinned state.
     Detach(PinArgs),
@@ -152,6 +153,9 @@ pub struct StateArgs {
     /// by `detach`; not on the BPF filesystem.
     #[arg(long, value_name = "DIR", default_value = crate::state::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
+    /// Where the running agent answers (for the cluster section).
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -308,6 +312,9 @@ pub struct StatusArgs {
     /// are read from feeds.json there.
     #[arg(long, value_name = "DIR", default_value = crate::state::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
+    /// Where the running agent answers (for the cluster section).
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 #[derive(Debug, Args)]
@@ -404,6 +411,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub policy: PolicyArgs,
+
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
 
     /// Where operators' `restrict`, `lift` and `restrictions list` reach
     /// this agent (a unix socket only root can use).

@@ -46,6 +46,12 @@ const EXAMPLES: &[(&str, &[&str])] = &[
     ("high-risk-destinations", &["/etc/tollgate/high-risk"]),
     ("audit-log", &["/var/log/tollgate/audit.jsonl"]),
     ("on-decision", &["/usr/local/lib/tollgate/notify"]),
+    ("cluster-endpoints", &["http://192.0.2.10:2379", "http://192.0.2.11:2379", "http://192.0.2.12:2379"]),
+    ("node-name", &["edge-tokyo-1"]),
+    ("cluster-prefix", &["tollgate/v1/default"]),
+    ("cluster-ca", &["/etc/tollgate/etcd-ca.pem"]),
+    ("cluster-cert", &["/etc/tollgate/etcd-client.pem"]),
+    ("cluster-key", &["/etc/tollgate/etcd-client-key.pem"]),
 ];
 
 /// A configuration file tollgate will not use. Each renders as one line

@@ -66,6 +66,34 @@ pub enum Request {
     },
     /// Read the configuration again, as SIGHUP does.
     Reload,
+    /// The cluster as this agent sees it (`tollgate status`).
+    Cluster,
+}
+
+/// A member of the cluster: a node whose key is alive.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct MemberView {
+    pub name: String,
+    pub version: String,
+    /// Seconds since its last heartbeat, by this node's clock.
+    pub heartbeat_age_secs: f64,
+}
+
+/// The cluster as one agent sees it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct ClusterView {
+    pub node: String,
+    pub prefix: String,
+    pub endpoints: Vec<String>,
+    pub connected: bool,
+    /// Seconds since the last exchange with etcd (None: never).
+    pub last_sync_age_secs: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub members: Vec<MemberView>,
+    /// Restrictions in force here, by the node that decided them.
+    pub by_origin: std::collections::BTreeMap<String, usize>,
+    pub queued: usize,
 }
 
 /// A threshold in force for a subject on one scale.
@@ -89,6 +117,9 @@ pub struct RestrictionView {
     pub note: Option<String>,
     pub expires_in_secs: u64,
     pub enforced: bool,
+    /// The node that decided it (clustering; absent without a cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
@@ -107,6 +138,9 @@ pub struct Response {
     /// What a reload did, for the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The cluster (None: the agent runs without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterView>,
 }
 
 impl Response {

@@ -224,6 +224,23 @@ pub enum Decision {
     },
 }
 
+/// A restriction decided on another node, in this node's clock
+/// ([`Engine::adopt_remote`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Adopted {
+    pub kind: Kind,
+    pub target: Target,
+    pub reason: Reason,
+    pub evidence: Evidence,
+    pub note: Option<String>,
+    pub imposed_at_ns: u64,
+    pub expires_at_ns: u64,
+    /// Its start on the deciding node (wall clock, UNIX ms).
+    pub imposed_wall_ms: i64,
+    /// Enforced where it was decided (not in dry-run there).
+    pub enforce: bool,
+}
+
 #[derive(Clone, Debug)]
 pub struct PolicyConfig {
     pub auth_suspend: Duration,
@@ -739,6 +756,60 @@ impl Engine {
         Ok(Decision::Impose(active))
     }
 
+    /// Whether this node's allowlist covers `target` (it wins over the
+    /// restrictions of other nodes too).
+    pub fn allowlisted(&self, target: &Target) -> bool {
+        match target {
+            Target::Source(net) => self.allow.iter().any(|a| a.contains(net) || net.contains(a)),
+            Target::Identity(addr, _) if !addr.is_unspecified() => {
+                self.allow.iter().any(|a| a.contains(addr))
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes over a restriction another node decided (clustering): new
+    /// here ([`Decision::Impose`]), or moved to its later expiry
+    /// ([`Decision::Extend`]); with `exact`, to its expiry even if earlier
+    /// (ours lost the race for the record). Not enforced here in dry-run,
+    /// on an allowlisted target, or when the deciding node was in dry-run.
+    pub fn adopt_remote(&mut self, r: Adopted, exact: bool) -> Option<Decision> {
+        if let Some(a) = self.active.iter_mut().find(|a| a.kind == r.kind && a.target == r.target) {
+            // The winner's record is always taken (and audited) as it is.
+            if !exact && r.expires_at_ns <= a.expires_at_ns {
+                return None;
+            }
+            a.expires_at_ns = r.expires_at_ns;
+            if exact {
+                (a.reason, a.evidence, a.imposed_wall_ms) = (r.reason, r.evidence, Some(r.imposed_wall_ms));
+            }
+            return Some(Decision::Extend(a.clone()));
+        }
+        let enforced = r.enforce && !self.cfg.dry_run && !self.allowlisted(&r.target);
+        let active = Active {
+            id: self.next_id,
+            kind: r.kind,
+            target: r.target,
+            reason: r.reason,
+            note: r.note,
+            evidence: r.evidence,
+            imposed_at_ns: r.imposed_at_ns,
+            expires_at_ns: r.expires_at_ns,
+            enforced,
+            offence: 1,
+            imposed_wall_ms: Some(r.imposed_wall_ms),
+        };
+        self.next_id += 1;
+        self.active.push(active.clone());
+        Some(Decision::Impose(active))
+    }
+
+    /// Lifts `kind` on `target` if in force (it was lifted elsewhere).
+    pub fn lift_target(&mut self, kind: Kind, target: Target, by: &'static str) -> Option<Decision> {
+        let i = self.active.iter().position(|a| a.kind == kind && a.target == target)?;
+        Some(Decision::Lift(self.active.remove(i), by))
+    }
+
     /// Lifts the restriction `id` now.
     pub fn lift(&mut self, id: u64) -> Result<Decision, String> {
         let i = self
@@ -1190,6 +1261,65 @@ mod country_tests {
         let mut e = Engine::new(PolicyConfig { dry_run: true, ..cfg(true) }, vec![]);
         assert!(
             matches!(e.on_country_surge(0, 232, surge(150, 12)).as_slice(), [Decision::Impose(x)] if !x.enforced)
+        );
+    }
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn adopted(target: &str, expires_at_ns: u64) -> Adopted {
+        Adopted {
+            kind: Kind::AuthSuspend,
+            target: Target::Source(target.parse().unwrap()),
+            reason: Reason::BruteForce,
+            evidence: Evidence::default(),
+            note: None,
+            imposed_at_ns: 0,
+            expires_at_ns,
+            imposed_wall_ms: 1_000,
+            enforce: true,
+        }
+    }
+
+    #[test]
+    fn another_nodes_restriction_is_adopted_then_only_moved_later() {
+        let mut e = Engine::new(super::tests::cfg(), vec![]);
+        let d = e.adopt_remote(adopted("198.51.100.7/32", 60 * S), false);
+        assert!(
+            matches!(&d, Some(Decision::Impose(a)) if a.enforced && a.reason == Reason::BruteForce),
+            "{d:?}"
+        );
+        // An older version (earlier expiry) changes nothing.
+        assert_eq!(e.adopt_remote(adopted("198.51.100.7/32", 30 * S), false), None);
+        let d = e.adopt_remote(adopted("198.51.100.7/32", 90 * S), false);
+        assert!(matches!(&d, Some(Decision::Extend(a)) if a.expires_at_ns == 90 * S), "{d:?}");
+        // The winner of a race: its record, even if it ends sooner.
+        let d = e.adopt_remote(adopted("198.51.100.7/32", 45 * S), true);
+        assert!(matches!(&d, Some(Decision::Extend(a)) if a.expires_at_ns == 45 * S), "{d:?}");
+        assert_eq!(e.active().len(), 1);
+        let d =
+            e.lift_target(Kind::AuthSuspend, Target::Source("198.51.100.7/32".parse().unwrap()), "cluster");
+        assert!(matches!(d, Some(Decision::Lift(_, "cluster"))));
+        assert!(e.active().is_empty());
+    }
+
+    #[test]
+    fn the_local_allowlist_and_dry_run_win_over_adopted_restrictions() {
+        let mut e = Engine::new(super::tests::cfg(), vec!["198.51.100.0/24".parse().unwrap()]);
+        let d = e.adopt_remote(adopted("198.51.100.7/32", 60 * S), false);
+        assert!(matches!(&d, Some(Decision::Impose(a)) if !a.enforced), "{d:?}");
+        let mut r = adopted("203.0.113.9/32", 60 * S);
+        r.enforce = false;
+        assert!(matches!(e.adopt_remote(r, false), Some(Decision::Impose(a)) if !a.enforced));
+        let mut cfg = super::tests::cfg();
+        cfg.dry_run = true;
+        let mut e = Engine::new(cfg, vec![]);
+        assert!(
+            matches!(e.adopt_remote(adopted("203.0.113.9/32", 60 * S), false), Some(Decision::Impose(a)) if !a.enforced)
         );
     }
 }

@@ -7,6 +7,7 @@
 //! test panics. Debris left by a killed earlier run is swept on first use.
 
 pub mod dashboard;
+pub mod etcd;
 pub mod http;
 pub mod kamailio;
 pub mod netns;

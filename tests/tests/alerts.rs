@@ -13,8 +13,8 @@ use tollgate_tests::{
 };
 use yaml_rust2::{Yaml, YamlLoader};
 
-/// The alerts issues 14 and 15 ask for.
-const ALERTS: [&str; 10] = [
+/// The alerts issues 14, 15 and 16 ask for.
+const ALERTS: [&str; 12] = [
     "TollgateBruteForce",
     "TollgateIntlSurgeRestricted",
     "TollgateCountryRestricted",
@@ -26,6 +26,9 @@ const ALERTS: [&str; 10] = [
     "TollgateDecisionLatencyHigh",
     // Issue 15, blocklist feeds.
     "TollgateFeedFailing",
+    // Issue 16, the cluster.
+    "TollgateClusterDisconnected",
+    "TollgateClusterSyncStale",
 ];
 
 /// Alerts that must fire at the first evaluation that sees their cause

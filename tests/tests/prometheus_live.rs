@@ -92,7 +92,15 @@ const MUST_FIRE: [&str; 4] = [
     "TollgateDryRunWouldRestrict",
 ];
 /// And those it must not: both agents run and are attached throughout.
-const MUST_NOT_FIRE: [&str; 3] = ["TollgateAgentDown", "TollgateNotAttached", "TollgateEventsLost"];
+// The cluster alerts too: this agent runs without one, and exports
+// tollgate_cluster_enabled 0 so that they have their series but stay quiet.
+const MUST_NOT_FIRE: [&str; 5] = [
+    "TollgateAgentDown",
+    "TollgateNotAttached",
+    "TollgateEventsLost",
+    "TollgateClusterDisconnected",
+    "TollgateClusterSyncStale",
+];
 
 fn dashboards() -> PathBuf {
     dashboard::dashboards_dir()

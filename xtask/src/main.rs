@@ -55,6 +55,11 @@ const APT_PACKAGES: &[&str] = &[
     // it with lintian.
     "dpkg-dev",
     "lintian",
+    // Clustering (agent/src/cluster/): the etcd its tests run (etcdctl
+    // checks the keys), and protoc for the etcd-client crate's build.
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
 ];
 
 /// The cargo-deb release `cargo xtask deb` packages with: the

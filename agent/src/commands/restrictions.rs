@@ -25,8 +25,20 @@ fn print_restrictions(list: &[control::RestrictionView]) {
             r.target,
             r.reason,
             humantime::format_duration(Duration::from_secs(r.expires_in_secs)).to_string(),
-            if r.enforced { "enforced" } else { "dry-run" },
-            r.note.as_deref().unwrap_or("")
+            match (r.enforced, &r.origin) {
+                (true, _) => "enforced",
+                // Decided elsewhere: allowlisted or in dry-run here.
+                (false, Some(_)) => "off-here",
+                (false, None) => "dry-run",
+            },
+            match &r.origin {
+                Some(node) => format!(
+                    "from {node}{}{}",
+                    if r.note.is_some() { ": " } else { "" },
+                    r.note.as_deref().unwrap_or("")
+                ),
+                None => r.note.clone().unwrap_or_default(),
+            }
         );
     }
 }

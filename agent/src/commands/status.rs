@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use tollgate_common::{CONFIG_BLOCK_ALL_PORTS, NO_EXPIRY, reason, verdict};
 
-use crate::{cli::StatusArgs, clock::monotonic_now_ns, daemon::feeds::StateFile, loader, store::now_ms};
+use crate::{
+    cli::StatusArgs, clock::monotonic_now_ns, control, daemon::feeds::StateFile, loader, store::now_ms,
+};
 
 pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     let dir = args.pin.pin_path.as_path();
@@ -72,6 +74,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
         let c = totals[code as usize];
         println!("  {action:<5} {why:<18} {:>14} packets {:>16} bytes", c.packets, c.bytes);
     }
+    cluster(&args.control.control_socket);
     Ok(())
 }
 
@@ -101,4 +104,28 @@ fn print_feeds(feeds: &StateFile) {
             println!("    last error{at}: {e}");
         }
     }
+}
+
+/// The cluster section, from the running agent; nothing when it runs
+/// without one or does not answer (the rest works without it).
+fn cluster(socket: &std::path::Path) {
+    let Ok(response) = control::call(socket, &control::Request::Cluster) else { return };
+    let Some(c) = response.cluster else { return };
+    let secs = |s: f64| humantime::format_duration(Duration::from_secs(s as u64)).to_string();
+    println!("cluster:      node {} under {} ({})", c.node, c.prefix, c.endpoints.join(","));
+    println!(
+        "  etcd:       {}, last sync {}{}",
+        if c.connected { "connected" } else { "DISCONNECTED" },
+        c.last_sync_age_secs.map_or_else(|| "never".to_owned(), |s| format!("{} ago", secs(s))),
+        c.last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default()
+    );
+    if c.queued > 0 {
+        println!("  queued:     {} local decisions waiting for etcd", c.queued);
+    }
+    println!("  members:    {}", c.members.len());
+    for m in &c.members {
+        println!("    {:<24} {:<10} heartbeat {} ago", m.name, m.version, secs(m.heartbeat_age_secs));
+    }
+    let by: Vec<String> = c.by_origin.iter().map(|(n, k)| format!("{n} {k}")).collect();
+    println!("  restrictions by origin: {}", if by.is_empty() { "none".to_owned() } else { by.join(", ") });
 }

@@ -126,12 +126,23 @@ pub(super) struct Actuator {
     store: Store,
     /// When history was last pruned.
     pruned: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Where local decisions are shared (`--cluster-endpoints`).
+    cluster: Option<super::cluster::Link>,
 }
 
 impl Actuator {
     pub(super) fn new(auditor: Auditor, store: Store, dry_run: bool) -> Self {
         let counts = metrics::DecisionCounts::with_automatic_impositions(dry_run);
-        Self { auditor, counts, store, pruned: Default::default() }
+        Self { auditor, counts, store, pruned: Default::default(), cluster: None }
+    }
+
+    /// Shares the decisions from now on with the cluster.
+    pub(super) fn set_cluster(&mut self, link: super::cluster::Link) {
+        self.cluster = Some(link);
+    }
+
+    pub(super) fn cluster(&self) -> Option<&super::cluster::Link> {
+        self.cluster.as_ref()
     }
 
     /// A reload changed --dry-run: decisions from now on are audited and
@@ -172,17 +183,33 @@ impl Actuator {
     /// `event_at_ns`: when the kernel crossed the threshold this decision
     /// answers (the decision latency runs from it to the kernel write).
     pub(super) fn apply(&self, maps: &mut Maps, d: &Decision, event_at_ns: Option<u64>) {
-        let written = match d {
-            Decision::Impose(a) | Decision::Extend(a) if a.enforced => {
-                write_restriction(maps, a, a.expires_at_ns)
-            }
-            Decision::Expire(a) | Decision::Lift(a, _) if a.enforced => write_restriction(maps, a, 0),
-            _ => Ok(()),
-        };
-        if let Err(e) = written {
-            warn!("applying a decision to the kernel failed: {e}");
-        }
+        enforce(maps, d);
         let latency_us = event_at_ns.map(|t| monotonic_now_ns().saturating_sub(t) / 1000);
+        self.keep(d);
+        if let Some(link) = &self.cluster {
+            link.decided(d);
+        }
+        self.counts.record(d, latency_us);
+        self.auditor.record(d, latency_us);
+    }
+
+    /// A decision taken over from node `origin`: enforced and kept like a
+    /// local one, audited with its origin, neither counted as this node's
+    /// decision nor shared again.
+    pub(super) fn apply_adopted(
+        &self,
+        maps: &mut Maps,
+        d: &Decision,
+        origin: &str,
+        not_enforced: Option<&str>,
+    ) {
+        enforce(maps, d);
+        self.keep(d);
+        self.auditor.record_adopted(d, origin, not_enforced);
+    }
+
+    /// Keeps a decision in the state database.
+    fn keep(&self, d: &Decision) {
         // Kept before it is audited: what the audit says is in force
         // survives a reboot.
         let kept = match d {
@@ -197,8 +224,20 @@ impl Actuator {
         if let Err(e) = kept {
             warn!("{e}");
         }
-        self.counts.record(d, latency_us);
-        self.auditor.record(d, latency_us);
+    }
+}
+
+/// Writes an enforced decision into (or out of) the kernel.
+fn enforce(maps: &mut Maps, d: &Decision) {
+    let written = match d {
+        Decision::Impose(a) | Decision::Extend(a) if a.enforced => {
+            write_restriction(maps, a, a.expires_at_ns)
+        }
+        Decision::Expire(a) | Decision::Lift(a, _) if a.enforced => write_restriction(maps, a, 0),
+        _ => Ok(()),
+    };
+    if let Err(e) = written {
+        warn!("applying a decision to the kernel failed: {e}");
     }
 }
 

@@ -3,6 +3,7 @@
 mod actuator;
 mod attach;
 pub mod feeds;
+mod cluster;
 mod learning;
 mod operator;
 mod persist;
@@ -84,7 +85,25 @@ pub async fn run(args: RunArgs, notifier: Notifier) -> anyhow::Result<()> {
     events::spawn(&mut ebpf, event_counts.clone(), tx)?;
     let (call_tx, call_rx) = mpsc::unbounded_channel();
     events::spawn_calls(&mut ebpf, event_counts.clone(), call_tx)?;
-    let actuator = Actuator::new(setup.auditor, store, args.policy.dry_run);
+    let mut actuator = Actuator::new(setup.auditor, store, args.policy.dry_run);
+    let shared = crate::cluster::Shared::default();
+    // Without a cluster the sender stays here, so the main loop's receiver
+    // just never yields.
+    let (remote_rx, _no_cluster) = match setup.cluster {
+        Some(config) => {
+            let (c, rx) = crate::cluster::start(config, shared.clone());
+            actuator.set_cluster(cluster::Link::new(&c));
+            (rx, None)
+        }
+        None => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (rx, Some(tx))
+        }
+    };
+    let registry = Arc::new(prometheus::Registry::new());
+    registry
+        .register(Box::new(crate::cluster::metrics::ClusterCollector::new(shared)))
+        .expect("collector registers once");
     registry
         .register(Box::new(metrics::KernelCollector::new(
             Arc::clone(&reader),
@@ -126,7 +145,7 @@ pub async fn run(args: RunArgs, notifier: Notifier) -> anyhow::Result<()> {
         enforcing,
         feeds,
     };
-    let (signame, notifier) = daemon.run(rx, call_rx, ctl_rx, feed_rx).await?;
+    let (signame, notifier) = daemon.run(rx, call_rx, ctl_rx, feed_rx, remote_rx).await?;
     notifier.stopping(signame);
     server.abort();
     control_server.abort();
@@ -195,6 +214,7 @@ impl Daemon {
         mut call_rx: mpsc::UnboundedReceiver<ThresholdEvent>,
         mut ctl_rx: mpsc::Receiver<control::Pending>,
         mut feed_rx: mpsc::UnboundedReceiver<feeds::Fetched>,
+        mut remote_rx: mpsc::UnboundedReceiver<crate::cluster::Remote>,
     ) -> anyhow::Result<(&'static str, Notifier)> {
         let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -250,6 +270,7 @@ impl Daemon {
                 }
                 _ = sweep.tick() => self.sweep(),
                 _ = watchdog.tick(), if watchdog_every.is_some() => self.notifier.watchdog(),
+                Some(msg) = remote_rx.recv() => self.remote(msg),
             }
         };
         // The surges and restrictions counted since the last window are
@@ -315,6 +336,13 @@ impl Daemon {
         }
         self.actuator.persist_learned(&mut self.learned.detector);
         self.reporting.window(self.actuator.store(), counters);
+    }
+
+    /// What the cluster's store says another node decided.
+    fn remote(&mut self, msg: crate::cluster::Remote) {
+        let Some(link) = self.actuator.cluster() else { return };
+        let mut m = lock(&self.maps);
+        cluster::apply_remote(link, &mut self.engine, &mut m, &self.actuator, msg);
     }
 
     fn sweep(&mut self) {

@@ -16,7 +16,7 @@ use crate::{
     policy::{Active, Decision, Engine, Kind, Target},
 };
 
-fn view(a: &Active, now: u64) -> control::RestrictionView {
+fn view(a: &Active, now: u64, actuator: &Actuator) -> control::RestrictionView {
     control::RestrictionView {
         id: a.id,
         kind: a.kind.name().to_owned(),
@@ -25,6 +25,7 @@ fn view(a: &Active, now: u64) -> control::RestrictionView {
         note: a.note.clone(),
         expires_in_secs: a.expires_at_ns.saturating_sub(now) / 1_000_000_000,
         enforced: a.enforced,
+        origin: actuator.cluster().and_then(|c| c.origin_of(a)),
     }
 }
 
@@ -136,6 +137,10 @@ pub(super) fn handle_control(
                 Err(e) => control::Response::error(e),
             };
         }
+        control::Request::Cluster => {
+            let cluster = actuator.cluster().map(|c| c.view(engine));
+            return control::Response { ok: true, cluster, ..Default::default() };
+        }
         control::Request::List => Ok(None),
         control::Request::Restrict { kind, target, seconds, note, identity } => {
             parse_target(kind, &target, identity.as_deref(), key).and_then(|(kind, target)| {
@@ -147,12 +152,12 @@ pub(super) fn handle_control(
     match decision {
         Ok(d) => {
             let mut shown: Vec<control::RestrictionView> =
-                engine.active().iter().map(|a| view(a, now)).collect();
+                engine.active().iter().map(|a| view(a, now, actuator)).collect();
             if let Some(d) = d {
                 reporting.decision(&d);
                 actuator.apply(maps, &d, None);
                 if let Decision::Lift(a, _) | Decision::Impose(a) = &d {
-                    shown = vec![view(a, now)];
+                    shown = vec![view(a, now, actuator)];
                 }
             }
             control::Response { ok: true, restrictions: shown, ..Default::default() }

@@ -10,7 +10,7 @@
 //! what the kernel has and the database does not (pins of an agent without
 //! this database) is adopted as before.
 
-use std::{net::IpAddr, path::Path, str::FromStr as _};
+use std::{path::Path, str::FromStr as _};
 
 use anyhow::Context as _;
 use ipnet::IpNet;
@@ -39,7 +39,7 @@ const NS_PER_MS: u64 = 1_000_000;
 
 /// A CLOCK_MONOTONIC instant of wall-clock `ms`, given both clocks now
 /// (saturating at the boot for instants before it).
-fn mono_of(ms: i64, now_ms: i64, now_ns: u64) -> u64 {
+pub(super) fn mono_of(ms: i64, now_ms: i64, now_ns: u64) -> u64 {
     let delta = (ms - now_ms).unsigned_abs().saturating_mul(NS_PER_MS);
     if ms >= now_ms { now_ns.saturating_add(delta) } else { now_ns.saturating_sub(delta) }
 }
@@ -85,18 +85,7 @@ fn active(r: &StoredRestriction, now: i64, now_ns: u64) -> Option<Active> {
 
 /// A target in its display form ([`Target`]'s `Display`).
 pub(super) fn parse_target(s: &str) -> Option<Target> {
-    let tag = |h: &str| u64::from_str_radix(h, 16).ok();
-    if let Some(cc) = s.strip_prefix('+') {
-        return cc.parse().ok().map(Target::Country);
-    }
-    if let Some(rest) = s.strip_prefix("identity ") {
-        let h = rest.strip_suffix(" everywhere")?;
-        return Some(Target::Identity(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), tag(h)?));
-    }
-    if let Some((net, h)) = s.split_once(" identity ") {
-        return Some(Target::Identity(IpNet::from_str(net).ok()?.addr(), tag(h)?));
-    }
-    IpNet::from_str(s).ok().map(Target::Source)
+    crate::cluster::record::parse_target(s)
 }
 
 fn subject_key(s: Subject) -> (String, String) {
@@ -336,7 +325,7 @@ mod tests {
 
     #[test]
     fn targets_read_back_from_their_display_form() {
-        let every = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+        let every = std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
         for t in [
             Target::Source("198.51.100.0/24".parse().unwrap()),
             Target::Source("2001:db8::7/128".parse().unwrap()),

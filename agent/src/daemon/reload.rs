@@ -27,6 +27,14 @@ const NEEDS_RESTART: &[&str] = &[
     "audit-log",
     "on-decision",
     "keep-attached-on-exit",
+    // The cluster session is made once, at start-up.
+    "cluster-endpoints",
+    "node-name",
+    "cluster-name",
+    "cluster-prefix",
+    "cluster-ca",
+    "cluster-cert",
+    "cluster-key",
 ];
 
 /// What the running agent was configured with, to compare a reload with.

@@ -33,6 +33,8 @@ pub struct Setup {
     pub identity_key: IdentityKey,
     /// `--high-risk-destinations`, read.
     pub high_risk: std::collections::HashSet<u16>,
+    /// `--cluster-*`: None without `--cluster-endpoints`.
+    pub cluster: Option<crate::cluster::Config>,
 }
 
 impl Setup {
@@ -44,6 +46,7 @@ impl Setup {
         let egress_mode = if args.egress_ifaces.is_empty() { None } else { Some(loader::egress_mode()?) };
         let countries = Countries::shipped();
         let plan = check_values(args, &countries)?;
+        let cluster = args.cluster.config()?;
         check_interfaces(args)?;
         let auditor = Auditor::open(
             args.policy.audit_log.as_deref(),
@@ -77,6 +80,7 @@ impl Setup {
             auditor,
             identity_key,
             high_risk,
+            cluster,
         })
     }
 }
