@@ -153,9 +153,6 @@ pub struct StateArgs {
     /// by `detach`; not on the BPF filesystem.
     #[arg(long, value_name = "DIR", default_value = crate::state::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
-    /// Where the running agent answers (for the cluster section).
-    #[command(flatten)]
-    pub control: ControlArgs,
 }
 
 #[derive(Debug, Subcommand)]

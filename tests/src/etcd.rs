@@ -14,7 +14,6 @@
 //! killed and removed on drop.
 
 use std::{
-    os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -50,19 +49,6 @@ pub struct Etcd {
     pub core: NetNs,
 }
 
-fn in_namespace(cmd: &mut Command, ns: String) {
-    // SAFETY: only open + setns between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let f = std::fs::File::open(&ns)?;
-            if libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
 impl Member {
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("etcd log");
@@ -81,7 +67,7 @@ impl Member {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
             .stderr(log);
-        in_namespace(&mut cmd, self.core.clone());
+        crate::topology::in_namespace(&mut cmd, &self.core);
         self.child = Some(cmd.spawn().expect("spawning etcd (Debian etcd-server)"));
     }
 
@@ -188,7 +174,7 @@ impl Etcd {
             .arg(format!("--endpoints={endpoints}"))
             .args(["--command-timeout=2s", "--dial-timeout=1s"])
             .args(args);
-        in_namespace(&mut cmd, self.core.path());
+        crate::topology::in_namespace(&mut cmd, &self.core.path());
         match cmd.output() {
             Ok(o) => (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned()),
             Err(e) => panic!("running etcdctl (Debian etcd-client): {e}"),
