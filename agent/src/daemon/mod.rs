@@ -100,7 +100,6 @@ pub async fn run(args: RunArgs, notifier: Notifier) -> anyhow::Result<()> {
             (rx, Some(tx))
         }
     };
-    let registry = Arc::new(prometheus::Registry::new());
     registry
         .register(Box::new(crate::cluster::metrics::ClusterCollector::new(shared)))
         .expect("collector registers once");
