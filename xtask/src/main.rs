@@ -27,6 +27,8 @@ const APT_PACKAGES: &[&str] = &[
     // Namespaces, veth, setpriv/nsenter for the tests and the demo.
     "iproute2",
     "util-linux",
+    // systemd-analyze verify/security for tests/unit.rs (systemd need not run).
+    "systemd",
     // The test proving XDP blocks are not bypassed by conntrack.
     "nftables",
     // Real SIP peers for the integration tests (sipp) and a real registrar
