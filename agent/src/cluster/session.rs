@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use super::{
     Config, Op, Remote, Shared,
+    counts::{self, NodeCounts},
     record::{self, NodeRecord, Record},
 };
 use crate::store::now_ms;
@@ -61,19 +62,37 @@ struct Session {
     revision: Option<i64>,
     /// The endpoint to try first.
     next: usize,
+    /// The other nodes' counts, by node, as last read.
+    others: BTreeMap<String, NodeCounts>,
 }
+
+type CountsRx = tokio::sync::watch::Receiver<Option<NodeCounts>>;
 
 pub(super) async fn run(
     config: Config,
     shared: Shared,
     mut ops: mpsc::UnboundedReceiver<Op>,
+    mut counts: CountsRx,
     remote: mpsc::UnboundedSender<Remote>,
 ) {
-    let mut s = Session { config, shared, remote, pending: BTreeMap::new(), revision: None, next: 0 };
+    let mut s = Session {
+        config,
+        shared,
+        remote,
+        pending: BTreeMap::new(),
+        revision: None,
+        next: 0,
+        others: BTreeMap::new(),
+    };
     let mut backoff = BACKOFF_MIN;
     loop {
-        let why = s.serve(&mut ops).await;
+        let why = s.serve(&mut ops, &mut counts).await;
         let Err(why) = why else { return };
+        // The others' counts go stale while away: they judge nothing.
+        if !s.others.is_empty() {
+            s.others.clear();
+            let _ = s.remote.send(Remote::Counts(BTreeMap::new()));
+        }
         // The next attempt starts with another member.
         s.next = (s.next + 1) % s.config.endpoints.len();
         let was_connected = {
@@ -168,7 +187,7 @@ impl Session {
     }
 
     /// One connection, until the store is lost (Err) or the agent stops.
-    async fn serve(&mut self, ops: &mut mpsc::UnboundedReceiver<Op>) -> Result<()> {
+    async fn serve(&mut self, ops: &mut mpsc::UnboundedReceiver<Op>, counts: &mut CountsRx) -> Result<()> {
         let mut client = self.connect().await?;
         let node_lease =
             timed("granting the node lease", client.lease_grant(NODE_TTL_SECS, None)).await?.id();
@@ -188,6 +207,9 @@ impl Session {
         self.shared.lock().queued = 0;
         // The watcher is kept: dropping it would end the watch.
         let (mut watcher, mut watch) = self.watch(&mut client).await?;
+        let (mut counts_watcher, mut counts_watch) = self.watch_counts(&mut client).await?;
+        let mine = counts.borrow_and_update().clone();
+        self.publish(&mut client, node_lease, mine).await?;
         {
             let mut st = self.shared.lock();
             st.connected = true;
@@ -226,6 +248,23 @@ impl Session {
                         }
                         Some(resp) => self.events(&resp),
                         None => return Err("the watch ended".into()),
+                    }
+                }
+                changed = counts.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let mine = counts.borrow_and_update().clone();
+                    self.publish(&mut client, node_lease, mine).await?;
+                }
+                msg = counts_watch.message() => {
+                    match msg.map_err(err("watching counts"))? {
+                        Some(resp) if resp.compact_revision() > 0 || resp.canceled() => {
+                            let _ = counts_watcher.cancel().await;
+                            (counts_watcher, counts_watch) = self.watch_counts(&mut client).await?;
+                        }
+                        Some(resp) => self.count_events(&resp),
+                        None => return Err("the counts watch ended".into()),
                     }
                 }
                 _ = beat.tick() => {
@@ -294,6 +333,71 @@ impl Session {
             client.watch(prefix, Some(WatchOptions::new().with_prefix().with_start_revision(from))),
         )
         .await
+    }
+
+    /// Lists the other nodes' counts, hands them to the main loop, and
+    /// watches them from there.
+    async fn watch_counts(
+        &mut self,
+        client: &mut Client,
+    ) -> Result<(etcd_client::Watcher, etcd_client::WatchStream)> {
+        let prefix = counts::counts_prefix(&self.config.prefix);
+        let resp =
+            timed("listing counts", client.get(prefix.as_str(), Some(GetOptions::new().with_prefix()))).await?;
+        let rev = resp.header().map_or(0, |h| h.revision());
+        self.others.clear();
+        for kv in resp.kvs() {
+            let Some(node) = kv.key_str().ok().and_then(|k| k.strip_prefix(prefix.as_str())) else { continue };
+            if let Some(c) = NodeCounts::decode(kv.value()).filter(|_| node != self.config.node) {
+                self.others.insert(node.to_owned(), c);
+            }
+        }
+        let _ = self.remote.send(Remote::Counts(self.others.clone()));
+        timed(
+            "watching counts",
+            client.watch(prefix, Some(WatchOptions::new().with_prefix().with_start_revision(rev + 1))),
+        )
+        .await
+    }
+
+    fn count_events(&mut self, resp: &etcd_client::WatchResponse) {
+        let prefix = counts::counts_prefix(&self.config.prefix);
+        let mut changed = false;
+        for e in resp.events() {
+            let Some(kv) = e.kv() else { continue };
+            let Some(node) = kv.key_str().ok().and_then(|k| k.strip_prefix(prefix.as_str())) else { continue };
+            if node == self.config.node {
+                continue;
+            }
+            changed = true;
+            match (e.event_type(), NodeCounts::decode(kv.value())) {
+                (EventType::Put, Some(c)) => {
+                    self.others.insert(node.to_owned(), c);
+                }
+                _ => {
+                    self.others.remove(node);
+                }
+            }
+        }
+        if changed {
+            let _ = self.remote.send(Remote::Counts(self.others.clone()));
+        }
+        self.shared.lock().last_sync_ms = Some(now_ms());
+    }
+
+    /// Writes this node's counts under its node lease (so they go with
+    /// it); counts of nothing are deleted instead.
+    async fn publish(&mut self, client: &mut Client, lease: i64, mine: Option<NodeCounts>) -> Result<()> {
+        let Some(mine) = mine else { return Ok(()) };
+        let key = counts::counts_key(&self.config.prefix, &self.config.node);
+        if mine.is_empty() {
+            timed("deleting counts", client.delete(key, None)).await?;
+        } else {
+            let put = PutOptions::new().with_lease(lease);
+            timed("writing counts", client.put(key, mine.encode(), Some(put))).await?;
+        }
+        self.shared.lock().counts_published += 1;
+        Ok(())
     }
 
     /// The store's whole list against what was known: deletes for what is
