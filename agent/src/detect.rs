@@ -199,18 +199,32 @@ pub struct Elsewhere {
     pub sources: [u32; SCALES],
     /// How many other nodes count it.
     pub nodes: [u32; SCALES],
+    /// Their trusted learned levels (thousandths), summed: the cluster's
+    /// normal is the sum of its nodes'.
+    pub level_milli: [u64; SCALES],
     /// This node decides on the sum.
     pub lead: [bool; SCALES],
+}
+
+/// One subject's count on one node, per scale, as a cluster shares it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Count {
+    /// The sliding estimate of its calls.
+    pub n: [u32; SCALES],
+    /// Distinct sources, at least (countries).
+    #[serde(default)]
+    pub sources: [u32; SCALES],
+    /// The trusted learned level (thousandths; 0: none).
+    #[serde(default)]
+    pub level_milli: [u64; SCALES],
 }
 
 /// What a node of a cluster publishes of its counts
 /// ([`Detector::to_share`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Shared {
-    /// Country, calls and distinct sources per scale.
-    pub countries: Vec<(u16, [u32; SCALES], [u32; SCALES])>,
-    /// Source and calls per scale.
-    pub sources: Vec<(IpAddr, [u32; SCALES])>,
+    pub countries: Vec<(u16, Count)>,
+    pub sources: Vec<(IpAddr, Count)>,
 }
 
 /// A learned level of one subject on one scale.
@@ -623,15 +637,20 @@ impl Detector {
         let min_sources = self.cfg.country_min_sources;
         let ceilings = *self.cfg.ceilings(subject);
         let e = self.elsewhere.get(&subject).copied().unwrap_or_default();
+        let summed_t: [u32; SCALES] =
+            std::array::from_fn(|k| self.summed_threshold(subject, k, thresholds[k], levels[k], &e));
         let mut c = self.counts.get_mut(&subject);
         for k in 0..SCALES {
             let t = thresholds[k];
             let w = c.as_deref_mut().map(|c| &mut c.scales[k]);
-            let (local, local_spread) = w.as_ref().map_or((0, 0), |w| (w.peek(now, lens[k]), w.spread_at(now, lens[k])));
+            let (local, local_spread) =
+                w.as_ref().map_or((0, 0), |w| (w.peek(now, lens[k]), w.spread_at(now, lens[k])));
             if let Some(f) = self.share
                 && local > 0
                 && (matches!(subject, Subject::Country(_))
-                    || (matches!(subject, Subject::Source(_)) && t > 0 && f64::from(local) >= f * f64::from(t)))
+                    || (matches!(subject, Subject::Source(_))
+                        && t > 0
+                        && f64::from(local) >= f * f64::from(t)))
             {
                 self.shareable.insert(subject);
             }
@@ -641,10 +660,10 @@ impl Detector {
             if t == 0 || reported {
                 continue;
             }
-            let (count, spread) = if summed {
-                (local.saturating_add(e.others[k]), local_spread.saturating_add(e.sources[k]))
+            let (count, spread, t) = if summed {
+                (local.saturating_add(e.others[k]), local_spread.saturating_add(e.sources[k]), summed_t[k])
             } else {
-                (local, local_spread)
+                (local, local_spread, t)
             };
             if count < t || (matches!(subject, Subject::Country(_)) && spread < min_sources) {
                 continue;
@@ -672,6 +691,22 @@ impl Detector {
                 elsewhere: summed.then_some((e.others[k], e.nodes[k])),
             });
         }
+    }
+
+    /// (clustering) The threshold a cluster's sum is judged at: the one in
+    /// force here (`t`), or the cluster's normal (the nodes' trusted
+    /// levels summed) times the ratio if higher, at most `learned_max` x
+    /// the ceiling per node counting; an operator's threshold as set.
+    fn summed_threshold(&self, subject: Subject, k: usize, t: u32, own: Option<f64>, e: &Elsewhere) -> u32 {
+        if self.overrides.contains_key(&(subject, k)) {
+            return t;
+        }
+        let l = &self.cfg.learning;
+        let normal = own.unwrap_or(0.0) + e.level_milli[k] as f64 / 1000.0;
+        let nodes = f64::from(e.nodes[k].saturating_add(1));
+        let cap = f64::from(self.cfg.ceilings(subject)[k]) * l.learned_max * nodes;
+        let learned = (l.ratio * normal).ceil().min(cap).min(f64::from(u32::MAX)) as u32;
+        t.max(learned)
     }
 
     /// (clustering) Shares counts from now on: every country's, and those
@@ -721,7 +756,7 @@ impl Detector {
         let Some(fraction) = self.share else { return Shared::default() };
         let lens: [i64; SCALES] = std::array::from_fn(|k| self.cfg.ms(k));
         let mut out = Shared::default();
-        let mut sources: Vec<(f64, IpAddr, [u32; SCALES])> = Vec::new();
+        let mut sources: Vec<(f64, IpAddr, Count)> = Vec::new();
         let subjects: Vec<Subject> = self.shareable.iter().copied().collect();
         for s in subjects {
             let Some(c) = self.counts.get(&s) else {
@@ -729,10 +764,13 @@ impl Detector {
                 continue;
             };
             let n: [u32; SCALES] = std::array::from_fn(|k| c.scales[k].peek(now, lens[k]));
+            let level_milli = std::array::from_fn(|k| {
+                c.levels[k].filter(|l| self.trusted(l, now)).map_or(0, |l| (l.level * 1000.0).round() as u64)
+            });
             match s {
                 Subject::Country(cc) if n.iter().any(|n| *n > 0) => {
-                    let spread = std::array::from_fn(|k| c.scales[k].spread_at(now, lens[k]));
-                    out.countries.push((cc, n, spread));
+                    let sources = std::array::from_fn(|k| c.scales[k].spread_at(now, lens[k]));
+                    out.countries.push((cc, Count { n, sources, level_milli }));
                 }
                 Subject::Source(addr) => {
                     let ratio = (0..SCALES)
@@ -741,7 +779,7 @@ impl Detector {
                         .map(|(n, t)| f64::from(n) / f64::from(t))
                         .fold(0.0, f64::max);
                     if ratio >= fraction && ratio > 0.0 {
-                        sources.push((ratio, addr, n));
+                        sources.push((ratio, addr, Count { n, sources: [0; SCALES], level_milli }));
                     } else {
                         self.shareable.remove(&s);
                     }
@@ -753,8 +791,8 @@ impl Detector {
         }
         sources.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         out.sources = sources.into_iter().take(max_sources).map(|(_, a, n)| (a, n)).collect();
-        out.countries.sort();
-        out.sources.sort();
+        out.countries.sort_by_key(|(cc, _)| *cc);
+        out.sources.sort_by_key(|(a, _)| *a);
         out
     }
 
@@ -1096,7 +1134,13 @@ mod tests {
     }
 
     fn elsewhere(others: u32, sources: u32, nodes: u32, lead: bool) -> Elsewhere {
-        Elsewhere { others: [others; SCALES], sources: [sources; SCALES], nodes: [nodes; SCALES], lead: [lead; SCALES] }
+        Elsewhere {
+            others: [others; SCALES],
+            sources: [sources; SCALES],
+            nodes: [nodes; SCALES],
+            level_milli: [0; SCALES],
+            lead: [lead; SCALES],
+        }
     }
 
     #[test]
@@ -1106,9 +1150,10 @@ mod tests {
         // 40 calls to +232 here: under the country's threshold (100).
         assert!(spread_calls(&mut d, 232, 40, HOUR).is_empty());
         let shared = d.to_share(HOUR, 10);
-        let local_sources = shared.countries[0].2[0];
+        let local_sources = shared.countries[0].1.sources[0];
         assert!(local_sources > 20, "distinct sources (buckets) at least: {local_sources}");
-        assert_eq!(shared.countries, vec![(232, [40; SCALES], [local_sources; SCALES])]);
+        let want = Count { n: [40; SCALES], sources: [local_sources; SCALES], level_milli: [0; SCALES] };
+        assert_eq!(shared.countries, vec![(232, want)]);
         // Two other nodes count 70 more: a follower judges its own count only...
         d.set_elsewhere([(Subject::Country(232), elsewhere(70, 12, 2, false))].into());
         assert!(d.judge_elsewhere(HOUR + 1).is_empty());
@@ -1116,13 +1161,41 @@ mod tests {
         d.set_elsewhere([(Subject::Country(232), elsewhere(70, 12, 2, true))].into());
         let r = d.judge_elsewhere(HOUR + 1);
         assert_eq!(r.len(), 1, "{r:?}");
-        assert_eq!((r[0].subject, r[0].scale, r[0].count, r[0].threshold), (Subject::Country(232), 0, 110, 100));
+        assert_eq!(
+            (r[0].subject, r[0].scale, r[0].count, r[0].threshold),
+            (Subject::Country(232), 0, 110, 100)
+        );
         assert_eq!((r[0].spread, r[0].elsewhere), (Some(local_sources + 12), Some((70, 2))));
         assert!(d.judge_elsewhere(HOUR + 2).is_empty(), "reported once per window");
         assert!(spread_calls(&mut d, 232, 1, HOUR + 3).is_empty(), "nor again by a local call");
         // The next window, still surging: reported again (an extension).
         let r = d.judge_elsewhere(HOUR + MIN + 1);
         assert_eq!(r.first().map(|r| r.count), Some(110), "{r:?}");
+    }
+
+    #[test]
+    fn a_country_busy_on_every_node_is_judged_against_the_sum_of_their_normals() {
+        let busy = |others_level_milli: u64| {
+            let mut d = Detector::new(no_history_rule());
+            d.share_counts(0.1);
+            // This node's normal for +44 is 30 calls a minute: threshold 120.
+            let normal = Level { level: 30.0, windows: 10, first_ms: 0 };
+            d.import(Exported { levels: vec![(Subject::Country(44), 0, normal)], ..Exported::default() });
+            assert_eq!(d.threshold(Subject::Country(44), 0, HOUR), 120);
+            assert!(spread_calls(&mut d, 44, 35, HOUR).is_empty());
+            // Nine other nodes carry as much: 350 calls a minute in all.
+            let mut e = elsewhere(9 * 35, 9 * 20, 9, true);
+            e.level_milli = [others_level_milli; SCALES];
+            d.set_elsewhere([(Subject::Country(44), e)].into());
+            d.judge_elsewhere(HOUR + 1)
+        };
+        // Their normals published: 10 x 30 a minute is normal, the sum's
+        // threshold is 4 x 300.
+        assert!(busy(9 * 30_000).is_empty());
+        // Without (levels not trusted yet elsewhere), the sum is judged at
+        // this node's threshold: the ceilings apply to the cluster.
+        let r = busy(0);
+        assert_eq!(r.first().map(|r| (r.count, r.threshold)), Some((350, 120)), "{r:?}");
     }
 
     #[test]
@@ -1158,8 +1231,9 @@ mod tests {
         // source whose 3 calls were a tenth of the short threshold is not
         // a tenth of the medium one (60).
         let later = d.to_share(HOUR + 2 * MIN, 10);
-        assert_eq!(later.sources, [(ip("203.0.113.12"), [0, 9, 9]), (ip("203.0.113.13"), [0, 12, 12])]);
-        assert_eq!(later.countries, [(44, [0, 26, 26], later.countries[0].2)]);
+        let n = |s: &Shared| s.sources.iter().map(|(a, c)| (*a, c.n)).collect::<Vec<_>>();
+        assert_eq!(n(&later), [(ip("203.0.113.12"), [0, 9, 9]), (ip("203.0.113.13"), [0, 12, 12])]);
+        assert_eq!(later.countries.iter().map(|(cc, c)| (*cc, c.n)).collect::<Vec<_>>(), [(44, [0, 26, 26])]);
         // A node not in a cluster shares nothing.
         let mut alone = Detector::new(no_history_rule());
         alone.call(ip("203.0.113.10"), 0, 44, HOUR);

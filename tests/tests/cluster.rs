@@ -13,7 +13,7 @@ use tollgate_tests::{
     TempFile, command_exists,
     etcd::Etcd,
     privileged, tool_present,
-    topology::{ATTACKER_V4, Agent, CUSTOMER_V4, Topology, metric_value, udp_delivered},
+    topology::{ATTACKER_V4, Agent, CUSTOMER_V4, Topology, metric_value, send_calls, udp_delivered},
     wait_for,
 };
 
@@ -33,14 +33,17 @@ struct Node {
 }
 
 fn node(etcd: &mut Etcd, name: &str) -> Node {
+    node_with(etcd, name, &[])
+}
+
+fn node_with(etcd: &mut Etcd, name: &str, more: &[&str]) -> Node {
     let topo = Topology::new();
     etcd.link(&topo);
     let audit = TempFile::new("audit");
     let endpoints = etcd.endpoints();
-    let agent = Agent::start(
-        &topo,
-        &["--cluster-endpoints", &endpoints, "--node-name", name, "--audit-log", audit.path()],
-    );
+    let mut args = vec!["--cluster-endpoints", &endpoints, "--node-name", name, "--audit-log", audit.path()];
+    args.extend_from_slice(more);
+    let agent = Agent::start(&topo, &args);
     Node { agent, audit, topo }
 }
 
@@ -254,12 +257,29 @@ fn a_killed_nodes_key_goes_when_its_lease_ends() {
     let key = format!("{PREFIX}/nodes/edge-b");
     let value = etcd.get(&key).expect("edge-b's key");
     assert!(value.contains("heartbeat_ms") && value.contains("version"), "{value}");
+    // Calls on edge-b: it publishes their counts, which edge-a sums.
+    send_calls(&b.topo, CUSTOMER_V4, "invite-intl-plus-232.sip", 5);
+    let counts = format!("{PREFIX}/counts/edge-b");
+    let published = wait_for(Duration::from_secs(10), || etcd.get(&counts));
+    let published =
+        published.unwrap_or_else(|| panic!("edge-b published no counts:\n{}", b.agent.log_text()));
+    assert!(published.contains("\"cc\":232"), "{published}");
+    let summed = wait_for(Duration::from_secs(5), || {
+        (metric(&a, "tollgate_cluster_summed_countries") == Some(1.0)).then_some(())
+    });
+    assert!(summed.is_some(), "edge-a does not sum edge-b's counts");
     b.agent.kill();
     let killed = Instant::now();
-    let gone = wait_for(Duration::from_secs(25), || etcd.get(&key).is_none().then(|| killed.elapsed()));
-    let gone = gone.expect("edge-b's key outlived its lease");
-    println!("edge-b's node key gone {} ms after the kill", gone.as_millis());
+    let gone = wait_for(Duration::from_secs(25), || {
+        (etcd.get(&key).is_none() && etcd.get(&counts).is_none()).then(|| killed.elapsed())
+    });
+    let gone = gone.expect("edge-b's keys outlived its lease");
+    println!("edge-b's node key and counts gone {} ms after the kill", gone.as_millis());
     assert!(gone <= Duration::from_secs(13), "node lease is 10 s; took {gone:?}");
+    let unsummed = wait_for(Duration::from_secs(5), || {
+        (metric(&a, "tollgate_cluster_summed_countries") == Some(0.0)).then_some(())
+    });
+    assert!(unsummed.is_some(), "edge-a still sums the dead node's counts");
     let seen = wait_for(Duration::from_secs(5), || {
         (metric(&a, "tollgate_cluster_members") == Some(1.0)).then_some(())
     });
@@ -330,4 +350,84 @@ fn two_nodes_deciding_the_same_restriction_at_once_end_up_with_one_record() {
     assert!(!w.audit.text().contains("\"origin\""), "the winner adopted nothing:\n{}", w.audit.text());
     println!("race: {winner} won; the other adopted its record");
     assert!(blocked(&a, ATTACKER_V4) && blocked(&b, ATTACKER_V4));
+}
+
+#[test]
+fn a_country_surge_split_over_three_nodes_is_restricted_everywhere_once() {
+    if !ready("a_country_surge_split_over_three_nodes_is_restricted_everywhere_once") {
+        return;
+    }
+    let mut etcd = Etcd::start(1);
+    // 40 calls to a country in 10 s restrict it; each node sees 15, so
+    // it takes all three nodes' counts.
+    let flags = [
+        "--allow-country-restrict",
+        "--country-invite-threshold",
+        "40",
+        "--country-min-sources",
+        "6",
+        "--window",
+        "10s",
+    ];
+    let nodes: Vec<Node> =
+        ["edge-a", "edge-b", "edge-c"].iter().map(|name| node_with(&mut etcd, name, &flags)).collect();
+    connected(&nodes.iter().collect::<Vec<_>>());
+    let started = Instant::now();
+    for n in &nodes {
+        // Five hijacked PBXs behind each node, 3 calls each: no source,
+        // and no node, near a threshold.
+        for pbx in n.topo.more_sources(5) {
+            send_calls(&n.topo, pbx, "invite-intl-plus-232.sip", 3);
+        }
+    }
+    let key = format!("{PREFIX}/restrictions/country-restrict/232");
+    let record = wait_for(Duration::from_secs(10), || etcd.get(&key));
+    let record = record.unwrap_or_else(|| {
+        let logs: Vec<String> = nodes.iter().map(|n| n.agent.log_text()).collect();
+        panic!("the split surge was not restricted:\n{}", logs.join("\n---\n"))
+    });
+    println!("split surge restricted {} ms after the calls began", started.elapsed().as_millis());
+    assert_eq!(etcd.keys(&format!("{PREFIX}/restrictions/")).len(), 1, "one record");
+    let origin = ["edge-a", "edge-b", "edge-c"]
+        .into_iter()
+        .find(|o| record.contains(&format!("\"origin\":\"{o}\"")))
+        .unwrap_or_else(|| panic!("no origin in {record}"));
+    for field in ["\"reason\":\"country-surge\"", "\"elsewhere\":", "\"nodes\":2"] {
+        assert!(record.contains(field), "{field} missing in the record {record}");
+    }
+    // Enforced everywhere: adopted by the other two, from the decider.
+    for n in &nodes {
+        let drops = n.agent.packets(tollgate_common::verdict::DROP_COUNTRY_RESTRICTED);
+        let dropped = wait_for(Duration::from_secs(5), || {
+            send_calls(&n.topo, CUSTOMER_V4, "invite-intl-plus-232.sip", 1);
+            (n.agent.packets(tollgate_common::verdict::DROP_COUNTRY_RESTRICTED) > drops).then_some(())
+        });
+        assert!(dropped.is_some(), "a node does not drop calls to +232:\n{}", n.agent.log_text());
+    }
+    // One deciding line, on the decider; the others say whose it is.
+    let impose = |n: &Node| {
+        n.audit
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains("\"event\":\"impose\"") && l.contains("\"target\":\"+232\""))
+            .collect::<Vec<_>>()
+    };
+    let imposed: Vec<String> = nodes.iter().flat_map(impose).collect();
+    assert_eq!(imposed.len(), 1, "one imposition in all: {imposed:#?}");
+    for field in ["\"counted_elsewhere\":", "\"other_nodes\":2", "\"threshold\":40"] {
+        assert!(imposed[0].contains(field), "{field} missing in {}", imposed[0]);
+    }
+    println!("deciding node {origin}: {}", imposed[0]);
+    for n in &nodes {
+        if impose(n).is_empty() {
+            let adopted = n.audit.lines().into_iter().any(|l| {
+                l.contains("\"event\":\"adopt\"") && l.contains(&format!("\"origin\":\"{origin}\""))
+            });
+            assert!(adopted, "a follower did not audit the adoption:\n{}", n.audit.text());
+        }
+    }
+    // No source alone was abusive, anywhere.
+    for n in &nodes {
+        assert!(!n.audit.text().contains("intl-suspend"), "{}", n.audit.text());
+    }
 }

@@ -29,7 +29,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::detect::{Elsewhere, SCALES, Shared, Subject};
+use crate::detect::{Count, Elsewhere, SCALES, Shared, Subject};
 
 /// The version of the counts layout (`v`); counts of a later one are
 /// ignored.
@@ -43,21 +43,27 @@ pub fn counts_key(prefix: &str, node: &str) -> String {
     format!("{}{node}", counts_prefix(prefix))
 }
 
-/// A country's calls on one node: the estimate and the distinct sources
-/// (at least) per scale.
+/// A country's calls on one node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CountryCount {
     pub cc: u16,
-    pub n: [u32; SCALES],
-    pub sources: [u32; SCALES],
+    #[serde(flatten)]
+    pub count: Count,
 }
 
-/// A source's calls on one node, per scale.
+/// A source's calls on one node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceCount {
     pub addr: IpAddr,
-    pub n: [u32; SCALES],
+    #[serde(flatten)]
+    pub count: Count,
 }
+
+/// The most entries a node's counts may have to be read (a bound on what
+/// one node makes the others parse and sum): every country code, and the
+/// most --cluster-max-sources allows.
+pub const MAX_COUNTRIES: usize = 1000;
+pub const MAX_SOURCES: usize = 100_000;
 
 /// What one node publishes of its counts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,12 +89,8 @@ impl NodeCounts {
             node: node.to_owned(),
             at_ms,
             windows_ms,
-            countries: shared
-                .countries
-                .into_iter()
-                .map(|(cc, n, sources)| CountryCount { cc, n, sources })
-                .collect(),
-            sources: shared.sources.into_iter().map(|(addr, n)| SourceCount { addr, n }).collect(),
+            countries: shared.countries.into_iter().map(|(cc, count)| CountryCount { cc, count }).collect(),
+            sources: shared.sources.into_iter().map(|(addr, count)| SourceCount { addr, count }).collect(),
         }
     }
 
@@ -97,7 +99,9 @@ impl NodeCounts {
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        serde_json::from_slice::<Self>(bytes).ok().filter(|c| c.v <= COUNTS_VERSION)
+        serde_json::from_slice::<Self>(bytes).ok().filter(|c| {
+            c.v <= COUNTS_VERSION && c.countries.len() <= MAX_COUNTRIES && c.sources.len() <= MAX_SOURCES
+        })
     }
 
     /// Whether it counts nothing (no need to keep it in the store).
@@ -112,9 +116,9 @@ impl NodeCounts {
             && self.sources == other.sources
     }
 
-    fn each(&self) -> impl Iterator<Item = (Subject, [u32; SCALES], [u32; SCALES])> + '_ {
-        let countries = self.countries.iter().map(|c| (Subject::Country(c.cc), c.n, c.sources));
-        let sources = self.sources.iter().map(|s| (Subject::Source(s.addr), s.n, [0; SCALES]));
+    fn each(&self) -> impl Iterator<Item = (Subject, &Count)> + '_ {
+        let countries = self.countries.iter().map(|c| (Subject::Country(c.cc), &c.count));
+        let sources = self.sources.iter().map(|s| (Subject::Source(s.addr), &s.count));
         countries.chain(sources)
     }
 }
@@ -122,7 +126,11 @@ impl NodeCounts {
 /// Sums what the other nodes published (`others`, by name; this node's
 /// own entry, if there, is skipped) next to what this node published
 /// (`mine`), scale by scale where the windows agree.
-pub fn sum(me: &str, mine: Option<&NodeCounts>, others: &BTreeMap<String, NodeCounts>) -> HashMap<Subject, Elsewhere> {
+pub fn sum(
+    me: &str,
+    mine: Option<&NodeCounts>,
+    others: &BTreeMap<String, NodeCounts>,
+) -> HashMap<Subject, Elsewhere> {
     let mut out: HashMap<Subject, Elsewhere> = HashMap::new();
     // The largest count published so far per subject and scale, and whose.
     let mut best: HashMap<(Subject, usize), (u32, &str)> = HashMap::new();
@@ -132,14 +140,16 @@ pub fn sum(me: &str, mine: Option<&NodeCounts>, others: &BTreeMap<String, NodeCo
         if name == me || c.node != *name {
             continue;
         }
-        for (s, n, sources) in c.each() {
+        for (s, count) in c.each() {
+            let n = count.n;
             for k in 0..SCALES {
                 if c.windows_ms[k] != windows[k] || n[k] == 0 {
                     continue;
                 }
                 let e = out.entry(s).or_default();
                 e.others[k] = e.others[k].saturating_add(n[k]);
-                e.sources[k] = e.sources[k].saturating_add(sources[k]);
+                e.sources[k] = e.sources[k].saturating_add(count.sources[k]);
+                e.level_milli[k] = e.level_milli[k].saturating_add(count.level_milli[k]);
                 e.nodes[k] += 1;
                 let b = best.entry((s, k)).or_insert((0, name.as_str()));
                 if (n[k], std::cmp::Reverse(name.as_str())) > (b.0, std::cmp::Reverse(b.1)) {
@@ -148,7 +158,7 @@ pub fn sum(me: &str, mine: Option<&NodeCounts>, others: &BTreeMap<String, NodeCo
             }
         }
     }
-    let published: HashMap<Subject, [u32; SCALES]> = mine.each().map(|(s, n, _)| (s, n)).collect();
+    let published: HashMap<Subject, [u32; SCALES]> = mine.each().map(|(s, c)| (s, c.n)).collect();
     for (s, e) in out.iter_mut() {
         for k in 0..SCALES {
             let own = published.get(s).map_or(0, |n| n[k]);
@@ -173,11 +183,21 @@ mod tests {
             windows_ms: W,
             countries: countries
                 .iter()
-                .map(|&(cc, n)| CountryCount { cc, n: [n; SCALES], sources: [n.min(5); SCALES] })
+                .map(|&(cc, n)| CountryCount {
+                    cc,
+                    count: Count {
+                        n: [n; SCALES],
+                        sources: [n.min(5); SCALES],
+                        level_milli: [n as u64 * 100; SCALES],
+                    },
+                })
                 .collect(),
             sources: sources
                 .iter()
-                .map(|&(a, n)| SourceCount { addr: a.parse().unwrap(), n: [n; SCALES] })
+                .map(|&(a, n)| SourceCount {
+                    addr: a.parse().unwrap(),
+                    count: Count { n: [n; SCALES], ..Count::default() },
+                })
                 .collect(),
         }
     }
@@ -194,7 +214,7 @@ mod tests {
         let all = others(&[a.clone(), b.clone(), c.clone()]);
         let at_a = sum("edge-a", Some(&a), &all);
         let cc = at_a[&Subject::Country(232)];
-        assert_eq!((cc.others, cc.sources, cc.nodes), ([35; 3], [10; 3], [2; 3]));
+        assert_eq!((cc.others, cc.sources, cc.nodes, cc.level_milli), ([35; 3], [10; 3], [2; 3], [3500; 3]));
         assert_eq!(cc.lead, [false; 3], "edge-b published more");
         assert!(sum("edge-b", Some(&b), &all)[&Subject::Country(232)].lead.iter().all(|l| *l));
         assert!(!sum("edge-c", Some(&c), &all)[&Subject::Country(232)].lead[0]);
@@ -239,6 +259,15 @@ mod tests {
         later.v = COUNTS_VERSION + 1;
         assert_eq!(NodeCounts::decode(&later.encode()), None);
         assert_eq!(NodeCounts::decode(b"not json"), None);
+        // A node cannot make the others parse and sum without bound.
+        let mut huge = a.clone();
+        huge.sources = (0..=MAX_SOURCES as u32)
+            .map(|i| SourceCount {
+                addr: std::net::Ipv6Addr::from(i as u128).into(),
+                count: Count::default(),
+            })
+            .collect();
+        assert_eq!(NodeCounts::decode(&huge.encode()), None);
         assert_eq!(counts_key("tollgate/v1/east", "edge-a"), "tollgate/v1/east/counts/edge-a");
     }
 }

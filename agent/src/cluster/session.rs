@@ -343,11 +343,14 @@ impl Session {
     ) -> Result<(etcd_client::Watcher, etcd_client::WatchStream)> {
         let prefix = counts::counts_prefix(&self.config.prefix);
         let resp =
-            timed("listing counts", client.get(prefix.as_str(), Some(GetOptions::new().with_prefix()))).await?;
+            timed("listing counts", client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())))
+                .await?;
         let rev = resp.header().map_or(0, |h| h.revision());
         self.others.clear();
         for kv in resp.kvs() {
-            let Some(node) = kv.key_str().ok().and_then(|k| k.strip_prefix(prefix.as_str())) else { continue };
+            let Some(node) = kv.key_str().ok().and_then(|k| k.strip_prefix(prefix.as_str())) else {
+                continue;
+            };
             if let Some(c) = NodeCounts::decode(kv.value()).filter(|_| node != self.config.node) {
                 self.others.insert(node.to_owned(), c);
             }
@@ -365,7 +368,9 @@ impl Session {
         let mut changed = false;
         for e in resp.events() {
             let Some(kv) = e.kv() else { continue };
-            let Some(node) = kv.key_str().ok().and_then(|k| k.strip_prefix(prefix.as_str())) else { continue };
+            let Some(node) = kv.key_str().ok().and_then(|k| k.strip_prefix(prefix.as_str())) else {
+                continue;
+            };
             if node == self.config.node {
                 continue;
             }

@@ -245,7 +245,8 @@ impl Sharing {
             return false;
         }
         let windows = detector.config().windows.map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
-        let counts = NodeCounts::new(&self.node, now_ms(), windows, detector.to_share(now_ms(), self.max_sources));
+        let counts =
+            NodeCounts::new(&self.node, now_ms(), windows, detector.to_share(now_ms(), self.max_sources));
         if self.mine.as_ref().is_some_and(|m| m.same_counts(&counts)) {
             return false;
         }

@@ -2,8 +2,8 @@
 
 mod actuator;
 mod attach;
-pub mod feeds;
 mod cluster;
+pub mod feeds;
 mod learning;
 mod operator;
 mod persist;
