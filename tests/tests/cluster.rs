@@ -431,3 +431,50 @@ fn a_country_surge_split_over_three_nodes_is_restricted_everywhere_once() {
         assert!(!n.audit.text().contains("intl-suspend"), "{}", n.audit.text());
     }
 }
+
+#[test]
+fn a_restarted_node_publishes_what_waited_and_lifts_what_was_lifted_while_it_was_down() {
+    if !ready("a_restarted_node_publishes_what_waited_and_lifts_what_was_lifted_while_it_was_down") {
+        return;
+    }
+    let mut etcd = Etcd::start(1);
+    let mut a = node(&mut etcd, "edge-a");
+    let mut b = node(&mut etcd, "edge-b");
+    connected(&[&a, &b]);
+    // Lifted while edge-b is down: edge-b must not keep it.
+    restrict(&a, CUSTOMER_V4, "10m");
+    assert!(until_blocked(&b, CUSTOMER_V4, true, Duration::from_secs(5)).is_some(), "reached edge-b");
+    // What edge-b knows of the store is saved within a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    b.agent.kill();
+    lift(&a, CUSTOMER_V4);
+    assert!(blocked(&b, CUSTOMER_V4), "edge-b's pinned maps still hold it while it is down");
+    b.agent.restart();
+    let gone = until_blocked(&b, CUSTOMER_V4, false, Duration::from_secs(20));
+    let gone = gone.unwrap_or_else(|| panic!("edge-b kept a lifted restriction:\n{}", b.agent.log_text()));
+    println!(
+        "restarted edge-b lifted what was lifted while it was down, {} ms after it started",
+        gone.as_millis()
+    );
+    assert!(list(&b).lines().all(|l| !l.contains("198.51.100.")), "{}", list(&b));
+
+    // Decided while the store was away, then the agent restarted before
+    // it came back: still published.
+    etcd.members[0].pause();
+    restrict(&a, ATTACKER_V4, "10m");
+    let waiting = wait_for(Duration::from_secs(15), || {
+        (metric(&a, "tollgate_cluster_queued") == Some(1.0)).then_some(())
+    });
+    assert!(waiting.is_some(), "edge-a queued its decision");
+    a.agent.kill();
+    a.agent.restart();
+    let loaded = wait_for(Duration::from_secs(5), || {
+        a.agent.log_text().contains("1 decisions waiting for it").then_some(())
+    });
+    assert!(loaded.is_some(), "{}", a.agent.log_text());
+    etcd.members[0].resume();
+    let arrived = until_blocked(&b, ATTACKER_V4, true, Duration::from_secs(30));
+    assert!(arrived.is_some(), "what waited on edge-a never reached edge-b:\n{}", a.agent.log_text());
+    let key = format!("{PREFIX}/restrictions/block/203.0.113.10/32");
+    assert!(etcd.get(&key).is_some_and(|v| v.contains("\"origin\":\"edge-a\"")));
+}

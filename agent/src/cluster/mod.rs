@@ -26,6 +26,10 @@ use tokio::sync::mpsc;
 
 pub use self::record::{NodeRecord, Record};
 
+/// What the session keeps in --state-dir across restarts: the records it
+/// last knew in the store, and the decisions waiting for it.
+pub const STATE_FILE: &str = "cluster.json";
+
 /// How a restriction lifted on another node is audited here (`lifted_by`).
 pub const LIFTED_ELSEWHERE: &str = "cluster";
 
@@ -122,6 +126,9 @@ pub struct Config {
     /// See [`ClusterArgs::cluster_source_fraction`].
     pub source_fraction: f64,
     pub max_sources: usize,
+    /// Where the session keeps what it knows of the store and what waits
+    /// for it, across restarts (`cluster.json` in --state-dir).
+    pub state_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -179,6 +186,7 @@ impl ClusterArgs {
             tls,
             source_fraction: self.cluster_source_fraction,
             max_sources: self.cluster_max_sources as usize,
+            state_file: None,
         }))
     }
 }
@@ -197,7 +205,7 @@ fn hostname() -> String {
 
 /// A local decision for the store. The latest for each key wins: while the
 /// store is away they wait in a queue keyed by it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Op {
     /// `create`: a new restriction, written only if the key is absent (the
     /// first decider wins; a loser adopts the winner's record).

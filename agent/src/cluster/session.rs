@@ -7,6 +7,12 @@
 //! meanwhile. The watch resumes from the last revision seen; when that
 //! revision was compacted away, the prefix is listed again and compared
 //! with what was known, so a delete missed while away is still seen.
+//!
+//! What was known and what waits are kept in --state-dir
+//! ([`super::STATE_FILE`]) so that a restart loses neither: a decision
+//! queued while the store was away is still published, and a restriction
+//! this node had (restored from its state database) that was lifted
+//! elsewhere meanwhile is lifted here once the store is listed.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -33,6 +39,9 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 /// accepts connections and never answers).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// How often what is known is saved while connected (decisions made while
+/// the store is away are saved at once).
+const SAVE_EVERY: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 type Result<T> = std::result::Result<T, String>;
@@ -64,6 +73,17 @@ struct Session {
     next: usize,
     /// The other nodes' counts, by node, as last read.
     others: BTreeMap<String, NodeCounts>,
+    /// What is known or waits changed since it was last saved.
+    dirty: bool,
+}
+
+/// The session's state file.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Saved {
+    #[serde(default)]
+    known: BTreeMap<String, Record>,
+    #[serde(default)]
+    pending: Vec<Op>,
 }
 
 type CountsRx = tokio::sync::watch::Receiver<Option<NodeCounts>>;
@@ -83,10 +103,14 @@ pub(super) async fn run(
         revision: None,
         next: 0,
         others: BTreeMap::new(),
+        dirty: false,
     };
+    s.load();
     let mut backoff = BACKOFF_MIN;
     loop {
         let why = s.serve(&mut ops, &mut counts).await;
+        // What the lost session left queued must survive a restart.
+        s.save();
         let Err(why) = why else { return };
         // The others' counts go stale while away: they judge nothing.
         if !s.others.is_empty() {
@@ -119,7 +143,11 @@ pub(super) async fn run(
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => break,
                 op = ops.recv() => match op {
-                    Some(op) => s.queue(op),
+                    Some(op) => {
+                        s.queue(op);
+                        // Rare, and what must survive a restart most.
+                        s.save();
+                    }
                     None => return,
                 },
             }
@@ -136,6 +164,55 @@ fn op_key(op: &Op, prefix: &str) -> Option<String> {
 }
 
 impl Session {
+    /// Takes over what an earlier agent saved.
+    fn load(&mut self) {
+        let Some(path) = self.config.state_file.clone() else { return };
+        let saved: Saved = match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(saved) => saved,
+                Err(e) => {
+                    warn!("cluster: ignoring {} ({e}): the store is listed afresh", path.display());
+                    return;
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                warn!("cluster: cannot read {} ({e}): the store is listed afresh", path.display());
+                return;
+            }
+        };
+        let (known, pending) = (saved.known.len(), saved.pending.len());
+        for op in saved.pending {
+            self.queue(op);
+        }
+        self.shared.lock().known = saved.known.into_iter().collect();
+        if known + pending > 0 {
+            info!(
+                "cluster: {} restrictions known in the store and {pending} decisions waiting for it, from {}",
+                known,
+                path.display()
+            );
+        }
+        self.dirty = false;
+    }
+
+    /// Saves what is known and waits, if it changed.
+    fn save(&mut self) {
+        let Some(path) = &self.config.state_file else { return };
+        if !self.dirty {
+            return;
+        }
+        let saved = Saved {
+            known: self.shared.lock().known.iter().map(|(k, r)| (k.clone(), r.clone())).collect(),
+            pending: self.pending.values().cloned().collect(),
+        };
+        let bytes = serde_json::to_vec(&saved).expect("cluster state serializes");
+        match crate::state::write_atomic(path, &bytes) {
+            Ok(()) => self.dirty = false,
+            Err(e) => warn!("cluster: cannot write {}: {e}", path.display()),
+        }
+    }
+
     fn queue(&mut self, op: Op) {
         let Some(key) = op_key(&op, &self.config.prefix) else { return };
         // A later Put of a key that was created while away is still a
@@ -145,6 +222,7 @@ impl Session {
             (_, op) => op,
         };
         self.pending.insert(key, op);
+        self.dirty = true;
         self.shared.lock().queued = self.pending.len();
     }
 
@@ -205,6 +283,8 @@ impl Session {
             }
         }
         self.shared.lock().queued = 0;
+        self.dirty = true;
+        self.save();
         // The watcher is kept: dropping it would end the watch.
         let (mut watcher, mut watch) = self.watch(&mut client).await?;
         let (mut counts_watcher, mut counts_watch) = self.watch_counts(&mut client).await?;
@@ -225,8 +305,10 @@ impl Session {
         );
         let mut beat = tokio::time::interval(HEARTBEAT);
         beat.tick().await;
+        let mut save = tokio::time::interval(SAVE_EVERY);
         loop {
             tokio::select! {
+                _ = save.tick() => self.save(),
                 op = ops.recv() => {
                     let Some(op) = op else { return Ok(()) };
                     if let Err(e) = self.write(&mut client, op.clone()).await {
@@ -408,6 +490,7 @@ impl Session {
     /// The store's whole list against what was known: deletes for what is
     /// gone, the rest as puts (the main loop's merge ignores what it has).
     fn reconcile(&mut self, listed: Vec<(String, Record)>) {
+        self.dirty = true;
         let mut st = self.shared.lock();
         let listed: std::collections::HashMap<String, Record> = listed.into_iter().collect();
         let gone: Vec<String> = st.known.keys().filter(|k| !listed.contains_key(*k)).cloned().collect();
@@ -425,6 +508,7 @@ impl Session {
     }
 
     fn events(&mut self, resp: &etcd_client::WatchResponse) {
+        self.dirty |= !resp.events().is_empty();
         let mut st = self.shared.lock();
         for e in resp.events() {
             let Some(kv) = e.kv() else { continue };
@@ -454,6 +538,7 @@ impl Session {
     /// Writes one local decision. A create that finds the key taken leaves
     /// the record in force and hands it to the main loop to adopt.
     async fn write(&mut self, client: &mut Client, op: Op) -> Result<()> {
+        self.dirty = true;
         let prefix = self.config.prefix.clone();
         match op {
             Op::Delete { key } => {
