@@ -237,7 +237,7 @@ mod tests {
         let s = sum("edge-a", Some(&a), &others(&[b]))[&Subject::Country(232)];
         assert_eq!(s.others, [0, 20, 20]);
         // Without counts of its own published yet, a node sums nothing.
-        assert!(sum("edge-a", None, &others(&[a.clone()])).is_empty());
+        assert!(sum("edge-a", None, &others(std::slice::from_ref(&a))).is_empty());
     }
 
     #[test]
@@ -245,7 +245,7 @@ mod tests {
         let a = node("edge-a", &[(232, 15)], &[]);
         let mut forged = node("edge-b", &[(232, 99)], &[]);
         forged.node = "edge-c".into();
-        let mut all = others(&[a.clone()]);
+        let mut all = others(std::slice::from_ref(&a));
         all.insert("edge-b".into(), forged);
         let s = sum("edge-a", Some(&a), &all);
         assert!(s.is_empty(), "{s:?}");
