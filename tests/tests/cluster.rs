@@ -11,7 +11,7 @@ use std::{
 use ipnet::IpNet;
 use tollgate_tests::{
     TempFile, command_exists,
-    etcd::Etcd,
+    etcd::{Certs, Etcd},
     privileged, tool_present,
     topology::{ATTACKER_V4, Agent, CUSTOMER_V4, Topology, metric_value, send_calls, udp_delivered},
     wait_for,
@@ -161,6 +161,7 @@ fn a_restriction_made_on_one_node_drops_traffic_on_the_other_within_a_second() {
         "members:    2",
         "edge-a ",
         "restrictions by origin: edge-a 1",
+        "counts:     summed with 0 other nodes' for 0 countries and 0 sources",
     ] {
         assert!(shown.contains(want), "status of edge-b has no {want:?}:\n{shown}");
     }
@@ -426,6 +427,8 @@ fn a_country_surge_split_over_three_nodes_is_restricted_everywhere_once() {
             assert!(adopted, "a follower did not audit the adoption:\n{}", n.audit.text());
         }
     }
+    let shown = status(&nodes[2]);
+    assert!(shown.contains("counts:     summed with 2 other nodes' for 1 countries"), "{shown}");
     // No source alone was abusive, anywhere.
     for n in &nodes {
         assert!(!n.audit.text().contains("intl-suspend"), "{}", n.audit.text());
@@ -477,4 +480,42 @@ fn a_restarted_node_publishes_what_waited_and_lifts_what_was_lifted_while_it_was
     assert!(arrived.is_some(), "what waited on edge-a never reached edge-b:\n{}", a.agent.log_text());
     let key = format!("{PREFIX}/restrictions/block/203.0.113.10/32");
     assert!(etcd.get(&key).is_some_and(|v| v.contains("\"origin\":\"edge-a\"")));
+}
+
+#[test]
+fn nodes_share_restrictions_over_tls_with_client_certificates() {
+    if !ready("nodes_share_restrictions_over_tls_with_client_certificates")
+        || !tool_present(
+            "nodes_share_restrictions_over_tls_with_client_certificates",
+            "openssl",
+            command_exists("openssl"),
+        )
+    {
+        return;
+    }
+    let (certs, strangers) = (Certs::new(), Certs::new());
+    let mut etcd = Etcd::start_tls(&certs);
+    let tls = |c: &Certs| {
+        ["--cluster-ca", "ca.pem", "--cluster-cert", "client.pem", "--cluster-key", "client-key.pem"]
+            .map(|a| if a.starts_with("--") { a.to_owned() } else { c.path(a) })
+    };
+    let (ours, theirs) = (tls(&certs), tls(&strangers));
+    let ours: Vec<&str> = ours.iter().map(String::as_str).collect();
+    let a = node_with(&mut etcd, "edge-a", &ours);
+    let b = node_with(&mut etcd, "edge-b", &ours);
+    connected(&[&a, &b]);
+    assert!(etcd.endpoints().starts_with("https://"), "{}", etcd.endpoints());
+    restrict(&a, ATTACKER_V4, "10m");
+    let took = until_blocked(&b, ATTACKER_V4, true, Duration::from_secs(5));
+    let took = took.unwrap_or_else(|| panic!("never reached edge-b over TLS:\n{}", b.agent.log_text()));
+    println!("propagation over TLS: {} ms", took.as_millis());
+    // A node with another CA's certificates: it does not trust the
+    // members, and they would not take its certificate.
+    let theirs: Vec<&str> = theirs.iter().map(String::as_str).collect();
+    let c = node_with(&mut etcd, "edge-c", &theirs);
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(metric(&c, "tollgate_cluster_connected"), Some(0.0), "{}", c.agent.log_text());
+    assert!(status(&c).contains("DISCONNECTED"), "{}", status(&c));
+    assert!(!blocked(&c, ATTACKER_V4), "edge-c cannot have read the store");
+    assert_eq!(etcd.keys(&format!("{PREFIX}/nodes/")).len(), 2, "edge-c never joined");
 }

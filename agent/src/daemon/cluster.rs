@@ -120,6 +120,9 @@ impl Link {
                 .collect(),
             by_origin,
             queued: st.queued,
+            summed_countries: st.summed_countries,
+            summed_sources: st.summed_sources,
+            counting_nodes: st.counting_nodes,
         }
     }
 
