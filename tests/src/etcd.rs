@@ -42,6 +42,26 @@ pub struct Member {
     tls: Option<PathBuf>,
 }
 
+/// An edge node's way to the members.
+pub struct Link {
+    via: String,
+}
+
+impl Link {
+    /// Cuts the node off from etcd (its route goes: what it sends fails at
+    /// once, as behind a partition that answers unreachable).
+    pub fn cut(&self, topo: &Topology) {
+        topo.edge.exec(&["ip", "route", "del", MEMBERS]);
+    }
+
+    pub fn heal(&self, topo: &Topology) {
+        topo.edge.exec(&["ip", "route", "replace", MEMBERS, "via", &self.via]);
+    }
+}
+
+/// Where the members' addresses are.
+const MEMBERS: &str = "2001:db8:e7c0::/120";
+
 /// Certificates for a TLS etcd, made with openssl in a directory of their
 /// own (removed on drop): a CA (`ca.pem`), the members' server certificate
 /// (`server.pem`, for every member address) and a client's (`client.pem`),
@@ -314,8 +334,8 @@ impl Etcd {
     }
 
     /// Joins an edge node's namespace to the core: a veth and a route to
-    /// the members.
-    pub fn link(&mut self, topo: &Topology) {
+    /// the members. Returns the link, to cut and heal.
+    pub fn link(&mut self, topo: &Topology) -> Link {
         self.links += 1;
         let n = self.links;
         let edge_if = unique("k");
@@ -339,6 +359,19 @@ impl Etcd {
         topo.edge.exec(&["ip", "link", "set", &edge_if, "up"]);
         self.core.exec(&["ip", "addr", "add", &format!("{core_addr}/64"), "dev", &core_if, "nodad"]);
         self.core.exec(&["ip", "link", "set", &core_if, "up"]);
-        topo.edge.exec(&["ip", "route", "add", "2001:db8:e7c0::/120", "via", &core_addr]);
+        let link = Link { via: core_addr };
+        link.heal(topo);
+        link
+    }
+
+    /// Compacts the store's history up to its current revision (what a
+    /// node cut off for long finds when it comes back).
+    pub fn compact(&self) -> i64 {
+        let (ok, out) = self.ctl(&["endpoint", "status", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).ok().filter(|_| ok).expect("endpoint status");
+        let rev = v[0]["Status"]["header"]["revision"].as_i64().expect("a revision");
+        let (ok, out) = self.ctl(&["compact", &rev.to_string()]);
+        assert!(ok, "etcdctl compact {rev}: {out}");
+        rev
     }
 }

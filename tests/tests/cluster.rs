@@ -30,6 +30,8 @@ struct Node {
     agent: Agent,
     audit: TempFile,
     topo: Topology,
+    /// Its way to etcd.
+    to_etcd: tollgate_tests::etcd::Link,
 }
 
 fn node(etcd: &mut Etcd, name: &str) -> Node {
@@ -38,13 +40,13 @@ fn node(etcd: &mut Etcd, name: &str) -> Node {
 
 fn node_with(etcd: &mut Etcd, name: &str, more: &[&str]) -> Node {
     let topo = Topology::new();
-    etcd.link(&topo);
+    let to_etcd = etcd.link(&topo);
     let audit = TempFile::new("audit");
     let endpoints = etcd.endpoints();
     let mut args = vec!["--cluster-endpoints", &endpoints, "--node-name", name, "--audit-log", audit.path()];
     args.extend_from_slice(more);
     let agent = Agent::start(&topo, &args);
-    Node { agent, audit, topo }
+    Node { agent, audit, topo, to_etcd }
 }
 
 fn metric(n: &Node, series: &str) -> Option<f64> {
@@ -518,4 +520,41 @@ fn nodes_share_restrictions_over_tls_with_client_certificates() {
     assert!(status(&c).contains("DISCONNECTED"), "{}", status(&c));
     assert!(!blocked(&c, ATTACKER_V4), "edge-c cannot have read the store");
     assert_eq!(etcd.keys(&format!("{PREFIX}/nodes/")).len(), 2, "edge-c never joined");
+}
+
+#[test]
+fn a_node_cut_off_while_the_history_is_compacted_catches_up_from_a_new_listing() {
+    if !ready("a_node_cut_off_while_the_history_is_compacted_catches_up_from_a_new_listing") {
+        return;
+    }
+    let mut etcd = Etcd::start(1);
+    let a = node(&mut etcd, "edge-a");
+    let b = node(&mut etcd, "edge-b");
+    connected(&[&a, &b]);
+    restrict(&a, CUSTOMER_V4, "10m");
+    assert!(until_blocked(&b, CUSTOMER_V4, true, Duration::from_secs(5)).is_some(), "reached edge-b");
+    // edge-b alone is cut off (the others and etcd go on).
+    b.to_etcd.cut(&b.topo);
+    let down = wait_for(Duration::from_secs(20), || {
+        (metric(&b, "tollgate_cluster_connected") == Some(0.0)).then_some(())
+    });
+    assert!(down.is_some(), "edge-b did not notice it is cut off:\n{}", b.agent.log_text());
+    lift(&a, CUSTOMER_V4);
+    restrict(&a, ATTACKER_V4, "10m");
+    // Its last revision is compacted away meanwhile: the watch cannot
+    // resume from it, and the delete is not in the history any more.
+    let rev = etcd.compact();
+    println!("compacted to revision {rev} while edge-b was cut off");
+    b.to_etcd.heal(&b.topo);
+    let back = Instant::now();
+    let adopted = until_blocked(&b, ATTACKER_V4, true, Duration::from_secs(30));
+    let adopted = adopted.unwrap_or_else(|| panic!("edge-b never caught up:\n{}", b.agent.log_text()));
+    let lifted = until_blocked(&b, CUSTOMER_V4, false, Duration::from_secs(10));
+    assert!(lifted.is_some(), "edge-b kept what was lifted while it was cut off:\n{}", b.agent.log_text());
+    println!(
+        "edge-b back: adopted the new restriction in {} ms, lifted the old one ({} ms in all)",
+        adopted.as_millis(),
+        back.elapsed().as_millis()
+    );
+    assert!(b.agent.log_text().contains("compacted"), "{}", b.agent.log_text());
 }
