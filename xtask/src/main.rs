@@ -368,6 +368,7 @@ fn test(extra: &[String]) -> Result<()> {
     // The integration tests run the real binary, and tests/tests/package.rs
     // the Debian package; build them first.
     deb()?;
+    bpffs()?;
     build(false)?;
     let bin = target_dir().join("debug/tollgate");
     let report = acceptance_report("report-short.md")?;
@@ -471,6 +472,20 @@ fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
         .with_context(|| format!("fuzz target {target} found a failure (see fuzz/artifacts/{target})"))?;
     }
     Ok(())
+}
+
+/// Mounts the BPF filesystem on /sys/fs/bpf if nothing did (a host
+/// without systemd). The agent mounts it itself when it may, but the tests
+/// run it with the packaged unit's capabilities only, as systemd would
+/// (which mounts it at boot): without CAP_SYS_ADMIN it cannot.
+fn bpffs() -> Result<()> {
+    let kind = output(Command::new("stat").args(["-f", "-c", "%T", "/sys/fs/bpf"]));
+    if kind.as_deref().map(str::trim) == Some("bpf_fs") {
+        return Ok(());
+    }
+    eprintln!("test: mounting the BPF filesystem on /sys/fs/bpf (nothing had)");
+    std::fs::create_dir_all("/sys/fs/bpf").ok();
+    run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
 }
 
 fn setup() -> Result<()> {
