@@ -20,6 +20,7 @@ pub mod site;
 pub mod testrun;
 pub mod topology;
 pub mod traffic;
+pub mod ttb;
 pub mod unit;
 
 use std::{

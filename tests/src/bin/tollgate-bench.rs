@@ -27,10 +27,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Which {
     /// Threshold crossing to the first dropped packet, end to end through
-    /// the agent in throw-away namespaces (median of several runs), idle and
-    /// with a full per-source map under continuous metrics scrapes.
+    /// the agent in throw-away namespaces, idle and with a full per-source
+    /// map under continuous metrics scrapes, next to a fail2ban-style
+    /// log-tail + nftables pipeline, trial after trial, interleaved
+    /// (p50/p90/p99).
     TimeToBlock {
-        #[arg(long, default_value_t = 5)]
+        /// Trials per pipeline, each from a source of its own (at most 150).
+        #[arg(long, default_value_t = 50)]
         runs: usize,
         /// Tracked sources in the loaded case (the per-source map full).
         #[arg(long, default_value_t = 60_000)]
@@ -70,7 +73,7 @@ fn main() {
     }
     let (repeat, rounds, stages, only) = match cli.which {
         Which::Verdict { repeat, rounds, stages, only } => (repeat, rounds, stages, only),
-        Which::TimeToBlock { runs, sources } => return time_to_block(runs, sources),
+        Which::TimeToBlock { runs, sources } => return tollgate_tests::ttb::run(runs, sources),
     };
     let mut l = Loaded::new();
     // A realistically populated blocklist: 10,000 IPv6 /64s plus IPv4 entries.
@@ -189,137 +192,4 @@ fn main() {
 fn median(v: &mut [Duration]) -> Duration {
     v.sort_unstable();
     v[v.len() / 2]
-}
-
-/// Fills the agent's per-source map with `n` synthetic sources
-/// (2001:db8:9::/48), as a busy edge has them.
-fn fill_sources(agent: &Agent, n: u32) {
-    use aya::maps::{HashMap, Map, MapData};
-    use tollgate_common::{AddrKey, MAP_SOURCES, SourceStats};
-    let data = MapData::from_pin(agent.pin_dir.join(MAP_SOURCES)).expect("pinned SOURCES");
-    let mut map: HashMap<MapData, AddrKey, SourceStats> =
-        HashMap::try_from(Map::from_map_data(data).expect("map")).expect("SOURCES is a hash map");
-    let now = tollgate::clock::monotonic_now_ns();
-    for i in 0..n {
-        let addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, (i >> 16) as u16, i as u16);
-        let stats =
-            SourceStats { first_seen_ns: now, last_seen_ns: now, intl_invites: 3, ..Default::default() };
-        map.insert(addr.octets(), stats, 0).expect("insert a source");
-    }
-}
-
-/// Sends international INVITEs from one source every GAP and finds, from
-/// the kernel's verdict counters, which one was the first dropped: the
-/// kernel handles one veth's packets in order, so with THRESHOLD passed at
-/// the crossing and `passed` in all, packet `passed + 1` was the first
-/// dropped. Time-to-block is the time between sending packet THRESHOLD and
-/// packet `passed + 1` (resolution: GAP). Each run is measured twice, on an
-/// idle agent and on one with `sources` tracked sources, a learning pass
-/// every second and /metrics scraped without pause (every scrape and pass
-/// reads the whole per-source map).
-fn time_to_block(runs: usize, sources: u32) {
-    use std::{
-        net::{SocketAddr, UdpSocket},
-        time::{Duration, Instant},
-    };
-
-    use tollgate_common::verdict;
-    use tollgate_tests::wait_for;
-
-    const THRESHOLD: usize = 20;
-    const PACKETS: usize = 400;
-    const GAP: Duration = Duration::from_micros(200);
-    tollgate_tests::netns::sweep_stale();
-    let invite = fixture("invite-intl-plus-232.sip");
-    println!("time-to-block: {THRESHOLD} international INVITEs is the threshold; one INVITE every {GAP:?}");
-    println!(
-        "loaded: {sources} tracked sources, a learning pass every second, /metrics scraped back to back"
-    );
-    let mut results: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
-    for (run, loaded) in (1..=runs).flat_map(|r| [(r, false), (r, true)]) {
-        let topo = Topology::new();
-        let threshold = THRESHOLD.to_string();
-        let mut args = vec!["--intl-invite-threshold", &threshold];
-        if loaded {
-            args.extend(["--window", "1s", "--max-sources", "65536"]);
-        }
-        let agent = Agent::start(&topo, &args);
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut scrapes = 0;
-        let scraper = loaded.then(|| {
-            fill_sources(&agent, sources);
-            // Let a learning pass or two see the full map first.
-            std::thread::sleep(Duration::from_millis(2500));
-            let stop = std::sync::Arc::clone(&stop);
-            let metrics = agent.metrics_reader();
-            std::thread::spawn(move || {
-                let mut n = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    n += metrics().is_some() as usize;
-                }
-                n
-            })
-        });
-        let dst = SocketAddr::new(EDGE_V4, 5060);
-        let sent_at: Vec<Instant> = topo.peer.run(move || {
-            let sock = UdpSocket::bind(SocketAddr::new(CUSTOMER_V4, 0)).expect("bind");
-            let start = Instant::now();
-            (0..PACKETS)
-                .map(|i| {
-                    let due = start + GAP * i as u32;
-                    while Instant::now() < due {
-                        std::hint::spin_loop();
-                    }
-                    sock.send_to(invite, dst).expect("send");
-                    Instant::now()
-                })
-                .collect()
-        });
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = scraper {
-            scrapes = t.join().expect("scraper");
-        }
-        let counted = wait_for(Duration::from_secs(5), || {
-            let v = agent.verdicts();
-            let n = v[verdict::PASS_SIP as usize].packets + v[verdict::DROP_INTL_SUSPENDED as usize].packets;
-            (n >= PACKETS as u64).then_some(v)
-        })
-        .expect("all INVITEs counted");
-        let passed = counted[verdict::PASS_SIP as usize].packets as usize;
-        let case =
-            if loaded { format!("loaded, {scrapes} scrapes during the send") } else { "idle".to_owned() };
-        if passed >= PACKETS {
-            println!("run {run} ({case}): no packet was dropped within {PACKETS} packets");
-            continue;
-        }
-        let ttb = sent_at[passed] - sent_at[THRESHOLD - 1];
-        println!(
-            "run {run} ({case}): first dropped INVITE #{} of {PACKETS}; {} passed after the crossing; time-to-block {:.2} ms",
-            passed + 1,
-            passed - THRESHOLD,
-            ttb.as_secs_f64() * 1000.0
-        );
-        results[loaded as usize].push(ttb);
-    }
-    for (name, r) in ["idle", "loaded"].iter().zip(results.iter_mut()) {
-        if r.is_empty() {
-            println!("{name}: no measurement");
-            continue;
-        }
-        r.sort();
-        println!(
-            "{name:<6} median time-to-block {:.2} ms (min {:.2}, max {:.2}; {} runs; resolution {GAP:?})",
-            r[r.len() / 2].as_secs_f64() * 1000.0,
-            r[0].as_secs_f64() * 1000.0,
-            r[r.len() - 1].as_secs_f64() * 1000.0,
-            r.len()
-        );
-    }
-    if let [idle, loaded] = &results
-        && !idle.is_empty()
-        && !loaded.is_empty()
-    {
-        let median = |r: &[Duration]| r[r.len() / 2].as_secs_f64();
-        println!("loaded / idle median: {:.2}", median(loaded) / median(idle));
-    }
 }
