@@ -1,0 +1,214 @@
+//! The flood's generator: prebuilt Ethernet frames written straight to the
+//! generator's veth with an AF_PACKET socket, `PACKET_QDISC_BYPASS` (no
+//! qdisc: the frame goes to the driver's transmit function from the
+//! `sendmmsg` call) and batches of [`BATCH`] frames per system call.
+//!
+//! This kernel has no pktgen and Debian's xdp-trafficgen does not load on it
+//! (../shared/PEERS.md), so the generator is ours. A veth's transmit puts the
+//! frame on the peer's receive ring; when that ring is full the frame is
+//! refused (ENOBUFS): counted here, never as sent.
+
+use std::{
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use tollgate_common::packet::{ETH_P_IPV4, ETH_P_IPV6};
+
+/// Frames per `sendmmsg`.
+pub const BATCH: usize = 64;
+
+/// What one flood sent.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sent {
+    /// Frames the veth took (queued for the receiver).
+    pub sent: u64,
+    /// Calls that stopped at a frame the veth refused because the
+    /// receiver's ring was full (the rest of that batch is skipped).
+    pub full: u64,
+    pub elapsed: Duration,
+    /// CPU time of the generator's thread (user + system).
+    pub cpu: Duration,
+}
+
+/// An AF_PACKET socket bound to `ifname` of the calling thread's network
+/// namespace, bypassing the qdisc. Send-only (protocol 0 receives nothing).
+pub fn open(ifname: &str) -> io::Result<OwnedFd> {
+    let name = std::ffi::CString::new(ifname).expect("no NUL in an interface name");
+    // SAFETY: a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: plain socket creation; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // SAFETY: an int option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            (&raw const one).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: a sockaddr_ll of its own size.
+    let rc = unsafe {
+        libc::bind(fd.as_raw_fd(), (&raw const sll).cast(), size_of::<libc::sockaddr_ll>() as libc::socklen_t)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Sends `frames` round and round for `duration` on `fd` ([`open`]), in
+/// batches of [`BATCH`] (the number of frames must be a multiple of it).
+pub fn flood(fd: &OwnedFd, frames: &[Vec<u8>], duration: Duration) -> Sent {
+    assert!(!frames.is_empty() && frames.len().is_multiple_of(BATCH), "whole batches of frames");
+    let mut iov: Vec<libc::iovec> =
+        frames.iter().map(|f| libc::iovec { iov_base: f.as_ptr() as *mut _, iov_len: f.len() }).collect();
+    let mut msgs: Vec<libc::mmsghdr> = iov
+        .iter_mut()
+        .map(|v| {
+            // SAFETY: msghdr is plain data; all-zero is an empty message.
+            let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+            hdr.msg_iov = v;
+            hdr.msg_iovlen = 1;
+            libc::mmsghdr { msg_hdr: hdr, msg_len: 0 }
+        })
+        .collect();
+    let cpu0 = thread_cpu();
+    let start = Instant::now();
+    let (mut sent, mut full, mut at) = (0u64, 0u64, 0usize);
+    while start.elapsed() < duration {
+        // Many batches between clock reads.
+        for _ in 0..16 {
+            // SAFETY: BATCH messages from `at` (a multiple of BATCH below
+            // len), each pointing at a frame that outlives the call.
+            let n = unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs[at..].as_mut_ptr(), BATCH as u32, 0) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                assert!(
+                    matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::EAGAIN)),
+                    "sendmmsg on the flood socket: {e}"
+                );
+                full += 1;
+            } else {
+                sent += n as u64;
+                // Stopped short: the next frame was refused.
+                full += u64::from((n as usize) < BATCH);
+            }
+            // Whole batches only, so the next call stays inside the array.
+            at = (at + BATCH) % frames.len();
+        }
+    }
+    Sent { sent, full, elapsed: start.elapsed(), cpu: thread_cpu() - cpu0 }
+}
+
+/// CPU time of the calling thread.
+pub fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Pins the calling thread (`tid` 0) or thread `tid` to one CPU.
+pub fn pin(tid: libc::pid_t, cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET stays inside it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Fills in the IPv4 header checksum and the UDP checksum of an untagged
+/// Ethernet frame from `FrameBuilder` (which leaves them zero: XDP does not
+/// check them, but the stack behind the nftables hooks and the socket does,
+/// and an IPv6 UDP checksum of zero is invalid), and sets its MAC addresses.
+pub fn finish_frame(frame: &mut [u8], dst_mac: [u8; 6], src_mac: [u8; 6]) {
+    frame[0..6].copy_from_slice(&dst_mac);
+    frame[6..12].copy_from_slice(&src_mac);
+    let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+    let ip = &mut frame[14..];
+    let (pseudo, l4) = match ethertype {
+        ETH_P_IPV4 => {
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            ip[10..12].fill(0);
+            let c = fold(sum(&ip[..ihl]));
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            let len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+            let pseudo = sum(&ip[12..20]) + u32::from(ip[9]) + (len - ihl) as u32;
+            (pseudo, ihl..len)
+        }
+        ETH_P_IPV6 => {
+            assert_eq!(ip[6], tollgate_common::IPPROTO_UDP, "flood frames are plain UDP over IPv6");
+            let len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+            (sum(&ip[8..40]) + u32::from(ip[6]) + len as u32, 40..40 + len)
+        }
+        other => panic!("flood frame of ethertype {other:#06x}"),
+    };
+    let udp = &mut ip[l4];
+    udp[6..8].fill(0);
+    let c = match fold(pseudo + sum(udp)) {
+        0 => 0xffff,
+        c => c,
+    };
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Ones'-complement sum of big-endian 16-bit words (odd tail padded).
+fn sum(b: &[u8]) -> u32 {
+    b.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]))).sum()
+}
+
+fn fold(mut s: u32) -> u16 {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use tollgate_common::frames::FrameBuilder;
+
+    use super::*;
+
+    /// A correct checksum sums, with itself, to all ones.
+    #[test]
+    fn checksums_verify() {
+        for (src, dst) in [("198.51.100.7", "192.0.2.1"), ("2001:db8:100::7", "2001:db8:ffff::1")] {
+            let (src, dst): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+            let mut f = FrameBuilder::udp(src, dst, 40000, 5060).payload(b"OPTIONS x SIP/2.0\r\n\r").build();
+            finish_frame(&mut f, [2; 6], [4; 6]);
+            let ip = &f[14..];
+            let (pseudo, udp) = if src.is_ipv4() {
+                assert_eq!(fold(sum(&ip[..20])), 0, "IPv4 header checksum");
+                (sum(&ip[12..20]) + 17 + (ip.len() - 20) as u32, &ip[20..])
+            } else {
+                (sum(&ip[8..40]) + 17 + (ip.len() - 40) as u32, &ip[40..])
+            };
+            assert_eq!(fold(pseudo + sum(udp)), 0, "UDP checksum of {src}");
+        }
+    }
+}
