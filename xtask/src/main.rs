@@ -29,8 +29,11 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     // systemd-analyze verify/security for tests/unit.rs (systemd need not run).
     "systemd",
-    // The test proving XDP blocks are not bypassed by conntrack.
+    // The test proving XDP blocks are not bypassed by conntrack, and the
+    // flood benchmark's nftables receivers.
     "nftables",
+    // The flood benchmark: GRO and TSO of its veths, their queue counters.
+    "ethtool",
     // Real SIP peers for the integration tests (sipp) and a real registrar
     // for the acceptance tests (Kamailio; its base package has auth,
     // auth_db, db_text, registrar and usrloc).
