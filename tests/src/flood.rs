@@ -37,7 +37,7 @@
 //! program) is the CPU per packet. For the socket case the reading
 //! thread's run time (also on CPU 1) is added.
 
-pub mod bare_drop;
+pub mod bpf;
 pub mod generator;
 
 use std::{
@@ -86,6 +86,10 @@ pub struct Args {
     /// Interleaved rounds; medians are reported (default 5; 2 with --quick).
     #[arg(long)]
     pub rounds: Option<usize>,
+    /// The generator: `live` (BPF_PROG_TEST_RUN live frames, XDP_TX) or
+    /// `packet` (AF_PACKET, PACKET_QDISC_BYPASS, sendmmsg).
+    #[arg(long, value_enum, default_value_t = GeneratorKind::Live)]
+    pub generator: GeneratorKind,
     /// Blocklisted prefixes, the same for every filter. The agent takes at
     /// most FEED_LIMIT (61,440) from a feed; above that its row is left out
     /// and said why.
@@ -93,24 +97,60 @@ pub struct Args {
     pub prefixes: usize,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum GeneratorKind {
+    Live,
+    Packet,
+}
+
+/// How a receiver's flood is made.
+enum Generator {
+    Packet {
+        /// The AF_PACKET socket on the peer end.
+        fd: OwnedFd,
+        frames: Vec<Vec<u8>>,
+    },
+    Live {
+        prog: bpf::Program,
+        frames: Vec<Vec<u8>>,
+        ifindex: u32,
+        /// An XDP_PASS on the generator's veth: live frames need its XDP
+        /// receive queue registered (nothing arrives there).
+        _pass: (bpf::Program, OwnedFd),
+    },
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Filter {
     None,
     BareDrop,
     Tollgate,
+    /// The agent's program with its SIP stages cut off (its jump table's
+    /// parse slot emptied): what dropping a listed source before reading
+    /// its SIP would cost. tollgate counts the SIP of dropped requests too
+    /// (README, "Dropped requests are still counted"); this is not how the
+    /// agent runs.
+    TollgateCut,
     NftIngress,
     NftPrerouting,
 }
 
 impl Filter {
-    const ALL: [Filter; 5] =
-        [Filter::None, Filter::BareDrop, Filter::Tollgate, Filter::NftIngress, Filter::NftPrerouting];
+    const ALL: [Filter; 6] = [
+        Filter::None,
+        Filter::BareDrop,
+        Filter::Tollgate,
+        Filter::TollgateCut,
+        Filter::NftIngress,
+        Filter::NftPrerouting,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Filter::None => "no filter (socket reads, discards)",
             Filter::BareDrop => "bare XDP_DROP (driver mode)",
             Filter::Tollgate => "tollgate XDP (agent, driver mode)",
+            Filter::TollgateCut => "  the same, SIP stages cut",
             Filter::NftIngress => "nftables netdev ingress",
             Filter::NftPrerouting => "nftables prerouting + conntrack",
         }
@@ -232,12 +272,10 @@ impl Drop for Sink {
 struct Receiver {
     filter: Filter,
     agent: Option<Agent>,
-    _bare: Option<bare_drop::BareDrop>,
+    _bare: Option<bpf::BareDrop>,
     sink: Option<Sink>,
     _feed: Option<TempFile>,
-    /// The generator's AF_PACKET socket on the peer end.
-    gen_fd: OwnedFd,
-    frames: Vec<Vec<u8>>,
+    generator: Generator,
     /// The receiving veth's NAPI thread.
     napi_tid: libc::pid_t,
     topo: Topology,
@@ -252,6 +290,10 @@ struct Snapshot {
     handled: u64,
     /// Run time of the NAPI thread (and the socket reader), ns.
     rx_ns: u64,
+    /// XDP frames the generator's veth handed to the receiver, and those
+    /// it could not (ring full): the live generator's sent and refused.
+    xdp_xmit: u64,
+    xdp_xmit_errors: u64,
 }
 
 /// One measurement.
@@ -279,9 +321,6 @@ impl Sample {
     fn busy(&self) -> f64 {
         self.rx_ns as f64 / 1e9 / self.secs()
     }
-    fn gen_ns_per_packet(&self) -> f64 {
-        self.sent.cpu.as_nanos() as f64 / self.sent.sent.max(1) as f64
-    }
 }
 
 /// Run time of thread `tid` (any process's) in ns, from its schedstat.
@@ -306,7 +345,11 @@ fn napi_threads() -> HashSet<(libc::pid_t, String)> {
 
 /// `ethtool -S` of the edge veth, as (name, value).
 fn ethtool_stats(topo: &Topology) -> Vec<(String, u64)> {
-    let out = topo.edge.exec(&["ethtool", "-S", &topo.edge_if]);
+    ethtool_stats_of(&topo.edge, &topo.edge_if)
+}
+
+fn ethtool_stats_of(ns: &crate::netns::NetNs, ifname: &str) -> Vec<(String, u64)> {
+    let out = ns.exec(&["ethtool", "-S", ifname]);
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
@@ -336,7 +379,7 @@ fn mac(ns: &crate::netns::NetNs, ifname: &str) -> [u8; 6] {
 }
 
 impl Receiver {
-    fn new(filter: Filter, list: &Blocklist) -> Self {
+    fn new(filter: Filter, list: &Blocklist, kind: GeneratorKind) -> Self {
         let topo = Topology::new();
         let edge_if = topo.edge_if.clone();
         let peer_if = format!("{edge_if}p");
@@ -353,9 +396,9 @@ impl Receiver {
             Filter::None => sink = Some(Sink::start(&topo)),
             Filter::BareDrop => {
                 let i = edge_if.clone();
-                bare = Some(topo.edge.run(move || bare_drop::BareDrop::attach(&i)).expect("XDP_DROP"));
+                bare = Some(topo.edge.run(move || bpf::BareDrop::attach(&i)).expect("XDP_DROP"));
             }
-            Filter::Tollgate => {
+            Filter::Tollgate | Filter::TollgateCut => {
                 let file = TempFile::new("feed");
                 std::fs::write(&file.0, list.feed()).expect("write the feed file");
                 let spec = format!("name=flood,path={}", file.path());
@@ -365,6 +408,9 @@ impl Receiver {
                     a.metrics().and_then(|m| metric_value(&m, series)).filter(|n| *n as usize >= list.len())
                 });
                 assert!(loaded.is_some(), "the agent did not load the feed's {} prefixes", list.len());
+                if filter == Filter::TollgateCut {
+                    cut_sip_stages(&a);
+                }
                 agent = Some(a);
                 feed = Some(file);
             }
@@ -397,18 +443,42 @@ impl Receiver {
         generator::pin(napi_tid, RX_CPU).expect("pin the NAPI thread");
         let (dst_mac, src_mac) = (mac(&topo.edge, &edge_if), mac(&topo.peer, &peer_if));
         let payload = fixture("svmap-options.sip");
-        let frames = list
-            .sources()
-            .into_iter()
-            .map(|(src, sport)| {
-                let dst = if src.is_ipv4() { EDGE_V4 } else { EDGE_V6 };
-                let mut f = FrameBuilder::udp(src, dst, sport, 5060).payload(payload).build();
-                generator::finish_frame(&mut f, dst_mac, src_mac);
-                f
-            })
-            .collect();
-        let gen_fd = topo.peer.run(move || generator::open(&peer_if)).expect("the generator's socket");
-        Self { filter, agent, _bare: bare, sink, _feed: feed, gen_fd, frames, napi_tid, topo }
+        let generator = match kind {
+            GeneratorKind::Packet => {
+                let frames = list
+                    .sources()
+                    .into_iter()
+                    .map(|(src, sport)| {
+                        let dst = if src.is_ipv4() { EDGE_V4 } else { EDGE_V6 };
+                        let mut f = FrameBuilder::udp(src, dst, sport, 5060).payload(payload).build();
+                        generator::finish_frame(&mut f, dst_mac, src_mac);
+                        f
+                    })
+                    .collect();
+                let fd = topo.peer.run(move || generator::open(&peer_if)).expect("the generator's socket");
+                Generator::Packet { fd, frames }
+            }
+            GeneratorKind::Live => {
+                // IPv6 from the list's /64s, IPv4 from each listed /24, in turn.
+                let frames = ["2001:db8:100::", "203.0.113.1", "2001:db8:100::", "198.51.100.1"]
+                    .iter()
+                    .map(|a| {
+                        let src: IpAddr = a.parse().expect("an address");
+                        let dst = if src.is_ipv4() { EDGE_V4 } else { EDGE_V6 };
+                        generator::live_frame(src, dst, payload, dst_mac, src_mac)
+                    })
+                    .collect();
+                let n6 = list.v6.len() as u32;
+                let (pass, ifindex) = topo.peer.run(move || {
+                    let pass = bpf::Program::action(bpf::XDP_PASS).expect("XDP_PASS");
+                    let link = pass.attach(&peer_if).expect("XDP_PASS on the generator's veth");
+                    ((pass, link), bpf::ifindex(&peer_if).expect("ifindex"))
+                });
+                let prog = bpf::Program::live_generator(n6).expect("the live-frames generator");
+                Generator::Live { prog, frames, ifindex, _pass: pass }
+            }
+        };
+        Self { filter, agent, _bare: bare, sink, _feed: feed, generator, napi_tid, topo }
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -416,24 +486,37 @@ impl Receiver {
         let handled = match self.filter {
             Filter::None => self.sink.as_ref().expect("sink").received.load(Ordering::Relaxed),
             Filter::BareDrop => stat(&stats, "rx_queue_0_xdp_drops"),
-            Filter::Tollgate => self.agent.as_ref().expect("agent").packets(verdict::DROP_BLOCKLIST),
+            Filter::Tollgate | Filter::TollgateCut => {
+                self.agent.as_ref().expect("agent").packets(verdict::DROP_BLOCKLIST)
+            }
             Filter::NftIngress => nft_counted(&self.topo, "netdev"),
             Filter::NftPrerouting => nft_counted(&self.topo, "inet"),
         };
         let reader = self.sink.as_ref().map_or(0, |s| run_time_ns(s.tid));
+        let peer = ethtool_stats_of(&self.topo.peer, &format!("{}p", self.topo.edge_if));
         Snapshot {
             taken: stat(&stats, "rx_queue_0_xdp_packets"),
             handled,
             rx_ns: run_time_ns(self.napi_tid) + reader,
+            xdp_xmit: stat(&peer, "tx_queue_0_xdp_xmit"),
+            xdp_xmit_errors: stat(&peer, "tx_queue_0_xdp_xmit_errors"),
         }
     }
 
     fn measure(&self, duration: Duration) -> Sample {
         let before = self.snapshot();
+        let peer_ns = self.topo.peer.path();
         let sent = std::thread::scope(|s| {
             s.spawn(|| {
                 generator::pin(0, GEN_CPU).expect("pin the generator");
-                generator::flood(&self.gen_fd, &self.frames, duration)
+                match &self.generator {
+                    Generator::Packet { fd, frames } => generator::flood(fd, frames, duration),
+                    Generator::Live { prog, frames, ifindex, .. } => {
+                        crate::netns::enter(&peer_ns);
+                        let (elapsed, cpu) = generator::flood_live(prog, frames, *ifindex, duration);
+                        generator::Sent { sent: 0, full: 0, elapsed, cpu }
+                    }
+                }
             })
             .join()
             .expect("generator")
@@ -442,6 +525,11 @@ impl Receiver {
         // socket reader may be a little behind.
         std::thread::sleep(Duration::from_millis(200));
         let after = self.snapshot();
+        let mut sent = sent;
+        if let Generator::Live { .. } = self.generator {
+            sent.sent = after.xdp_xmit - before.xdp_xmit;
+            sent.full = after.xdp_xmit_errors - before.xdp_xmit_errors;
+        }
         Sample {
             sent,
             taken: after.taken - before.taken,
@@ -468,15 +556,25 @@ pub fn run(args: Args) {
     // mount it as the unconfined agent (and systemd) would.
     tollgate::kernel::loader::ensure_bpffs(std::path::Path::new(crate::netns::PIN_ROOT))
         .expect("a BPF filesystem on /sys/fs/bpf");
-    let filters: Vec<Filter> =
-        Filter::ALL.into_iter().filter(|f| *f != Filter::Tollgate || list.len() <= FEED_LIMIT).collect();
-    println!(
-        "flood: UDP/5060 SVMAP-like OPTIONS ({} bytes on the wire), {FRAMES} frames from {} sources \
-         (half IPv4, half IPv6), AF_PACKET + PACKET_QDISC_BYPASS + sendmmsg x{} on CPU {GEN_CPU}",
-        FrameBuilder::udp(EDGE_V4, EDGE_V4, 1, 5060).payload(fixture("svmap-options.sip")).build().len(),
-        FRAMES,
-        generator::BATCH,
-    );
+    let filters: Vec<Filter> = Filter::ALL
+        .into_iter()
+        .filter(|f| !matches!(f, Filter::Tollgate | Filter::TollgateCut) || list.len() <= FEED_LIMIT)
+        .collect();
+    let wire =
+        FrameBuilder::udp(EDGE_V4, EDGE_V4, 1, 5060).payload(fixture("svmap-options.sip")).build().len();
+    match args.generator {
+        GeneratorKind::Packet => println!(
+            "flood: UDP/5060 SVMAP-like OPTIONS ({wire} bytes IPv4), {FRAMES} frames from as many sources \
+             (half IPv4, half IPv6) round and round; generator AF_PACKET + PACKET_QDISC_BYPASS + sendmmsg \
+             x{} on CPU {GEN_CPU}",
+            generator::BATCH,
+        ),
+        GeneratorKind::Live => println!(
+            "flood: UDP/5060 SVMAP-like OPTIONS ({wire} bytes IPv4), each frame from a random listed prefix \
+             (calls of 65,536 IPv6 frames and 65,536 IPv4 frames in turn); generator BPF_PROG_TEST_RUN \
+             live frames + XDP_TX on CPU {GEN_CPU}"
+        ),
+    }
     println!(
         "blocklist: {} prefixes for every filter ({} IPv4 /32, {} IPv6 /64); every flood packet is \
          from a listed prefix",
@@ -494,15 +592,16 @@ pub fn run(args: Args) {
              most {FEED_LIMIT} (run with --prefixes {FEED_LIMIT} or fewer for its row)"
         );
     }
-    let receivers: Vec<Receiver> = filters.iter().map(|f| Receiver::new(*f, &list)).collect();
+    let receivers: Vec<Receiver> = filters.iter().map(|f| Receiver::new(*f, &list, args.generator)).collect();
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); receivers.len()];
     for round in 1..=rounds {
         for (r, out) in receivers.iter().zip(samples.iter_mut()) {
             let s = r.measure(duration);
             eprintln!(
-                "round {round} {:<36} sent {:>9.0}/s handled {:>9.0}/s taken {:>9} {:>6.0} ns/pkt busy {:>4.0}%",
+                "round {round} {:<36} sent {:>9.0}/s (ring full {:>9}) handled {:>9.0}/s taken {:>9} {:>6.0} ns/pkt busy {:>4.0}%",
                 r.filter.name(),
                 s.sent_pps(),
+                s.sent.full,
                 s.handled_pps(),
                 s.taken,
                 s.ns_per_packet(),
@@ -511,19 +610,77 @@ pub fn run(args: Args) {
             out.push(s);
         }
     }
-    report(&filters, &samples);
+    let programs = program_times(&receivers, duration);
+    report(&filters, &samples, programs.as_ref());
+}
+
+/// One more measurement of each XDP receiver with the kernel's BPF
+/// run-time statistics on (they cost two clock reads per run, so not
+/// during the rounds): each XDP program's own ns per packet, and the live
+/// generator program's.
+struct ProgramTimes {
+    receivers: Vec<(Filter, f64)>,
+    generator: Option<f64>,
+}
+
+fn program_times(receivers: &[Receiver], duration: Duration) -> Option<ProgramTimes> {
+    let _stats = bpf::enable_run_time_stats()
+        .map_err(|e| println!("XDP program run times: not measured (BPF_ENABLE_STATS: {e})"))
+        .ok()?;
+    let per_run = |prog: &bpf::Program, r: &Receiver| {
+        let before = prog.run_stats().expect("program info");
+        r.measure(duration);
+        let after = prog.run_stats().expect("program info");
+        (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64
+    };
+    let xdp = |f: Filter| matches!(f, Filter::BareDrop | Filter::Tollgate | Filter::TollgateCut);
+    let times = receivers
+        .iter()
+        .filter(|r| xdp(r.filter))
+        .map(|r| {
+            let prog = bpf::Program::by_id(attached_prog_id(&r.topo)).expect("the attached program");
+            (r.filter, per_run(&prog, r))
+        })
+        .collect();
+    let generator =
+        receivers.iter().find(|r| r.filter == Filter::BareDrop).and_then(|r| match &r.generator {
+            Generator::Live { prog, .. } => Some(per_run(prog, r)),
+            Generator::Packet { .. } => None,
+        });
+    Some(ProgramTimes { receivers: times, generator })
+}
+
+/// Empties the parse slot of a running agent's pinned XDP jump table: its
+/// first program then stages the payload, fails the tail call, and counts
+/// and returns the verdict it decided (for a listed source, drop).
+fn cut_sip_stages(agent: &Agent) {
+    use aya::maps::{Map, MapData, ProgramArray};
+    let data = MapData::from_pin(agent.pin_dir.join(tollgate_common::MAP_JUMP_XDP)).expect("pinned JUMP_XDP");
+    let mut table = ProgramArray::try_from(Map::ProgramArray(data)).expect("JUMP_XDP is a program array");
+    table.clear_index(&tollgate_common::JUMP_PARSE).expect("clearing the parse slot");
+}
+
+/// The id of the XDP program attached to the edge veth.
+fn attached_prog_id(topo: &Topology) -> u32 {
+    let out = topo.edge.exec(&["ip", "link", "show", "dev", &topo.edge_if]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .windows(3)
+        .find(|w| w[0].starts_with("prog/xdp") && w[1] == "id")
+        .and_then(|w| w[2].parse().ok())
+        .unwrap_or_else(|| panic!("no XDP program on {}: {text}", topo.edge_if))
 }
 
 /// The table: medians per filter, and ratios to nftables netdev ingress.
-fn report(filters: &[Filter], samples: &[Vec<Sample>]) {
+fn report(filters: &[Filter], samples: &[Vec<Sample>], programs: Option<&ProgramTimes>) {
     struct Row {
         filter: Filter,
         pps: f64,
         ns: f64,
         busy: f64,
-        sent: f64,
-        gen_ns: f64,
-        lost: f64,
+        offered: f64,
+        full: f64,
     }
     let rows: Vec<Row> = filters
         .iter()
@@ -533,22 +690,23 @@ fn report(filters: &[Filter], samples: &[Vec<Sample>]) {
             pps: median(s.iter().map(Sample::handled_pps).collect()),
             ns: median(s.iter().map(Sample::ns_per_packet).collect()),
             busy: median(s.iter().map(Sample::busy).collect()),
-            sent: median(s.iter().map(Sample::sent_pps).collect()),
-            gen_ns: median(s.iter().map(Sample::gen_ns_per_packet).collect()),
-            lost: median(s.iter().map(|s| s.sent.sent.saturating_sub(s.handled) as f64).collect()),
+            offered: median(s.iter().map(|s| (s.sent.sent + s.sent.full) as f64 / s.secs()).collect()),
+            full: median(
+                s.iter().map(|s| s.sent.full as f64 / (s.sent.sent + s.sent.full).max(1) as f64).collect(),
+            ),
         })
         .collect();
-    let nft = rows.iter().find(|r| r.filter == Filter::NftIngress).expect("the nftables ingress row");
+    let row = |f: Filter| rows.iter().find(|r| r.filter == f);
+    let nft = row(Filter::NftIngress).expect("the nftables ingress row");
     let (nft_pps, nft_ns) = (nft.pps, nft.ns);
     println!();
     println!(
-        "{:<36} {:>11} {:>8} {:>10} {:>6} {:>10} {:>8} {:>8} {:>9}",
-        "receiver", "dropped/s", "vs nft", "ns/pkt rx", "vs nft", "1 core/s", "rx busy", "sent/s", "gen ns"
+        "{:<36} {:>10} {:>7} {:>8} {:>7} {:>10} {:>6} {:>10} {:>5}",
+        "receiver", "dropped/s", "vs nft", "rx ns/p", "vs nft", "1 core/s", "busy", "offered/s", "full"
     );
     for r in &rows {
-        let pps_label = if r.filter == Filter::None { "(received)" } else { "" };
         println!(
-            "{:<36} {:>11.0} {:>7.2}x {:>10.0} {:>5.2}x {:>10.0} {:>7.0}% {:>8.0} {:>9.0} {pps_label}",
+            "{:<36} {:>10.0} {:>6.2}x {:>8.0} {:>6.2}x {:>10.0} {:>5.0}% {:>10.0} {:>4.0}%{}",
             r.filter.name(),
             r.pps,
             r.pps / nft_pps,
@@ -556,34 +714,65 @@ fn report(filters: &[Filter], samples: &[Vec<Sample>]) {
             nft_ns / r.ns,
             1e9 / r.ns,
             r.busy * 100.0,
-            r.sent,
-            r.gen_ns,
+            r.offered,
+            r.full * 100.0,
+            if r.filter == Filter::None { "  (dropped/s: read by the socket)" } else { "" },
         );
-        if r.filter != Filter::None && r.lost > 0.0 {
-            println!("    ({:.0} packets sent but not counted as dropped, median per run)", r.lost);
-        }
     }
     println!(
-        "\ndropped/s: packets the filter counted as dropped (no filter: datagrams the socket read) per \
-         second of flood; ns/pkt rx: run time of the receiving NAPI thread (+ socket reader) per packet \
-         it took; 1 core/s: 1e9 / ns, what one receiving core would drop flat out; vs nft: the pps \
-         ratio, and for ns nftables' ns over this one (how many times cheaper)"
+        "\ndropped/s: counted by the filter (nft counters, the agent's drop/blocklist, the veth's xdp_drops) \
+         per second; rx ns/p: the receiving NAPI thread's run time (+ the socket reader's) per packet \
+         taken off the ring; vs nft: pps over nftables netdev ingress's, and its ns/p over this row's \
+         (times cheaper); 1 core/s: 1e9 / rx ns/p, what one receiving core would drop flat out; busy: \
+         the NAPI thread's share of the wall time; offered/s: frames the generator offered (taken + \
+         refused), full: the share refused because the receive ring was full"
     );
-    if let Some(t) = rows.iter().find(|r| r.filter == Filter::Tollgate) {
-        let (by_pps, by_ns) = (t.pps / nft_pps, nft_ns / t.ns);
-        let verdict = if by_pps >= 5.0 { "met" } else { "not met" };
-        println!(
-            "goal (tollgate >= 5x nftables netdev ingress): {by_pps:.2}x by drop rate, {by_ns:.2}x by CPU per \
-             packet: {verdict}"
-        );
-        if by_pps < 5.0 {
-            println!(
-                "  why: on veth the drop rate is bounded by the generator's core (one AF_PACKET sendmmsg \
-                 per packet, on a 2-core machine shared with other work) and by veth's own receive cost \
-                 (it copies every skb into a page before XDP sees it: not a NIC's driver path), paid by \
-                 XDP and nftables alike; and tollgate drops after counting, not before (see the bare \
-                 XDP_DROP row for the setup's ceiling)"
-            );
+    if let Some(p) = programs {
+        let mut line = String::from("XDP program's own ns per packet (BPF run-time stats, a separate pass):");
+        for (f, ns) in &p.receivers {
+            write!(line, " {} {ns:.0};", f.name().trim()).unwrap();
         }
+        if let Some(g) = p.generator {
+            write!(line, " the live generator's program {g:.0}").unwrap();
+        }
+        println!("{line}");
     }
+    let Some(t) = row(Filter::Tollgate) else { return };
+    let (by_pps, by_ns) = (t.pps / nft_pps, nft_ns / t.ns);
+    let met = if by_ns >= 5.0 && by_pps >= 5.0 { "met" } else { "not met" };
+    println!(
+        "\ngoal: tollgate >= 5x nftables netdev ingress: {by_ns:.2}x by CPU per packet, {by_pps:.2}x by drop \
+         rate: {met}"
+    );
+    if let Some(b) = row(Filter::BareDrop) {
+        println!(
+            "  ceiling of this setup: a bare XDP_DROP is {:.2}x nftables by CPU per packet ({:.0} ns), so the \
+             veth path itself leaves room for 5x",
+            nft_ns / b.ns,
+            b.ns
+        );
+    }
+    let own = |f: Filter| programs.and_then(|p| p.receivers.iter().find(|(g, _)| *g == f)).map(|(_, ns)| *ns);
+    if let Some(ns) = own(Filter::Tollgate) {
+        println!(
+            "  tollgate's program takes {ns:.0} of its {:.0} ns: a request from a listed source is dropped only \
+             after its payload is staged, parsed and counted (\"Dropped requests are still counted\")",
+            t.ns
+        );
+    }
+    if let (Some(c), Some(ns)) = (row(Filter::TollgateCut), own(Filter::TollgateCut)) {
+        println!(
+            "  with the SIP stages cut the program still takes {ns:.0} ns (staging the payload) and the receiver \
+             {:.0} ns: {:.2}x nftables; dropping before staging is what would approach the bare XDP_DROP",
+            c.ns,
+            nft_ns / c.ns
+        );
+    }
+    println!(
+        "  drop rates here are not capacities: the receiving thread was {:.0}% busy while {:.0}% of the frames \
+         found its ring full (it shares its core with other work and waits to be scheduled), so compare CPU \
+         per packet and 1 core/s",
+        t.busy * 100.0,
+        t.full * 100.0
+    );
 }

@@ -1,20 +1,33 @@
-//! The flood's generator: prebuilt Ethernet frames written straight to the
-//! generator's veth with an AF_PACKET socket, `PACKET_QDISC_BYPASS` (no
-//! qdisc: the frame goes to the driver's transmit function from the
-//! `sendmmsg` call) and batches of [`BATCH`] frames per system call.
+//! The flood's generators. This kernel has no pktgen and Debian's
+//! xdp-trafficgen does not load on it (../shared/PEERS.md), so they are
+//! ours:
+//! - `packet`: prebuilt Ethernet frames written straight to the generator's
+//!   veth with an AF_PACKET socket, `PACKET_QDISC_BYPASS` (no qdisc: the
+//!   frame goes to the driver's transmit function from the `sendmmsg` call)
+//!   and batches of [`BATCH`] frames per system call. Each frame is an skb
+//!   the receiving veth must copy into a page before XDP can see it.
+//! - `live`: BPF_PROG_TEST_RUN with `BPF_F_TEST_XDP_LIVE_FRAMES` (what
+//!   xdp-trafficgen does): the kernel runs a small XDP program over frames
+//!   from its own page pool and transmits each with `XDP_TX` out of the
+//!   generator's veth, which hands it to its peer as an XDP frame, as a
+//!   NIC's driver receives one (no skb, no copy).
 //!
-//! This kernel has no pktgen and Debian's xdp-trafficgen does not load on it
-//! (../shared/PEERS.md), so the generator is ours. A veth's transmit puts the
-//! frame on the peer's receive ring; when that ring is full the frame is
-//! refused (ENOBUFS): counted here, never as sent.
+//! A veth's transmit puts the frame on the peer's receive ring; when that
+//! ring is full the frame is refused: counted, never as sent.
 
 use std::{
     io,
+    net::IpAddr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
 
-use tollgate_common::packet::{ETH_P_IPV4, ETH_P_IPV6};
+use tollgate_common::{
+    frames::FrameBuilder,
+    packet::{ETH_P_IPV4, ETH_P_IPV6},
+};
+
+use super::bpf::Program;
 
 /// Frames per `sendmmsg`.
 pub const BATCH: usize = 64;
@@ -120,6 +133,52 @@ pub fn flood(fd: &OwnedFd, frames: &[Vec<u8>], duration: Duration) -> Sent {
     Sent { sent, full, elapsed: start.elapsed(), cpu: thread_cpu() - cpu0 }
 }
 
+/// A frame for [`crate::flood::bpf::Program::live_generator`]: UDP from
+/// `src` to `dst`:5060 with `payload`, built with the invariants that
+/// program keeps (see there), and with valid checksums.
+pub fn live_frame(src: IpAddr, dst: IpAddr, payload: &[u8], dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
+    let (src, sport) = match src {
+        IpAddr::V4(a) => {
+            let d = a.octets()[3];
+            assert!((1..=254).contains(&d), "the generator picks d in 1..=254");
+            (IpAddr::V4(a), 0xffff - u16::from(d))
+        }
+        IpAddr::V6(a) => {
+            let mut w = a.segments();
+            assert_eq!(w[2], 0x100, "the generator varies the 4th word of 2001:db8:100::/48");
+            w[7] = 0xffff - w[3];
+            (IpAddr::V6(w.into()), 40000)
+        }
+    };
+    let mut f = FrameBuilder::udp(src, dst, sport, 5060).payload(payload).build();
+    if src.is_ipv4() {
+        f[18..20].copy_from_slice(&sport.to_be_bytes());
+    }
+    finish_frame(&mut f, dst_mac, src_mac);
+    f
+}
+
+/// Runs `prog` (the live-frames generator) on the calling thread, which
+/// must be in the namespace of `ifindex`, for `duration`: calls of
+/// `repeat` frames each, cycling through `frames`. The frames sent are
+/// counted by the veth (see the caller); returns (elapsed, thread CPU).
+pub fn flood_live(
+    prog: &Program,
+    frames: &[Vec<u8>],
+    ifindex: u32,
+    duration: Duration,
+) -> (Duration, Duration) {
+    const REPEAT: u32 = 1 << 16;
+    let cpu0 = thread_cpu();
+    let start = Instant::now();
+    let mut i = 0;
+    while start.elapsed() < duration {
+        prog.run_live(&frames[i % frames.len()], ifindex, REPEAT).expect("BPF_PROG_TEST_RUN, live frames");
+        i += 1;
+    }
+    (start.elapsed(), thread_cpu() - cpu0)
+}
+
 /// CPU time of the calling thread.
 pub fn thread_cpu() -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -188,10 +247,6 @@ fn fold(mut s: u32) -> u16 {
 
 #[cfg(test)]
 mod tests {
-    use std::net::IpAddr;
-
-    use tollgate_common::frames::FrameBuilder;
-
     use super::*;
 
     /// A correct checksum sums, with itself, to all ones.
@@ -209,6 +264,41 @@ mod tests {
                 (sum(&ip[8..40]) + 17 + (ip.len() - 40) as u32, &ip[40..])
             };
             assert_eq!(fold(pseudo + sum(udp)), 0, "UDP checksum of {src}");
+        }
+    }
+
+    /// The live generator's rewrite (a new d, or a new i and j, kept by the
+    /// invariants) leaves both checksums valid.
+    #[test]
+    fn live_rewrites_keep_checksums() {
+        let v4 =
+            live_frame("203.0.113.1".parse().unwrap(), "192.0.2.1".parse().unwrap(), b"x", [2; 6], [4; 6]);
+        let v6 = live_frame(
+            "2001:db8:100::".parse().unwrap(),
+            "2001:db8:ffff::1".parse().unwrap(),
+            b"x",
+            [2; 6],
+            [4; 6],
+        );
+        for d in [1u8, 77, 254] {
+            let mut f = v4.clone();
+            f[29] = d;
+            f[18..20].copy_from_slice(&(0xffff - u16::from(d)).to_be_bytes());
+            f[34..36].copy_from_slice(&(0xffff - u16::from(d)).to_be_bytes());
+            let ip = &f[14..];
+            assert_eq!(fold(sum(&ip[..20])), 0, "IPv4 header, d {d}");
+            assert_eq!(
+                fold(sum(&ip[12..20]) + 17 + (ip.len() - 20) as u32 + sum(&ip[20..])),
+                0,
+                "UDP, d {d}"
+            );
+        }
+        for i in [0u16, 1, 60_000, 0xffff] {
+            let mut f = v6.clone();
+            f[28..30].copy_from_slice(&i.to_be_bytes());
+            f[36..38].copy_from_slice(&(0xffff - i).to_be_bytes());
+            let ip = &f[14..];
+            assert_eq!(fold(sum(&ip[8..40]) + 17 + (ip.len() - 40) as u32 + sum(&ip[40..])), 0, "UDP, i {i}");
         }
     }
 }
