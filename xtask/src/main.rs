@@ -146,7 +146,9 @@ enum Task {
     },
     /// Benchmarks that print ratios measured side by side in one run:
     /// `bench verdict [--repeat N] [--rounds N]`, `bench time-to-block
-    /// [--runs N] [--sources N]` (`cargo xtask bench help` lists them). The arguments
+    /// [--runs N] [--sources N]`, `bench flood [--quick] [--generator
+    /// live|packet] [--prefixes N]` (README, Performance: "Dropping a
+    /// flood") (`cargo xtask bench help` lists them). The arguments
     /// go to the bench binary, which defines them once.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
