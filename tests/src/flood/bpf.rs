@@ -130,6 +130,24 @@ impl Program {
         bpf_cmd(BPF_PROG_TEST_RUN, &mut attr).map(drop)
     }
 
+    /// Runs the program once on `frame` (BPF_PROG_TEST_RUN, no side
+    /// effects): its return value and the frame as it left it.
+    pub fn run_once(&self, frame: &[u8]) -> io::Result<(u32, Vec<u8>)> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut attr = [0u8; 128];
+        put32(&mut attr, 0, self.0.as_raw_fd() as u32);
+        put32(&mut attr, 8, frame.len() as u32);
+        put32(&mut attr, 12, out.len() as u32);
+        put64(&mut attr, 16, frame.as_ptr() as u64);
+        put64(&mut attr, 24, out.as_mut_ptr() as u64);
+        put32(&mut attr, 32, 1);
+        bpf_cmd(BPF_PROG_TEST_RUN, &mut attr)?;
+        let retval = u32::from_ne_bytes(attr[4..8].try_into().expect("4 bytes"));
+        let size = u32::from_ne_bytes(attr[12..16].try_into().expect("4 bytes")) as usize;
+        out.truncate(size);
+        Ok((retval, out))
+    }
+
     /// Attaches the program to `ifname` of the calling thread's network
     /// namespace in driver mode; detached when the link is dropped.
     pub fn attach(&self, ifname: &str) -> io::Result<OwnedFd> {

@@ -267,6 +267,41 @@ mod tests {
         }
     }
 
+    /// The live generator's program itself (loaded, so verified, and run
+    /// with BPF_PROG_TEST_RUN): every frame it sends has valid checksums
+    /// and a source from the list.
+    #[test]
+    fn live_program_keeps_checksums() {
+        if !crate::privileged("live_program_keeps_checksums") {
+            return;
+        }
+        const N6: u32 = 60_932;
+        let prog = Program::live_generator(N6).expect("the generator program loads");
+        let dst4 = "192.0.2.1".parse().unwrap();
+        let dst6 = "2001:db8:ffff::1".parse().unwrap();
+        let mut f4 = live_frame("203.0.113.1".parse().unwrap(), dst4, b"OPTIONS x", [2; 6], [4; 6]);
+        let mut f6 = live_frame("2001:db8:100::".parse().unwrap(), dst6, b"OPTIONS x", [2; 6], [4; 6]);
+        for _ in 0..200 {
+            let (action, out) = prog.run_once(&f4).expect("test run");
+            assert_eq!(action, super::super::bpf::XDP_TX as u32);
+            let ip = &out[14..];
+            assert_eq!(fold(sum(&ip[..20])), 0, "IPv4 header checksum");
+            assert_eq!(fold(sum(&ip[12..20]) + 17 + (ip.len() - 20) as u32 + sum(&ip[20..])), 0, "UDP/IPv4");
+            assert!((1..=254).contains(&ip[15]) && ip[12..15] == [203, 0, 113], "source {:?}", &ip[12..16]);
+            f4 = out;
+            let (_, out) = prog.run_once(&f6).expect("test run");
+            let ip = &out[14..];
+            assert_eq!(fold(sum(&ip[8..40]) + 17 + (ip.len() - 40) as u32 + sum(&ip[40..])), 0, "UDP/IPv6");
+            let i = u16::from_be_bytes([ip[14], ip[15]]);
+            assert!(
+                u32::from(i) < N6 && ip[8..14] == [0x20, 0x01, 0x0d, 0xb8, 0x01, 0x00],
+                "source {:?}",
+                &ip[8..24]
+            );
+            f6 = out;
+        }
+    }
+
     /// The live generator's rewrite (a new d, or a new i and j, kept by the
     /// invariants) leaves both checksums valid.
     #[test]
