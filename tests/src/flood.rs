@@ -1,6 +1,7 @@
 //! `cargo xtask bench flood`: how fast each filter drops a UDP/5060 flood
 //! from blocklisted sources, and what each dropped packet costs the
-//! receiving core, all filters measured in one run, interleaved.
+//! receiving core, all filters measured in one run, interleaved. README,
+//! Performance, "Dropping a flood", has the method and the figures.
 //!
 //! Receivers, each on its own veth pair and pair of namespaces made at the
 //! start (so the agent is started once, not once per round):
@@ -8,34 +9,35 @@
 //! 2. a bare `XDP_DROP` program in driver mode (the ceiling of the setup);
 //! 3. tollgate: the real agent (`tollgate run --xdp-mode driver`), its
 //!    blocklist loaded from a `--feed` file;
-//! 4. nftables, netdev family, ingress hook of the veth, dropping UDP/5060
+//! 4. the same with the SIP stages cut (what an early drop would cost);
+//! 5. nftables, netdev family, ingress hook of the veth, dropping UDP/5060
 //!    from sources in two interval sets (IPv4 and IPv6);
-//! 5. nftables, inet family, prerouting at filter priority with conntrack
+//! 6. nftables, inet family, prerouting at filter priority with conntrack
 //!    in use (a `ct state established,related accept` rule first), dropping
 //!    the same.
 //!
 //! Every blocking receiver gets the same prefixes. IPv4's documentation
 //! ranges hold only 768 addresses, so the list is 508 IPv4 /32s
 //! (198.51.100.1-254, 203.0.113.1-254) and IPv6 /64s in 2001:db8:100::/40
-//! for the rest. The flood is half IPv4 (every listed /32, four source
-//! ports each) and half IPv6 (2,048 prefixes spread evenly over the list),
-//! so every lookup has to find a different entry of a full list: the same
-//! packets for every receiver, and a hit for each, as in a flood from known
-//! attackers.
+//! for the rest. The flood is half IPv4, half IPv6, every packet from a
+//! listed prefix and the IPv6 ones spread over the list (see
+//! [`generator`]), so the lookups find different entries of a full list:
+//! the same packets for every receiver, and a hit for each, as in a flood
+//! from known attackers.
 //!
-//! What is charged to the receiver. A veth's transmit (here in the
-//! generator's `sendmmsg`) puts the packet on the peer's receive ring and
-//! schedules the peer's NAPI; without threaded NAPI the receive path then
-//! runs as a softirq on the *sender's* core, mixed with the sender's own
-//! work. So each receiving veth gets GRO on (veth then uses NAPI with or
-//! without XDP, as a real NIC driver does) and threaded NAPI, its poll
-//! thread pinned to CPU 1 and the generator to CPU 0. Everything the
-//! receiver does per packet (the XDP program, building the skb, GRO, the
-//! nftables hooks, conntrack, the IP and UDP layers) runs in that thread;
-//! its run time (/proc/TID/schedstat) divided by the packets it took off
-//! the ring (ethtool's `rx_queue_0_xdp_packets`, counted with or without a
-//! program) is the CPU per packet. For the socket case the reading
-//! thread's run time (also on CPU 1) is added.
+//! What is charged to the receiver. A veth's transmit (in the generator's
+//! system call) puts the packet on the peer's receive ring and schedules
+//! the peer's NAPI; without threaded NAPI the receive path then runs as a
+//! softirq on the *sender's* core, mixed with the sender's own work. So
+//! each receiving veth gets GRO on (veth then uses NAPI with or without
+//! XDP, as a real NIC driver does) and threaded NAPI, its poll thread
+//! pinned to CPU 1 and the generator to CPU 0. Everything the receiver
+//! does per packet (the XDP program, building the skb, GRO, the nftables
+//! hooks, conntrack, the IP and UDP layers) runs in that thread; its run
+//! time (/proc/TID/schedstat) divided by the packets it took off the ring
+//! (ethtool's `rx_queue_0_xdp_packets`, counted with or without a program)
+//! is the CPU per packet. For the socket case the reading thread's run
+//! time (also on CPU 1) is added.
 
 pub mod bpf;
 pub mod generator;
@@ -227,9 +229,10 @@ impl Blocklist {
         )
     }
 
-    /// The flood's sources, in sending order: IPv4 and IPv6 alternately;
-    /// each listed IPv4 address with four source ports, and IPv6 addresses
-    /// in prefixes spread over the whole list.
+    /// The packet generator's sources, in sending order: IPv4 and IPv6
+    /// alternately; each listed IPv4 address with four source ports, and
+    /// IPv6 addresses in `v6_sources` prefixes (at most [`FRAMES`] / 2)
+    /// spread over the whole list.
     fn sources(&self, v6_sources: usize) -> Vec<(IpAddr, u16)> {
         let half = FRAMES / 2;
         let m = v6_sources.min(half);
