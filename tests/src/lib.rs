@@ -8,6 +8,7 @@
 
 pub mod dashboard;
 pub mod etcd;
+pub mod flood;
 pub mod http;
 pub mod kamailio;
 pub mod netns;

@@ -29,8 +29,11 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     // systemd-analyze verify/security for tests/unit.rs (systemd need not run).
     "systemd",
-    // The test proving XDP blocks are not bypassed by conntrack.
+    // The test proving XDP blocks are not bypassed by conntrack, and the
+    // flood benchmark's nftables receivers.
     "nftables",
+    // The flood benchmark: GRO and TSO of its veths, their queue counters.
+    "ethtool",
     // Real SIP peers for the integration tests (sipp) and a real registrar
     // for the acceptance tests (Kamailio; its base package has auth,
     // auth_db, db_text, registrar and usrloc).
@@ -145,7 +148,9 @@ enum Task {
     },
     /// Benchmarks that print ratios measured side by side in one run:
     /// `bench verdict [--repeat N] [--rounds N]`, `bench time-to-block
-    /// [--runs N] [--sources N]` (`cargo xtask bench help` lists them). The arguments
+    /// [--runs N] [--sources N]`, `bench flood [--quick] [--generator
+    /// live|packet] [--prefixes N]` (README, Performance: "Dropping a
+    /// flood") (`cargo xtask bench help` lists them). The arguments
     /// go to the bench binary, which defines them once.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

@@ -57,6 +57,9 @@ enum Which {
         #[arg(long)]
         only: Option<String>,
     },
+    /// A UDP/5060 flood from blocklisted sources over a veth: drop rate and
+    /// receiver CPU per packet of tollgate, nftables and bare XDP_DROP.
+    Flood(tollgate_tests::flood::Args),
 }
 
 /// The challenged phone (see `challenge` below).
@@ -74,6 +77,7 @@ fn main() {
     let (repeat, rounds, stages, only) = match cli.which {
         Which::Verdict { repeat, rounds, stages, only } => (repeat, rounds, stages, only),
         Which::TimeToBlock { runs, sources } => return tollgate_tests::ttb::run(runs, sources),
+        Which::Flood(args) => return tollgate_tests::flood::run(args),
     };
     let mut l = Loaded::new();
     // A realistically populated blocklist: 10,000 IPv6 /64s plus IPv4 entries.
