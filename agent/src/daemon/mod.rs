@@ -313,13 +313,18 @@ impl Daemon {
     fn call_event(&mut self, event: &ThresholdEvent) {
         let now = monotonic_now_ns();
         let decisions = self.learned.call_event(&mut self.engine, &mut self.reporting, now, event);
+        self.apply_all(decisions, Some(event.at_ns));
+    }
+
+    /// Applies decisions (taken on a kernel event at `at_ns`, if one).
+    fn apply_all(&mut self, decisions: Vec<crate::policy::Decision>, at_ns: Option<u64>) {
         if decisions.is_empty() {
             return;
         }
         let mut m = lock(&self.maps);
         for d in decisions {
             self.reporting.decision(&d);
-            self.actuator.apply(&mut m, &d, Some(event.at_ns));
+            self.actuator.apply(&mut m, &d, at_ns);
         }
     }
 
@@ -387,14 +392,7 @@ impl Daemon {
         let sums = sharing.sums();
         let now = monotonic_now_ns();
         let decisions = self.learned.elsewhere(&mut self.engine, &mut self.reporting, now, sums);
-        if decisions.is_empty() {
-            return;
-        }
-        let mut m = lock(&self.maps);
-        for d in decisions {
-            self.reporting.decision(&d);
-            self.actuator.apply(&mut m, &d, None);
-        }
+        self.apply_all(decisions, None);
     }
 
     fn sweep(&mut self) {
