@@ -2,8 +2,8 @@
 
 mod actuator;
 mod attach;
-pub mod feeds;
 mod cluster;
+pub mod feeds;
 mod learning;
 mod operator;
 mod persist;
@@ -75,6 +75,7 @@ pub async fn run(args: RunArgs, notifier: Notifier) -> anyhow::Result<()> {
         &mut maps,
         &args.allows,
         feeds::FeedMetrics::register(&registry),
+        args.blocklist_capacity,
     );
     let maps = Arc::new(Mutex::new(maps));
     // A second, read-only handle on the same pinned maps for the whole-map
@@ -110,7 +111,10 @@ pub async fn run(args: RunArgs, notifier: Notifier) -> anyhow::Result<()> {
             setup.countries,
             event_counts,
             actuator.counts().clone(),
-            args.detect.max_sources,
+            crate::kernel::loader::MapSizes {
+                max_sources: args.detect.max_sources,
+                blocklist_capacity: args.blocklist_capacity,
+            },
         )))
         .expect("collector registers once");
     let (ctl_tx, ctl_rx) = mpsc::channel::<control::Pending>(16);
