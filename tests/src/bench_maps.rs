@@ -206,7 +206,6 @@ pub fn run(opts: &Options) {
         "the largest fill ({largest}) must fit the capacity ({})",
         opts.capacity
     );
-    let kmem_before_load = cgroup_kmem();
     let mut l = Loaded::with_blocklist_capacity(opts.capacity);
     let defaults = agent_defaults();
     l.maps.set_config(defaults).expect("config");
@@ -384,14 +383,9 @@ pub fn run(opts: &Options) {
         "bpftool's and fdinfo's memlock are the kernel's estimate for an LPM trie: (24-byte node + 16-byte key +\n\
          16-byte value) x entries, without intermediate nodes or allocator rounding. The cgroup delta is what\n\
          this process's memory cgroup was charged since the map was empty (the map is charged to its creator's\n\
-         cgroup; includes the allocator's caches and anything else this process allocated in the kernel since)."
+         cgroup; includes the allocator's caches and anything else this process allocated or freed in the\n\
+         kernel since, such as an earlier section's maps)."
     );
-    if let (Some(a), Some(b)) = (kmem_before_load, base_kmem) {
-        println!(
-            "loading the object (all maps, programs, verifier) charged {:.1} MiB",
-            (b.saturating_sub(a)) as f64 / 1048576.0
-        );
-    }
 
     // One call per entry, for comparison: every entry of the full map
     // replaced one by one (the kernel allocates a new node for each, as for
