@@ -42,7 +42,8 @@ enum Which {
         sources: u32,
     },
     /// BPF_PROG_TEST_RUN ns per packet for each verdict path, next to a bare
-    /// XDP_PASS program in the same run.
+    /// XDP_PASS program in the same run (and the blocklisted drop next to
+    /// an xdp-filter-style static drop).
     Verdict {
         /// Runs per measurement (the kernel reports the average).
         #[arg(long, default_value_t = 1_000_000)]
@@ -75,7 +76,8 @@ enum Which {
         #[arg(long)]
         quick: bool,
     },
-    /// Every benchmark, one report: each section of `SECTIONS` in turn.
+    /// Every benchmark in one report (verdict, maps, time-to-block), with
+    /// the machine it ran on.
     All {
         /// A short version: fewer and shorter rounds, fewer runs (the 1M
         /// blocklist fill is still measured).
@@ -136,7 +138,9 @@ fn main() {
     match cli.which {
         Which::Verdict { repeat, rounds, stages, only } => verdict(repeat, rounds, stages, only),
         Which::TimeToBlock { runs, sources } => time_to_block(runs, sources),
-        Which::Maps { repeat, rounds, fills, quick } => {
+        Which::Maps { repeat, rounds, mut fills, quick } => {
+            fills.sort_unstable();
+            fills.dedup();
             let base = if quick { bench_maps::Options::quick() } else { bench_maps::Options::full() };
             let capacity = fills.iter().copied().max().unwrap_or(0).max(base.capacity);
             bench_maps::run(&bench_maps::Options {
