@@ -67,6 +67,11 @@ struct EvidenceJson {
     /// as a whole was restricted.
     #[serde(skip_serializing_if = "Option::is_none")]
     no_other_identity_known: Option<bool>,
+    /// (clustering) Of `count`, what other nodes counted, and how many.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    counted_elsewhere: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    other_nodes: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -203,6 +208,8 @@ fn evidence(e: &Evidence) -> EvidenceJson {
         addresses_at_least: e.addresses,
         new_prefix: e.prefix.map(|p| p.to_string()),
         no_other_identity_known: e.strong,
+        counted_elsewhere: e.elsewhere,
+        other_nodes: e.nodes,
     }
 }
 

@@ -94,6 +94,14 @@ pub struct ClusterView {
     /// Restrictions in force here, by the node that decided them.
     pub by_origin: std::collections::BTreeMap<String, usize>,
     pub queued: usize,
+    /// Countries and sources whose counts on other nodes are summed here,
+    /// and from how many other nodes.
+    #[serde(default)]
+    pub summed_countries: usize,
+    #[serde(default)]
+    pub summed_sources: usize,
+    #[serde(default)]
+    pub counting_nodes: usize,
 }
 
 /// A threshold in force for a subject on one scale.

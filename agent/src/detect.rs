@@ -182,6 +182,49 @@ pub struct Report {
     /// (new-prefix) The prefix, and whether no other identity is known there.
     pub prefix: Option<IpNet>,
     pub strong: bool,
+    /// (clustering) The part of `count` other nodes counted, and how many
+    /// nodes: the sum was judged.
+    pub elsewhere: Option<(u32, u32)>,
+}
+
+/// What the other nodes of a cluster count of one subject, and whether
+/// this node is the one to judge the sum, per scale
+/// ([`crate::cluster::counts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Elsewhere {
+    /// Their counts, summed.
+    pub others: [u32; SCALES],
+    /// Their distinct sources (countries), summed: a source calling through
+    /// two nodes counts twice.
+    pub sources: [u32; SCALES],
+    /// How many other nodes count it.
+    pub nodes: [u32; SCALES],
+    /// Their trusted learned levels (thousandths), summed: the cluster's
+    /// normal is the sum of its nodes'.
+    pub level_milli: [u64; SCALES],
+    /// This node decides on the sum.
+    pub lead: [bool; SCALES],
+}
+
+/// One subject's count on one node, per scale, as a cluster shares it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Count {
+    /// The sliding estimate of its calls.
+    pub n: [u32; SCALES],
+    /// Distinct sources, at least (countries).
+    #[serde(default)]
+    pub sources: [u32; SCALES],
+    /// The trusted learned level (thousandths; 0: none).
+    #[serde(default)]
+    pub level_milli: [u64; SCALES],
+}
+
+/// What a node of a cluster publishes of its counts
+/// ([`Detector::to_share`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Shared {
+    pub countries: Vec<(u16, Count)>,
+    pub sources: Vec<(IpAddr, Count)>,
 }
 
 /// A learned level of one subject on one scale.
@@ -232,6 +275,27 @@ impl Window {
             self.start_ms = now - (now - self.start_ms) % len;
         }
         done
+    }
+
+    /// The sliding estimate at `now` of a window not rolled to it (no
+    /// learning happens here): as [`Self::estimate`] after a roll.
+    fn peek(&self, now: i64, len: i64) -> u32 {
+        if !self.started {
+            return 0;
+        }
+        match now - self.start_ms {
+            d if d < len => self.estimate(now, len),
+            d if d < 2 * len => {
+                let into = (d - len) as f64 / len as f64;
+                (f64::from(self.cur) * (1.0 - into)).floor() as u32
+            }
+            _ => 0,
+        }
+    }
+
+    /// The distinct spread of the window holding `now` (0 if not rolled to).
+    fn spread_at(&self, now: i64, len: i64) -> u32 {
+        if self.started && now - self.start_ms < len { self.spread.len() as u32 } else { 0 }
     }
 
     /// The sliding estimate of the last window length's count.
@@ -315,6 +379,17 @@ pub struct Detector {
     dirty: bool,
     /// Entries forgotten at capacity.
     forgotten: u64,
+    /// (clustering) What the other nodes count.
+    elsewhere: HashMap<Subject, Elsewhere>,
+    /// (clustering) Until when a sum judged of a subject on a scale was
+    /// reported (once per window).
+    summed_reported: HashMap<(Subject, usize), i64>,
+    /// (clustering) The fraction of a source's threshold from which its
+    /// counts are shared; None: not in a cluster.
+    share: Option<f64>,
+    /// (clustering) The subjects whose counts may be shared: every country
+    /// counted, the sources that reached the fraction.
+    shareable: HashSet<Subject>,
 }
 
 impl Detector {
@@ -330,6 +405,10 @@ impl Detector {
             watch: HashMap::new(),
             dirty: false,
             forgotten: 0,
+            elsewhere: HashMap::new(),
+            summed_reported: HashMap::new(),
+            share: None,
+            shareable: HashSet::new(),
         }
     }
 
@@ -522,6 +601,7 @@ impl Detector {
                 spread: None,
                 prefix: Some(prefix),
                 strong: !self.shared(tag, prefix),
+                elsewhere: None,
             });
         }
     }
@@ -537,27 +617,63 @@ impl Detector {
         out: &mut Vec<Report>,
     ) {
         self.roll(subject, now);
+        let c = self.counts.get_mut(&subject).expect("rolled in");
+        c.last_ms = now;
+        for w in &mut c.scales {
+            w.cur = w.cur.saturating_add(1);
+            w.spread.insert(spread);
+        }
+        self.judge(subject, addr, cc, now, out);
+    }
+
+    /// Judges `subject`'s count on every scale (with what other nodes count
+    /// of it, where this node is the one to judge the sum). Its windows are
+    /// not rolled here: a subject other nodes report is judged without
+    /// learning from windows of its own.
+    fn judge(&mut self, subject: Subject, addr: IpAddr, cc: u16, now: i64, out: &mut Vec<Report>) {
         let thresholds: [u32; SCALES] = std::array::from_fn(|k| self.threshold(subject, k, now));
         let levels: [Option<f64>; SCALES] = std::array::from_fn(|k| self.level(subject, k, now));
         let lens: [i64; SCALES] = std::array::from_fn(|k| self.cfg.ms(k));
         let min_sources = self.cfg.country_min_sources;
         let ceilings = *self.cfg.ceilings(subject);
-        let c = self.counts.get_mut(&subject).expect("rolled in");
-        c.last_ms = now;
+        let e = self.elsewhere.get(&subject).copied().unwrap_or_default();
+        let summed_t: [u32; SCALES] =
+            std::array::from_fn(|k| self.summed_threshold(subject, k, thresholds[k], levels[k], &e));
+        let mut c = self.counts.get_mut(&subject);
         for k in 0..SCALES {
-            let w = &mut c.scales[k];
-            w.cur = w.cur.saturating_add(1);
-            w.spread.insert(spread);
             let t = thresholds[k];
-            if t == 0 || w.reported {
+            let w = c.as_deref_mut().map(|c| &mut c.scales[k]);
+            let (local, local_spread) =
+                w.as_ref().map_or((0, 0), |w| (w.peek(now, lens[k]), w.spread_at(now, lens[k])));
+            if let Some(f) = self.share
+                && local > 0
+                && (matches!(subject, Subject::Country(_))
+                    || (matches!(subject, Subject::Source(_))
+                        && t > 0
+                        && f64::from(local) >= f * f64::from(t)))
+            {
+                self.shareable.insert(subject);
+            }
+            let summed = e.lead[k] && e.others[k] > 0;
+            let reported = w.as_ref().is_some_and(|w| w.reported && now - w.start_ms < lens[k])
+                || self.summed_reported.get(&(subject, k)).is_some_and(|until| *until > now);
+            if t == 0 || reported {
                 continue;
             }
-            let count = w.estimate(now, lens[k]);
-            let spread = w.spread.len() as u32;
+            let (count, spread, t) = if summed {
+                (local.saturating_add(e.others[k]), local_spread.saturating_add(e.sources[k]), summed_t[k])
+            } else {
+                (local, local_spread, t)
+            };
             if count < t || (matches!(subject, Subject::Country(_)) && spread < min_sources) {
                 continue;
             }
-            w.reported = true;
+            if let Some(w) = w {
+                w.reported = true;
+            }
+            if summed {
+                self.summed_reported.insert((subject, k), now + lens[k]);
+            }
             out.push(Report {
                 rule: Rule::Surge,
                 subject,
@@ -572,8 +688,112 @@ impl Detector {
                 spread: (!matches!(subject, Subject::Source(_))).then_some(spread),
                 prefix: None,
                 strong: false,
+                elsewhere: summed.then_some((e.others[k], e.nodes[k])),
             });
         }
+    }
+
+    /// (clustering) The threshold a cluster's sum is judged at: the one in
+    /// force here (`t`), or the cluster's normal (the nodes' trusted
+    /// levels summed) times the ratio if higher, at most `learned_max` x
+    /// the ceiling per node counting; an operator's threshold as set.
+    fn summed_threshold(&self, subject: Subject, k: usize, t: u32, own: Option<f64>, e: &Elsewhere) -> u32 {
+        if self.overrides.contains_key(&(subject, k)) {
+            return t;
+        }
+        let l = &self.cfg.learning;
+        let normal = own.unwrap_or(0.0) + e.level_milli[k] as f64 / 1000.0;
+        let nodes = f64::from(e.nodes[k].saturating_add(1));
+        let cap = f64::from(self.cfg.ceilings(subject)[k]) * l.learned_max * nodes;
+        let learned = (l.ratio * normal).ceil().min(cap).min(f64::from(u32::MAX)) as u32;
+        t.max(learned)
+    }
+
+    /// (clustering) Shares counts from now on: every country's, and those
+    /// of the sources at or above `fraction` of a threshold.
+    pub fn share_counts(&mut self, fraction: f64) {
+        self.share = Some(fraction);
+    }
+
+    /// (clustering) What the other nodes count now.
+    pub fn set_elsewhere(&mut self, elsewhere: HashMap<Subject, Elsewhere>) {
+        self.elsewhere = elsewhere;
+        let now_keys: HashSet<Subject> = self.elsewhere.keys().copied().collect();
+        self.summed_reported.retain(|(s, _), _| now_keys.contains(s));
+    }
+
+    /// (clustering) What other nodes count of `subject`.
+    pub fn elsewhere(&self, subject: Subject) -> Option<Elsewhere> {
+        self.elsewhere.get(&subject).copied()
+    }
+
+    /// (clustering) Judges the sums this node is the one to judge (after
+    /// the other nodes' counts changed).
+    pub fn judge_elsewhere(&mut self, now: i64) -> Vec<Report> {
+        let mut subjects: Vec<Subject> = self
+            .elsewhere
+            .iter()
+            .filter(|(_, e)| e.lead.iter().zip(e.others).any(|(l, n)| *l && n > 0))
+            .map(|(s, _)| *s)
+            .collect();
+        subjects.sort();
+        let mut out = Vec::new();
+        for s in subjects {
+            let (addr, cc) = match s {
+                Subject::Source(a) => (a, 0),
+                Subject::Country(cc) => (IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), cc),
+                Subject::Identity(_) => continue,
+            };
+            self.judge(s, addr, cc, now, &mut out);
+        }
+        out
+    }
+
+    /// (clustering) The counts to publish: every country counted, and the
+    /// sources at or above the fraction of a threshold, at most
+    /// `max_sources` of them (the nearest their thresholds first).
+    pub fn to_share(&mut self, now: i64, max_sources: usize) -> Shared {
+        let Some(fraction) = self.share else { return Shared::default() };
+        let lens: [i64; SCALES] = std::array::from_fn(|k| self.cfg.ms(k));
+        let mut out = Shared::default();
+        let mut sources: Vec<(f64, IpAddr, Count)> = Vec::new();
+        let subjects: Vec<Subject> = self.shareable.iter().copied().collect();
+        for s in subjects {
+            let Some(c) = self.counts.get(&s) else {
+                self.shareable.remove(&s);
+                continue;
+            };
+            let n: [u32; SCALES] = std::array::from_fn(|k| c.scales[k].peek(now, lens[k]));
+            let level_milli = std::array::from_fn(|k| {
+                c.levels[k].filter(|l| self.trusted(l, now)).map_or(0, |l| (l.level * 1000.0).round() as u64)
+            });
+            match s {
+                Subject::Country(cc) if n.iter().any(|n| *n > 0) => {
+                    let sources = std::array::from_fn(|k| c.scales[k].spread_at(now, lens[k]));
+                    out.countries.push((cc, Count { n, sources, level_milli }));
+                }
+                Subject::Source(addr) => {
+                    let ratio = (0..SCALES)
+                        .map(|k| (n[k], self.threshold(s, k, now)))
+                        .filter(|(_, t)| *t > 0)
+                        .map(|(n, t)| f64::from(n) / f64::from(t))
+                        .fold(0.0, f64::max);
+                    if ratio >= fraction && ratio > 0.0 {
+                        sources.push((ratio, addr, Count { n, sources: [0; SCALES], level_milli }));
+                    } else {
+                        self.shareable.remove(&s);
+                    }
+                }
+                _ => {
+                    self.shareable.remove(&s);
+                }
+            }
+        }
+        sources.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        out.sources = sources.into_iter().take(max_sources).map(|(_, a, n)| (a, n)).collect();
+        out.countries.sort_by_key(|(cc, _)| *cc);
+        out.sources.sort_by_key(|(a, _)| *a);
+        out
     }
 
     /// Judges a call of `line` to `cc` by the new-destination rule.
@@ -636,6 +856,7 @@ impl Detector {
                     spread: None,
                     prefix: None,
                     strong: false,
+                    elsewhere: None,
                 });
             }
         }
@@ -904,6 +1125,147 @@ mod tests {
             t += step;
         }
         (reports, before)
+    }
+
+    /// `n` calls to `cc`, each from its own source of 198.51.100.0/24
+    /// (none over its own threshold), at `at`.
+    fn spread_calls(d: &mut Detector, cc: u16, n: u8, at: i64) -> Vec<Report> {
+        (0..n).flat_map(|i| d.call(ip(&format!("198.51.100.{}", 100 + i)), 0, cc, at)).collect()
+    }
+
+    fn elsewhere(others: u32, sources: u32, nodes: u32, lead: bool) -> Elsewhere {
+        Elsewhere {
+            others: [others; SCALES],
+            sources: [sources; SCALES],
+            nodes: [nodes; SCALES],
+            level_milli: [0; SCALES],
+            lead: [lead; SCALES],
+        }
+    }
+
+    #[test]
+    fn a_country_surge_split_over_nodes_is_judged_by_the_one_that_leads() {
+        let mut d = Detector::new(no_history_rule());
+        d.share_counts(0.1);
+        // 40 calls to +232 here: under the country's threshold (100).
+        assert!(spread_calls(&mut d, 232, 40, HOUR).is_empty());
+        let shared = d.to_share(HOUR, 10);
+        let local_sources = shared.countries[0].1.sources[0];
+        assert!(local_sources > 20, "distinct sources (buckets) at least: {local_sources}");
+        let want = Count { n: [40; SCALES], sources: [local_sources; SCALES], level_milli: [0; SCALES] };
+        assert_eq!(shared.countries, vec![(232, want)]);
+        // Two other nodes count 70 more: a follower judges its own count only...
+        d.set_elsewhere([(Subject::Country(232), elsewhere(70, 12, 2, false))].into());
+        assert!(d.judge_elsewhere(HOUR + 1).is_empty());
+        // ...the leader judges the sum, once per window.
+        d.set_elsewhere([(Subject::Country(232), elsewhere(70, 12, 2, true))].into());
+        let r = d.judge_elsewhere(HOUR + 1);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(
+            (r[0].subject, r[0].scale, r[0].count, r[0].threshold),
+            (Subject::Country(232), 0, 110, 100)
+        );
+        assert_eq!((r[0].spread, r[0].elsewhere), (Some(local_sources + 12), Some((70, 2))));
+        assert!(d.judge_elsewhere(HOUR + 2).is_empty(), "reported once per window");
+        assert!(spread_calls(&mut d, 232, 1, HOUR + 3).is_empty(), "nor again by a local call");
+        // The next window, still surging: reported again (an extension).
+        let r = d.judge_elsewhere(HOUR + MIN + 1);
+        assert_eq!(r.first().map(|r| r.count), Some(110), "{r:?}");
+    }
+
+    #[test]
+    fn a_country_busy_on_every_node_is_judged_against_the_sum_of_their_normals() {
+        let busy = |others_level_milli: u64| {
+            let mut d = Detector::new(no_history_rule());
+            d.share_counts(0.1);
+            // This node's normal for +44 is 30 calls a minute: threshold 120.
+            let normal = Level { level: 30.0, windows: 10, first_ms: 0 };
+            d.import(Exported { levels: vec![(Subject::Country(44), 0, normal)], ..Exported::default() });
+            assert_eq!(d.threshold(Subject::Country(44), 0, HOUR), 120);
+            assert!(spread_calls(&mut d, 44, 35, HOUR).is_empty());
+            // Nine other nodes carry as much: 350 calls a minute in all.
+            let mut e = elsewhere(9 * 35, 9 * 20, 9, true);
+            e.level_milli = [others_level_milli; SCALES];
+            d.set_elsewhere([(Subject::Country(44), e)].into());
+            d.judge_elsewhere(HOUR + 1)
+        };
+        // Their normals published: 10 x 30 a minute is normal, the sum's
+        // threshold is 4 x 300.
+        assert!(busy(9 * 30_000).is_empty());
+        // Without (levels not trusted yet elsewhere), the sum is judged at
+        // this node's threshold: the ceilings apply to the cluster.
+        let r = busy(0);
+        assert_eq!(r.first().map(|r| (r.count, r.threshold)), Some((350, 120)), "{r:?}");
+    }
+
+    #[test]
+    fn a_sum_is_judged_on_a_local_call_too_and_needs_its_sources() {
+        let mut d = Detector::new(no_history_rule());
+        d.share_counts(0.1);
+        d.set_elsewhere([(Subject::Country(44), elsewhere(98, 0, 1, true))].into());
+        // Two calls from one source: 100 calls, but 1 + 0 sources (< 5).
+        assert!(spread_calls(&mut d, 44, 1, HOUR).is_empty());
+        let r: Vec<Report> = (0..4).flat_map(|_| d.call(ip("198.51.100.100"), 0, 44, HOUR)).collect();
+        assert!(r.iter().all(|r| r.subject != Subject::Country(44)), "{r:?}");
+        d.set_elsewhere([(Subject::Country(44), elsewhere(98, 6, 1, true))].into());
+        let r = spread_calls(&mut d, 44, 1, HOUR + 1);
+        assert!(r.iter().any(|r| r.subject == Subject::Country(44) && r.elsewhere == Some((98, 1))), "{r:?}");
+    }
+
+    #[test]
+    fn sources_are_shared_from_a_fraction_of_their_threshold_the_nearest_first() {
+        let mut d = Detector::new(no_history_rule());
+        d.share_counts(0.1);
+        // Thresholds 30 / 60 / 300: 3 calls are a tenth of the short one.
+        for (i, n) in [2u32, 3, 9, 12].into_iter().enumerate() {
+            let addr = ip(&format!("203.0.113.{}", 10 + i));
+            for _ in 0..n {
+                d.call(addr, 0, 44, HOUR);
+            }
+        }
+        let shared = d.to_share(HOUR, 2);
+        let addrs: Vec<IpAddr> = shared.sources.iter().map(|(a, _)| *a).collect();
+        assert_eq!(addrs, [ip("203.0.113.12"), ip("203.0.113.13")], "the two nearest, of three at 0.1");
+        assert_eq!(d.to_share(HOUR, 10).sources.len(), 3);
+        // Two short windows later only the hour's counts are left: the
+        // source whose 3 calls were a tenth of the short threshold is not
+        // a tenth of the medium one (60).
+        let later = d.to_share(HOUR + 2 * MIN, 10);
+        let n = |s: &Shared| s.sources.iter().map(|(a, c)| (*a, c.n)).collect::<Vec<_>>();
+        assert_eq!(n(&later), [(ip("203.0.113.12"), [0, 9, 9]), (ip("203.0.113.13"), [0, 12, 12])]);
+        assert_eq!(later.countries.iter().map(|(cc, c)| (*cc, c.n)).collect::<Vec<_>>(), [(44, [0, 26, 26])]);
+        // A node not in a cluster shares nothing.
+        let mut alone = Detector::new(no_history_rule());
+        alone.call(ip("203.0.113.10"), 0, 44, HOUR);
+        assert_eq!(alone.to_share(HOUR, 10), Shared::default());
+    }
+
+    #[test]
+    fn a_source_split_over_nodes_is_suspended_by_the_sum() {
+        let mut d = Detector::new(no_history_rule());
+        d.share_counts(0.1);
+        let addr = ip("203.0.113.50");
+        for _ in 0..12 {
+            assert!(d.call(addr, 0, 44, HOUR).is_empty());
+        }
+        d.set_elsewhere([(Subject::Source(addr), elsewhere(20, 0, 2, true))].into());
+        let r = d.judge_elsewhere(HOUR + 1);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!((r[0].subject, r[0].addr, r[0].count, r[0].cc), (Subject::Source(addr), addr, 32, 0));
+    }
+
+    #[test]
+    fn judging_a_sum_never_learns_from_windows() {
+        let mut d = Detector::new(no_history_rule());
+        d.share_counts(0.1);
+        spread_calls(&mut d, 232, 40, HOUR);
+        d.set_elsewhere([(Subject::Country(232), elsewhere(10, 12, 2, true))].into());
+        // Windows pass with no local call and no tick: judged, not learned.
+        for m in 1..5 {
+            d.judge_elsewhere(HOUR + m * MIN);
+            d.to_share(HOUR + m * MIN, 10);
+        }
+        assert_eq!(d.learned(Subject::Country(232), 0), None);
     }
 
     /// Levels trusted at once; without the new-destination rule (every

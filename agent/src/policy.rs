@@ -160,6 +160,10 @@ pub struct Evidence {
     /// identity is known there (then the address as a whole is restricted).
     pub prefix: Option<IpNet>,
     pub strong: Option<bool>,
+    /// (clustering) The part of `count` other nodes counted, and how many
+    /// nodes: the cluster's sum was judged.
+    pub elsewhere: Option<u32>,
+    pub nodes: Option<u32>,
 }
 
 /// The evidence of authentication failures: `count` failures bound to the
@@ -463,11 +467,15 @@ impl Engine {
             sources: matches!(r.subject, Subject::Country(_)).then_some(r.spread).flatten(),
             auth: None,
             scale: Some(r.scale as u8),
-            cc: Some(r.cc),
+            // A source's sum judged from other nodes' counts has no one
+            // destination.
+            cc: (r.cc != 0).then_some(r.cc),
             high_risk: r.high_risk,
             addresses: matches!(r.subject, Subject::Identity(_)).then_some(r.spread).flatten(),
             prefix: r.prefix,
             strong: (r.rule == Rule::NewPrefix).then_some(r.strong),
+            elsewhere: r.elsewhere.map(|(n, _)| n),
+            nodes: r.elsewhere.map(|(_, nodes)| nodes),
         };
         let intl = self.cfg.intl_suspend;
         let source = Target::Source(IpNet::from(r.addr));
@@ -1050,6 +1058,7 @@ mod tests {
             spread: Some(12),
             prefix: Some("203.0.113.0/24".parse().unwrap()),
             strong,
+            elsewhere: None,
         }
     }
 

@@ -139,6 +139,17 @@ fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
     file.sync_all()
 }
 
+/// Replaces `path` with `bytes` atomically (a synced temporary file, mode
+/// 0600, renamed over it): a crash leaves the old file or the new one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = fs::remove_file(&tmp);
+    write_new(&tmp, bytes)?;
+    fs::rename(&tmp, path)
+}
+
 /// 16 bytes from the kernel's CSPRNG (getrandom(2), which waits until it is
 /// seeded); never all zero.
 fn random_key() -> Result<[u8; IdentityKey::LEN]> {

@@ -38,6 +38,97 @@ pub struct Member {
     log: PathBuf,
     initial_cluster: String,
     core: String,
+    /// Serves clients over TLS with these certificates, and asks for theirs.
+    tls: Option<PathBuf>,
+}
+
+/// An edge node's way to the members.
+pub struct Link {
+    via: String,
+}
+
+impl Link {
+    /// Cuts the node off from etcd (its route goes: what it sends fails at
+    /// once, as behind a partition that answers unreachable).
+    pub fn cut(&self, topo: &Topology) {
+        topo.edge.exec(&["ip", "route", "del", MEMBERS]);
+    }
+
+    pub fn heal(&self, topo: &Topology) {
+        topo.edge.exec(&["ip", "route", "replace", MEMBERS, "via", &self.via]);
+    }
+}
+
+/// Where the members' addresses are.
+const MEMBERS: &str = "2001:db8:e7c0::/120";
+
+/// Certificates for a TLS etcd, made with openssl in a directory of their
+/// own (removed on drop): a CA (`ca.pem`), the members' server certificate
+/// (`server.pem`, for every member address) and a client's (`client.pem`),
+/// each with its key (`*-key.pem`).
+pub struct Certs {
+    pub dir: PathBuf,
+}
+
+impl Certs {
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(unique("certs"));
+        std::fs::create_dir_all(&dir).expect("certificate directory");
+        let certs = Self { dir };
+        let sans: Vec<String> = (0..3).map(|i| format!("IP:{}", member_addr(i))).collect();
+        std::fs::write(
+            certs.dir.join("server.ext"),
+            format!("subjectAltName={}\nextendedKeyUsage=serverAuth\n", sans.join(",")),
+        )
+        .expect("server.ext");
+        std::fs::write(certs.dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("client.ext");
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        certs.openssl(
+            &[&["req", "-x509"], &ec[..], &["-keyout", "ca-key.pem", "-out", "ca.pem"]].concat(),
+            "CA",
+        );
+        for who in ["server", "client"] {
+            let (key, csr, pem, ext) =
+                (format!("{who}-key.pem"), format!("{who}.csr"), format!("{who}.pem"), format!("{who}.ext"));
+            certs.openssl(&[&["req"], &ec[..], &["-keyout", &key, "-out", &csr]].concat(), who);
+            certs.openssl(
+                &["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial"]
+                    .into_iter()
+                    .chain(["-out", &pem, "-extfile", &ext])
+                    .collect::<Vec<_>>(),
+                who,
+            );
+        }
+        certs
+    }
+
+    fn openssl(&self, args: &[&str], cn: &str) {
+        let mut cmd = Command::new("openssl");
+        cmd.args(args).current_dir(&self.dir);
+        if args[0] == "req" {
+            cmd.args(["-days", "1", "-subj", &format!("/CN=tollgate-test-{cn}")]);
+        } else {
+            cmd.args(["-days", "1"]);
+        }
+        let out = cmd.output().expect("running openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+}
+
+impl Default for Certs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// One etcd member or a cluster of them, in its own namespace.
@@ -52,9 +143,18 @@ pub struct Etcd {
 impl Member {
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("etcd log");
-        let client = format!("http://[{}]:2379", self.addr);
+        let client = self.endpoint();
         let peer = format!("http://[{}]:2380", self.addr);
         let mut cmd = Command::new("etcd");
+        if let Some(dir) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(dir.join("server.pem"))
+                .arg("--key-file")
+                .arg(dir.join("server-key.pem"))
+                .arg("--trusted-ca-file")
+                .arg(dir.join("ca.pem"))
+                .arg("--client-cert-auth");
+        }
         cmd.args(["--name", &self.name])
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -72,7 +172,8 @@ impl Member {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://[{}]:2379", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://[{}]:2379", self.addr)
     }
 
     fn signal(&self, sig: i32) {
@@ -129,6 +230,16 @@ impl Drop for Member {
 impl Etcd {
     /// `n` members (1 or 3), started and answering.
     pub fn start(n: usize) -> Self {
+        Self::start_with(n, None)
+    }
+
+    /// One member serving clients over TLS with `certs`, and requiring
+    /// client certificates from its CA.
+    pub fn start_tls(certs: &Certs) -> Self {
+        Self::start_with(1, Some(certs.dir.clone()))
+    }
+
+    fn start_with(n: usize, tls: Option<PathBuf>) -> Self {
         let core = NetNs::new(unique("c"));
         let names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
         let initial_cluster: Vec<String> =
@@ -144,6 +255,7 @@ impl Etcd {
                 log: std::env::temp_dir().join(format!("{}.log", unique("etcdlog"))),
                 initial_cluster: initial_cluster.join(","),
                 core: core.path(),
+                tls: tls.clone(),
             };
             m.spawn();
             members.push(m);
@@ -172,8 +284,15 @@ impl Etcd {
         let mut cmd = Command::new("etcdctl");
         cmd.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={endpoints}"))
-            .args(["--command-timeout=2s", "--dial-timeout=1s"])
-            .args(args);
+            .args(["--command-timeout=2s", "--dial-timeout=1s"]);
+        if let Some(dir) = self.members.first().and_then(|m| m.tls.as_ref()) {
+            for (flag, file) in
+                [("--cacert", "ca.pem"), ("--cert", "client.pem"), ("--key", "client-key.pem")]
+            {
+                cmd.arg(format!("{flag}={}", dir.join(file).display()));
+            }
+        }
+        cmd.args(args);
         crate::topology::in_namespace(&mut cmd, &self.core.path());
         match cmd.output() {
             Ok(o) => (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned()),
@@ -215,8 +334,8 @@ impl Etcd {
     }
 
     /// Joins an edge node's namespace to the core: a veth and a route to
-    /// the members.
-    pub fn link(&mut self, topo: &Topology) {
+    /// the members. Returns the link, to cut and heal.
+    pub fn link(&mut self, topo: &Topology) -> Link {
         self.links += 1;
         let n = self.links;
         let edge_if = unique("k");
@@ -240,6 +359,19 @@ impl Etcd {
         topo.edge.exec(&["ip", "link", "set", &edge_if, "up"]);
         self.core.exec(&["ip", "addr", "add", &format!("{core_addr}/64"), "dev", &core_if, "nodad"]);
         self.core.exec(&["ip", "link", "set", &core_if, "up"]);
-        topo.edge.exec(&["ip", "route", "add", "2001:db8:e7c0::/120", "via", &core_addr]);
+        let link = Link { via: core_addr };
+        link.heal(topo);
+        link
+    }
+
+    /// Compacts the store's history up to its current revision (what a
+    /// node cut off for long finds when it comes back).
+    pub fn compact(&self) -> i64 {
+        let (ok, out) = self.ctl(&["endpoint", "status", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).ok().filter(|_| ok).expect("endpoint status");
+        let rev = v[0]["Status"]["header"]["revision"].as_i64().expect("a revision");
+        let (ok, out) = self.ctl(&["compact", &rev.to_string()]);
+        assert!(ok, "etcdctl compact {rev}: {out}");
+        rev
     }
 }

@@ -444,6 +444,21 @@ pub fn udp_delivered(topo: &Topology, agent: &Agent, src: IpAddr, port: u16, n: 
     sink.drain()
 }
 
+/// Sends the SIP message fixture `name` `n` times over UDP from `src` (an
+/// address of the peer) to the edge, each time as a call of its own (its
+/// own Call-ID: the kernel counts calls, not packets).
+pub fn send_calls(topo: &Topology, src: IpAddr, name: &'static str, n: u32) {
+    let dst = SocketAddr::new(edge_for(src), 5060);
+    topo.peer.run(move || {
+        let sock = std::net::UdpSocket::bind(SocketAddr::new(src, 0)).expect("bind");
+        for _ in 0..n {
+            sock.send_to(&crate::fresh_call(tollgate_common::corpus::fixture(name)), dst).expect("send");
+            // Stay well inside socket buffers: losses must come from XDP only.
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    });
+}
+
 /// Makes `cmd` run in the network namespace at `ns` (only the network
 /// namespace: the BPF filesystem stays visible, unlike `ip netns exec`).
 pub fn in_namespace(cmd: &mut Command, ns: &str) {

@@ -11,9 +11,9 @@ use std::{
 use ipnet::IpNet;
 use tollgate_tests::{
     TempFile, command_exists,
-    etcd::Etcd,
+    etcd::{Certs, Etcd},
     privileged, tool_present,
-    topology::{ATTACKER_V4, Agent, CUSTOMER_V4, Topology, metric_value, udp_delivered},
+    topology::{ATTACKER_V4, Agent, CUSTOMER_V4, Topology, metric_value, send_calls, udp_delivered},
     wait_for,
 };
 
@@ -30,18 +30,23 @@ struct Node {
     agent: Agent,
     audit: TempFile,
     topo: Topology,
+    /// Its way to etcd.
+    to_etcd: tollgate_tests::etcd::Link,
 }
 
 fn node(etcd: &mut Etcd, name: &str) -> Node {
+    node_with(etcd, name, &[])
+}
+
+fn node_with(etcd: &mut Etcd, name: &str, more: &[&str]) -> Node {
     let topo = Topology::new();
-    etcd.link(&topo);
+    let to_etcd = etcd.link(&topo);
     let audit = TempFile::new("audit");
     let endpoints = etcd.endpoints();
-    let agent = Agent::start(
-        &topo,
-        &["--cluster-endpoints", &endpoints, "--node-name", name, "--audit-log", audit.path()],
-    );
-    Node { agent, audit, topo }
+    let mut args = vec!["--cluster-endpoints", &endpoints, "--node-name", name, "--audit-log", audit.path()];
+    args.extend_from_slice(more);
+    let agent = Agent::start(&topo, &args);
+    Node { agent, audit, topo, to_etcd }
 }
 
 fn metric(n: &Node, series: &str) -> Option<f64> {
@@ -158,6 +163,7 @@ fn a_restriction_made_on_one_node_drops_traffic_on_the_other_within_a_second() {
         "members:    2",
         "edge-a ",
         "restrictions by origin: edge-a 1",
+        "counts:     summed with 0 other nodes' for 0 countries and 0 sources",
     ] {
         assert!(shown.contains(want), "status of edge-b has no {want:?}:\n{shown}");
     }
@@ -254,12 +260,29 @@ fn a_killed_nodes_key_goes_when_its_lease_ends() {
     let key = format!("{PREFIX}/nodes/edge-b");
     let value = etcd.get(&key).expect("edge-b's key");
     assert!(value.contains("heartbeat_ms") && value.contains("version"), "{value}");
+    // Calls on edge-b: it publishes their counts, which edge-a sums.
+    send_calls(&b.topo, CUSTOMER_V4, "invite-intl-plus-232.sip", 5);
+    let counts = format!("{PREFIX}/counts/edge-b");
+    let published = wait_for(Duration::from_secs(10), || etcd.get(&counts));
+    let published =
+        published.unwrap_or_else(|| panic!("edge-b published no counts:\n{}", b.agent.log_text()));
+    assert!(published.contains("\"cc\":232"), "{published}");
+    let summed = wait_for(Duration::from_secs(5), || {
+        (metric(&a, "tollgate_cluster_summed_countries") == Some(1.0)).then_some(())
+    });
+    assert!(summed.is_some(), "edge-a does not sum edge-b's counts");
     b.agent.kill();
     let killed = Instant::now();
-    let gone = wait_for(Duration::from_secs(25), || etcd.get(&key).is_none().then(|| killed.elapsed()));
-    let gone = gone.expect("edge-b's key outlived its lease");
-    println!("edge-b's node key gone {} ms after the kill", gone.as_millis());
+    let gone = wait_for(Duration::from_secs(25), || {
+        (etcd.get(&key).is_none() && etcd.get(&counts).is_none()).then(|| killed.elapsed())
+    });
+    let gone = gone.expect("edge-b's keys outlived its lease");
+    println!("edge-b's node key and counts gone {} ms after the kill", gone.as_millis());
     assert!(gone <= Duration::from_secs(13), "node lease is 10 s; took {gone:?}");
+    let unsummed = wait_for(Duration::from_secs(5), || {
+        (metric(&a, "tollgate_cluster_summed_countries") == Some(0.0)).then_some(())
+    });
+    assert!(unsummed.is_some(), "edge-a still sums the dead node's counts");
     let seen = wait_for(Duration::from_secs(5), || {
         (metric(&a, "tollgate_cluster_members") == Some(1.0)).then_some(())
     });
@@ -330,4 +353,208 @@ fn two_nodes_deciding_the_same_restriction_at_once_end_up_with_one_record() {
     assert!(!w.audit.text().contains("\"origin\""), "the winner adopted nothing:\n{}", w.audit.text());
     println!("race: {winner} won; the other adopted its record");
     assert!(blocked(&a, ATTACKER_V4) && blocked(&b, ATTACKER_V4));
+}
+
+#[test]
+fn a_country_surge_split_over_three_nodes_is_restricted_everywhere_once() {
+    if !ready("a_country_surge_split_over_three_nodes_is_restricted_everywhere_once") {
+        return;
+    }
+    let mut etcd = Etcd::start(1);
+    // 40 calls to a country in 10 s restrict it; each node sees 15, so
+    // it takes all three nodes' counts.
+    let flags = [
+        "--allow-country-restrict",
+        "--country-invite-threshold",
+        "40",
+        "--country-min-sources",
+        "6",
+        "--window",
+        "10s",
+    ];
+    let nodes: Vec<Node> =
+        ["edge-a", "edge-b", "edge-c"].iter().map(|name| node_with(&mut etcd, name, &flags)).collect();
+    connected(&nodes.iter().collect::<Vec<_>>());
+    let started = Instant::now();
+    for n in &nodes {
+        // Five hijacked PBXs behind each node, 3 calls each: no source,
+        // and no node, near a threshold.
+        for pbx in n.topo.more_sources(5) {
+            send_calls(&n.topo, pbx, "invite-intl-plus-232.sip", 3);
+        }
+    }
+    let key = format!("{PREFIX}/restrictions/country-restrict/232");
+    let record = wait_for(Duration::from_secs(10), || etcd.get(&key));
+    let record = record.unwrap_or_else(|| {
+        let logs: Vec<String> = nodes.iter().map(|n| n.agent.log_text()).collect();
+        panic!("the split surge was not restricted:\n{}", logs.join("\n---\n"))
+    });
+    println!("split surge restricted {} ms after the calls began", started.elapsed().as_millis());
+    assert_eq!(etcd.keys(&format!("{PREFIX}/restrictions/")).len(), 1, "one record");
+    let origin = ["edge-a", "edge-b", "edge-c"]
+        .into_iter()
+        .find(|o| record.contains(&format!("\"origin\":\"{o}\"")))
+        .unwrap_or_else(|| panic!("no origin in {record}"));
+    for field in ["\"reason\":\"country-surge\"", "\"elsewhere\":", "\"nodes\":2"] {
+        assert!(record.contains(field), "{field} missing in the record {record}");
+    }
+    // Enforced everywhere: adopted by the other two, from the decider.
+    for n in &nodes {
+        let drops = n.agent.packets(tollgate_common::verdict::DROP_COUNTRY_RESTRICTED);
+        let dropped = wait_for(Duration::from_secs(5), || {
+            send_calls(&n.topo, CUSTOMER_V4, "invite-intl-plus-232.sip", 1);
+            (n.agent.packets(tollgate_common::verdict::DROP_COUNTRY_RESTRICTED) > drops).then_some(())
+        });
+        assert!(dropped.is_some(), "a node does not drop calls to +232:\n{}", n.agent.log_text());
+    }
+    // One deciding line, on the decider; the others say whose it is.
+    let impose = |n: &Node| {
+        n.audit
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains("\"event\":\"impose\"") && l.contains("\"target\":\"+232\""))
+            .collect::<Vec<_>>()
+    };
+    let imposed: Vec<String> = nodes.iter().flat_map(impose).collect();
+    assert_eq!(imposed.len(), 1, "one imposition in all: {imposed:#?}");
+    for field in ["\"counted_elsewhere\":", "\"other_nodes\":2", "\"threshold\":40"] {
+        assert!(imposed[0].contains(field), "{field} missing in {}", imposed[0]);
+    }
+    println!("deciding node {origin}: {}", imposed[0]);
+    for n in &nodes {
+        if impose(n).is_empty() {
+            let adopted = n.audit.lines().into_iter().any(|l| {
+                l.contains("\"event\":\"adopt\"") && l.contains(&format!("\"origin\":\"{origin}\""))
+            });
+            assert!(adopted, "a follower did not audit the adoption:\n{}", n.audit.text());
+        }
+    }
+    let shown = status(&nodes[2]);
+    assert!(shown.contains("counts:     summed with 2 other nodes' for 1 countries"), "{shown}");
+    // No source alone was abusive, anywhere.
+    for n in &nodes {
+        assert!(!n.audit.text().contains("intl-suspend"), "{}", n.audit.text());
+    }
+}
+
+#[test]
+fn a_restarted_node_publishes_what_waited_and_lifts_what_was_lifted_while_it_was_down() {
+    if !ready("a_restarted_node_publishes_what_waited_and_lifts_what_was_lifted_while_it_was_down") {
+        return;
+    }
+    let mut etcd = Etcd::start(1);
+    let mut a = node(&mut etcd, "edge-a");
+    let mut b = node(&mut etcd, "edge-b");
+    connected(&[&a, &b]);
+    // Lifted while edge-b is down: edge-b must not keep it.
+    restrict(&a, CUSTOMER_V4, "10m");
+    assert!(until_blocked(&b, CUSTOMER_V4, true, Duration::from_secs(5)).is_some(), "reached edge-b");
+    // What edge-b knows of the store is saved within a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    b.agent.kill();
+    lift(&a, CUSTOMER_V4);
+    assert!(blocked(&b, CUSTOMER_V4), "edge-b's pinned maps still hold it while it is down");
+    b.agent.restart();
+    let gone = until_blocked(&b, CUSTOMER_V4, false, Duration::from_secs(20));
+    let gone = gone.unwrap_or_else(|| panic!("edge-b kept a lifted restriction:\n{}", b.agent.log_text()));
+    println!(
+        "restarted edge-b lifted what was lifted while it was down, {} ms after it started",
+        gone.as_millis()
+    );
+    assert!(list(&b).lines().all(|l| !l.contains("198.51.100.")), "{}", list(&b));
+
+    // Decided while the store was away, then the agent restarted before
+    // it came back: still published.
+    etcd.members[0].pause();
+    restrict(&a, ATTACKER_V4, "10m");
+    let waiting = wait_for(Duration::from_secs(15), || {
+        (metric(&a, "tollgate_cluster_queued") == Some(1.0)).then_some(())
+    });
+    assert!(waiting.is_some(), "edge-a queued its decision");
+    a.agent.kill();
+    a.agent.restart();
+    let loaded = wait_for(Duration::from_secs(5), || {
+        a.agent.log_text().contains("1 decisions waiting for it").then_some(())
+    });
+    assert!(loaded.is_some(), "{}", a.agent.log_text());
+    etcd.members[0].resume();
+    let arrived = until_blocked(&b, ATTACKER_V4, true, Duration::from_secs(30));
+    assert!(arrived.is_some(), "what waited on edge-a never reached edge-b:\n{}", a.agent.log_text());
+    let key = format!("{PREFIX}/restrictions/block/203.0.113.10/32");
+    assert!(etcd.get(&key).is_some_and(|v| v.contains("\"origin\":\"edge-a\"")));
+}
+
+#[test]
+fn nodes_share_restrictions_over_tls_with_client_certificates() {
+    if !ready("nodes_share_restrictions_over_tls_with_client_certificates")
+        || !tool_present(
+            "nodes_share_restrictions_over_tls_with_client_certificates",
+            "openssl",
+            command_exists("openssl"),
+        )
+    {
+        return;
+    }
+    let (certs, strangers) = (Certs::new(), Certs::new());
+    let mut etcd = Etcd::start_tls(&certs);
+    let tls = |c: &Certs| {
+        ["--cluster-ca", "ca.pem", "--cluster-cert", "client.pem", "--cluster-key", "client-key.pem"]
+            .map(|a| if a.starts_with("--") { a.to_owned() } else { c.path(a) })
+    };
+    let (ours, theirs) = (tls(&certs), tls(&strangers));
+    let ours: Vec<&str> = ours.iter().map(String::as_str).collect();
+    let a = node_with(&mut etcd, "edge-a", &ours);
+    let b = node_with(&mut etcd, "edge-b", &ours);
+    connected(&[&a, &b]);
+    assert!(etcd.endpoints().starts_with("https://"), "{}", etcd.endpoints());
+    restrict(&a, ATTACKER_V4, "10m");
+    let took = until_blocked(&b, ATTACKER_V4, true, Duration::from_secs(5));
+    let took = took.unwrap_or_else(|| panic!("never reached edge-b over TLS:\n{}", b.agent.log_text()));
+    println!("propagation over TLS: {} ms", took.as_millis());
+    // A node with another CA's certificates: it does not trust the
+    // members, and they would not take its certificate.
+    let theirs: Vec<&str> = theirs.iter().map(String::as_str).collect();
+    let c = node_with(&mut etcd, "edge-c", &theirs);
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(metric(&c, "tollgate_cluster_connected"), Some(0.0), "{}", c.agent.log_text());
+    assert!(status(&c).contains("DISCONNECTED"), "{}", status(&c));
+    assert!(!blocked(&c, ATTACKER_V4), "edge-c cannot have read the store");
+    assert_eq!(etcd.keys(&format!("{PREFIX}/nodes/")).len(), 2, "edge-c never joined");
+}
+
+#[test]
+fn a_node_cut_off_while_the_history_is_compacted_catches_up_from_a_new_listing() {
+    if !ready("a_node_cut_off_while_the_history_is_compacted_catches_up_from_a_new_listing") {
+        return;
+    }
+    let mut etcd = Etcd::start(1);
+    let a = node(&mut etcd, "edge-a");
+    let b = node(&mut etcd, "edge-b");
+    connected(&[&a, &b]);
+    restrict(&a, CUSTOMER_V4, "10m");
+    assert!(until_blocked(&b, CUSTOMER_V4, true, Duration::from_secs(5)).is_some(), "reached edge-b");
+    // edge-b alone is cut off (the others and etcd go on).
+    b.to_etcd.cut(&b.topo);
+    let down = wait_for(Duration::from_secs(20), || {
+        (metric(&b, "tollgate_cluster_connected") == Some(0.0)).then_some(())
+    });
+    assert!(down.is_some(), "edge-b did not notice it is cut off:\n{}", b.agent.log_text());
+    lift(&a, CUSTOMER_V4);
+    restrict(&a, ATTACKER_V4, "10m");
+    // Its last revision is compacted away meanwhile: the watch cannot
+    // resume from it, and the delete is not in the history any more.
+    let rev = etcd.compact();
+    println!("compacted to revision {rev} while edge-b was cut off");
+    b.to_etcd.heal(&b.topo);
+    let back = Instant::now();
+    let adopted = until_blocked(&b, ATTACKER_V4, true, Duration::from_secs(30));
+    let adopted = adopted.unwrap_or_else(|| panic!("edge-b never caught up:\n{}", b.agent.log_text()));
+    let lifted = until_blocked(&b, CUSTOMER_V4, false, Duration::from_secs(10));
+    assert!(lifted.is_some(), "edge-b kept what was lifted while it was cut off:\n{}", b.agent.log_text());
+    println!(
+        "edge-b back: adopted the new restriction in {} ms, lifted the old one ({} ms in all)",
+        adopted.as_millis(),
+        back.elapsed().as_millis()
+    );
+    assert!(b.agent.log_text().contains("compacted"), "{}", b.agent.log_text());
 }

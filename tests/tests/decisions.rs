@@ -2,7 +2,7 @@
 //! policy, restriction written to the kernel, packets dropped, audit trail.
 
 use std::{
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::Command,
     time::Duration,
@@ -22,19 +22,8 @@ fn send(topo: &Topology, src: IpAddr, name: &'static str) {
     send_n(topo, src, name, 1);
 }
 
-/// Sends a SIP message `n` times over UDP from `src` to the edge, each
-/// time as a call of its own (its own Call-ID: the kernel counts calls, not
-/// packets).
 fn send_n(topo: &Topology, src: IpAddr, name: &'static str, n: u32) {
-    let dst = SocketAddr::new(edge_for(src), 5060);
-    topo.peer.run(move || {
-        let sock = UdpSocket::bind(SocketAddr::new(src, 0)).expect("bind");
-        for _ in 0..n {
-            sock.send_to(&tollgate_tests::fresh_call(fixture(name)), dst).expect("send");
-            // Stay well inside socket buffers: losses must come from XDP only.
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    });
+    send_calls(topo, src, name, n);
 }
 
 /// Whether the verdict counter `code` rises above `before` within 5 s.

@@ -62,6 +62,8 @@ const APT_PACKAGES: &[&str] = &[
     "etcd-server",
     "etcd-client",
     "protobuf-compiler",
+    // The TLS cluster test's CA, server and client certificates.
+    "openssl",
 ];
 
 /// The cargo-deb release `cargo xtask deb` packages with: the

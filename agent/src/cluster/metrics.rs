@@ -11,7 +11,7 @@ use super::Shared;
 use crate::store::now_ms;
 
 /// (name, help, type)
-const FAMILIES: [(&str, &str, MetricType); 7] = [
+const FAMILIES: [(&str, &str, MetricType); 11] = [
     (
         "tollgate_cluster_enabled",
         "1 when this agent shares restrictions through etcd (--cluster-endpoints).",
@@ -41,6 +41,26 @@ const FAMILIES: [(&str, &str, MetricType); 7] = [
     (
         "tollgate_cluster_adopted_total",
         "Restrictions decided on other nodes and taken over here.",
+        MetricType::COUNTER,
+    ),
+    (
+        "tollgate_cluster_summed_countries",
+        "Destination countries whose international call counts on other nodes are summed with this node's.",
+        MetricType::GAUGE,
+    ),
+    (
+        "tollgate_cluster_summed_sources",
+        "Sources whose international call counts on other nodes are summed with this node's.",
+        MetricType::GAUGE,
+    ),
+    (
+        "tollgate_cluster_counting_nodes",
+        "Other nodes whose published counts are summed with this node's.",
+        MetricType::GAUGE,
+    ),
+    (
+        "tollgate_cluster_counts_published_total",
+        "Times this node wrote its counts to etcd.",
         MetricType::COUNTER,
     ),
 ];
@@ -103,6 +123,10 @@ impl Collector for ClusterCollector {
             st.queued as f64,
             st.published as f64,
             st.adopted as f64,
+            st.summed_countries as f64,
+            st.summed_sources as f64,
+            st.counting_nodes as f64,
+            st.counts_published as f64,
         ];
         FAMILIES.iter().zip(values).map(|((name, help, kind), v)| family(name, help, *kind, v)).collect()
     }

@@ -10,6 +10,7 @@
 //!
 //! Without `--cluster-endpoints` nothing here runs.
 
+pub mod counts;
 pub mod metrics;
 pub mod record;
 mod session;
@@ -24,6 +25,10 @@ use clap::Args;
 use tokio::sync::mpsc;
 
 pub use self::record::{NodeRecord, Record};
+
+/// What the session keeps in --state-dir across restarts: the records it
+/// last knew in the store, and the decisions waiting for it.
+pub const STATE_FILE: &str = "cluster.json";
 
 /// How a restriction lifted on another node is audited here (`lifted_by`).
 pub const LIFTED_ELSEWHERE: &str = "cluster";
@@ -63,6 +68,25 @@ pub struct ClusterArgs {
     /// The private key (PEM) of --cluster-cert.
     #[arg(long, value_name = "PATH")]
     pub cluster_key: Option<PathBuf>,
+
+    /// Counts summed across the cluster: a source's international call
+    /// counts are published once they reach this fraction of its
+    /// threshold on some scale (every country's always are), so a source
+    /// spread over up to 1/FRACTION nodes is still caught.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.1, value_parser = parse_fraction)]
+    pub cluster_source_fraction: f64,
+
+    /// Most sources whose counts this node publishes (the nearest their
+    /// thresholds first); 0 shares country counts only.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub cluster_max_sources: u32,
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(format!("{s:?} is not a fraction in (0, 1]")),
+    }
 }
 
 fn parse_endpoint(s: &str) -> Result<String, String> {
@@ -99,6 +123,12 @@ pub struct Config {
     pub node: String,
     pub prefix: String,
     pub tls: Option<Tls>,
+    /// See [`ClusterArgs::cluster_source_fraction`].
+    pub source_fraction: f64,
+    pub max_sources: usize,
+    /// Where the session keeps what it knows of the store and what waits
+    /// for it, across restarts (`cluster.json` in --state-dir).
+    pub state_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -149,7 +179,15 @@ impl ClusterArgs {
         };
         let prefix =
             self.cluster_prefix.clone().unwrap_or_else(|| format!("tollgate/v1/{}", self.cluster_name));
-        Ok(Some(Config { endpoints: self.cluster_endpoints.clone(), node, prefix, tls }))
+        Ok(Some(Config {
+            endpoints: self.cluster_endpoints.clone(),
+            node,
+            prefix,
+            tls,
+            source_fraction: self.cluster_source_fraction,
+            max_sources: self.cluster_max_sources as usize,
+            state_file: None,
+        }))
     }
 }
 
@@ -167,7 +205,7 @@ fn hostname() -> String {
 
 /// A local decision for the store. The latest for each key wins: while the
 /// store is away they wait in a queue keyed by it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Op {
     /// `create`: a new restriction, written only if the key is absent (the
     /// first decider wins; a loser adopts the winner's record).
@@ -185,6 +223,9 @@ pub enum Remote {
     Superseded(Record),
     /// The key of this record was deleted: lifted, or its lease ended.
     Delete(Record),
+    /// The other nodes' counts now, by node (empty while the store is
+    /// away: stale counts judge nothing).
+    Counts(std::collections::BTreeMap<String, counts::NodeCounts>),
 }
 
 /// What the status, the metrics and the main loop read of the cluster.
@@ -206,6 +247,13 @@ pub struct State {
     pub adopted: u64,
     /// Local decisions waiting for the store.
     pub queued: usize,
+    /// Countries and sources other nodes' counts are summed for, and from
+    /// how many nodes.
+    pub summed_countries: usize,
+    pub summed_sources: usize,
+    pub counting_nodes: usize,
+    /// This node's counts written to the store.
+    pub counts_published: u64,
     pub last_error: Option<String>,
 }
 
@@ -224,6 +272,8 @@ pub struct Cluster {
     pub config: Config,
     pub shared: Shared,
     pub ops: mpsc::UnboundedSender<Op>,
+    /// This node's latest counts, for the session to publish.
+    pub counts: tokio::sync::watch::Sender<Option<counts::NodeCounts>>,
 }
 
 /// Starts the session with the store in the background (it connects, and
@@ -239,8 +289,9 @@ pub fn start(config: Config, shared: Shared) -> (Cluster, mpsc::UnboundedReceive
     }
     let (ops, ops_rx) = mpsc::unbounded_channel();
     let (remote_tx, remote_rx) = mpsc::unbounded_channel();
-    tokio::spawn(session::run(config.clone(), shared.clone(), ops_rx, remote_tx));
-    (Cluster { config, shared, ops }, remote_rx)
+    let (counts, counts_rx) = tokio::sync::watch::channel(None);
+    tokio::spawn(session::run(config.clone(), shared.clone(), ops_rx, counts_rx, remote_tx));
+    (Cluster { config, shared, ops, counts }, remote_rx)
 }
 
 #[cfg(test)]

@@ -7,6 +7,12 @@
 //! meanwhile. The watch resumes from the last revision seen; when that
 //! revision was compacted away, the prefix is listed again and compared
 //! with what was known, so a delete missed while away is still seen.
+//!
+//! What was known and what waits are kept in --state-dir
+//! ([`super::STATE_FILE`]) so that a restart loses neither: a decision
+//! queued while the store was away is still published, and a restriction
+//! this node had (restored from its state database) that was lifted
+//! elsewhere meanwhile is lifted here once the store is listed.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -19,6 +25,7 @@ use tokio::sync::mpsc;
 
 use super::{
     Config, Op, Remote, Shared,
+    counts::{self, NodeCounts},
     record::{self, NodeRecord, Record},
 };
 use crate::store::now_ms;
@@ -32,6 +39,9 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 /// accepts connections and never answers).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// How often what is known is saved while connected (decisions made while
+/// the store is away are saved at once).
+const SAVE_EVERY: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 type Result<T> = std::result::Result<T, String>;
@@ -61,19 +71,52 @@ struct Session {
     revision: Option<i64>,
     /// The endpoint to try first.
     next: usize,
+    /// The other nodes' counts, by node, as last read.
+    others: BTreeMap<String, NodeCounts>,
+    /// What is known or waits changed since it was last saved.
+    dirty: bool,
 }
+
+/// The session's state file.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Saved {
+    #[serde(default)]
+    known: BTreeMap<String, Record>,
+    #[serde(default)]
+    pending: Vec<Op>,
+}
+
+type CountsRx = tokio::sync::watch::Receiver<Option<NodeCounts>>;
 
 pub(super) async fn run(
     config: Config,
     shared: Shared,
     mut ops: mpsc::UnboundedReceiver<Op>,
+    mut counts: CountsRx,
     remote: mpsc::UnboundedSender<Remote>,
 ) {
-    let mut s = Session { config, shared, remote, pending: BTreeMap::new(), revision: None, next: 0 };
+    let mut s = Session {
+        config,
+        shared,
+        remote,
+        pending: BTreeMap::new(),
+        revision: None,
+        next: 0,
+        others: BTreeMap::new(),
+        dirty: false,
+    };
+    s.load();
     let mut backoff = BACKOFF_MIN;
     loop {
-        let why = s.serve(&mut ops).await;
+        let why = s.serve(&mut ops, &mut counts).await;
+        // What the lost session left queued must survive a restart.
+        s.save();
         let Err(why) = why else { return };
+        // The others' counts go stale while away: they judge nothing.
+        if !s.others.is_empty() {
+            s.others.clear();
+            let _ = s.remote.send(Remote::Counts(BTreeMap::new()));
+        }
         // The next attempt starts with another member.
         s.next = (s.next + 1) % s.config.endpoints.len();
         let was_connected = {
@@ -100,7 +143,11 @@ pub(super) async fn run(
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => break,
                 op = ops.recv() => match op {
-                    Some(op) => s.queue(op),
+                    Some(op) => {
+                        s.queue(op);
+                        // Rare, and what must survive a restart most.
+                        s.save();
+                    }
                     None => return,
                 },
             }
@@ -117,6 +164,55 @@ fn op_key(op: &Op, prefix: &str) -> Option<String> {
 }
 
 impl Session {
+    /// Takes over what an earlier agent saved.
+    fn load(&mut self) {
+        let Some(path) = self.config.state_file.clone() else { return };
+        let saved: Saved = match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(saved) => saved,
+                Err(e) => {
+                    warn!("cluster: ignoring {} ({e}): the store is listed afresh", path.display());
+                    return;
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                warn!("cluster: cannot read {} ({e}): the store is listed afresh", path.display());
+                return;
+            }
+        };
+        let (known, pending) = (saved.known.len(), saved.pending.len());
+        for op in saved.pending {
+            self.queue(op);
+        }
+        self.shared.lock().known = saved.known.into_iter().collect();
+        if known + pending > 0 {
+            info!(
+                "cluster: {} restrictions known in the store and {pending} decisions waiting for it, from {}",
+                known,
+                path.display()
+            );
+        }
+        self.dirty = false;
+    }
+
+    /// Saves what is known and waits, if it changed.
+    fn save(&mut self) {
+        let Some(path) = &self.config.state_file else { return };
+        if !self.dirty {
+            return;
+        }
+        let saved = Saved {
+            known: self.shared.lock().known.iter().map(|(k, r)| (k.clone(), r.clone())).collect(),
+            pending: self.pending.values().cloned().collect(),
+        };
+        let bytes = serde_json::to_vec(&saved).expect("cluster state serializes");
+        match crate::state::write_atomic(path, &bytes) {
+            Ok(()) => self.dirty = false,
+            Err(e) => warn!("cluster: cannot write {}: {e}", path.display()),
+        }
+    }
+
     fn queue(&mut self, op: Op) {
         let Some(key) = op_key(&op, &self.config.prefix) else { return };
         // A later Put of a key that was created while away is still a
@@ -126,6 +222,7 @@ impl Session {
             (_, op) => op,
         };
         self.pending.insert(key, op);
+        self.dirty = true;
         self.shared.lock().queued = self.pending.len();
     }
 
@@ -168,7 +265,7 @@ impl Session {
     }
 
     /// One connection, until the store is lost (Err) or the agent stops.
-    async fn serve(&mut self, ops: &mut mpsc::UnboundedReceiver<Op>) -> Result<()> {
+    async fn serve(&mut self, ops: &mut mpsc::UnboundedReceiver<Op>, counts: &mut CountsRx) -> Result<()> {
         let mut client = self.connect().await?;
         let node_lease =
             timed("granting the node lease", client.lease_grant(NODE_TTL_SECS, None)).await?.id();
@@ -186,8 +283,13 @@ impl Session {
             }
         }
         self.shared.lock().queued = 0;
+        self.dirty = true;
+        self.save();
         // The watcher is kept: dropping it would end the watch.
         let (mut watcher, mut watch) = self.watch(&mut client).await?;
+        let (mut counts_watcher, mut counts_watch) = self.watch_counts(&mut client).await?;
+        let mine = counts.borrow_and_update().clone();
+        self.publish(&mut client, node_lease, mine).await?;
         {
             let mut st = self.shared.lock();
             st.connected = true;
@@ -203,8 +305,10 @@ impl Session {
         );
         let mut beat = tokio::time::interval(HEARTBEAT);
         beat.tick().await;
+        let mut save = tokio::time::interval(SAVE_EVERY);
         loop {
             tokio::select! {
+                _ = save.tick() => self.save(),
                 op = ops.recv() => {
                     let Some(op) = op else { return Ok(()) };
                     if let Err(e) = self.write(&mut client, op.clone()).await {
@@ -226,6 +330,23 @@ impl Session {
                         }
                         Some(resp) => self.events(&resp),
                         None => return Err("the watch ended".into()),
+                    }
+                }
+                changed = counts.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let mine = counts.borrow_and_update().clone();
+                    self.publish(&mut client, node_lease, mine).await?;
+                }
+                msg = counts_watch.message() => {
+                    match msg.map_err(err("watching counts"))? {
+                        Some(resp) if resp.compact_revision() > 0 || resp.canceled() => {
+                            let _ = counts_watcher.cancel().await;
+                            (counts_watcher, counts_watch) = self.watch_counts(&mut client).await?;
+                        }
+                        Some(resp) => self.count_events(&resp),
+                        None => return Err("the counts watch ended".into()),
                     }
                 }
                 _ = beat.tick() => {
@@ -296,9 +417,80 @@ impl Session {
         .await
     }
 
+    /// Lists the other nodes' counts, hands them to the main loop, and
+    /// watches them from there.
+    async fn watch_counts(
+        &mut self,
+        client: &mut Client,
+    ) -> Result<(etcd_client::Watcher, etcd_client::WatchStream)> {
+        let prefix = counts::counts_prefix(&self.config.prefix);
+        let resp =
+            timed("listing counts", client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())))
+                .await?;
+        let rev = resp.header().map_or(0, |h| h.revision());
+        self.others.clear();
+        for kv in resp.kvs() {
+            let Some(node) = kv.key_str().ok().and_then(|k| k.strip_prefix(prefix.as_str())) else {
+                continue;
+            };
+            if let Some(c) = NodeCounts::decode(kv.value()).filter(|_| node != self.config.node) {
+                self.others.insert(node.to_owned(), c);
+            }
+        }
+        let _ = self.remote.send(Remote::Counts(self.others.clone()));
+        timed(
+            "watching counts",
+            client.watch(prefix, Some(WatchOptions::new().with_prefix().with_start_revision(rev + 1))),
+        )
+        .await
+    }
+
+    fn count_events(&mut self, resp: &etcd_client::WatchResponse) {
+        let prefix = counts::counts_prefix(&self.config.prefix);
+        let mut changed = false;
+        for e in resp.events() {
+            let Some(kv) = e.kv() else { continue };
+            let Some(node) = kv.key_str().ok().and_then(|k| k.strip_prefix(prefix.as_str())) else {
+                continue;
+            };
+            if node == self.config.node {
+                continue;
+            }
+            changed = true;
+            match (e.event_type(), NodeCounts::decode(kv.value())) {
+                (EventType::Put, Some(c)) => {
+                    self.others.insert(node.to_owned(), c);
+                }
+                _ => {
+                    self.others.remove(node);
+                }
+            }
+        }
+        if changed {
+            let _ = self.remote.send(Remote::Counts(self.others.clone()));
+        }
+        self.shared.lock().last_sync_ms = Some(now_ms());
+    }
+
+    /// Writes this node's counts under its node lease (so they go with
+    /// it); counts of nothing are deleted instead.
+    async fn publish(&mut self, client: &mut Client, lease: i64, mine: Option<NodeCounts>) -> Result<()> {
+        let Some(mine) = mine else { return Ok(()) };
+        let key = counts::counts_key(&self.config.prefix, &self.config.node);
+        if mine.is_empty() {
+            timed("deleting counts", client.delete(key, None)).await?;
+        } else {
+            let put = PutOptions::new().with_lease(lease);
+            timed("writing counts", client.put(key, mine.encode(), Some(put))).await?;
+        }
+        self.shared.lock().counts_published += 1;
+        Ok(())
+    }
+
     /// The store's whole list against what was known: deletes for what is
     /// gone, the rest as puts (the main loop's merge ignores what it has).
     fn reconcile(&mut self, listed: Vec<(String, Record)>) {
+        self.dirty = true;
         let mut st = self.shared.lock();
         let listed: std::collections::HashMap<String, Record> = listed.into_iter().collect();
         let gone: Vec<String> = st.known.keys().filter(|k| !listed.contains_key(*k)).cloned().collect();
@@ -316,6 +508,7 @@ impl Session {
     }
 
     fn events(&mut self, resp: &etcd_client::WatchResponse) {
+        self.dirty |= !resp.events().is_empty();
         let mut st = self.shared.lock();
         for e in resp.events() {
             let Some(kv) = e.kv() else { continue };
@@ -345,6 +538,7 @@ impl Session {
     /// Writes one local decision. A create that finds the key taken leaves
     /// the record in force and hands it to the main loop to adopt.
     async fn write(&mut self, client: &mut Client, op: Op) -> Result<()> {
+        self.dirty = true;
         let prefix = self.config.prefix.clone();
         match op {
             Op::Delete { key } => {

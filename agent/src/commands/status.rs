@@ -126,6 +126,10 @@ fn cluster(socket: &std::path::Path) {
     for m in &c.members {
         println!("    {:<24} {:<10} heartbeat {} ago", m.name, m.version, secs(m.heartbeat_age_secs));
     }
+    println!(
+        "  counts:     summed with {} other nodes' for {} countries and {} sources",
+        c.counting_nodes, c.summed_countries, c.summed_sources
+    );
     let by: Vec<String> = c.by_origin.iter().map(|(n, k)| format!("{n} {k}")).collect();
     println!("  restrictions by origin: {}", if by.is_empty() { "none".to_owned() } else { by.join(", ") });
 }

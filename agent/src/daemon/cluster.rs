@@ -3,6 +3,11 @@
 //! come in through the engine ([`apply_remote`]), so they are listed,
 //! expire and are audited like local ones, with their origin.
 
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
+
 use log::info;
 
 use super::{
@@ -13,8 +18,10 @@ use crate::{
     clock::monotonic_now_ns,
     cluster::{
         Cluster, LIFTED_ELSEWHERE, Op, Remote, Shared,
+        counts::{self, NodeCounts},
         record::{self, Merge, RECORD_VERSION, Record},
     },
+    detect::{Detector, Elsewhere, Subject},
     maps::Maps,
     policy::{Active, Adopted, Decision, Engine, Reason},
     store::now_ms,
@@ -113,6 +120,9 @@ impl Link {
                 .collect(),
             by_origin,
             queued: st.queued,
+            summed_countries: st.summed_countries,
+            summed_sources: st.summed_sources,
+            counting_nodes: st.counting_nodes,
         }
     }
 
@@ -139,6 +149,8 @@ pub(super) fn apply_remote(
     let (r, superseded) = match msg {
         Remote::Put(r) => (r, false),
         Remote::Superseded(r) => (r, true),
+        // Handled by the main loop ([`Sharing`]).
+        Remote::Counts(_) => return,
         Remote::Delete(r) => {
             // A key deleted after its expiry is its lease ending: each node
             // expires its own copy.
@@ -193,4 +205,71 @@ pub(super) fn apply_remote(
         link.shared().lock().adopted += 1;
     }
     actuator.apply_adopted(maps, &d, &r.origin, not_enforced);
+}
+
+/// This node's side of the counts summed across the cluster
+/// ([`crate::cluster::counts`]): what it publishes, and what the others do.
+pub(super) struct Sharing {
+    tx: tokio::sync::watch::Sender<Option<NodeCounts>>,
+    node: String,
+    shared: Shared,
+    max_sources: usize,
+    /// What was last handed to the session to publish, and when.
+    mine: Option<NodeCounts>,
+    sent_at: Option<std::time::Instant>,
+    others: BTreeMap<String, NodeCounts>,
+}
+
+impl Sharing {
+    pub(super) fn new(c: &Cluster, detector: &mut Detector) -> Self {
+        detector.share_counts(c.config.source_fraction);
+        Self {
+            tx: c.counts.clone(),
+            node: c.config.node.clone(),
+            shared: c.shared.clone(),
+            max_sources: c.config.max_sources,
+            mine: None,
+            sent_at: None,
+            others: BTreeMap::new(),
+        }
+    }
+
+    /// How often counts that changed are published: a tenth of the short
+    /// window, within 1 to 10 s (what a split surge may wait, and what
+    /// etcd writes: one key per node).
+    pub(super) fn interval(window: Duration) -> Duration {
+        (window / 10).clamp(Duration::from_secs(1), Duration::from_secs(10))
+    }
+
+    /// Publishes this node's counts if they changed and the interval
+    /// passed; true if it did (the sums' deciders may have changed).
+    pub(super) fn publish(&mut self, detector: &mut Detector, window: Duration) -> bool {
+        if self.sent_at.is_some_and(|t| t.elapsed() < Self::interval(window)) {
+            return false;
+        }
+        let windows = detector.config().windows.map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
+        let counts =
+            NodeCounts::new(&self.node, now_ms(), windows, detector.to_share(now_ms(), self.max_sources));
+        if self.mine.as_ref().is_some_and(|m| m.same_counts(&counts)) {
+            return false;
+        }
+        self.mine = Some(counts.clone());
+        self.sent_at = Some(std::time::Instant::now());
+        let _ = self.tx.send(Some(counts));
+        true
+    }
+
+    pub(super) fn set_others(&mut self, others: BTreeMap<String, NodeCounts>) {
+        self.others = others;
+    }
+
+    /// The sums for the detector, as this node now sees the cluster.
+    pub(super) fn sums(&self) -> HashMap<Subject, Elsewhere> {
+        let sums = counts::sum(&self.node, self.mine.as_ref(), &self.others);
+        let mut st = self.shared.lock();
+        st.summed_countries = sums.keys().filter(|s| matches!(s, Subject::Country(_))).count();
+        st.summed_sources = sums.keys().filter(|s| matches!(s, Subject::Source(_))).count();
+        st.counting_nodes = self.others.values().filter(|c| !c.is_empty()).count();
+        sums
+    }
 }

@@ -18,7 +18,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    io::Write as _,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -560,14 +559,8 @@ impl Feeds {
     /// Writes feeds.json atomically (a temporary file renamed over it).
     fn save(&self) {
         let file = StateFile { feeds: self.feeds.values().map(|f| f.state.clone()).collect() };
-        let tmp = self.state_file.with_extension("json.tmp");
-        let written = (|| -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec(&file).expect("feed state serializes"))?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.state_file)
-        })();
-        if let Err(e) = written {
+        let bytes = serde_json::to_vec(&file).expect("feed state serializes");
+        if let Err(e) = crate::state::write_atomic(&self.state_file, &bytes) {
             warn!("feeds: cannot write {}: {e}", self.state_file.display());
         }
     }

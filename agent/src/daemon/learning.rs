@@ -174,7 +174,18 @@ impl Learned {
                 Vec::new()
             }
         };
-        for r in &reports {
+        self.reported(engine, reporting, now, &reports)
+    }
+
+    /// The engine's decisions on the detector's reports, counted.
+    fn reported(
+        &self,
+        engine: &mut Engine,
+        reporting: &mut super::reporting::Reporting,
+        now: u64,
+        reports: &[Report],
+    ) -> Vec<Decision> {
+        for r in reports {
             self.counts.detected(r);
             if let Subject::Country(cc) = r.subject {
                 reporting.surge(cc);
@@ -183,15 +194,31 @@ impl Learned {
         reports.iter().flat_map(|r| engine.on_report(now, r)).collect()
     }
 
+    /// (clustering) What the other nodes count changed: the sums this node
+    /// is the one to judge are judged.
+    pub(super) fn elsewhere(
+        &mut self,
+        engine: &mut Engine,
+        reporting: &mut super::reporting::Reporting,
+        now: u64,
+        sums: HashMap<Subject, crate::detect::Elsewhere>,
+    ) -> Vec<Decision> {
+        self.detector.set_elsewhere(sums);
+        let reports = self.detector.judge_elsewhere(now_ms());
+        self.reported(engine, reporting, now, &reports)
+    }
+
     /// A short window passed: levels learn from it (restricted subjects'
     /// windows excepted), the learned short-scale thresholds go to the
     /// kernel, and automatic country restrictions whose country calmed
-    /// down are lifted.
+    /// down (in the cluster's sum too) are lifted, except those another
+    /// node decided (`foreign`): that node lifts them.
     pub(super) fn window_passed(
         &mut self,
         snapshot: Snapshot,
         m: &mut Maps,
         engine: &mut Engine,
+        foreign: &HashSet<u16>,
     ) -> Vec<Decision> {
         let ms = now_ms();
         for (addr, first, last, customer) in snapshot.sources {
@@ -225,12 +252,14 @@ impl Learned {
             .active()
             .iter()
             .filter_map(|a| match a.target {
-                Target::Country(cc) => Some(cc),
+                Target::Country(cc) if !foreign.contains(&cc) => Some(cc),
                 _ => None,
             })
             .filter_map(|cc| {
-                let (count, start_ms) = self.detector.last_window(Subject::Country(cc), 0)?;
-                let below = count < self.detector.threshold(Subject::Country(cc), 0, ms);
+                let subject = Subject::Country(cc);
+                let (count, start_ms) = self.detector.last_window(subject, 0)?;
+                let elsewhere = self.detector.elsewhere(subject).map_or(0, |e| e.others[0]);
+                let below = count.saturating_add(elsewhere) < self.detector.threshold(subject, 0, ms);
                 let ago = u64::try_from(ms - start_ms).unwrap_or(0) * 1_000_000;
                 below.then_some((cc, now.saturating_sub(ago)))
             })

@@ -101,15 +101,16 @@ pub async fn run(args: RunArgs, notifier: Notifier) -> anyhow::Result<()> {
     let shared = crate::cluster::Shared::default();
     // Without a cluster the sender stays here, so the main loop's receiver
     // just never yields.
-    let (remote_rx, _no_cluster) = match setup.cluster {
+    let (remote_rx, _no_cluster, sharing) = match setup.cluster {
         Some(config) => {
             let (c, rx) = crate::cluster::start(config, shared.clone());
             actuator.set_cluster(cluster::Link::new(&c));
-            (rx, None)
+            let sharing = cluster::Sharing::new(&c, &mut learned.detector);
+            (rx, None, Some(sharing))
         }
         None => {
             let (tx, rx) = mpsc::unbounded_channel();
-            (rx, Some(tx))
+            (rx, Some(tx), None)
         }
     };
     registry
@@ -159,6 +160,7 @@ pub async fn run(args: RunArgs, notifier: Notifier) -> anyhow::Result<()> {
         enforcing,
         feeds,
         next_blocklist_scan: std::time::Instant::now(),
+        sharing,
     };
     let (signame, notifier) = daemon.run(rx, call_rx, ctl_rx, feed_rx, remote_rx).await?;
     notifier.stopping(signame);
@@ -210,6 +212,8 @@ struct Daemon {
     feeds: feeds::Feeds,
     /// When the sweep next reads the whole blocklist ([`blocklist_scan_pause`]).
     next_blocklist_scan: std::time::Instant,
+    /// (clustering) The counts summed across the cluster.
+    sharing: Option<cluster::Sharing>,
 }
 
 /// Whether a decision removes a blocklist entry.
@@ -244,6 +248,8 @@ impl Daemon {
         // WATCHDOG=1 from this loop, so a loop that hangs is restarted.
         let watchdog_every = self.notifier.watchdog_interval();
         let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
+        // (clustering) This node's counts go out when they change.
+        let mut share = tokio::time::interval(Duration::from_secs(1));
         let signame = loop {
             tokio::select! {
                 _ = sigterm.recv() => break "SIGTERM",
@@ -288,6 +294,7 @@ impl Daemon {
                 _ = sweep.tick() => self.sweep(),
                 _ = watchdog.tick(), if watchdog_every.is_some() => self.notifier.watchdog(),
                 Some(msg) = remote_rx.recv() => self.remote(msg),
+                _ = share.tick(), if self.sharing.is_some() => self.share(),
             }
         };
         // The surges and restrictions counted since the last window are
@@ -346,8 +353,22 @@ impl Daemon {
 
     fn window_passed(&mut self, mut snapshot: Snapshot) {
         let counters = snapshot.countries.take();
+        // Country restrictions another node decided: it lifts them.
+        let foreign: std::collections::HashSet<u16> = match self.actuator.cluster() {
+            Some(link) => self
+                .engine
+                .active()
+                .iter()
+                .filter(|a| link.origin_of(a).is_some_and(|o| o != link.node()))
+                .filter_map(|a| match a.target {
+                    crate::policy::Target::Country(cc) => Some(cc),
+                    _ => None,
+                })
+                .collect(),
+            None => Default::default(),
+        };
         let mut m = lock(&self.maps);
-        for d in self.learned.window_passed(snapshot, &mut m, &mut self.engine) {
+        for d in self.learned.window_passed(snapshot, &mut m, &mut self.engine, &foreign) {
             self.reporting.decision(&d);
             self.actuator.apply(&mut m, &d, None);
         }
@@ -355,11 +376,43 @@ impl Daemon {
         self.reporting.window(self.actuator.store(), counters);
     }
 
-    /// What the cluster's store says another node decided.
+    /// What the cluster's store says another node decided, or counts.
     fn remote(&mut self, msg: crate::cluster::Remote) {
+        if let crate::cluster::Remote::Counts(others) = msg {
+            if let Some(sharing) = &mut self.sharing {
+                sharing.set_others(others);
+            }
+            self.judge_sums();
+            return;
+        }
         let Some(link) = self.actuator.cluster() else { return };
         let mut m = lock(&self.maps);
         cluster::apply_remote(link, &mut self.engine, &mut m, &self.actuator, msg);
+    }
+
+    /// (clustering) Publishes this node's counts if they changed; the sums
+    /// are judged again with them.
+    fn share(&mut self) {
+        let Some(sharing) = &mut self.sharing else { return };
+        if sharing.publish(&mut self.learned.detector, self.window) {
+            self.judge_sums();
+        }
+    }
+
+    /// (clustering) Judges the cluster's sums this node is the one to.
+    fn judge_sums(&mut self) {
+        let Some(sharing) = &self.sharing else { return };
+        let sums = sharing.sums();
+        let now = monotonic_now_ns();
+        let decisions = self.learned.elsewhere(&mut self.engine, &mut self.reporting, now, sums);
+        if decisions.is_empty() {
+            return;
+        }
+        let mut m = lock(&self.maps);
+        for d in decisions {
+            self.reporting.decision(&d);
+            self.actuator.apply(&mut m, &d, None);
+        }
     }
 
     fn sweep(&mut self) {

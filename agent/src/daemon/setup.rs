@@ -46,7 +46,10 @@ impl Setup {
         let egress_mode = if args.egress_ifaces.is_empty() { None } else { Some(loader::egress_mode()?) };
         let countries = Countries::shipped();
         let plan = check_values(args, &countries)?;
-        let cluster = args.cluster.config()?;
+        let cluster = args.cluster.config()?.map(|c| crate::cluster::Config {
+            state_file: Some(args.state.state_dir.join(crate::cluster::STATE_FILE)),
+            ..c
+        });
         check_interfaces(args)?;
         let auditor = Auditor::open(
             args.policy.audit_log.as_deref(),

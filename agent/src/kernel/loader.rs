@@ -594,6 +594,13 @@ pub fn pinned_egress(dir: &Path) -> Vec<(String, EgressPin)> {
 /// interface that no longer exists took its filter and qdisc with it.
 pub fn detach_egress(dir: &Path, iface: &str, pin: EgressPin) -> Result<()> {
     let path = pin.path(dir, iface);
+    if pin == EgressPin::Tcx
+        && let Err(e) = detach_pinned_link(&path)
+    {
+        // As for the XDP link: the pin alone would detach it only after
+        // an RCU grace period, and a detach returned with it still there.
+        log::debug!("BPF_LINK_DETACH of {}: {e}; the link goes with its pin", path.display());
+    }
     if let EgressPin::Netlink { own_qdisc } = pin {
         match if_index(iface) {
             Err(_) => warn!(
