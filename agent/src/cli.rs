@@ -376,6 +376,15 @@ pub struct RunArgs {
     #[arg(long = "feed", value_name = "name=NAME,url=URL", value_parser = crate::feeds::parse_feed)]
     pub feeds: Vec<crate::feeds::FeedSpec>,
 
+    /// Most prefixes the kernel blocklist holds (--block, feeds, operator
+    /// and automatic blocks together; feeds leave 4,096 of them free for
+    /// the others). The kernel takes memory for the entries present, not
+    /// for the capacity; a carrier-scale feed of a million prefixes needs
+    /// 1048576 or more (README, Performance).
+    #[arg(long, value_name = "N", default_value_t = tollgate_common::BLOCKLIST_CAPACITY,
+          value_parser = clap::value_parser!(u32).range(8192..=16_777_216))]
+    pub blocklist_capacity: u32,
+
     /// A SIP port: `N` for UDP and TCP, or `udp/N`, `tcp/N`. Repeat for
     /// several; replaces the default.
     #[arg(

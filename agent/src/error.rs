@@ -49,6 +49,12 @@ pub enum Error {
     IncompatiblePins { dir: PathBuf, maps: String },
 
     #[error(
+        "the blocklist pinned in {dir} holds at most {pinned} entries, --blocklist-capacity asks for {wanted}; the program it serves keeps running. Start with --blocklist-capacity {pinned}, or remove the pins with `tollgate detach --pin-path {dir}` (this also lifts the blocks and restrictions they hold) and start again",
+        dir = dir.display()
+    )]
+    PinnedBlocklistCapacity { dir: PathBuf, pinned: u32, wanted: u32 },
+
+    #[error(
         "tollgate's SIP parsing does not work on this kernel: in a start-up self-test {what}; refusing to start, since it would enforce static blocks only and detect nothing"
     )]
     SelfTest { what: String },

@@ -29,19 +29,21 @@ mod maps;
 mod restrict;
 mod sip;
 
+use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use tollgate_common::{
-    JUMP_COUNT, JUMP_PARSE,
-    packet::{Transport, parse_headers},
+    AddrKey, JUMP_COUNT, JUMP_PARSE,
+    packet::{ETH_P_IPV4, ETH_P_IPV6, Transport, parse_headers},
+    v4_mapped,
 };
 
 use crate::{
     enforce::{count, count_iface, evaluate, is_sip_port},
-    maps::{JUMP_TC, JUMP_XDP},
+    maps::{BLOCKLIST, JUMP_TC, JUMP_XDP},
     sip::{View, stages},
 };
 
@@ -128,6 +130,39 @@ pub fn tollgate_sip_count_tc(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn tollgate_baseline_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// The other benchmark reference: the cheapest static drop, as
+/// `xdp-filter` does one. Untagged Ethernet, the IPv4 or IPv6 source looked
+/// up in the same BLOCKLIST trie (whatever a benchmark filled it with),
+/// dropped if any entry covers it. No ports, allowlist, expiry or counters:
+/// what tollgate's blocklisted-source drop is compared with. The agent
+/// never loads it.
+#[xdp]
+pub fn tollgate_static_drop(ctx: XdpContext) -> u32 {
+    const ETH: usize = 14;
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + ETH > end {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: every read below is inside [start, end), checked just before.
+    let ether_type = unsafe { u16::from_be_bytes(*((start + 12) as *const [u8; 2])) };
+    let src: AddrKey = if ether_type == ETH_P_IPV4 {
+        if start + ETH + 20 > end {
+            return xdp_action::XDP_PASS;
+        }
+        // SAFETY: the IPv4 header's first 20 bytes were checked above.
+        v4_mapped(unsafe { *((start + ETH + 12) as *const [u8; 4]) })
+    } else if ether_type == ETH_P_IPV6 {
+        if start + ETH + 40 > end {
+            return xdp_action::XDP_PASS;
+        }
+        // SAFETY: the IPv6 header's 40 bytes were checked above.
+        unsafe { *((start + ETH + 8) as *const [u8; 16]) }
+    } else {
+        return xdp_action::XDP_PASS;
+    };
+    if BLOCKLIST.get(&Key::new(128, src)).is_some() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }
 
 #[cfg(not(test))]

@@ -15,7 +15,8 @@ use tollgate::{
 };
 use tollgate_common::{
     BlockEntry, CONFIG_BLOCK_ALL_PORTS, Config, IPPROTO_TCP, IPPROTO_UDP, MAP_CALL_EVENTS, MAP_EVENTS,
-    PROG_BASELINE, PROG_EGRESS, PROG_ENFORCE, SOURCES_CAPACITY, SipContext, ThresholdEvent, reason,
+    PROG_BASELINE, PROG_EGRESS, PROG_ENFORCE, PROG_STATIC_DROP, SOURCES_CAPACITY, SipContext, ThresholdEvent,
+    reason,
     sip::{Number, SipSummary},
 };
 
@@ -110,12 +111,19 @@ pub struct Loaded {
 
 impl Loaded {
     pub fn new() -> Self {
+        Self::with_blocklist_capacity(tollgate_common::BLOCKLIST_CAPACITY)
+    }
+
+    /// The same with a blocklist of `blocklist_capacity` entries
+    /// (`--blocklist-capacity`).
+    pub fn with_blocklist_capacity(blocklist_capacity: u32) -> Self {
         let country_codes: Vec<u16> =
             tollgate_common::number::country_table(tollgate_common::number::COUNTRY_TABLE)
                 .map(|r| r.expect("valid table").0)
                 .collect();
         let config = KernelConfig {
             max_sources: SOURCES_CAPACITY,
+            blocklist_capacity,
             plan: tollgate_common::corpus::japan(),
             country_codes,
             sip_ports: vec![
@@ -135,7 +143,7 @@ impl Loaded {
         let summary = PerCpuArray::try_from(summary).expect("SUMMARY is a per-CPU array of one SipSummary");
         let sip_ctx = ebpf.take_map(MAP_SIP_CTX).expect("SIP_CTX map");
         let sip_ctx = PerCpuArray::try_from(sip_ctx).expect("SIP_CTX is a per-CPU array of one SipContext");
-        for name in [PROG_ENFORCE, PROG_BASELINE] {
+        for name in [PROG_ENFORCE, PROG_BASELINE, PROG_STATIC_DROP] {
             let prog: &mut Xdp = ebpf.program_mut(name).expect("program").try_into().expect("xdp");
             prog.load().expect("verifier accepts the program");
         }

@@ -47,6 +47,8 @@ fn malformed_flags_are_rejected_by_the_parser() {
         (&["run", "--iface", "lo", "--baseline-max-rise", "0.9"], "not a ratio of at least 1"),
         (&["run", "--iface", "lo", "--baseline-min-history", "soon"], "not a duration"),
         (&["run", "--iface", "lo", "--high-risk-divisor", "0"], "is not in 1.."),
+        (&["run", "--iface", "lo", "--blocklist-capacity", "1000"], "is not in 8192..=16777216"),
+        (&["run", "--iface", "lo", "--blocklist-capacity", "16777217"], "is not in 8192..=16777216"),
         (&["baseline", "set", "source", "198.51.100.1", "--scale", "hourly"], "invalid value"),
         (&["restrict", "intl", "--for", "30d"], "<TARGET|--identity <NAME>|--tag <TAG>>"),
         (&["restrict", "intl", "198.51.100.7", "--identity", "1001", "--for", "1h"], "cannot be used with"),
@@ -210,6 +212,64 @@ fn maps_pinned_by_an_incompatible_version_are_named_and_left_alone() {
     );
     assert_clean_failure(&out, "tollgate detach --pin-path");
     assert!(old.exists(), "the old state is left for the operator to decide");
+}
+
+#[test]
+fn a_pinned_blocklist_of_another_size_is_named_with_both_ways_out() {
+    if !privileged("a_pinned_blocklist_of_another_size_is_named_with_both_ways_out") {
+        return;
+    }
+    // The blocklist an agent with the default --blocklist-capacity pinned.
+    let dir = std::path::PathBuf::from(tollgate_tests::netns::PIN_ROOT).join(tollgate_tests::unique("cap"));
+    std::fs::create_dir_all(&dir).expect("pin dir");
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    let pinned = dir.join(tollgate_common::MAP_BLOCKLIST);
+    let key = (4 + size_of::<tollgate_common::AddrKey>()).to_string();
+    let value = size_of::<tollgate_common::BlockEntry>().to_string();
+    let entries = tollgate_common::BLOCKLIST_CAPACITY.to_string();
+    let made = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&pinned)
+        .args(["type", "lpm_trie", "key", &key, "value", &value, "entries", &entries])
+        .args(["name", "BLOCKLIST", "flags", "1"])
+        .output()
+        .expect("bpftool (installed by cargo xtask setup)");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let state = StateDir::new(None);
+    let dir_s = dir.to_str().expect("UTF-8");
+    let control = format!("{}/control.sock", state.path());
+    let out = tollgate(&[
+        "run",
+        "--iface",
+        "lo",
+        "--pin-path",
+        dir_s,
+        "--state-dir",
+        state.path(),
+        "--blocklist-capacity",
+        "1048576",
+        // Its own listeners: the other tests here start agents at the same time.
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--control-socket",
+        &control,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_clean_failure(
+        &out,
+        &format!(
+            "the blocklist pinned in {dir_s} holds at most {entries} entries, --blocklist-capacity asks for 1048576"
+        ),
+    );
+    assert_clean_failure(&out, &format!("Start with --blocklist-capacity {entries}"));
+    assert_clean_failure(&out, "tollgate detach --pin-path");
+    assert!(pinned.exists(), "the pinned blocks are left for the operator to decide");
 }
 
 /// A state directory of the test's own, removed on drop; with `key`, an

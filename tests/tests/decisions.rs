@@ -197,7 +197,8 @@ fn an_international_surge_is_intl_suspended_but_domestic_and_emergency_calls_pas
     }
     let topo = Topology::new();
     let audit = AuditFile::new();
-    let agent = start(&topo, &audit, &["--intl-invite-threshold", "20"]);
+    // A blocklist of twice the default size: the metrics follow the flag.
+    let agent = start(&topo, &audit, &["--intl-invite-threshold", "20", "--blocklist-capacity", "131072"]);
     let began = std::time::Instant::now();
     for _ in 0..20 {
         send(&topo, CUSTOMER_V6, "invite-intl-plus-232.sip");
@@ -237,7 +238,7 @@ fn an_international_surge_is_intl_suspended_but_domestic_and_emergency_calls_pas
             .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
             .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
     };
-    let checks: [(&str, &[&str], f64); 8] = [
+    let checks: [(&str, &[&str], f64); 10] = [
         ("tollgate_interface_packets_total{", &[r#"action="drop""#], 1.0),
         (
             "tollgate_restriction_decisions_total{",
@@ -247,6 +248,8 @@ fn an_international_surge_is_intl_suspended_but_domestic_and_emergency_calls_pas
         ("tollgate_decision_latency_seconds_count", &[], 1.0),
         ("tollgate_map_entries{", &[r#"map="restrictions""#], 1.0),
         ("tollgate_map_capacity_entries{", &[r#"map="sources""#], 65536.0),
+        ("tollgate_map_capacity_entries{", &[r#"map="blocklist""#], 131072.0),
+        ("tollgate_blocklist_capacity_entries", &[], 131072.0),
         ("tollgate_sip_international_blocked_calls_total{", &[r#"cc="232""#], 1.0),
         ("tollgate_ring_buffer_events_total{", &[r#"ring="call_events""#, r#"outcome="read""#], 20.0),
         ("tollgate_build_info{", &[r#"version=""#, r#"kernel=""#], 1.0),

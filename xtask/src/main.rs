@@ -147,11 +147,15 @@ enum Task {
         target: Option<String>,
     },
     /// Benchmarks that print ratios measured side by side in one run:
-    /// `bench verdict [--repeat N] [--rounds N]`, `bench time-to-block
-    /// [--runs N] [--sources N]`, `bench flood [--quick] [--generator
-    /// live|packet] [--prefixes N]` (README, Performance: "Dropping a
-    /// flood") (`cargo xtask bench help` lists them). The arguments
-    /// go to the bench binary, which defines them once.
+    /// `bench verdict [--repeat N] [--rounds N]` (each verdict path next to
+    /// a bare XDP_PASS and an xdp-filter-style static drop), `bench maps
+    /// [--fills 10000,100000,1000000] [--quick]` (a carrier-scale
+    /// blocklist: ns per packet, kernel memory, write time), `bench flood
+    /// [--quick] [--generator live|packet] [--prefixes N]` (XDP vs
+    /// nftables on a veth), `bench time-to-block [--runs N] [--sources N]`
+    /// (next to a log-tail + nftables pipeline), and `bench all [--quick]`,
+    /// every one in one report (`cargo xtask bench help` lists them). The
+    /// arguments go to the bench binary, which defines them once.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

@@ -27,7 +27,7 @@ use log::{info, warn};
 use prometheus::{GaugeVec, IntCounterVec, Opts};
 use serde::{Deserialize, Serialize};
 use tokio::{sync::mpsc, task::JoinHandle};
-use tollgate_common::{BLOCKLIST_CAPACITY, BlockEntry, reason};
+use tollgate_common::{BlockEntry, reason};
 
 use crate::{
     audit::{self, Auditor},
@@ -172,6 +172,8 @@ pub(super) struct Feeds {
     state_file: PathBuf,
     metrics: FeedMetrics,
     generation: u64,
+    /// The blocklist's size (--blocklist-capacity; fixed until a restart).
+    capacity: u32,
 }
 
 /// The task of one feed: fetch at once, then every refresh interval (sooner
@@ -210,6 +212,7 @@ impl Feeds {
         maps: &mut Maps,
         allows: &[IpNet],
         metrics: FeedMetrics,
+        capacity: u32,
     ) -> (Self, mpsc::UnboundedReceiver<Fetched>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut this = Self {
@@ -218,6 +221,7 @@ impl Feeds {
             state_file: state_dir.join(STATE_FILE),
             metrics,
             generation: 0,
+            capacity,
         };
         let saved = StateFile::read(state_dir).unwrap_or_else(|e| {
             warn!("feeds: {e:#}; starting without their last good entries");
@@ -295,7 +299,7 @@ impl Feeds {
     /// prefix (at start, after a reload).
     pub(super) fn write_all(&self, maps: &mut Maps, allows: &[IpNet]) {
         let current: HashMap<IpNet, BlockEntry> = maps.blocklist.entries().into_iter().collect();
-        let mut failed = 0;
+        let mut writes = Vec::new();
         for (net, expires_at_ns) in self.owned() {
             if allowed(&net, allows) || current.get(&net).is_some_and(|e| e.reason != reason::FEED) {
                 continue;
@@ -303,13 +307,10 @@ impl Feeds {
             if current.get(&net).is_some_and(|e| e.expires_at_ns == expires_at_ns) {
                 continue;
             }
-            let entry = BlockEntry { expires_at_ns, reason: reason::FEED, prefix_len: 0 };
-            if maps.blocklist.insert(&net, entry).is_err() {
-                failed += 1;
-            }
+            writes.push((net, BlockEntry { expires_at_ns, reason: reason::FEED, prefix_len: 0 }));
         }
-        if failed > 0 {
-            warn!("feeds: {failed} entries could not be written into the blocklist");
+        if let Err(e) = maps.blocklist.insert_many(&writes) {
+            warn!("feeds: writing their entries into the blocklist failed: {e}");
         }
     }
 
@@ -490,12 +491,14 @@ impl Feeds {
             }
         }
         let need = others.len() + feeds.difference(&others).count();
-        let limit = BLOCKLIST_CAPACITY as usize - RESERVE;
+        // --blocklist-capacity is at least twice RESERVE.
+        let limit = (self.capacity as usize).saturating_sub(RESERVE);
         if need > limit {
             return Err(format!(
-                "{} entries would make the blocklist {need} entries, over its capacity of {BLOCKLIST_CAPACITY} \
-                 less {RESERVE} kept for operator and automatic blocks ({limit})",
-                nets.len()
+                "{} entries would make the blocklist {need} entries, over its capacity of {} \
+                 (--blocklist-capacity) less {RESERVE} kept for operator and automatic blocks ({limit})",
+                nets.len(),
+                self.capacity
             ));
         }
         Ok(())
@@ -506,17 +509,14 @@ impl Feeds {
     fn write_feed(&self, name: &str, maps: &mut Maps, allows: &[IpNet]) {
         let owned = self.owned();
         let current: HashMap<IpNet, BlockEntry> = maps.blocklist.entries().into_iter().collect();
-        let mut failed: Option<String> = None;
-        for net in &self.feeds[name].state.entries {
-            if allowed(net, allows) || current.get(net).is_some_and(|e| e.reason != reason::FEED) {
-                continue;
-            }
-            let entry = BlockEntry { expires_at_ns: owned[net], reason: reason::FEED, prefix_len: 0 };
-            if let Err(e) = maps.blocklist.insert(net, entry) {
-                failed.get_or_insert(e.to_string());
-            }
-        }
-        if let Some(e) = failed {
+        let writes: Vec<(IpNet, BlockEntry)> = self.feeds[name]
+            .state
+            .entries
+            .iter()
+            .filter(|net| !allowed(net, allows) && current.get(*net).is_none_or(|e| e.reason == reason::FEED))
+            .map(|net| (*net, BlockEntry { expires_at_ns: owned[net], reason: reason::FEED, prefix_len: 0 }))
+            .collect();
+        if let Err(e) = maps.blocklist.insert_many(&writes) {
             warn!("feed {name}: writing its entries into the blocklist failed: {e}");
         }
     }

@@ -22,6 +22,7 @@ const NEEDS_RESTART: &[&str] = &[
     "pin-path",
     "state-dir",
     "max-sources",
+    "blocklist-capacity",
     "metrics-addr",
     "control-socket",
     "audit-log",
@@ -180,6 +181,7 @@ fn keep_restart_only(args: &mut RunArgs, running: &RunArgs) {
     args.pin.pin_path.clone_from(&running.pin.pin_path);
     args.state.state_dir.clone_from(&running.state.state_dir);
     args.detect.max_sources = running.detect.max_sources;
+    args.blocklist_capacity = running.blocklist_capacity;
     args.metrics_addr = running.metrics_addr;
     args.control_socket.clone_from(&running.control_socket);
     args.policy.audit_log.clone_from(&running.policy.audit_log);

@@ -73,6 +73,7 @@ impl Setup {
             egress_mode,
             kernel: KernelConfig {
                 max_sources: args.detect.max_sources,
+                blocklist_capacity: args.blocklist_capacity,
                 plan,
                 country_codes: countries.codes(),
                 sip_ports: args.sip_ports.iter().flat_map(|p| p.keys()).collect(),

@@ -135,15 +135,35 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
 /// Loads the embedded object. With `pin_dir`, every map is pinned there, or
 /// re-used if a previous agent already pinned it.
 pub fn load(pin_dir: Option<&Path>) -> Result<Ebpf> {
-    load_with(pin_dir, tollgate_common::SOURCES_CAPACITY)
+    load_with(pin_dir, MapSizes::default())
+}
+
+/// The map sizes set at load time, by flags (the others are the object's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    /// `--max-sources`: the per-source LRU map.
+    pub max_sources: u32,
+    /// `--blocklist-capacity`: the blocklist trie.
+    pub blocklist_capacity: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            max_sources: tollgate_common::SOURCES_CAPACITY,
+            blocklist_capacity: tollgate_common::BLOCKLIST_CAPACITY,
+        }
+    }
 }
 
 /// Pinned maps whose key or value layout differs from this build's, as
 /// "NAME (key/value bytes pinned, here)", or whose number of entries does
-/// (the per-source map excepted: `--max-sources` sizes it). Adopting one
-/// would make the kernel and the agent misread it, and the verifier does
-/// not always notice (a smaller value read only in its first bytes passes;
-/// a counter array with fewer entries than verdicts silently loses some).
+/// (the per-source map excepted: `--max-sources` sizes it, and an LRU map
+/// of another size is adopted as it is). Adopting one would make the
+/// kernel and the agent misread it, and the verifier does not always
+/// notice (a smaller value read only in its first bytes passes; a counter
+/// array with fewer entries than verdicts silently loses some). A pinned
+/// blocklist of another size than `sizes` asks for is [`pinned_capacity`]'s.
 pub fn incompatible_pins(dir: &Path) -> Result<Vec<String>> {
     let obj = aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| Error::Object { error: e.to_string() })?;
     let mut bad = Vec::new();
@@ -151,7 +171,7 @@ pub fn incompatible_pins(dir: &Path) -> Result<Vec<String>> {
         let path = dir.join(name);
         let Some(def) = obj.maps.get(name).filter(|_| path.exists()) else { continue };
         let want = (def.key_size(), def.value_size());
-        let sized_here = name != tollgate_common::MAP_SOURCES;
+        let sized_here = ![tollgate_common::MAP_SOURCES, tollgate_common::MAP_BLOCKLIST].contains(&name);
         match aya::maps::MapInfo::from_pin(&path) {
             Ok(info) if (info.key_size(), info.value_size()) != want => bad.push(format!(
                 "{name}: {}/{} bytes pinned, {}/{} here",
@@ -170,8 +190,21 @@ pub fn incompatible_pins(dir: &Path) -> Result<Vec<String>> {
     Ok(bad)
 }
 
-/// Like [`load`], with the per-source map sized to `max_sources`.
-pub fn load_with(pin_dir: Option<&Path>, max_sources: u32) -> Result<Ebpf> {
+/// The capacity of the blocklist pinned in `dir`, if it is not `wanted`.
+/// It holds blocks that must not be lost, and an LPM trie cannot be
+/// resized in place: the operator chooses between the pinned size and
+/// starting afresh.
+pub fn pinned_capacity(dir: &Path, wanted: u32) -> Result<Option<u32>> {
+    let path = dir.join(tollgate_common::MAP_BLOCKLIST);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let info = aya::maps::MapInfo::from_pin(&path).map_err(Error::map(format!("map {}", path.display())))?;
+    Ok((info.max_entries() != wanted).then_some(info.max_entries()))
+}
+
+/// Like [`load`], with the maps `sizes` names sized by it.
+pub fn load_with(pin_dir: Option<&Path>, sizes: MapSizes) -> Result<Ebpf> {
     require_kernel()?;
     raise_memlock_limit();
     if let Some(dir) = pin_dir {
@@ -179,9 +212,17 @@ pub fn load_with(pin_dir: Option<&Path>, max_sources: u32) -> Result<Ebpf> {
         if !bad.is_empty() {
             return Err(Error::IncompatiblePins { dir: dir.to_owned(), maps: bad.join("; ") });
         }
+        if let Some(pinned) = pinned_capacity(dir, sizes.blocklist_capacity)? {
+            return Err(Error::PinnedBlocklistCapacity {
+                dir: dir.to_owned(),
+                pinned,
+                wanted: sizes.blocklist_capacity,
+            });
+        }
     }
     let mut loader = EbpfLoader::new();
-    loader.map_max_entries(tollgate_common::MAP_SOURCES, max_sources);
+    loader.map_max_entries(tollgate_common::MAP_SOURCES, sizes.max_sources);
+    loader.map_max_entries(tollgate_common::MAP_BLOCKLIST, sizes.blocklist_capacity);
     let paths: Vec<(&str, PathBuf)> = match pin_dir {
         Some(dir) => PINNED_MAPS.iter().map(|m| (*m, dir.join(m))).collect(),
         None => Vec::new(),

@@ -22,6 +22,8 @@ use crate::error::Result;
 pub struct KernelConfig {
     /// Capacity of the per-source map.
     pub max_sources: u32,
+    /// Capacity of the blocklist.
+    pub blocklist_capacity: u32,
     pub plan: NumberPlan,
     /// The E.164 country codes international INVITEs are counted under.
     pub country_codes: Vec<u16>,
@@ -41,7 +43,10 @@ impl Kernel {
     /// one) and its SIP stages, and writes `cfg` into its maps. Nothing is
     /// attached.
     pub fn start(pin_dir: Option<&Path>, cfg: &KernelConfig) -> Result<Self> {
-        let mut ebpf = loader::load_with(pin_dir, cfg.max_sources)?;
+        let mut ebpf = loader::load_with(
+            pin_dir,
+            loader::MapSizes { max_sources: cfg.max_sources, blocklist_capacity: cfg.blocklist_capacity },
+        )?;
         loader::load_sip_stages(&mut ebpf)?;
         let mut maps = Maps::take(&mut ebpf)?;
         maps.set_config(cfg.config)?;

@@ -55,6 +55,8 @@ pub fn sip_self_test() -> Result<()> {
         &KernelConfig {
             // A small per-source map: the probes come from one address.
             max_sources: 64,
+            // The probes are never blocked.
+            blocklist_capacity: 64,
             // Sierra Leone (+232) is international to any home country but itself.
             plan: NumberPlan { home_cc: 81, ..NumberPlan::default() },
             country_codes: vec![81, 232],

@@ -4,12 +4,11 @@
 use ipnet::IpNet;
 use prometheus::proto::{MetricFamily, MetricType};
 use tollgate_common::{
-    ALLOWLIST_CAPACITY, BLOCKLIST_CAPACITY, BlockEntry, INTL_BASELINE_CAPACITY, RESTRICTIONS_CAPACITY,
-    verdict,
+    ALLOWLIST_CAPACITY, BlockEntry, INTL_BASELINE_CAPACITY, RESTRICTIONS_CAPACITY, verdict,
 };
 
 use super::{Family, family, sample};
-use crate::maps::Maps;
+use crate::{kernel::loader::MapSizes, maps::Maps};
 
 pub(super) const PACKETS: Family = Family {
     name: "tollgate_xdp_packets_total",
@@ -28,7 +27,7 @@ pub(super) const BLOCKLIST: Family = Family {
 };
 pub(super) const BLOCKLIST_CAP: Family = Family {
     name: "tollgate_blocklist_capacity_entries",
-    help: "Maximum number of blocklist entries the kernel map holds.",
+    help: "Maximum number of blocklist entries the kernel map holds (--blocklist-capacity).",
     kind: MetricType::GAUGE,
 };
 pub(super) const ALLOWLIST: Family = Family {
@@ -61,6 +60,7 @@ pub(super) fn lists(
     entries: &[(IpNet, BlockEntry)],
     now: u64,
     attached: &[(String, String)],
+    capacity: u32,
 ) -> Vec<MetricFamily> {
     let active = entries.iter().filter(|(_, e)| e.is_active(now)).count();
     vec![
@@ -71,7 +71,7 @@ pub(super) fn lists(
                 sample(&[("state", "expired")], (entries.len() - active) as f64, MetricType::GAUGE),
             ],
         ),
-        family(&BLOCKLIST_CAP, vec![sample(&[], BLOCKLIST_CAPACITY as f64, MetricType::GAUGE)]),
+        family(&BLOCKLIST_CAP, vec![sample(&[], capacity as f64, MetricType::GAUGE)]),
         family(&ALLOWLIST, vec![sample(&[], maps.allowlist.prefixes().len() as f64, MetricType::GAUGE)]),
         family(
             &ATTACHED,
@@ -94,16 +94,16 @@ pub(super) const MAP_CAPACITY: Family = Family {
     kind: MetricType::GAUGE,
 };
 
-/// Fill and size of every bounded map.
+/// Fill and size of every bounded map; `sizes` are the ones set by flags.
 pub(super) fn map_pressure(
     maps: &Maps,
     blocklist: usize,
     sources: usize,
-    max_sources: u32,
+    sizes: MapSizes,
 ) -> Vec<MetricFamily> {
     let maps = [
-        ("sources", sources, max_sources),
-        ("blocklist", blocklist, BLOCKLIST_CAPACITY),
+        ("sources", sources, sizes.max_sources),
+        ("blocklist", blocklist, sizes.blocklist_capacity),
         ("allowlist", maps.allowlist.prefixes().len(), ALLOWLIST_CAPACITY),
         ("restrictions", maps.restrictions.entries().len(), RESTRICTIONS_CAPACITY),
         ("identity_restrictions", maps.identities.entries().len(), RESTRICTIONS_CAPACITY),

@@ -22,7 +22,9 @@ pub use self::{
     decisions::DecisionCounts,
     http::{bind, render, serve},
 };
-use crate::{clock::monotonic_now_ns, countries::Countries, events::EventCounts, maps::Maps};
+use crate::{
+    clock::monotonic_now_ns, countries::Countries, events::EventCounts, kernel::loader::MapSizes, maps::Maps,
+};
 
 /// One (name, help, type) family with its samples.
 struct Family {
@@ -139,7 +141,7 @@ pub struct KernelCollector {
     countries: Countries,
     events: EventCounts,
     decisions: DecisionCounts,
-    max_sources: u32,
+    sizes: MapSizes,
     descs: Vec<Desc>,
     read_errors: std::sync::atomic::AtomicU64,
     /// The running kernel's release (`uname -r`).
@@ -153,7 +155,7 @@ impl KernelCollector {
         countries: Countries,
         events: EventCounts,
         decisions: DecisionCounts,
-        max_sources: u32,
+        sizes: MapSizes,
     ) -> Self {
         let descs = FAMILIES
             .iter()
@@ -166,7 +168,7 @@ impl KernelCollector {
             countries,
             events,
             decisions,
-            max_sources,
+            sizes,
             descs,
             read_errors: Default::default(),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -189,7 +191,7 @@ impl Collector for KernelCollector {
         self.read(&mut out, enforcement::verdicts(&maps));
         let now = monotonic_now_ns();
         let entries = maps.blocklist.entries();
-        out.extend(enforcement::lists(&maps, &entries, now, &self.attached));
+        out.extend(enforcement::lists(&maps, &entries, now, &self.attached, self.sizes.blocklist_capacity));
         out.push(enforcement::interfaces(&maps, &self.attached));
         self.read(&mut out, sip::families(&maps, &self.countries, &self.events));
         out.push(decisions::events(&self.events));
@@ -198,8 +200,8 @@ impl Collector for KernelCollector {
         out.extend(self.decisions.families());
         self.read(&mut out, learning::levels(&maps, &self.countries));
         let tracked = maps.sources().len();
-        out.extend(learning::sources(tracked, self.max_sources));
-        out.extend(enforcement::map_pressure(&maps, entries.len(), tracked, self.max_sources));
+        out.extend(learning::sources(tracked, self.sizes.max_sources));
+        out.extend(enforcement::map_pressure(&maps, entries.len(), tracked, self.sizes));
         out.push(family(
             &SCRAPE_ERRORS,
             vec![sample(&[], self.read_errors.load(Relaxed) as f64, MetricType::COUNTER)],

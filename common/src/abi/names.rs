@@ -151,6 +151,9 @@ pub const CALLS_CAPACITY: u32 = 65_536;
 pub const PROG_ENFORCE: &str = "tollgate";
 /// A program that only returns `XDP_PASS`: the baseline for benchmarks.
 pub const PROG_BASELINE: &str = "tollgate_baseline_pass";
+/// An `xdp-filter`-style static drop (source looked up in BLOCKLIST, no
+/// SIP, no counters): the cheapest drop, for benchmarks. Never attached.
+pub const PROG_STATIC_DROP: &str = "tollgate_static_drop";
 
 pub const BLOCKLIST_CAPACITY: u32 = 65_536;
 pub const ALLOWLIST_CAPACITY: u32 = 4_096;

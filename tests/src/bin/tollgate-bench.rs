@@ -1,16 +1,21 @@
 //! `cargo xtask bench verdict`: cost per packet of each verdict path of the
 //! enforcement program, measured by the kernel with BPF_PROG_TEST_RUN, next
 //! to a bare XDP_PASS program in the same run, interleaved so both see the
-//! same machine conditions. Prints medians and ratios; asserts nothing.
+//! same machine conditions, and the blocklisted drop next to an
+//! `xdp-filter`-style static drop. Prints medians and ratios; asserts
+//! nothing. `bench maps` (tollgate_tests::bench_maps) does the same with a
+//! carrier-scale blocklist; `bench time-to-block` runs the agent end to
+//! end; `bench all [--quick]` runs every one of them in one report.
 
 use std::{net::IpAddr, time::Duration};
 
 use clap::{Parser, Subcommand};
 use tollgate_common::{
-    Config, JUMP_COUNT, JUMP_PARSE, PROG_BASELINE, PROG_ENFORCE, corpus::fixture, frames::FrameBuilder,
-    packet::ETH_P_8021Q,
+    Config, JUMP_COUNT, JUMP_PARSE, PROG_BASELINE, PROG_ENFORCE, PROG_STATIC_DROP, corpus::fixture,
+    frames::FrameBuilder, packet::ETH_P_8021Q,
 };
 use tollgate_tests::{
+    bench_maps,
     testrun::{Loaded, XDP_DROP, XDP_PASS},
     topology::*,
 };
@@ -40,7 +45,8 @@ enum Which {
         sources: u32,
     },
     /// BPF_PROG_TEST_RUN ns per packet for each verdict path, next to a bare
-    /// XDP_PASS program in the same run.
+    /// XDP_PASS program in the same run (and the blocklisted drop next to
+    /// an xdp-filter-style static drop).
     Verdict {
         /// Runs per measurement (the kernel reports the average).
         #[arg(long, default_value_t = 1_000_000)]
@@ -60,6 +66,72 @@ enum Which {
     /// A UDP/5060 flood from blocklisted sources over a veth: drop rate and
     /// receiver CPU per packet of tollgate, nftables and bare XDP_DROP.
     Flood(tollgate_tests::flood::Args),
+    /// BPF_PROG_TEST_RUN ns per packet with a carrier-scale blocklist
+    /// (10k, 100k, 1M prefixes), its kernel memory and write time.
+    Maps {
+        /// Runs per measurement [default: 500000; --quick 100000].
+        #[arg(long)]
+        repeat: Option<u32>,
+        /// Interleaved rounds; the median is reported [default: 5; --quick 3].
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Blocklist sizes to measure at (comma-separated, ascending).
+        #[arg(long, value_delimiter = ',', default_values_t = [10_000, 100_000, 1_000_000])]
+        fills: Vec<u32>,
+        /// Shorter rounds (the same fills).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Every benchmark in one report (verdict, maps, flood, time-to-block), with
+    /// the machine it ran on.
+    All {
+        /// A short version: fewer and shorter rounds, fewer runs (the 1M
+        /// blocklist fill is still measured).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+/// One section of `bench all`: its title, and how to run it (`quick` or not).
+type Section = (&'static str, fn(bool));
+
+/// The sections of `bench all`, in order. Another benchmark joins the
+/// report by adding its line here.
+const SECTIONS: &[Section] = &[
+    ("verdict: ns per packet by verdict path", |quick| {
+        let (repeat, rounds) = if quick { (200_000, 3) } else { (1_000_000, 7) };
+        verdict(repeat, rounds, false, None)
+    }),
+    ("maps: carrier-scale blocklist", |quick| {
+        bench_maps::run(&if quick { bench_maps::Options::quick() } else { bench_maps::Options::full() })
+    }),
+    ("flood: XDP vs nftables dropping a flood on a veth", |quick| {
+        tollgate_tests::flood::run(tollgate_tests::flood::Args::defaults(quick))
+    }),
+    ("time-to-block: tollgate vs a log-tail + nftables pipeline", |quick| {
+        tollgate_tests::ttb::run(if quick { 10 } else { 50 }, 60_000)
+    }),
+];
+
+/// `bench all`: every section under a heading, with the machine it ran on.
+fn all(quick: bool) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "tollgate bench all{}: kernel {}, {cpus} CPUs, load average {}",
+        if quick { " --quick" } else { "" },
+        release.trim(),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
+    let started = std::time::Instant::now();
+    for (i, (title, run)) in SECTIONS.iter().enumerate() {
+        println!("\n== {}. {title} ==\n", i + 1);
+        let t = std::time::Instant::now();
+        run(quick);
+        println!("\n({title}: {:.0} s)", t.elapsed().as_secs_f64());
+    }
+    println!("\nall sections in {:.0} s", started.elapsed().as_secs_f64());
 }
 
 /// The challenged phone (see `challenge` below).
@@ -74,11 +146,27 @@ fn main() {
         eprintln!("the benchmark loads the XDP program: run it as root");
         std::process::exit(1);
     }
-    let (repeat, rounds, stages, only) = match cli.which {
-        Which::Verdict { repeat, rounds, stages, only } => (repeat, rounds, stages, only),
-        Which::TimeToBlock { runs, sources } => return tollgate_tests::ttb::run(runs, sources),
-        Which::Flood(args) => return tollgate_tests::flood::run(args),
-    };
+    match cli.which {
+        Which::Verdict { repeat, rounds, stages, only } => verdict(repeat, rounds, stages, only),
+        Which::TimeToBlock { runs, sources } => tollgate_tests::ttb::run(runs, sources),
+        Which::Flood(args) => tollgate_tests::flood::run(args),
+        Which::Maps { repeat, rounds, mut fills, quick } => {
+            fills.sort_unstable();
+            fills.dedup();
+            let base = if quick { bench_maps::Options::quick() } else { bench_maps::Options::full() };
+            let capacity = fills.iter().copied().max().unwrap_or(0).max(base.capacity);
+            bench_maps::run(&bench_maps::Options {
+                repeat: repeat.unwrap_or(base.repeat),
+                rounds: rounds.unwrap_or(base.rounds),
+                capacity: capacity.next_power_of_two(),
+                fills,
+            })
+        }
+        Which::All { quick } => all(quick),
+    }
+}
+
+fn verdict(repeat: u32, rounds: usize, stages: bool, only: Option<String>) {
     let mut l = Loaded::new();
     // A realistically populated blocklist: 10,000 IPv6 /64s plus IPv4 entries.
     const V6_ENTRIES: u32 = 10_000;
@@ -90,13 +178,7 @@ fn main() {
     // The agent's defaults, so the counting windows and thresholds run as
     // in production (the repeated source soon sits above every ceiling,
     // the costliest case: learned-threshold lookups on every INVITE).
-    let defaults = {
-        use clap::Parser as _;
-        let cli =
-            tollgate::cli::Cli::try_parse_from(["tollgate", "run", "--iface", "bench"]).expect("defaults");
-        let tollgate::cli::Command::Run(args) = cli.command else { unreachable!("parsed `run`") };
-        tollgate::daemon::setup::kernel_config(&args, tollgate_common::IdentityKey { k0: 1, k1: 2 })
-    };
+    let defaults = bench_maps::agent_defaults();
     l.maps.set_config(defaults).expect("config");
 
     let udp = |src: IpAddr, dport: u16| FrameBuilder::udp(src, edge_for(src), 40000, dport).payload(SIP);
@@ -143,24 +225,20 @@ fn main() {
         "{:<34} {:>12} {:>12} {:>8} {:>10}",
         "packet", "tollgate ns", "XDP_PASS ns", "ratio", "extra ns"
     );
-    let measure = |l: &mut Loaded, frame: &[u8], config: Option<Config>| {
+    let measure_with = |l: &mut Loaded, prog: &str, frame: &[u8], config: Option<Config>| {
         l.maps.set_config(config.unwrap_or(defaults)).expect("config");
         // Renewed before each measurement, well inside the nonce horizon.
         l.run_program(PROG_ENFORCE, &challenge, 1);
         let (mut ours, mut base) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
-            ours.push(l.run_program(PROG_ENFORCE, frame, repeat).1);
+            ours.push(l.run_program(prog, frame, repeat).1);
             base.push(l.run_program(PROG_BASELINE, frame, repeat).1);
         }
         (median(&mut ours), median(&mut base))
     };
-    let mut whole = Vec::new();
-    for (name, frame, expect, config) in &cases {
-        l.maps.set_config(config.unwrap_or(defaults)).expect("config");
-        let (action, _) = l.run_program(PROG_ENFORCE, frame, 1);
-        assert_eq!(action, *expect, "{name}: unexpected verdict, benchmark would be meaningless");
-        let (o, b) = measure(&mut l, frame, *config);
-        whole.push(o);
+    let measure =
+        |l: &mut Loaded, frame: &[u8], config: Option<Config>| measure_with(l, PROG_ENFORCE, frame, config);
+    let row = |name: &str, (o, b): (Duration, Duration)| {
         let ratio = if b.is_zero() { f64::NAN } else { o.as_nanos() as f64 / b.as_nanos() as f64 };
         println!(
             "{name:<34} {:>12} {:>12} {:>7.2}x {:>10}",
@@ -169,6 +247,21 @@ fn main() {
             ratio,
             o.as_nanos() as i128 - b.as_nanos() as i128
         );
+    };
+    let mut whole = Vec::new();
+    for (name, frame, expect, config) in &cases {
+        l.maps.set_config(config.unwrap_or(defaults)).expect("config");
+        let (action, _) = l.run_program(PROG_ENFORCE, frame, 1);
+        assert_eq!(action, *expect, "{name}: unexpected verdict, benchmark would be meaningless");
+        let (o, b) = measure(&mut l, frame, *config);
+        whole.push(o);
+        row(name, (o, b));
+        // Next to tollgate's drop: the cheapest static drop of the same
+        // packet (xdp-filter's kind), over the same blocklist.
+        if *expect == XDP_DROP && !stages {
+            assert_eq!(l.run_program(PROG_STATIC_DROP, frame, 1).0, XDP_DROP, "the static drop drops it");
+            row(STATIC_ROW, measure_with(&mut l, PROG_STATIC_DROP, frame, None));
+        }
     }
     if !stages {
         return;
@@ -192,6 +285,9 @@ fn main() {
         );
     }
 }
+
+/// The static-drop row of `bench verdict`, under tollgate's drop.
+const STATIC_ROW: &str = "  the same, static drop (xdp-filter)";
 
 fn median(v: &mut [Duration]) -> Duration {
     v.sort_unstable();
