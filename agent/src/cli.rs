@@ -369,7 +369,7 @@ pub struct RunArgs {
     /// feed no longer lists. A feed that fails to load keeps its last good
     /// entries until their ttl (also across a restart). Refused whole: a
     /// prefix broader than /8 (IPv4) or /19 (IPv6), mostly malformed or
-    /// empty text, more than 16 MiB, or more entries than the blocklist has
+    /// empty text, more than 64 MiB, or more entries than the blocklist has
     /// room for. Entries inside an --allow prefix are not written, and
     /// entries never replace a --block, operator or automatic block.
     /// NAME: 1 to 32 of a-z, 0-9, - and _.

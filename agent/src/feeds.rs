@@ -30,7 +30,7 @@ pub const MIN_V4_PREFIX: u8 = 8;
 /// Shortest IPv6 prefix a feed may list (RIRs allocate /19 at the largest).
 pub const MIN_V6_PREFIX: u8 = 19;
 /// Largest feed read, file or download.
-pub const MAX_FEED_BYTES: u64 = 16 << 20;
+pub const MAX_FEED_BYTES: u64 = 64 << 20;
 /// Longest a feed name may be (it is a metric label).
 pub const MAX_NAME_LEN: usize = 32;
 /// Time to connect to a feed's server.
@@ -533,7 +533,7 @@ mod tests {
         assert_eq!(fetch(&Source::Path(path.clone())).unwrap(), b"192.0.2.1\n");
         let big = std::fs::File::create(&path).unwrap();
         big.set_len(MAX_FEED_BYTES + 1).unwrap();
-        assert!(fetch(&Source::Path(path.clone())).unwrap_err().contains("larger than 16 MiB"));
+        assert!(fetch(&Source::Path(path.clone())).unwrap_err().contains("larger than 64 MiB"));
         assert!(fetch(&Source::Path(dir.0.join("missing"))).unwrap_err().starts_with("cannot read "));
     }
 }
