@@ -36,6 +36,8 @@ const NEEDS_RESTART: &[&str] = &[
     "cluster-ca",
     "cluster-cert",
     "cluster-key",
+    "cluster-source-fraction",
+    "cluster-max-sources",
 ];
 
 /// What the running agent was configured with, to compare a reload with.
