@@ -177,23 +177,9 @@ fn maps_pinned_by_an_incompatible_version_are_named_and_left_alone() {
         return;
     }
     // A CONFIG map as an older tollgate pinned it (24-byte value).
-    let dir = std::path::PathBuf::from(tollgate_tests::netns::PIN_ROOT).join(tollgate_tests::unique("old"));
-    std::fs::create_dir_all(&dir).expect("pin dir");
-    struct Cleanup(std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(dir.clone());
-    let old = dir.join("CONFIG");
-    let made = Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(&old)
-        .args(["type", "array", "key", "4", "value", "24", "entries", "1", "name", "CONFIG"])
-        .output()
-        .expect("bpftool (installed by cargo xtask setup)");
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let pin =
+        PinnedMap::create("old", "CONFIG", &["type", "array", "key", "4", "value", "24", "entries", "1"]);
+    let (dir, old) = (&pin.dir, &pin.map);
     let state = StateDir::new(None);
     let out = tollgate(&[
         "run",
@@ -220,27 +206,15 @@ fn a_pinned_blocklist_of_another_size_is_named_with_both_ways_out() {
         return;
     }
     // The blocklist an agent with the default --blocklist-capacity pinned.
-    let dir = std::path::PathBuf::from(tollgate_tests::netns::PIN_ROOT).join(tollgate_tests::unique("cap"));
-    std::fs::create_dir_all(&dir).expect("pin dir");
-    struct Cleanup(std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(dir.clone());
-    let pinned = dir.join(tollgate_common::MAP_BLOCKLIST);
     let key = (4 + size_of::<tollgate_common::AddrKey>()).to_string();
     let value = size_of::<tollgate_common::BlockEntry>().to_string();
     let entries = tollgate_common::BLOCKLIST_CAPACITY.to_string();
-    let made = Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(&pinned)
-        .args(["type", "lpm_trie", "key", &key, "value", &value, "entries", &entries])
-        .args(["name", "BLOCKLIST", "flags", "1"])
-        .output()
-        .expect("bpftool (installed by cargo xtask setup)");
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let pin = PinnedMap::create(
+        "cap",
+        tollgate_common::MAP_BLOCKLIST,
+        &["type", "lpm_trie", "key", &key, "value", &value, "entries", &entries, "flags", "1"],
+    );
+    let (dir, pinned) = (&pin.dir, &pin.map);
     let state = StateDir::new(None);
     let dir_s = dir.to_str().expect("UTF-8");
     let control = format!("{}/control.sock", state.path());
@@ -270,6 +244,36 @@ fn a_pinned_blocklist_of_another_size_is_named_with_both_ways_out() {
     assert_clean_failure(&out, &format!("Start with --blocklist-capacity {entries}"));
     assert_clean_failure(&out, "tollgate detach --pin-path");
     assert!(pinned.exists(), "the pinned blocks are left for the operator to decide");
+}
+
+/// A pin directory of the test's own holding one map made by `bpftool map
+/// create` (`spec`: its type, sizes and flags), removed on drop.
+struct PinnedMap {
+    dir: std::path::PathBuf,
+    map: std::path::PathBuf,
+}
+
+impl PinnedMap {
+    fn create(tag: &str, name: &str, spec: &[&str]) -> Self {
+        let dir = std::path::PathBuf::from(tollgate_tests::netns::PIN_ROOT).join(tollgate_tests::unique(tag));
+        std::fs::create_dir_all(&dir).expect("pin dir");
+        let pin = Self { map: dir.join(name), dir };
+        let made = Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(&pin.map)
+            .args(spec)
+            .args(["name", name])
+            .output()
+            .expect("bpftool (installed by cargo xtask setup)");
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        pin
+    }
+}
+
+impl Drop for PinnedMap {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// A state directory of the test's own, removed on drop; with `key`, an
