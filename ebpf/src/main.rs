@@ -38,7 +38,7 @@ use aya_ebpf::{
 use tollgate_common::{
     AddrKey, JUMP_COUNT, JUMP_PARSE,
     packet::{ETH_P_IPV4, ETH_P_IPV6, Transport, parse_headers},
-    v4_mapped,
+    v4_mapped, verdict,
 };
 
 use crate::{
@@ -51,7 +51,12 @@ use crate::{
 pub fn tollgate(ctx: XdpContext) -> u32 {
     let (action, code, sip) = evaluate(&ctx);
     let bytes = (ctx.data_end() - ctx.data()) as u32;
-    if let Some((h, p)) = sip
+    // A blocked source (--block, an operator's block, a feed) is dropped
+    // here, before any SIP is read: nothing it sends can change a decision,
+    // and a flood of it costs no more than the lookups (README, "What is
+    // dropped"). Suspended sources go on: their requests are evidence.
+    if code != verdict::DROP_BLOCKLIST
+        && let Some((h, p)) = sip
         && stages::stage(&ctx, &h, &p, action as i32, code, bytes, false)
     {
         // Does not return on success: the count stage decides the final
