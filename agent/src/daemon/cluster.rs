@@ -218,6 +218,8 @@ pub(super) struct Sharing {
     mine: Option<NodeCounts>,
     sent_at: Option<std::time::Instant>,
     others: BTreeMap<String, NodeCounts>,
+    /// The others' counts changed since they were last judged.
+    changed: bool,
 }
 
 impl Sharing {
@@ -231,6 +233,7 @@ impl Sharing {
             mine: None,
             sent_at: None,
             others: BTreeMap::new(),
+            changed: false,
         }
     }
 
@@ -261,6 +264,12 @@ impl Sharing {
 
     pub(super) fn set_others(&mut self, others: BTreeMap<String, NodeCounts>) {
         self.others = others;
+        self.changed = true;
+    }
+
+    /// Whether the others' counts changed since this was last asked.
+    pub(super) fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
     }
 
     /// The sums for the detector, as this node now sees the cluster.

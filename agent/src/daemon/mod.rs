@@ -384,10 +384,11 @@ impl Daemon {
     /// What the cluster's store says another node decided, or counts.
     fn remote(&mut self, msg: crate::cluster::Remote) {
         if let crate::cluster::Remote::Counts(others) = msg {
+            // Judged at the next share tick: at most once a second, however
+            // many nodes publish (summing is linear in all their counts).
             if let Some(sharing) = &mut self.sharing {
                 sharing.set_others(others);
             }
-            self.judge_sums();
             return;
         }
         let Some(link) = self.actuator.cluster() else { return };
@@ -395,11 +396,12 @@ impl Daemon {
         cluster::apply_remote(link, &mut self.engine, &mut m, &self.actuator, msg);
     }
 
-    /// (clustering) Publishes this node's counts if they changed; the sums
-    /// are judged again with them.
+    /// (clustering) Once a second: publishes this node's counts if they
+    /// changed, and judges the sums again if they or the others' changed.
     fn share(&mut self) {
         let Some(sharing) = &mut self.sharing else { return };
-        if sharing.publish(&mut self.learned.detector, self.window) {
+        let published = sharing.publish(&mut self.learned.detector, self.window);
+        if sharing.take_changed() | published {
             self.judge_sums();
         }
     }
