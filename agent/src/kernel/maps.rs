@@ -229,6 +229,12 @@ impl Maps {
         per_country(&self.country_blocked, MAP_COUNTRY_BLOCKED)
     }
 
+    /// How many sources are tracked: their keys only (one syscall each,
+    /// none of their counters copied), for the metrics.
+    pub fn sources_tracked(&self) -> usize {
+        self.sources.keys().filter(|k| k.is_ok()).count()
+    }
+
     /// Every tracked source with its counters.
     pub fn sources(&self) -> Vec<(IpAddr, SourceStats)> {
         self.sources.iter().filter_map(|r| r.ok()).map(|(k, v)| (key_addr(&k), v)).collect()

@@ -199,7 +199,7 @@ impl Collector for KernelCollector {
         out.push(decisions::restrictions_active(&maps, &entries, now));
         out.extend(self.decisions.families());
         self.read(&mut out, learning::levels(&maps, &self.countries));
-        let tracked = maps.sources().len();
+        let tracked = maps.sources_tracked();
         out.extend(learning::sources(tracked, self.sizes.max_sources));
         out.extend(enforcement::map_pressure(&maps, entries.len(), tracked, self.sizes));
         out.push(family(
