@@ -637,8 +637,14 @@ impl Detector {
         let min_sources = self.cfg.country_min_sources;
         let ceilings = *self.cfg.ceilings(subject);
         let e = self.elsewhere.get(&subject).copied().unwrap_or_default();
-        let summed_t: [u32; SCALES] =
-            std::array::from_fn(|k| self.summed_threshold(subject, k, thresholds[k], levels[k], &e));
+        // Only where this node judges the sum (most calls: nowhere).
+        let summed_t: [u32; SCALES] = std::array::from_fn(|k| {
+            if e.lead[k] {
+                self.summed_threshold(subject, k, thresholds[k], levels[k], &e)
+            } else {
+                thresholds[k]
+            }
+        });
         let mut c = self.counts.get_mut(&subject);
         for k in 0..SCALES {
             let t = thresholds[k];
@@ -764,9 +770,8 @@ impl Detector {
                 continue;
             };
             let n: [u32; SCALES] = std::array::from_fn(|k| c.scales[k].peek(now, lens[k]));
-            let level_milli = std::array::from_fn(|k| {
-                c.levels[k].filter(|l| self.trusted(l, now)).map_or(0, |l| (l.level * 1000.0).round() as u64)
-            });
+            let level_milli =
+                std::array::from_fn(|k| self.level(s, k, now).map_or(0, |l| (l * 1000.0).round() as u64));
             match s {
                 Subject::Country(cc) if n.iter().any(|n| *n > 0) => {
                     let sources = std::array::from_fn(|k| c.scales[k].spread_at(now, lens[k]));

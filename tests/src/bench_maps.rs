@@ -127,7 +127,8 @@ pub fn prefixes(n: usize) -> Vec<IpNet> {
     out
 }
 
-fn median(v: &mut [Duration]) -> Duration {
+/// The median of `v` (sorted in place), as every bench reports it.
+pub fn median(v: &mut [Duration]) -> Duration {
     v.sort_unstable();
     v[v.len() / 2]
 }

@@ -234,7 +234,7 @@ fn verdict(repeat: u32, rounds: usize, stages: bool, only: Option<String>) {
             ours.push(l.run_program(prog, frame, repeat).1);
             base.push(l.run_program(PROG_BASELINE, frame, repeat).1);
         }
-        (median(&mut ours), median(&mut base))
+        (bench_maps::median(&mut ours), bench_maps::median(&mut base))
     };
     let measure =
         |l: &mut Loaded, frame: &[u8], config: Option<Config>| measure_with(l, PROG_ENFORCE, frame, config);
@@ -288,8 +288,3 @@ fn verdict(repeat: u32, rounds: usize, stages: bool, only: Option<String>) {
 
 /// The static-drop row of `bench verdict`, under tollgate's drop.
 const STATIC_ROW: &str = "  the same, static drop (xdp-filter)";
-
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort_unstable();
-    v[v.len() / 2]
-}
