@@ -3,13 +3,14 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::XdpContext};
 use tollgate_common::{
-    CONFIG_BLOCK_ALL_PORTS, Config, IdentityKey, MAX_NESTED_BLOCKS,
+    AddrKey, CONFIG_BLOCK_ALL_PORTS, Config, IdentityKey, MAX_BLOCK_LENGTHS, MAX_NESTED_BLOCKS, addr_words,
+    masked_key,
     packet::{Headers, ParseError, Ports, Transport, parse_headers},
     port_key, verdict,
 };
 
 use crate::{
-    maps::{ALLOWLIST, BLOCKLIST, CONFIG, SIP_PORTS, STATS},
+    maps::{ALLOWLIST, BLOCK_EXACT, BLOCK_LENGTHS, BLOCKLIST, CONFIG, SIP_PORTS, STATS},
     sip::View,
 };
 
@@ -59,25 +60,73 @@ fn enforce(h: &Headers, is_sip: bool) -> (u32, u32) {
     if ALLOWLIST.get(&key).is_some() {
         return (PASS, verdict::PASS_ALLOWLISTED);
     }
+    match blocked_by_length(&h.src).unwrap_or_else(|| blocked_in_trie(&mut key, &h.src)) {
+        Lookup::Active => return (xdp_action::XDP_DROP, verdict::DROP_BLOCKLIST),
+        Lookup::Expired => return (PASS, verdict::PASS_EXPIRED),
+        Lookup::Unlisted => {}
+    }
+    if is_sip { (PASS, verdict::PASS_SIP) } else { (PASS, verdict::PASS_NOT_SIP) }
+}
+
+/// What the blocklist holds for a source.
+enum Lookup {
+    Active,
+    /// Only entries that have expired.
+    Expired,
+    Unlisted,
+}
+
+/// The source looked up once per prefix length the blocklist holds,
+/// longest first, in BLOCK_EXACT: a hash lookup per length (one or two for
+/// a typical feed) rather than a trie walk of one node per bit, so a flood
+/// from many sources costs no more than one from a few. None: the agent
+/// has not indexed the blocklist by length (starting up, or more lengths
+/// than BLOCK_LENGTHS holds): the trie answers.
+#[inline(always)]
+fn blocked_by_length(src: &AddrKey) -> Option<Lookup> {
+    let active = BLOCK_LENGTHS.get(0)?.active;
+    if active == 0 {
+        return None;
+    }
+    let lengths = BLOCK_LENGTHS.get(active)?;
+    let (count, words) = (lengths.count as usize, addr_words(src));
+    let mut expired = false;
+    for i in 0..MAX_BLOCK_LENGTHS {
+        if i >= count {
+            break;
+        }
+        let key = masked_key(&words, lengths.lens[i], &lengths.masks[i]);
+        // SAFETY: the value is plain data, read before any update could free it.
+        let Some(entry) = (unsafe { BLOCK_EXACT.get(&key) }) else { continue };
+        // SAFETY: bpf_ktime_get_ns takes no arguments and cannot fail.
+        if entry.is_active(unsafe { bpf_ktime_get_ns() }) {
+            return Some(Lookup::Active);
+        }
+        // Expired: a broader entry enclosing it may still be active.
+        expired = true;
+    }
+    Some(if expired { Lookup::Expired } else { Lookup::Unlisted })
+}
+
+/// The source looked up in the trie: its longest match, and past expired
+/// entries the broader ones enclosing them.
+#[inline(always)]
+fn blocked_in_trie(key: &mut Key<AddrKey>, src: &AddrKey) -> Lookup {
     let mut expired = false;
     for _ in 0..MAX_NESTED_BLOCKS {
-        let Some(entry) = BLOCKLIST.get(&key) else { break };
+        let Some(entry) = BLOCKLIST.get(&*key) else { break };
         // Read the clock only when an entry matches.
         // SAFETY: bpf_ktime_get_ns takes no arguments and cannot fail.
         if entry.is_active(unsafe { bpf_ktime_get_ns() }) {
-            return (xdp_action::XDP_DROP, verdict::DROP_BLOCKLIST);
+            return Lookup::Active;
         }
-        // Expired: a broader entry enclosing it may still be active.
         expired = true;
         if entry.prefix_len == 0 {
             break;
         }
-        key = Key::new(entry.prefix_len - 1, h.src);
+        *key = Key::new(entry.prefix_len - 1, *src);
     }
-    if expired {
-        return (PASS, verdict::PASS_EXPIRED);
-    }
-    if is_sip { (PASS, verdict::PASS_SIP) } else { (PASS, verdict::PASS_NOT_SIP) }
+    if expired { Lookup::Expired } else { Lookup::Unlisted }
 }
 
 #[inline(always)]

@@ -7,11 +7,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
 use tollgate_common::{
-    ALLOWLIST_CAPACITY, AddrKey, AllowEntry, BLOCKLIST_CAPACITY, Baseline, BlockEntry, CALL_EVENTS_BYTES,
-    CALLS_CAPACITY, CallKey, CallSeen, Config, Counter, CountryRestriction, CountryWindow, EVENTS_BYTES,
-    ID_DROPPED_CAPACITY, IFACE_STATS_CAPACITY, INTL_BASELINE_CAPACITY, IdentityAt, IdentityRestriction,
-    NONCES_CAPACITY, NonceKey, RESTRICTIONS_CAPACITY, Restriction, SIP_PORTS_CAPACITY, SOURCES_CAPACITY,
-    SipContext, SourceStats, TRANSACTIONS_CAPACITY, Txn, TxnKey,
+    ALLOWLIST_CAPACITY, AddrKey, AllowEntry, BLOCKLIST_CAPACITY, Baseline, BlockEntry, BlockKey,
+    BlockLengths, CALL_EVENTS_BYTES, CALLS_CAPACITY, CallKey, CallSeen, Config, Counter, CountryRestriction,
+    CountryWindow, EVENTS_BYTES, ID_DROPPED_CAPACITY, IFACE_STATS_CAPACITY, INTL_BASELINE_CAPACITY,
+    IdentityAt, IdentityRestriction, NONCES_CAPACITY, NonceKey, RESTRICTIONS_CAPACITY, Restriction,
+    SIP_PORTS_CAPACITY, SOURCES_CAPACITY, SipContext, SourceStats, TRANSACTIONS_CAPACITY, Txn, TxnKey,
     number::{COUNTRY_CODE_SLOTS, NumberPlan},
     sip::SipSummary,
     sip_stat, verdict,
@@ -24,6 +24,15 @@ use crate::sip::stages::Scratch;
 #[map]
 pub(crate) static BLOCKLIST: LpmTrie<AddrKey, BlockEntry> =
     LpmTrie::with_max_entries(BLOCKLIST_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// The blocklist by exact prefix, for lookups one length at a time
+/// (enforce.rs); sized with BLOCKLIST by the loader.
+#[map]
+pub(crate) static BLOCK_EXACT: HashMap<BlockKey, BlockEntry> =
+    HashMap::with_max_entries(BLOCKLIST_CAPACITY, BPF_F_NO_PREALLOC);
+
+#[map]
+pub(crate) static BLOCK_LENGTHS: Array<BlockLengths> = Array::with_max_entries(3, 0);
 
 #[map]
 pub(crate) static ALLOWLIST: LpmTrie<AddrKey, AllowEntry> =

@@ -219,6 +219,11 @@ impl Loaded {
             .expect("block");
     }
 
+    pub fn unblock(&mut self, net: &str) {
+        let net: IpNet = net.parse().expect("prefix");
+        self.maps.blocklist.remove(&net).expect("unblock");
+    }
+
     pub fn allow(&mut self, nets: &[&str]) {
         let nets: Vec<IpNet> = nets.iter().map(|n| n.parse().expect("prefix")).collect();
         self.maps.allowlist.replace(&nets).expect("allow");

@@ -182,3 +182,65 @@ fn expired_entries_never_shadow_active_ones_and_block_all_ports_widens_scope() {
     assert_eq!(l.run(&FrameBuilder::other(1, TRUSTED_V4, EDGE_V4).build()), (XDP_DROP, DROP_BLOCKLIST));
     assert_eq!(l.run(&udp(CUSTOMER_V6, 5999).build()), (XDP_PASS, PASS_NOT_SIP));
 }
+
+/// The kernel looks a source up once per prefix length the blocklist
+/// holds, in a hash by exact prefix, and walks the trie when there are more
+/// lengths than it looks up one by one: both give the same verdicts, past
+/// expired entries too, and a length goes out of use with its last entry.
+#[test]
+fn lookups_by_prefix_length_and_the_trie_agree() {
+    if !privileged("lookups_by_prefix_length_and_the_trie_agree") {
+        return;
+    }
+    let mut l = Loaded::new();
+    let now = monotonic_now_ns();
+    for (net, expires) in [
+        ("203.0.113.0/24", 0),
+        ("203.0.113.10/32", now - 1),
+        ("198.51.100.0/24", now - 1),
+        ("198.51.100.10/32", now - 1),
+        ("2001:db8:1::/48", now - 1),
+        ("2001:db8:1::10/128", 0),
+    ] {
+        l.block(net, expires);
+    }
+    let lengths = |l: &Loaded| l.maps.blocklist.lengths_in_force().expect("BLOCK_LENGTHS");
+    assert_eq!(lengths(&l), Some(vec![128, 120, 48]), "IPv4 lengths are 96 more");
+    let sources = [ATTACKER_V4, TRUSTED_V4, CUSTOMER_V4, ATTACKER_V6, TRUSTED_V6, CUSTOMER_V6, EDGE_V4];
+    let verdicts = |l: &Loaded| sources.map(|s| l.run(&udp(s, 5060).build()));
+    let by_length = verdicts(&l);
+    assert_eq!(
+        by_length,
+        [
+            (XDP_DROP, DROP_BLOCKLIST),
+            (XDP_DROP, DROP_BLOCKLIST),
+            (XDP_PASS, PASS_EXPIRED),
+            (XDP_DROP, DROP_BLOCKLIST),
+            (XDP_PASS, PASS_EXPIRED),
+            (XDP_PASS, PASS_SIP),
+            (XDP_PASS, PASS_SIP),
+        ]
+    );
+    // Six more lengths, covering none of the sources: the trie answers.
+    let more: Vec<String> = [36, 40, 44, 52, 56, 60].iter().map(|n| format!("2001:db8:8000::/{n}")).collect();
+    for net in &more {
+        l.block(net, 0);
+    }
+    assert_eq!(lengths(&l), None, "9 lengths: more than the kernel looks up one by one");
+    assert_eq!(verdicts(&l), by_length, "the trie's verdicts");
+    for net in &more {
+        l.unblock(net);
+    }
+    assert_eq!(lengths(&l), Some(vec![128, 120, 48]));
+    assert_eq!(verdicts(&l), by_length);
+    // The /48's only entry goes, and its length with it; the /128 in it
+    // still drops.
+    l.unblock("2001:db8:1::/48");
+    assert_eq!(lengths(&l), Some(vec![128, 120]));
+    assert_eq!(l.run(&udp(ATTACKER_V6, 5060).build()), (XDP_DROP, DROP_BLOCKLIST));
+    assert_eq!(l.run(&udp(TRUSTED_V6, 5060).build()), (XDP_PASS, PASS_SIP));
+    // What a restarted agent finds pinned is indexed again, the same.
+    l.maps.blocklist.index().expect("indexing");
+    assert_eq!(lengths(&l), Some(vec![128, 120]));
+    assert_eq!(l.run(&udp(ATTACKER_V4, 5060).build()), (XDP_DROP, DROP_BLOCKLIST));
+}

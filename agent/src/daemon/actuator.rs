@@ -79,7 +79,7 @@ pub(super) fn write_restriction(maps: &mut Maps, a: &Active, until: u64) -> crat
                     &net,
                     BlockEntry { expires_at_ns: until, reason: reason::OPERATOR, prefix_len: 0 },
                 )
-            } else if maps.blocklist.entries().iter().any(|(n, _)| *n == net) {
+            } else if maps.blocklist.contains(&net) {
                 maps.blocklist.remove(&net)
             } else {
                 Ok(())
@@ -287,8 +287,8 @@ pub(super) fn apply_cli_blocks(
 pub(super) fn remove_expired(maps: &mut Maps) -> usize {
     let now = monotonic_now_ns();
     let mut others = 0;
-    for (net, entry) in maps.blocklist.entries() {
-        if !entry.is_active(now) && entry.reason != reason::OPERATOR {
+    for (net, entry) in maps.blocklist.expired(now) {
+        if entry.reason != reason::OPERATOR {
             match maps.blocklist.remove(&net) {
                 Ok(()) if entry.reason == reason::FEED => {}
                 Ok(()) => {

@@ -40,17 +40,6 @@ use crate::{
 /// ignores them once expired; this only keeps the map and the audit tidy.
 const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 
-/// After reading the whole blocklist for expired entries (which holds the
-/// maps' lock), the sweep leaves it alone for this long: nine times what
-/// the read took, so it never takes more than a tenth of the lock. Under a
-/// second (every sweep, as before) up to about 80,000 entries on a 2-vCPU
-/// machine; about 14 s for a million, which take about 1.5 s to read
-/// (`cargo xtask bench maps`) and would otherwise hold the lock longer
-/// than the sweep's interval.
-fn blocklist_scan_pause(read_took: Duration) -> Duration {
-    read_took * 9
-}
-
 pub async fn run(args: RunArgs, notifier: Notifier) -> anyhow::Result<()> {
     let setup = Setup::check(&args)?;
     // What a reload (SIGHUP) compares with: the command line as given.
@@ -117,17 +106,20 @@ pub async fn run(args: RunArgs, notifier: Notifier) -> anyhow::Result<()> {
         .register(Box::new(crate::cluster::metrics::ClusterCollector::new(shared)))
         .expect("collector registers once");
     registry
-        .register(Box::new(metrics::KernelCollector::new(
-            Arc::clone(&reader),
-            attached.clone(),
-            setup.countries,
-            event_counts,
-            actuator.counts().clone(),
-            crate::kernel::loader::MapSizes {
-                max_sources: args.detect.max_sources,
-                blocklist_capacity: args.blocklist_capacity,
-            },
-        )))
+        .register(Box::new(
+            metrics::KernelCollector::new(
+                Arc::clone(&reader),
+                attached.clone(),
+                setup.countries,
+                event_counts,
+                actuator.counts().clone(),
+                crate::kernel::loader::MapSizes {
+                    max_sources: args.detect.max_sources,
+                    blocklist_capacity: args.blocklist_capacity,
+                },
+            )
+            .with_writer(Arc::clone(&maps)),
+        ))
         .expect("collector registers once");
     let (ctl_tx, ctl_rx) = mpsc::channel::<control::Pending>(16);
     // /countries.json is answered by the main loop, like `tollgate report`.
@@ -159,7 +151,6 @@ pub async fn run(args: RunArgs, notifier: Notifier) -> anyhow::Result<()> {
         notifier,
         enforcing,
         feeds,
-        next_blocklist_scan: std::time::Instant::now(),
         sharing,
     };
     let (signame, notifier) = daemon.run(rx, call_rx, ctl_rx, feed_rx, remote_rx).await?;
@@ -210,8 +201,6 @@ struct Daemon {
     enforcing: String,
     /// The blocklist feeds.
     feeds: feeds::Feeds,
-    /// When the sweep next reads the whole blocklist ([`blocklist_scan_pause`]).
-    next_blocklist_scan: std::time::Instant,
     /// (clustering) The counts summed across the cluster.
     sharing: Option<cluster::Sharing>,
 }
@@ -423,32 +412,13 @@ impl Daemon {
             self.actuator.apply(&mut m, &d, None);
         }
         // The kernel already ignores expired entries: removing them is
-        // tidying, paced by the blocklist's size.
-        let started = std::time::Instant::now();
-        if started >= self.next_blocklist_scan {
-            unblocked += actuator::remove_expired(&mut m);
-            self.next_blocklist_scan = std::time::Instant::now() + blocklist_scan_pause(started.elapsed());
-        }
+        // tidying, from a queue of deadlines (as many steps as entries
+        // lapsed, however large the blocklist).
+        unblocked += actuator::remove_expired(&mut m);
         self.feeds.lapse(self.actuator.auditor());
         if unblocked > 0 {
             // A block that went may have covered a prefix a feed lists.
             self.feeds.write_all(&mut m, &self.running.args.allows);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_blocklist_scan_takes_at_most_a_tenth_of_the_time() {
-        for took in [Duration::from_millis(1), Duration::from_millis(80), Duration::from_millis(1500)] {
-            let pause = blocklist_scan_pause(took);
-            assert!(took.as_secs_f64() / (took + pause).as_secs_f64() <= 0.1 + 1e-9);
-        }
-        // A default-sized blocklist (65,536 entries, about 0.08 s to read
-        // on a loaded 2-vCPU machine) is still read at every sweep.
-        assert!(blocklist_scan_pause(Duration::from_millis(100)) < EXPIRY_SWEEP);
     }
 }

@@ -171,7 +171,9 @@ pub fn incompatible_pins(dir: &Path) -> Result<Vec<String>> {
         let path = dir.join(name);
         let Some(def) = obj.maps.get(name).filter(|_| path.exists()) else { continue };
         let want = (def.key_size(), def.value_size());
-        let sized_here = ![tollgate_common::MAP_SOURCES, tollgate_common::MAP_BLOCKLIST].contains(&name);
+        let sized_here =
+            ![tollgate_common::MAP_SOURCES, tollgate_common::MAP_BLOCKLIST, tollgate_common::MAP_BLOCK_EXACT]
+                .contains(&name);
         match aya::maps::MapInfo::from_pin(&path) {
             Ok(info) if (info.key_size(), info.value_size()) != want => bad.push(format!(
                 "{name}: {}/{} bytes pinned, {}/{} here",
@@ -223,6 +225,7 @@ pub fn load_with(pin_dir: Option<&Path>, sizes: MapSizes) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(tollgate_common::MAP_SOURCES, sizes.max_sources);
     loader.map_max_entries(tollgate_common::MAP_BLOCKLIST, sizes.blocklist_capacity);
+    loader.map_max_entries(tollgate_common::MAP_BLOCK_EXACT, sizes.blocklist_capacity);
     let paths: Vec<(&str, PathBuf)> = match pin_dir {
         Some(dir) => PINNED_MAPS.iter().map(|m| (*m, dir.join(m))).collect(),
         None => Vec::new(),

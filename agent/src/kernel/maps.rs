@@ -5,6 +5,7 @@
 //! (`tollgate status`).
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
 };
@@ -15,13 +16,14 @@ use aya::{
 };
 use ipnet::IpNet;
 use tollgate_common::{
-    AddrKey, AllowEntry, Baseline, BlockEntry, Config, Counter, CountryRestriction, IdentityAt,
-    IdentityRestriction, MAP_ALLOWLIST, MAP_BLOCKLIST, MAP_CONFIG, MAP_COUNTRY_BASELINE, MAP_COUNTRY_BLOCKED,
-    MAP_COUNTRY_CODES, MAP_COUNTRY_INVITES, MAP_COUNTRY_RESTRICT, MAP_ID_RESTRICT, MAP_IFACE_STATS,
-    MAP_INTL_BASELINE, MAP_NUMBER_PLAN, MAP_RESTRICTIONS, MAP_SIP_PORTS, MAP_SIP_STATS, MAP_SOURCES,
-    MAP_STATS, Restriction, SourceStats, V4_MAPPED_PREFIX_LEN,
+    AddrKey, AllowEntry, Baseline, BlockEntry, BlockKey, BlockLengths, Config, Counter, CountryRestriction,
+    IdentityAt, IdentityRestriction, MAP_ALLOWLIST, MAP_BLOCK_EXACT, MAP_BLOCK_LENGTHS, MAP_BLOCKLIST,
+    MAP_CONFIG, MAP_COUNTRY_BASELINE, MAP_COUNTRY_BLOCKED, MAP_COUNTRY_CODES, MAP_COUNTRY_INVITES,
+    MAP_COUNTRY_RESTRICT, MAP_ID_RESTRICT, MAP_IFACE_STATS, MAP_INTL_BASELINE, MAP_NUMBER_PLAN,
+    MAP_RESTRICTIONS, MAP_SIP_PORTS, MAP_SIP_STATS, MAP_SOURCES, MAP_STATS, MAX_BLOCK_LENGTHS, NO_EXPIRY,
+    Restriction, SourceStats, V4_MAPPED_PREFIX_LEN, block_key,
     number::{COUNTRY_CODE_SLOTS, NumberPlan},
-    port_key, sip_stat, v4_mapped, v4_unmapped, verdict,
+    port_key, prefix_mask, reason, sip_stat, v4_mapped, v4_unmapped, verdict,
 };
 
 use crate::error::{Error, Result};
@@ -111,13 +113,17 @@ where
 
 impl Maps {
     /// Takes the maps out of a loaded object.
+    /// The loader of the program is the blocklist's writer: it indexes it
+    /// ([`Blocklist::index`]).
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
-        Self::from_source(|name| {
+        let mut maps = Self::from_source(|name| {
             ebpf.take_map(name).ok_or_else(|| Error::Map {
                 context: format!("map {name} missing from the eBPF object"),
                 error: aya::maps::MapError::InvalidName { name: name.to_owned() },
             })
-        })
+        })?;
+        maps.blocklist.index()?;
+        Ok(maps)
     }
 
     /// Opens the maps pinned in `dir` by `tollgate run`.
@@ -132,7 +138,11 @@ impl Maps {
     fn from_source(mut source: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
         let s = &mut source;
         Ok(Self {
-            blocklist: Blocklist(typed(s, MAP_BLOCKLIST)?),
+            blocklist: Blocklist::new(
+                typed(s, MAP_BLOCKLIST)?,
+                typed(s, MAP_BLOCK_EXACT)?,
+                typed(s, MAP_BLOCK_LENGTHS)?,
+            ),
             allowlist: Allowlist(typed(s, MAP_ALLOWLIST)?),
             restrictions: Restrictions(typed(s, MAP_RESTRICTIONS)?),
             identities: IdentityRestrictions(typed(s, MAP_ID_RESTRICT)?),
@@ -324,7 +334,11 @@ pub const BATCH: usize = 16_384;
 
 /// BPF_MAP_UPDATE_BATCH of `keys` and `values` into the map `fd` (aya
 /// 0.14 has no batch operations).
-fn update_batch(fd: std::os::fd::RawFd, keys: &[Key<AddrKey>], values: &[BlockEntry]) -> std::io::Result<()> {
+fn update_batch<K: aya::Pod, V: aya::Pod>(
+    fd: std::os::fd::RawFd,
+    keys: &[K],
+    values: &[V],
+) -> std::io::Result<()> {
     /// `union bpf_attr`'s `batch` member (include/uapi/linux/bpf.h).
     #[repr(C)]
     struct BatchAttr {
@@ -350,8 +364,9 @@ fn update_batch(fd: std::os::fd::RawFd, keys: &[Key<AddrKey>], values: &[BlockEn
         flags: 0,
     };
     // SAFETY: attr is a valid bpf_attr prefix of the size passed; keys and
-    // values hold `count` records of the map's key and value sizes (a
-    // packed Key<AddrKey> is the 20-byte LPM key, BlockEntry the value).
+    // values hold `count` records of the map's key and value sizes (K and V
+    // are the map's key and value types: a packed Key<AddrKey> is the
+    // 20-byte LPM key).
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -363,14 +378,157 @@ fn update_batch(fd: std::os::fd::RawFd, keys: &[Key<AddrKey>], values: &[BlockEn
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
-pub struct Blocklist(LpmTrie<MapData, AddrKey, BlockEntry>);
+/// Prefix lengths of an [`AddrKey`]: 0 to 128.
+const LENGTHS: usize = 129;
+
+/// The blocklist: an LPM trie, and the same entries by exact prefix with
+/// the prefix lengths they have, which is what the kernel looks a source
+/// up in (a hash lookup per length; the trie when there are more lengths
+/// than [`MAX_BLOCK_LENGTHS`], or while they are being indexed).
+///
+/// The agent that loaded the program is the blocklist's only writer: it
+/// keeps a copy ([`Index`]), so reading the blocklist costs no system
+/// calls there, and it knows when a length comes or goes. A handle on the
+/// pins (`tollgate status`, the metrics' reader) reads the kernel's trie.
+pub struct Blocklist {
+    trie: LpmTrie<MapData, AddrKey, BlockEntry>,
+    exact: HashMap<MapData, BlockKey, BlockEntry>,
+    lengths: Array<MapData, BlockLengths>,
+    index: Option<Index>,
+}
+
+/// The writer's copy of the blocklist.
+struct Index {
+    entries: BTreeMap<IpNet, BlockEntry>,
+    /// Entries per prefix length.
+    per_len: [u32; LENGTHS],
+    /// When each entry that lapses does (the expiry sweep's queue).
+    deadlines: BTreeSet<(u64, IpNet)>,
+    /// Entries an operator's block made ([`reason::OPERATOR`]).
+    operator: usize,
+    /// The slot of BLOCK_LENGTHS in force (0: the trie).
+    active: u32,
+}
+
+/// The prefix lengths with entries, longest first, if the kernel can look
+/// them up one by one.
+fn lengths_in_use(per_len: &[u32; LENGTHS]) -> Option<Vec<u8>> {
+    let lens: Vec<u8> = (0..LENGTHS).rev().filter(|l| per_len[*l] > 0).map(|l| l as u8).collect();
+    (lens.len() <= MAX_BLOCK_LENGTHS).then_some(lens)
+}
 
 impl Blocklist {
+    fn new(
+        trie: LpmTrie<MapData, AddrKey, BlockEntry>,
+        exact: HashMap<MapData, BlockKey, BlockEntry>,
+        lengths: Array<MapData, BlockLengths>,
+    ) -> Self {
+        Self { trie, exact, lengths, index: None }
+    }
+
+    /// Makes the exact-prefix map what the trie holds and the kernel look
+    /// sources up in it: the trie answers meanwhile. Done once by the
+    /// agent that loads the program (about 3 s for a million entries:
+    /// both maps read), before anything is written.
+    pub fn index(&mut self) -> Result<()> {
+        self.set_active(0)?;
+        let entries: BTreeMap<IpNet, BlockEntry> = self.read_trie().into_iter().collect();
+        let want: std::collections::HashMap<BlockKey, BlockEntry> =
+            entries.iter().map(|(net, e)| (exact_key(net), *e)).collect();
+        let stale: Vec<BlockKey> = self
+            .exact
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, e)| want.get(k) != Some(e))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            match self.exact.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(Error::map("indexing the blocklist")(e)),
+            }
+        }
+        let missing: Vec<(BlockKey, BlockEntry)> =
+            want.into_iter().filter(|(k, e)| self.exact.get(k, 0).ok().as_ref() != Some(e)).collect();
+        self.write_exact(&missing)?;
+        let mut per_len = [0u32; LENGTHS];
+        for net in entries.keys() {
+            per_len[exact_key(net).prefix_len as usize] += 1;
+        }
+        let deadlines = entries
+            .iter()
+            .filter(|(_, e)| e.expires_at_ns != NO_EXPIRY)
+            .map(|(net, e)| (e.expires_at_ns, *net))
+            .collect();
+        let operator = entries.values().filter(|e| e.reason == reason::OPERATOR).count();
+        self.index = Some(Index { entries, per_len, deadlines, operator, active: 0 });
+        self.publish()
+    }
+
+    /// The index, made first if need be.
+    fn indexed(&mut self) -> Result<&mut Index> {
+        if self.index.is_none() {
+            self.index()?;
+        }
+        Ok(self.index.as_mut().expect("indexed just above"))
+    }
+
+    fn set_active(&mut self, slot: u32) -> Result<()> {
+        let head = BlockLengths { active: slot, ..BlockLengths::default() };
+        self.lengths.set(0, head, 0).map_err(Error::map("writing BLOCK_LENGTHS"))?;
+        if let Some(i) = &mut self.index {
+            i.active = slot;
+        }
+        Ok(())
+    }
+
+    /// Tells the kernel the lengths in use: into the slot not in force,
+    /// which then comes into force (or the trie, if there are too many).
+    fn publish(&mut self) -> Result<()> {
+        let index = self.index.as_ref().expect("published once indexed");
+        let Some(lens) = lengths_in_use(&index.per_len) else { return self.set_active(0) };
+        let slot = if index.active == 1 { 2 } else { 1 };
+        let mut value = BlockLengths { count: lens.len() as u32, ..BlockLengths::default() };
+        for (i, len) in lens.into_iter().enumerate() {
+            value.lens[i] = u32::from(len);
+            value.masks[i] = prefix_mask(u32::from(len));
+        }
+        self.lengths.set(slot, value, 0).map_err(Error::map("writing BLOCK_LENGTHS"))?;
+        self.set_active(slot)
+    }
+
+    /// Entries into the exact-prefix map, batched where the kernel takes
+    /// batches.
+    fn write_exact(&mut self, entries: &[(BlockKey, BlockEntry)]) -> Result<()> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+
+        use aya::maps::IterableMap as _;
+        for chunk in entries.chunks(BATCH) {
+            let (keys, values): (Vec<BlockKey>, Vec<BlockEntry>) = chunk.iter().copied().unzip();
+            let fd = self.exact.map().fd().as_fd().as_raw_fd();
+            if update_batch(fd, &keys, &values).is_ok() {
+                continue;
+            }
+            for (k, e) in chunk {
+                self.exact.insert(k, e, 0).map_err(Error::map("writing BLOCK_EXACT"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a failed write to the exact-prefix map the trie (written
+    /// first) holds every entry: the kernel looks there until the next
+    /// write indexes again.
+    fn fall_back(&mut self) {
+        if let Err(e) = self.set_active(0) {
+            log::warn!("{e}");
+        }
+        self.index = None;
+    }
+
     /// Inserts or replaces the entry for `net` (its `prefix_len` is set here).
     pub fn insert(&mut self, net: &IpNet, entry: BlockEntry) -> Result<()> {
-        let key = prefix_key(net);
-        let entry = BlockEntry { prefix_len: key.prefix_len(), ..entry };
-        self.0.insert(&key, entry, 0).map_err(Error::map(format!("blocking {net}")))
+        self.insert_many(&[(net.trunc(), entry)])
     }
 
     /// Inserts or replaces every entry, [`BATCH`] per system call
@@ -380,11 +538,13 @@ impl Blocklist {
     /// about 3.5 s per million entries into a trie of a million on a
     /// 2-vCPU machine, batched or not (`cargo xtask bench maps`); batches
     /// save the system calls. Stops at the first entry the kernel refuses
-    /// (the map full), naming it.
+    /// (the map full), naming it. A new prefix length comes into force
+    /// after its entries are in.
     pub fn insert_many(&mut self, entries: &[(IpNet, BlockEntry)]) -> Result<()> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
 
         use aya::maps::IterableMap as _;
+        self.indexed()?;
         for chunk in entries.chunks(BATCH) {
             let keys: Vec<Key<AddrKey>> = chunk.iter().map(|(net, _)| prefix_key(net)).collect();
             let values: Vec<BlockEntry> = chunk
@@ -392,36 +552,200 @@ impl Blocklist {
                 .zip(&keys)
                 .map(|((_, e), k)| BlockEntry { prefix_len: k.prefix_len(), ..*e })
                 .collect();
-            let fd = self.0.map().fd().as_fd().as_raw_fd();
-            if update_batch(fd, &keys, &values).is_ok() {
-                continue;
-            }
-            // No batches on this kernel (the count written back is not
-            // reliable then), or an entry refused: the chunk again one by
-            // one (inserting replaces), which names the refused entry.
-            for (net, entry) in chunk {
-                self.insert(net, *entry)?;
-            }
+            let fd = self.trie.map().fd().as_fd().as_raw_fd();
+            let written = if update_batch(fd, &keys, &values).is_ok() {
+                chunk.len()
+            } else {
+                // No batches on this kernel (the count written back is not
+                // reliable then), or an entry refused: the chunk again one
+                // by one (inserting replaces), which names the refused
+                // entry.
+                let mut n = 0;
+                for ((net, _), (k, v)) in chunk.iter().zip(keys.iter().zip(&values)) {
+                    if let Err(e) = self.trie.insert(k, v, 0) {
+                        self.index_written(&chunk[..n], &values[..n])?;
+                        return Err(Error::map(format!("blocking {net}"))(e));
+                    }
+                    n += 1;
+                }
+                n
+            };
+            self.index_written(&chunk[..written], &values[..written])?;
         }
         Ok(())
     }
 
+    /// Entries the trie took: into the exact-prefix map and the copy.
+    fn index_written(&mut self, chunk: &[(IpNet, BlockEntry)], values: &[BlockEntry]) -> Result<()> {
+        let exact: Vec<(BlockKey, BlockEntry)> =
+            chunk.iter().zip(values).map(|((net, _), v)| (exact_key(net), *v)).collect();
+        if let Err(e) = self.write_exact(&exact) {
+            self.fall_back();
+            return Err(e);
+        }
+        let index = self.index.as_mut().expect("indexed before writing");
+        let mut new_length = false;
+        for ((net, _), v) in chunk.iter().zip(values) {
+            let net = net.trunc();
+            index.operator += usize::from(v.reason == reason::OPERATOR);
+            match index.entries.insert(net, *v) {
+                Some(old) => {
+                    index.deadlines.remove(&(old.expires_at_ns, net));
+                    index.operator -= usize::from(old.reason == reason::OPERATOR);
+                }
+                None => {
+                    let n = &mut index.per_len[v.prefix_len as usize];
+                    new_length |= *n == 0;
+                    *n += 1;
+                }
+            }
+            if v.expires_at_ns != NO_EXPIRY {
+                index.deadlines.insert((v.expires_at_ns, net));
+            }
+        }
+        if new_length { self.publish() } else { Ok(()) }
+    }
+
+    /// Removes the entry for `net`; a prefix length it was the last of
+    /// goes out of force first.
     pub fn remove(&mut self, net: &IpNet) -> Result<()> {
-        self.0.remove(&prefix_key(net)).map_err(Error::map(format!("unblocking {net}")))
+        let net = &net.trunc();
+        let index = self.indexed()?;
+        let len = prefix_key(net).prefix_len() as usize;
+        if index.entries.contains_key(net) && index.per_len[len] == 1 {
+            index.per_len[len] = 0;
+            if let Err(e) = self.publish() {
+                // Still listed, and still counted.
+                self.index.as_mut().expect("indexed").per_len[len] = 1;
+                return Err(e);
+            }
+        }
+        let removed = self.trie.remove(&prefix_key(net)).map_err(Error::map(format!("unblocking {net}")));
+        let index = self.index.as_mut().expect("indexed");
+        if let Some(old) = index.entries.remove(net) {
+            index.deadlines.remove(&(old.expires_at_ns, *net));
+            index.operator -= usize::from(old.reason == reason::OPERATOR);
+            index.per_len[len] = index.per_len[len].saturating_sub(1);
+        }
+        match self.exact.remove(&exact_key(net)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => {
+                self.fall_back();
+                return Err(Error::map(format!("unblocking {net}"))(e));
+            }
+        }
+        removed
     }
 
     /// The kernel's identity of the map (`bpftool map show id N`).
     pub fn map_id(&self) -> Result<u32> {
         use aya::maps::IterableMap as _;
-        Ok(self.0.map().info().map_err(Error::map("reading the blocklist's info"))?.id())
+        Ok(self.trie.map().info().map_err(Error::map("reading the blocklist's info"))?.id())
     }
 
-    /// Every entry (active or expired), sorted by prefix.
+    /// Every entry (active or expired), sorted by prefix: from the
+    /// writer's copy, or read from the kernel.
     pub fn entries(&self) -> Vec<(IpNet, BlockEntry)> {
-        let mut v: Vec<_> = self.0.iter().filter_map(|r| r.ok()).map(|(k, e)| (key_prefix(&k), e)).collect();
+        match &self.index {
+            Some(i) => i.entries.iter().map(|(n, e)| (*n, *e)).collect(),
+            None => self.read_trie(),
+        }
+    }
+
+    /// The entries that lapsed by `now_ns` (CLOCK_MONOTONIC): from the
+    /// writer's queue of deadlines (as many steps as there are), or read
+    /// from the kernel.
+    pub fn expired(&self, now_ns: u64) -> Vec<(IpNet, BlockEntry)> {
+        match &self.index {
+            Some(i) => i
+                .deadlines
+                .range(..(now_ns.saturating_add(1), IpNet::V4(Default::default())))
+                .filter_map(|(_, net)| i.entries.get(net).map(|e| (*net, *e)))
+                .filter(|(_, e)| !e.is_active(now_ns))
+                .collect(),
+            None => self.read_trie().into_iter().filter(|(_, e)| !e.is_active(now_ns)).collect(),
+        }
+    }
+
+    /// How many entries there are, how many lapsed by `now_ns`, and how
+    /// many operators' blocks are in force: from the writer's copy, in as
+    /// many steps as entries lapsed (None: not the writer).
+    pub fn counts(&self, now_ns: u64) -> Option<BlockCounts> {
+        let i = self.index.as_ref()?;
+        let expired = self.expired(now_ns);
+        let operator_expired = expired.iter().filter(|(_, e)| e.reason == reason::OPERATOR).count();
+        Some(BlockCounts {
+            entries: i.entries.len(),
+            expired: expired.len(),
+            operator_active: i.operator - operator_expired,
+        })
+    }
+
+    /// How many entries there are.
+    pub fn len(&self) -> usize {
+        match &self.index {
+            Some(i) => i.entries.len(),
+            None => self.trie.keys().filter(|k| k.is_ok()).count(),
+        }
+    }
+
+    /// Whether `net` has an entry.
+    pub fn contains(&self, net: &IpNet) -> bool {
+        match &self.index {
+            Some(i) => i.entries.contains_key(&net.trunc()),
+            None => self.trie.get(&prefix_key(net), 0).is_ok(),
+        }
+    }
+
+    /// The prefix lengths the kernel looks a source up by, longest first
+    /// (None: it walks the trie).
+    pub fn lengths_in_force(&self) -> Result<Option<Vec<u32>>> {
+        let read = |slot| self.lengths.get(&slot, 0).map_err(Error::map("reading BLOCK_LENGTHS"));
+        let active = read(0)?.active;
+        if active == 0 {
+            return Ok(None);
+        }
+        let l = read(active)?;
+        Ok(Some(l.lens[..(l.count as usize).min(MAX_BLOCK_LENGTHS)].to_vec()))
+    }
+
+    fn read_trie(&self) -> Vec<(IpNet, BlockEntry)> {
+        let mut v: Vec<_> =
+            self.trie.iter().filter_map(|r| r.ok()).map(|(k, e)| (key_prefix(&k), e)).collect();
         v.sort_unstable_by_key(|(net, _)| *net);
         v
     }
+}
+
+/// The blocklist's figures for the metrics ([`Blocklist::counts`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BlockCounts {
+    pub entries: usize,
+    /// Lapsed, not yet removed: they no longer drop.
+    pub expired: usize,
+    /// Operators' blocks ([`reason::OPERATOR`]) in force.
+    pub operator_active: usize,
+}
+
+impl BlockCounts {
+    /// The same figures counted over `entries` (a reader's, off the pins).
+    pub fn of(entries: &[(IpNet, BlockEntry)], now_ns: u64) -> Self {
+        let active = |e: &BlockEntry| e.is_active(now_ns);
+        Self {
+            entries: entries.len(),
+            expired: entries.iter().filter(|(_, e)| !active(e)).count(),
+            operator_active: entries
+                .iter()
+                .filter(|(_, e)| e.reason == reason::OPERATOR && active(e))
+                .count(),
+        }
+    }
+}
+
+/// The exact-prefix key of `net`.
+fn exact_key(net: &IpNet) -> BlockKey {
+    let key = prefix_key(net);
+    block_key(&key.data(), key.prefix_len())
 }
 
 /// auth-suspend and intl-suspend per source prefix.

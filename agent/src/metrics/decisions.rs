@@ -3,12 +3,13 @@
 
 use std::sync::{Arc, Mutex, atomic::Ordering::Relaxed};
 
-use ipnet::IpNet;
 use prometheus::proto::{MetricFamily, MetricType};
-use tollgate_common::BlockEntry;
 
 use super::{Family, family, sample};
-use crate::{events::EventCounts, maps::Maps};
+use crate::{
+    events::EventCounts,
+    maps::{BlockCounts, Maps},
+};
 
 pub(super) const EVENTS: Family = Family {
     name: "tollgate_threshold_events_total",
@@ -198,7 +199,7 @@ pub(super) fn events(events: &EventCounts) -> MetricFamily {
 }
 
 /// Restrictions in force in the kernel now, by kind.
-pub(super) fn restrictions_active(maps: &Maps, entries: &[(IpNet, BlockEntry)], now: u64) -> MetricFamily {
+pub(super) fn restrictions_active(maps: &Maps, blocks: BlockCounts, now: u64) -> MetricFamily {
     let restrictions = maps.restrictions.entries();
     // Identities: identity-suspend, and a line's intl-suspend (counted
     // with the sources').
@@ -218,14 +219,7 @@ pub(super) fn restrictions_active(maps: &Maps, entries: &[(IpNet, BlockEntry)], 
                     + lines.iter().filter(|(_, _, r)| r.intl_until_ns > now).count() as f64,
                 MetricType::GAUGE,
             ),
-            sample(
-                &[("kind", "block")],
-                entries
-                    .iter()
-                    .filter(|(_, e)| e.reason == tollgate_common::reason::OPERATOR && e.is_active(now))
-                    .count() as f64,
-                MetricType::GAUGE,
-            ),
+            sample(&[("kind", "block")], blocks.operator_active as f64, MetricType::GAUGE),
             sample(&[("kind", "country-restrict")], countries_restricted as f64, MetricType::GAUGE),
             sample(
                 &[("kind", "identity-suspend")],

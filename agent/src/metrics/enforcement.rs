@@ -1,14 +1,14 @@
 //! The enforcement families: verdict counters, the lists and where the
 //! program is attached.
 
-use ipnet::IpNet;
 use prometheus::proto::{MetricFamily, MetricType};
-use tollgate_common::{
-    ALLOWLIST_CAPACITY, BlockEntry, INTL_BASELINE_CAPACITY, RESTRICTIONS_CAPACITY, verdict,
-};
+use tollgate_common::{ALLOWLIST_CAPACITY, INTL_BASELINE_CAPACITY, RESTRICTIONS_CAPACITY, verdict};
 
 use super::{Family, family, sample};
-use crate::{kernel::loader::MapSizes, maps::Maps};
+use crate::{
+    kernel::loader::MapSizes,
+    maps::{BlockCounts, Maps},
+};
 
 pub(super) const PACKETS: Family = Family {
     name: "tollgate_xdp_packets_total",
@@ -57,18 +57,16 @@ pub(super) fn verdicts(maps: &Maps) -> crate::error::Result<Vec<MetricFamily>> {
 /// The blocklist and allowlist sizes and the attachments.
 pub(super) fn lists(
     maps: &Maps,
-    entries: &[(IpNet, BlockEntry)],
-    now: u64,
+    blocks: BlockCounts,
     attached: &[(String, String)],
     capacity: u32,
 ) -> Vec<MetricFamily> {
-    let active = entries.iter().filter(|(_, e)| e.is_active(now)).count();
     vec![
         family(
             &BLOCKLIST,
             vec![
-                sample(&[("state", "active")], active as f64, MetricType::GAUGE),
-                sample(&[("state", "expired")], (entries.len() - active) as f64, MetricType::GAUGE),
+                sample(&[("state", "active")], (blocks.entries - blocks.expired) as f64, MetricType::GAUGE),
+                sample(&[("state", "expired")], blocks.expired as f64, MetricType::GAUGE),
             ],
         ),
         family(&BLOCKLIST_CAP, vec![sample(&[], capacity as f64, MetricType::GAUGE)]),

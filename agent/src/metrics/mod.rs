@@ -23,7 +23,11 @@ pub use self::{
     http::{bind, render, serve},
 };
 use crate::{
-    clock::monotonic_now_ns, countries::Countries, events::EventCounts, kernel::loader::MapSizes, maps::Maps,
+    clock::monotonic_now_ns,
+    countries::Countries,
+    events::EventCounts,
+    kernel::loader::MapSizes,
+    maps::{BlockCounts, Maps},
 };
 
 /// One (name, help, type) family with its samples.
@@ -144,11 +148,20 @@ pub struct KernelCollector {
     sizes: MapSizes,
     descs: Vec<Desc>,
     read_errors: std::sync::atomic::AtomicU64,
+    /// The maps' writer, for its copy of the blocklist ([`Self::with_writer`]).
+    writer: Option<Arc<Mutex<Maps>>>,
     /// The running kernel's release (`uname -r`).
     kernel: String,
 }
 
 impl KernelCollector {
+    /// The blocklist's figures come from the writer's copy of it
+    /// ([`crate::maps::Blocklist::counts`]) rather than a read of the map.
+    pub fn with_writer(mut self, writer: Arc<Mutex<Maps>>) -> Self {
+        self.writer = Some(writer);
+        self
+    }
+
     pub fn new(
         maps: Arc<Mutex<Maps>>,
         attached: Vec<(String, String)>,
@@ -170,6 +183,7 @@ impl KernelCollector {
             decisions,
             sizes,
             descs,
+            writer: None,
             read_errors: Default::default(),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|k| k.trim().to_owned())
@@ -186,22 +200,27 @@ impl Collector for KernelCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         use std::sync::atomic::Ordering::Relaxed;
         let started = monotonic_now_ns();
+        let now = monotonic_now_ns();
+        // The writer's copy of the blocklist, if it lent it: no map read.
+        let blocks = self
+            .writer
+            .as_ref()
+            .and_then(|w| w.lock().unwrap_or_else(|p| p.into_inner()).blocklist.counts(now));
         let maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        let blocks = blocks.unwrap_or_else(|| BlockCounts::of(&maps.blocklist.entries(), now));
         let mut out = Vec::new();
         self.read(&mut out, enforcement::verdicts(&maps));
-        let now = monotonic_now_ns();
-        let entries = maps.blocklist.entries();
-        out.extend(enforcement::lists(&maps, &entries, now, &self.attached, self.sizes.blocklist_capacity));
+        out.extend(enforcement::lists(&maps, blocks, &self.attached, self.sizes.blocklist_capacity));
         out.push(enforcement::interfaces(&maps, &self.attached));
         self.read(&mut out, sip::families(&maps, &self.countries, &self.events));
         out.push(decisions::events(&self.events));
         out.push(decisions::detections(&self.events));
-        out.push(decisions::restrictions_active(&maps, &entries, now));
+        out.push(decisions::restrictions_active(&maps, blocks, now));
         out.extend(self.decisions.families());
         self.read(&mut out, learning::levels(&maps, &self.countries));
         let tracked = maps.sources_tracked();
         out.extend(learning::sources(tracked, self.sizes.max_sources));
-        out.extend(enforcement::map_pressure(&maps, entries.len(), tracked, self.sizes));
+        out.extend(enforcement::map_pressure(&maps, blocks.entries, tracked, self.sizes));
         out.push(family(
             &SCRAPE_ERRORS,
             vec![sample(&[], self.read_errors.load(Relaxed) as f64, MetricType::COUNTER)],

@@ -8,6 +8,13 @@ use super::*;
 
 /// Source-address blocklist (LPM trie, key [`AddrKey`], value [`BlockEntry`]).
 pub const MAP_BLOCKLIST: &str = "BLOCKLIST";
+/// The blocklist again, by exact prefix ([`BlockKey`] to [`BlockEntry`]),
+/// for lookups by length: what the trie holds, written by the agent with
+/// it, and sized with it (`--blocklist-capacity`).
+pub const MAP_BLOCK_EXACT: &str = "BLOCK_EXACT";
+/// The prefix lengths [`MAP_BLOCK_EXACT`] holds (array of three
+/// [`BlockLengths`]).
+pub const MAP_BLOCK_LENGTHS: &str = "BLOCK_LENGTHS";
 /// Source-address allowlist (LPM trie, key [`AddrKey`], value [`AllowEntry`]).
 pub const MAP_ALLOWLIST: &str = "ALLOWLIST";
 /// Ports treated as SIP (hash, key [`port_key`], value `u8` = 1).
@@ -96,7 +103,7 @@ pub const MAP_JUMP_TC: &str = "JUMP_TC";
 /// dead agent's program keeps working. The jump tables are pinned because
 /// the kernel empties a program array when its last user reference goes.
 /// The event ring buffer is not pinned: a new agent starts a new stream.
-pub const PINNED_MAPS: [&str; 20] = [
+pub const PINNED_MAPS: [&str; 22] = [
     MAP_ID_RESTRICT,
     MAP_INTL_BASELINE,
     MAP_COUNTRY_BASELINE,
@@ -106,6 +113,8 @@ pub const PINNED_MAPS: [&str; 20] = [
     MAP_RESTRICTIONS,
     MAP_COUNTRY_RESTRICT,
     MAP_BLOCKLIST,
+    MAP_BLOCK_EXACT,
+    MAP_BLOCK_LENGTHS,
     MAP_ALLOWLIST,
     MAP_SIP_PORTS,
     MAP_CONFIG,

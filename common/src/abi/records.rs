@@ -162,6 +162,77 @@ impl BlockEntry {
     }
 }
 
+/// The key of a blocklist entry in [`MAP_BLOCK_EXACT`]: its address masked
+/// to its prefix length (the [`AddrKey`]'s bytes, as two words in memory
+/// order), and the length (of the [`AddrKey`], so IPv4 lengths are 96
+/// more). The kernel looks a source up once per prefix length the
+/// blocklist holds ([`BlockLengths`]): a hash lookup or two instead of a
+/// trie walk of one node per bit. `_pad` is zero, so equal keys hash equal.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct BlockKey {
+    pub addr: [u64; 2],
+    pub prefix_len: u32,
+    pub _pad: u32,
+}
+
+/// An [`AddrKey`] as two words in memory order (what [`BlockKey`] holds).
+#[inline(always)]
+pub fn addr_words(a: &AddrKey) -> [u64; 2] {
+    [
+        u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+        u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+/// The mask of a prefix length (129 and more: all of it) over
+/// [`addr_words`]: the first `prefix_len` bits of the address set.
+pub fn prefix_mask(prefix_len: u32) -> [u64; 2] {
+    let bits = |n: u32| -> u64 {
+        match n {
+            0 => 0,
+            1..=63 => (u64::MAX << (64 - n)).to_be(),
+            _ => u64::MAX,
+        }
+    };
+    [bits(prefix_len.min(64)), bits(prefix_len.saturating_sub(64).min(64))]
+}
+
+/// The [`BlockKey`] of `words` (an address's [`addr_words`]) at a prefix
+/// length whose [`prefix_mask`] is `mask`: no branches, so the kernel's
+/// loop over lengths stays small for the verifier. Shared by the kernel
+/// (masks from [`BlockLengths`]) and the agent ([`block_key`]).
+#[inline(always)]
+pub fn masked_key(words: &[u64; 2], prefix_len: u32, mask: &[u64; 2]) -> BlockKey {
+    BlockKey { addr: [words[0] & mask[0], words[1] & mask[1]], prefix_len, _pad: 0 }
+}
+
+/// `addr` masked to its first `prefix_len` bits (at most 128), as the
+/// [`BlockKey`] of that length.
+pub fn block_key(addr: &AddrKey, prefix_len: u32) -> BlockKey {
+    let len = prefix_len.min(128);
+    masked_key(&addr_words(addr), len, &prefix_mask(len))
+}
+
+/// The most distinct prefix lengths the kernel looks up one by one in
+/// [`MAP_BLOCK_EXACT`]; a blocklist with more is looked up in the trie.
+pub const MAX_BLOCK_LENGTHS: usize = 8;
+
+/// One slot of [`MAP_BLOCK_LENGTHS`]. Slot 0's `active` says which of
+/// slots 1 and 2 holds the lengths in force (0: none, look up the trie);
+/// the agent writes the other slot and then flips `active`, so the kernel
+/// never reads a list half written.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BlockLengths {
+    pub active: u32,
+    /// How many of `lens` are in use, longest first.
+    pub count: u32,
+    pub lens: [u32; MAX_BLOCK_LENGTHS],
+    /// Each length's [`prefix_mask`].
+    pub masks: [[u64; 2]; MAX_BLOCK_LENGTHS],
+}
+
 /// An allowlist entry; its presence is what matters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -457,6 +528,8 @@ mod pod {
     // SAFETY: all of these are #[repr(C)] structs of integers with explicit
     // padding fields, so every bit pattern is valid and there is no padding.
     unsafe impl aya::Pod for super::BlockEntry {}
+    unsafe impl aya::Pod for super::BlockKey {}
+    unsafe impl aya::Pod for super::BlockLengths {}
     unsafe impl aya::Pod for super::AllowEntry {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Counter {}
@@ -480,6 +553,8 @@ mod pod {
 // The kernel and the agent must agree on these sizes; a mismatch would be
 // silently misread through the maps.
 const _: () = assert!(core::mem::size_of::<BlockEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<BlockKey>() == 24);
+const _: () = assert!(core::mem::size_of::<BlockLengths>() == 8 + 20 * MAX_BLOCK_LENGTHS);
 const _: () = assert!(core::mem::size_of::<AllowEntry>() == 4);
 const _: () = assert!(core::mem::size_of::<Config>() == 56);
 const _: () = assert!(core::mem::size_of::<SourceStats>() == 176);
@@ -500,6 +575,22 @@ const _: () = assert!(core::mem::size_of::<IdentityKey>() == IdentityKey::LEN);
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn block_keys_mask_to_their_length() {
+        for addr in [[0xffu8; 16], super::v4_mapped([203, 0, 113, 77]), *b"\x20\x01\x0d\xb8abcdefghijkl"] {
+            let whole = u128::from_be_bytes(addr);
+            for len in 0..=130u32 {
+                let l = len.min(128);
+                let want = if l == 0 { 0 } else { whole & (u128::MAX << (128 - l)) };
+                let k = super::block_key(&addr, len);
+                let mut bytes = [0u8; 16];
+                bytes[..8].copy_from_slice(&k.addr[0].to_ne_bytes());
+                bytes[8..].copy_from_slice(&k.addr[1].to_ne_bytes());
+                assert_eq!((k.prefix_len, u128::from_be_bytes(bytes)), (l, want), "{addr:?}/{len}");
+            }
+        }
+    }
+
     use super::*;
     use crate::abi::codes::reason;
 
