@@ -183,8 +183,11 @@ fn cgroup_kmem() -> Option<u64> {
     None
 }
 
-fn memory(id: u32) -> Memory {
-    Memory { bpftool: bpftool_memlock(id), fdinfo: fdinfo_memlock(id), cgroup_kmem: cgroup_kmem() }
+/// The memory of the maps `ids` (the blocklist's trie and exact-prefix
+/// map), summed.
+fn memory(ids: &[u32]) -> Memory {
+    let sum = |f: fn(u32) -> Option<u64>| ids.iter().map(|id| f(*id)).sum::<Option<u64>>();
+    Memory { bpftool: sum(bpftool_memlock), fdinfo: sum(fdinfo_memlock), cgroup_kmem: cgroup_kmem() }
 }
 
 fn mib(bytes: Option<u64>) -> String {
@@ -210,10 +213,10 @@ pub fn run(opts: &Options) {
     let mut l = Loaded::with_blocklist_capacity(opts.capacity);
     let defaults = agent_defaults();
     l.maps.set_config(defaults).expect("config");
-    let id = l.maps.blocklist.map_id().expect("the blocklist's id");
-    let empty = memory(id);
+    let ids = l.maps.blocklist.map_ids().expect("the blocklist's ids");
+    let empty = memory(&ids);
     println!(
-        "blocklist map id {id}: capacity {} (BPF_F_NO_PREALLOC: nodes are allocated as entries arrive)",
+        "blocklist map ids {ids:?} (trie, exact prefixes): capacity {} (BPF_F_NO_PREALLOC: entries are allocated as they arrive)",
         opts.capacity
     );
     println!(
@@ -293,7 +296,7 @@ pub fn run(opts: &Options) {
         let write = started.elapsed();
         written = fill as usize;
         let started = Instant::now();
-        let read = l.maps.blocklist.entries().len();
+        let read = l.maps.blocklist.read_from_kernel().len();
         let read_time = started.elapsed();
         assert_eq!(read, written, "every prefix is in the map");
         for p in &probes {
@@ -311,7 +314,7 @@ pub fn run(opts: &Options) {
             }
         }
         let medians: Vec<Duration> = samples.iter_mut().map(|s| median(s)).collect();
-        results.push((fill, write, medians, memory(id), read_time));
+        results.push((fill, write, medians, memory(&ids), read_time));
         println!(
             "{fill} entries: written in {:.2} s ({} per call, BPF_MAP_UPDATE_BATCH), read back in {:.2} s",
             write.as_secs_f64(),
@@ -381,8 +384,9 @@ pub fn run(opts: &Options) {
         );
     }
     println!(
-        "bpftool's and fdinfo's memlock are the kernel's estimate for an LPM trie: (24-byte node + 16-byte key +\n\
-         16-byte value) x entries, without intermediate nodes or allocator rounding. The cgroup delta is what\n\
+        "bpftool's and fdinfo's memlock are the kernel's estimates, summed over the trie ((24-byte node + 16-byte\n\
+         key + 16-byte value) x entries, without intermediate nodes or allocator rounding) and the exact-prefix\n\
+         hash (its buckets, and element + 24-byte key + 16-byte value x entries). The cgroup delta is what\n\
          this process's memory cgroup was charged since the map was empty (the map is charged to its creator's\n\
          cgroup; includes the allocator's caches and anything else this process allocated or freed in the\n\
          kernel since, such as an earlier section's maps)."

@@ -44,7 +44,9 @@ fn a_block_expires_on_time_with_the_agent_running() {
     }
     let topo = Topology::new();
     let sink = UdpSink::bind(&topo.edge, attacker_sip());
-    let agent = Agent::start(&topo, &["--block", "203.0.113.10=2s"]);
+    // Long enough that a slow machine (a kernel of the matrix under
+    // emulation) still probes before it lapses.
+    let agent = Agent::start(&topo, &["--block", "203.0.113.10=4s"]);
     assert!(!one_gets_through(&topo, &sink), "blocked right after start");
     assert!(agent.packets(verdict::DROP_BLOCKLIST) >= 1);
     wait_until_passing(&topo, &sink, Duration::from_secs(10));

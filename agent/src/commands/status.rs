@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tollgate_common::{CONFIG_BLOCK_ALL_PORTS, NO_EXPIRY, reason, verdict};
+use tollgate_common::{CONFIG_BLOCK_ALL_PORTS, MAX_BLOCK_LENGTHS, NO_EXPIRY, reason, verdict};
 
 use crate::{
     cli::StatusArgs, clock::monotonic_now_ns, control, daemon::feeds::StateFile, loader, store::now_ms,
@@ -47,7 +47,23 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
         StateFile::default()
     });
     let blocks = maps.blocklist.entries();
-    println!("blocklist:    {} entries", blocks.len());
+    // How the kernel looks a source up: a hash per prefix length, or the
+    // trie past MAX_BLOCK_LENGTHS of them.
+    let lookup = match maps.blocklist.lengths_in_force() {
+        Ok(Some(_)) if blocks.is_empty() => "nothing to look up".to_owned(),
+        Ok(Some(_)) => {
+            let lengths: std::collections::BTreeSet<(bool, u8)> =
+                blocks.iter().map(|(n, _)| (n.addr().is_ipv6(), n.prefix_len())).collect();
+            let names: Vec<String> = lengths
+                .iter()
+                .map(|(v6, len)| format!("{} /{len}", if *v6 { "IPv6" } else { "IPv4" }))
+                .collect();
+            format!("looked up by prefix length ({})", names.join(", "))
+        }
+        Ok(None) => format!("looked up in the trie (more than {MAX_BLOCK_LENGTHS} prefix lengths)"),
+        Err(e) => format!("lookup unknown ({e})"),
+    };
+    println!("blocklist:    {} entries, {lookup}", blocks.len());
     for (net, e) in blocks {
         let owners: Vec<&str> =
             feeds.feeds.iter().filter(|f| f.entries.contains(&net)).map(|f| f.name.as_str()).collect();

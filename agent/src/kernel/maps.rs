@@ -637,10 +637,18 @@ impl Blocklist {
         removed
     }
 
-    /// The kernel's identity of the map (`bpftool map show id N`).
-    pub fn map_id(&self) -> Result<u32> {
+    /// The kernel's identities of the trie and of the exact-prefix map
+    /// (`bpftool map show id N`).
+    pub fn map_ids(&self) -> Result<[u32; 2]> {
         use aya::maps::IterableMap as _;
-        Ok(self.trie.map().info().map_err(Error::map("reading the blocklist's info"))?.id())
+        let id = |m: &MapData| m.info().map(|i| i.id()).map_err(Error::map("reading the blocklist's info"));
+        Ok([id(self.trie.map())?, id(self.exact.map())?])
+    }
+
+    /// Every entry as the kernel's trie holds it, read whole (what a
+    /// handle on the pins does), sorted by prefix.
+    pub fn read_from_kernel(&self) -> Vec<(IpNet, BlockEntry)> {
+        self.read_trie()
     }
 
     /// Every entry (active or expired), sorted by prefix: from the
