@@ -6,7 +6,7 @@ use tollgate_common::{
     AddrKey, CONFIG_BLOCK_ALL_PORTS, Config, IdentityKey, MAX_BLOCK_LENGTHS, MAX_NESTED_BLOCKS, addr_words,
     masked_key,
     packet::{Headers, ParseError, Ports, Transport, parse_headers},
-    port_key, verdict,
+    port_key, source_family, verdict,
 };
 
 use crate::{
@@ -76,8 +76,8 @@ enum Lookup {
     Unlisted,
 }
 
-/// The source looked up once per prefix length the blocklist holds,
-/// longest first, in BLOCK_EXACT: a hash lookup per length (one or two for
+/// The source looked up once per prefix length the blocklist holds for
+/// its family, longest first, in BLOCK_EXACT: a hash lookup per length (one or two for
 /// a typical feed) rather than a trie walk of one node per bit, so a flood
 /// from many sources costs no more than one from a few. None: the agent
 /// has not indexed the blocklist by length (starting up, or more lengths
@@ -89,13 +89,15 @@ fn blocked_by_length(src: &AddrKey) -> Option<Lookup> {
         return None;
     }
     let lengths = BLOCK_LENGTHS.get(active)?;
-    let (count, words) = (lengths.count as usize, addr_words(src));
+    let words = addr_words(src);
+    let list = lengths.lists.get(source_family(&words))?;
+    let count = list.count as usize;
     let mut expired = false;
     for i in 0..MAX_BLOCK_LENGTHS {
         if i >= count {
             break;
         }
-        let key = masked_key(&words, lengths.lens[i], &lengths.masks[i]);
+        let key = masked_key(&words, list.lens[i], &list.masks[i]);
         // SAFETY: the value is plain data, read before any update could free it.
         let Some(entry) = (unsafe { BLOCK_EXACT.get(&key) }) else { continue };
         // SAFETY: bpf_ktime_get_ns takes no arguments and cannot fail.

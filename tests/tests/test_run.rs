@@ -205,7 +205,9 @@ fn lookups_by_prefix_length_and_the_trie_agree() {
         l.block(net, expires);
     }
     let lengths = |l: &Loaded| l.maps.blocklist.lengths_in_force().expect("BLOCK_LENGTHS");
-    assert_eq!(lengths(&l), Some(vec![128, 120, 48]), "IPv4 lengths are 96 more");
+    // The keys' lengths: IPv4's are 96 more (mapped into ::ffff:0:0/96).
+    let both = [vec![128, 120], vec![128, 48]];
+    assert_eq!(lengths(&l), Some(both.clone()), "IPv4 sources at IPv4 entries' lengths, IPv6 at IPv6's");
     let sources = [ATTACKER_V4, TRUSTED_V4, CUSTOMER_V4, ATTACKER_V6, TRUSTED_V6, CUSTOMER_V6, EDGE_V4];
     let verdicts = |l: &Loaded| sources.map(|s| l.run(&udp(s, 5060).build()));
     let by_length = verdicts(&l);
@@ -221,26 +223,35 @@ fn lookups_by_prefix_length_and_the_trie_agree() {
             (XDP_PASS, PASS_SIP),
         ]
     );
-    // Six more lengths, covering none of the sources: the trie answers.
-    let more: Vec<String> = [36, 40, 44, 52, 56, 60].iter().map(|n| format!("2001:db8:8000::/{n}")).collect();
+    // Seven more IPv6 lengths, covering none of the sources: the trie
+    // answers.
+    let more: Vec<String> =
+        [36, 40, 44, 52, 56, 60, 62].iter().map(|n| format!("2001:db8:8000::/{n}")).collect();
     for net in &more {
         l.block(net, 0);
     }
-    assert_eq!(lengths(&l), None, "9 lengths: more than the kernel looks up one by one");
+    assert_eq!(lengths(&l), None, "9 IPv6 lengths: more than the kernel looks up one by one");
     assert_eq!(verdicts(&l), by_length, "the trie's verdicts");
     for net in &more {
         l.unblock(net);
     }
-    assert_eq!(lengths(&l), Some(vec![128, 120, 48]));
+    assert_eq!(lengths(&l), Some(both));
     assert_eq!(verdicts(&l), by_length);
     // The /48's only entry goes, and its length with it; the /128 in it
     // still drops.
     l.unblock("2001:db8:1::/48");
-    assert_eq!(lengths(&l), Some(vec![128, 120]));
+    assert_eq!(lengths(&l), Some([vec![128, 120], vec![128]]));
     assert_eq!(l.run(&udp(ATTACKER_V6, 5060).build()), (XDP_DROP, DROP_BLOCKLIST));
     assert_eq!(l.run(&udp(TRUSTED_V6, 5060).build()), (XDP_PASS, PASS_SIP));
     // What a restarted agent finds pinned is indexed again, the same.
     l.maps.blocklist.index().expect("indexing");
-    assert_eq!(lengths(&l), Some(vec![128, 120]));
+    assert_eq!(lengths(&l), Some([vec![128, 120], vec![128]]));
     assert_eq!(l.run(&udp(ATTACKER_V4, 5060).build()), (XDP_DROP, DROP_BLOCKLIST));
+    // An IPv6 prefix over ::ffff:0:0/96 covers IPv4 sources too.
+    l.block("::/8", 0);
+    assert_eq!(lengths(&l), Some([vec![128, 120, 8], vec![128, 8]]));
+    assert_eq!(l.run(&udp(CUSTOMER_V4, 5060).build()), (XDP_DROP, DROP_BLOCKLIST));
+    assert_eq!(l.run(&udp(CUSTOMER_V6, 5060).build()), (XDP_PASS, PASS_SIP), "2001:db8:2::10 is not in ::/8");
+    l.unblock("::/8");
+    assert_eq!(l.run(&udp(CUSTOMER_V4, 5060).build()), (XDP_PASS, PASS_EXPIRED));
 }

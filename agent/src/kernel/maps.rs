@@ -17,11 +17,11 @@ use aya::{
 use ipnet::IpNet;
 use tollgate_common::{
     AddrKey, AllowEntry, Baseline, BlockEntry, BlockKey, BlockLengths, Config, Counter, CountryRestriction,
-    IdentityAt, IdentityRestriction, MAP_ALLOWLIST, MAP_BLOCK_EXACT, MAP_BLOCK_LENGTHS, MAP_BLOCKLIST,
-    MAP_CONFIG, MAP_COUNTRY_BASELINE, MAP_COUNTRY_BLOCKED, MAP_COUNTRY_CODES, MAP_COUNTRY_INVITES,
-    MAP_COUNTRY_RESTRICT, MAP_ID_RESTRICT, MAP_IFACE_STATS, MAP_INTL_BASELINE, MAP_NUMBER_PLAN,
-    MAP_RESTRICTIONS, MAP_SIP_PORTS, MAP_SIP_STATS, MAP_SOURCES, MAP_STATS, MAX_BLOCK_LENGTHS, NO_EXPIRY,
-    Restriction, SourceStats, V4_MAPPED_PREFIX_LEN, block_key,
+    FAMILY_V4, FAMILY_V6, IdentityAt, IdentityRestriction, MAP_ALLOWLIST, MAP_BLOCK_EXACT, MAP_BLOCK_LENGTHS,
+    MAP_BLOCKLIST, MAP_CONFIG, MAP_COUNTRY_BASELINE, MAP_COUNTRY_BLOCKED, MAP_COUNTRY_CODES,
+    MAP_COUNTRY_INVITES, MAP_COUNTRY_RESTRICT, MAP_ID_RESTRICT, MAP_IFACE_STATS, MAP_INTL_BASELINE,
+    MAP_NUMBER_PLAN, MAP_RESTRICTIONS, MAP_SIP_PORTS, MAP_SIP_STATS, MAP_SOURCES, MAP_STATS,
+    MAX_BLOCK_LENGTHS, NO_EXPIRY, Restriction, SourceStats, V4_MAPPED_PREFIX_LEN, block_key,
     number::{COUNTRY_CODE_SLOTS, NumberPlan},
     port_key, prefix_mask, reason, sip_stat, v4_mapped, v4_unmapped, verdict,
 };
@@ -400,8 +400,7 @@ pub struct Blocklist {
 /// The writer's copy of the blocklist.
 struct Index {
     entries: BTreeMap<IpNet, BlockEntry>,
-    /// Entries per prefix length.
-    per_len: [u32; LENGTHS],
+    lengths: Lengths,
     /// When each entry that lapses does (the expiry sweep's queue).
     deadlines: BTreeSet<(u64, IpNet)>,
     /// Entries an operator's block made ([`reason::OPERATOR`]).
@@ -410,11 +409,67 @@ struct Index {
     active: u32,
 }
 
-/// The prefix lengths with entries, longest first, if the kernel can look
-/// them up one by one.
-fn lengths_in_use(per_len: &[u32; LENGTHS]) -> Option<Vec<u8>> {
-    let lens: Vec<u8> = (0..LENGTHS).rev().filter(|l| per_len[*l] > 0).map(|l| l as u8).collect();
-    (lens.len() <= MAX_BLOCK_LENGTHS).then_some(lens)
+/// Entries per prefix length of their keys, for each family of sources
+/// they can match ([`FAMILY_V4`], [`FAMILY_V6`]).
+struct Lengths([[u32; LENGTHS]; 2]);
+
+impl Default for Lengths {
+    fn default() -> Self {
+        Self([[0; LENGTHS]; 2])
+    }
+}
+
+impl Lengths {
+    /// The families of sources `net`'s entry can match, and its key's
+    /// length: an IPv4 prefix matches IPv4 sources (mapped into
+    /// `::ffff:0:0/96`); an IPv6 one IPv6 sources, and IPv4 ones too if it
+    /// covers `::ffff:0:0/96`.
+    fn of(net: &IpNet) -> ([bool; 2], usize) {
+        let key = prefix_key(net);
+        let net = ipnet::Ipv6Net::new(Ipv6Addr::from(key.data()), key.prefix_len() as u8)
+            .expect("key lengths are at most 128");
+        let mapped = ipnet::Ipv6Net::new(Ipv6Addr::from(v4_mapped([0; 4])), V4_MAPPED_PREFIX_LEN as u8)
+            .expect("96 is a length");
+        let v4 = net.contains(&mapped) || mapped.contains(&net);
+        let mut families = [false; 2];
+        families[FAMILY_V4] = v4;
+        families[FAMILY_V6] = !mapped.contains(&net);
+        (families, key.prefix_len() as usize)
+    }
+
+    /// Counts `net`'s entry; whether a list gained a length.
+    fn add(&mut self, net: &IpNet) -> bool {
+        let (families, len) = Self::of(net);
+        let mut new = false;
+        for f in (0..2).filter(|f| families[*f]) {
+            new |= self.0[f][len] == 0;
+            self.0[f][len] += 1;
+        }
+        new
+    }
+
+    /// Whether `net`'s entry is the last of its length in a list.
+    fn last(&self, net: &IpNet) -> bool {
+        let (families, len) = Self::of(net);
+        (0..2).any(|f| families[f] && self.0[f][len] == 1)
+    }
+
+    fn sub(&mut self, net: &IpNet) {
+        let (families, len) = Self::of(net);
+        for f in (0..2).filter(|f| families[*f]) {
+            self.0[f][len] = self.0[f][len].saturating_sub(1);
+        }
+    }
+
+    /// Each family's lengths with entries, longest first, if the kernel
+    /// can look them all up one by one.
+    fn lists(&self) -> Option<[Vec<u32>; 2]> {
+        let list = |f: usize| -> Vec<u32> {
+            (0..LENGTHS as u32).rev().filter(|l| self.0[f][*l as usize] > 0).collect()
+        };
+        let lists = [list(FAMILY_V4), list(FAMILY_V6)];
+        lists.iter().all(|l| l.len() <= MAX_BLOCK_LENGTHS).then_some(lists)
+    }
 }
 
 impl Blocklist {
@@ -451,9 +506,9 @@ impl Blocklist {
         let missing: Vec<(BlockKey, BlockEntry)> =
             want.into_iter().filter(|(k, e)| self.exact.get(k, 0).ok().as_ref() != Some(e)).collect();
         self.write_exact(&missing)?;
-        let mut per_len = [0u32; LENGTHS];
+        let mut lengths = Lengths::default();
         for net in entries.keys() {
-            per_len[exact_key(net).prefix_len as usize] += 1;
+            lengths.add(net);
         }
         let deadlines = entries
             .iter()
@@ -461,7 +516,7 @@ impl Blocklist {
             .map(|(net, e)| (e.expires_at_ns, *net))
             .collect();
         let operator = entries.values().filter(|e| e.reason == reason::OPERATOR).count();
-        self.index = Some(Index { entries, per_len, deadlines, operator, active: 0 });
+        self.index = Some(Index { entries, lengths, deadlines, operator, active: 0 });
         self.publish()
     }
 
@@ -486,12 +541,15 @@ impl Blocklist {
     /// which then comes into force (or the trie, if there are too many).
     fn publish(&mut self) -> Result<()> {
         let index = self.index.as_ref().expect("published once indexed");
-        let Some(lens) = lengths_in_use(&index.per_len) else { return self.set_active(0) };
+        let Some(lists) = index.lengths.lists() else { return self.set_active(0) };
         let slot = if index.active == 1 { 2 } else { 1 };
-        let mut value = BlockLengths { count: lens.len() as u32, ..BlockLengths::default() };
-        for (i, len) in lens.into_iter().enumerate() {
-            value.lens[i] = u32::from(len);
-            value.masks[i] = prefix_mask(u32::from(len));
+        let mut value = BlockLengths::default();
+        for (list, lens) in value.lists.iter_mut().zip(lists) {
+            list.count = lens.len() as u32;
+            for (i, len) in lens.into_iter().enumerate() {
+                list.lens[i] = len;
+                list.masks[i] = prefix_mask(len);
+            }
         }
         self.lengths.set(slot, value, 0).map_err(Error::map("writing BLOCK_LENGTHS"))?;
         self.set_active(slot)
@@ -593,11 +651,7 @@ impl Blocklist {
                     index.deadlines.remove(&(old.expires_at_ns, net));
                     index.operator -= usize::from(old.reason == reason::OPERATOR);
                 }
-                None => {
-                    let n = &mut index.per_len[v.prefix_len as usize];
-                    new_length |= *n == 0;
-                    *n += 1;
-                }
+                None => new_length |= index.lengths.add(&net),
             }
             if v.expires_at_ns != NO_EXPIRY {
                 index.deadlines.insert((v.expires_at_ns, net));
@@ -611,21 +665,22 @@ impl Blocklist {
     pub fn remove(&mut self, net: &IpNet) -> Result<()> {
         let net = &net.trunc();
         let index = self.indexed()?;
-        let len = prefix_key(net).prefix_len() as usize;
-        if index.entries.contains_key(net) && index.per_len[len] == 1 {
-            index.per_len[len] = 0;
+        let counted = index.entries.contains_key(net);
+        if counted && index.lengths.last(net) {
+            index.lengths.sub(net);
             if let Err(e) = self.publish() {
                 // Still listed, and still counted.
-                self.index.as_mut().expect("indexed").per_len[len] = 1;
+                self.index.as_mut().expect("indexed").lengths.add(net);
                 return Err(e);
             }
+        } else if counted {
+            index.lengths.sub(net);
         }
         let removed = self.trie.remove(&prefix_key(net)).map_err(Error::map(format!("unblocking {net}")));
         let index = self.index.as_mut().expect("indexed");
         if let Some(old) = index.entries.remove(net) {
             index.deadlines.remove(&(old.expires_at_ns, *net));
             index.operator -= usize::from(old.reason == reason::OPERATOR);
-            index.per_len[len] = index.per_len[len].saturating_sub(1);
         }
         match self.exact.remove(&exact_key(net)) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
@@ -705,16 +760,16 @@ impl Blocklist {
         }
     }
 
-    /// The prefix lengths the kernel looks a source up by, longest first
-    /// (None: it walks the trie).
-    pub fn lengths_in_force(&self) -> Result<Option<Vec<u32>>> {
+    /// The prefix lengths of its keys the kernel looks an IPv4 and an
+    /// IPv6 source up at, longest first (None: it walks the trie).
+    pub fn lengths_in_force(&self) -> Result<Option<[Vec<u32>; 2]>> {
         let read = |slot| self.lengths.get(&slot, 0).map_err(Error::map("reading BLOCK_LENGTHS"));
         let active = read(0)?.active;
         if active == 0 {
             return Ok(None);
         }
         let l = read(active)?;
-        Ok(Some(l.lens[..(l.count as usize).min(MAX_BLOCK_LENGTHS)].to_vec()))
+        Ok(Some(l.lists.map(|list| list.lens[..(list.count as usize).min(MAX_BLOCK_LENGTHS)].to_vec())))
     }
 
     fn read_trie(&self) -> Vec<(IpNet, BlockEntry)> {

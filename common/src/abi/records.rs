@@ -218,19 +218,44 @@ pub fn block_key(addr: &AddrKey, prefix_len: u32) -> BlockKey {
 /// [`MAP_BLOCK_EXACT`]; a blocklist with more is looked up in the trie.
 pub const MAX_BLOCK_LENGTHS: usize = 8;
 
+/// The prefix lengths one family of sources is looked up at, longest
+/// first, and each length's [`prefix_mask`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LengthList {
+    pub count: u32,
+    pub _pad: u32,
+    pub lens: [u32; MAX_BLOCK_LENGTHS],
+    pub masks: [[u64; 2]; MAX_BLOCK_LENGTHS],
+}
+
+/// Which [`BlockLengths::lists`] a source is looked up with: IPv4 (mapped
+/// into `::ffff:0:0/96`), or IPv6.
+pub const FAMILY_V4: usize = 0;
+pub const FAMILY_V6: usize = 1;
+
+/// The [`FAMILY_V4`] or [`FAMILY_V6`] of a source (its first 12 bytes
+/// compared as words: 2 comparisons).
+#[inline(always)]
+pub fn source_family(words: &[u64; 2]) -> usize {
+    const MAPPED: [u8; 4] = [0, 0, 0xff, 0xff];
+    let mapped = words[0] == 0 && (words[1] as u32) == u32::from_ne_bytes(MAPPED);
+    if mapped { FAMILY_V4 } else { FAMILY_V6 }
+}
+
 /// One slot of [`MAP_BLOCK_LENGTHS`]. Slot 0's `active` says which of
 /// slots 1 and 2 holds the lengths in force (0: none, look up the trie);
 /// the agent writes the other slot and then flips `active`, so the kernel
-/// never reads a list half written.
+/// never reads a list half written. An IPv4 source is looked up only at
+/// the lengths of IPv4 entries (and of IPv6 ones covering
+/// `::ffff:0:0/96`), an IPv6 source at those of IPv6 entries: one lookup
+/// each for a feed of IPv4 /32s and IPv6 /64s.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct BlockLengths {
     pub active: u32,
-    /// How many of `lens` are in use, longest first.
-    pub count: u32,
-    pub lens: [u32; MAX_BLOCK_LENGTHS],
-    /// Each length's [`prefix_mask`].
-    pub masks: [[u64; 2]; MAX_BLOCK_LENGTHS],
+    pub _pad: u32,
+    pub lists: [LengthList; 2],
 }
 
 /// An allowlist entry; its presence is what matters.
@@ -530,6 +555,7 @@ mod pod {
     unsafe impl aya::Pod for super::BlockEntry {}
     unsafe impl aya::Pod for super::BlockKey {}
     unsafe impl aya::Pod for super::BlockLengths {}
+    unsafe impl aya::Pod for super::LengthList {}
     unsafe impl aya::Pod for super::AllowEntry {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Counter {}
@@ -554,7 +580,8 @@ mod pod {
 // silently misread through the maps.
 const _: () = assert!(core::mem::size_of::<BlockEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<BlockKey>() == 24);
-const _: () = assert!(core::mem::size_of::<BlockLengths>() == 8 + 20 * MAX_BLOCK_LENGTHS);
+const _: () = assert!(core::mem::size_of::<LengthList>() == 8 + 20 * MAX_BLOCK_LENGTHS);
+const _: () = assert!(core::mem::size_of::<BlockLengths>() == 8 + 2 * size_of::<LengthList>());
 const _: () = assert!(core::mem::size_of::<AllowEntry>() == 4);
 const _: () = assert!(core::mem::size_of::<Config>() == 56);
 const _: () = assert!(core::mem::size_of::<SourceStats>() == 176);
@@ -575,6 +602,18 @@ const _: () = assert!(core::mem::size_of::<IdentityKey>() == IdentityKey::LEN);
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sources_are_looked_up_by_family() {
+        use super::{FAMILY_V4, FAMILY_V6, addr_words, source_family, v4_mapped};
+        assert_eq!(source_family(&addr_words(&v4_mapped([203, 0, 113, 7]))), FAMILY_V4);
+        assert_eq!(source_family(&addr_words(&v4_mapped([0, 0, 0, 0]))), FAMILY_V4);
+        let mut v6 = v4_mapped([203, 0, 113, 7]);
+        v6[10] = 0xfe;
+        assert_eq!(source_family(&addr_words(&v6)), FAMILY_V6);
+        assert_eq!(source_family(&addr_words(&[0; 16])), FAMILY_V6);
+        assert_eq!(source_family(&addr_words(b"\x20\x01\x0d\xb8abcdefghijkl")), FAMILY_V6);
+    }
+
     #[test]
     fn block_keys_mask_to_their_length() {
         for addr in [[0xffu8; 16], super::v4_mapped([203, 0, 113, 77]), *b"\x20\x01\x0d\xb8abcdefghijkl"] {
