@@ -6,7 +6,9 @@
 //! Receivers, each on its own veth pair and pair of namespaces made at the
 //! start (so the agent is started once, not once per round):
 //! 1. no filter: a UDP socket on port 5060 that reads and discards;
-//! 2. a bare `XDP_DROP` program in driver mode (the ceiling of the setup);
+//! 2. a bare `XDP_DROP` program in driver mode (the ceiling of the setup),
+//!    and one that reads the frame's source first (the ceiling of any
+//!    filter that looks at a packet);
 //! 3. tollgate: the real agent (`tollgate run --xdp-mode driver`), its
 //!    blocklist loaded from a `--feed` file;
 //! 4. the same with the SIP stages cut (what an early drop would cost);
@@ -151,6 +153,8 @@ enum Generator {
 enum Filter {
     None,
     BareDrop,
+    /// XDP_DROP after reading the source: the first touch of the frame.
+    ReadDrop,
     Tollgate,
     /// The agent's program with its SIP stages cut off (its jump table's
     /// parse slot emptied). A listed source is dropped before the SIP
@@ -163,9 +167,10 @@ enum Filter {
 }
 
 impl Filter {
-    const ALL: [Filter; 6] = [
+    const ALL: [Filter; 7] = [
         Filter::None,
         Filter::BareDrop,
+        Filter::ReadDrop,
         Filter::Tollgate,
         Filter::TollgateCut,
         Filter::NftIngress,
@@ -176,6 +181,7 @@ impl Filter {
         match self {
             Filter::None => "no filter (socket reads, discards)",
             Filter::BareDrop => "bare XDP_DROP (driver mode)",
+            Filter::ReadDrop => "  XDP_DROP after reading the source",
             Filter::Tollgate => "tollgate XDP (agent, driver mode)",
             Filter::TollgateCut => "  the same, SIP stages cut",
             Filter::NftIngress => "nftables netdev ingress",
@@ -427,6 +433,10 @@ impl Receiver {
                 let i = edge_if.clone();
                 bare = Some(topo.edge.run(move || bpf::BareDrop::attach(&i)).expect("XDP_DROP"));
             }
+            Filter::ReadDrop => {
+                let i = edge_if.clone();
+                bare = Some(topo.edge.run(move || bpf::BareDrop::attach_reading(&i)).expect("XDP_DROP"));
+            }
             Filter::Tollgate | Filter::TollgateCut => {
                 let file = TempFile::new("feed");
                 std::fs::write(&file.0, list.feed()).expect("write the feed file");
@@ -518,7 +528,7 @@ impl Receiver {
         let stats = ethtool_stats(&self.topo);
         let handled = match self.filter {
             Filter::None => self.sink.as_ref().expect("sink").received.load(Ordering::Relaxed),
-            Filter::BareDrop => stat(&stats, "rx_queue_0_xdp_drops"),
+            Filter::BareDrop | Filter::ReadDrop => stat(&stats, "rx_queue_0_xdp_drops"),
             Filter::Tollgate | Filter::TollgateCut => {
                 self.agent.as_ref().expect("agent").packets(verdict::DROP_BLOCKLIST)
             }
@@ -664,7 +674,8 @@ fn program_times(receivers: &[Receiver], duration: Duration) -> Option<ProgramTi
         let after = prog.run_stats().expect("program info");
         (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64
     };
-    let xdp = |f: Filter| matches!(f, Filter::BareDrop | Filter::Tollgate | Filter::TollgateCut);
+    let xdp =
+        |f: Filter| matches!(f, Filter::BareDrop | Filter::ReadDrop | Filter::Tollgate | Filter::TollgateCut);
     let times = receivers
         .iter()
         .filter(|r| xdp(r.filter))
@@ -783,12 +794,20 @@ fn report(filters: &[Filter], samples: &[Vec<Sample>], programs: Option<&Program
             b.ns
         );
     }
+    if let Some(r) = row(Filter::ReadDrop) {
+        println!(
+            "  reading the frame's source first (its first touch, a frame another core wrote) makes it {:.2}x \
+             ({:.0} ns): the ceiling of any filter that looks at the packet",
+            nft_ns / r.ns,
+            r.ns
+        );
+    }
     let own = |f: Filter| programs.and_then(|p| p.receivers.iter().find(|(g, _)| *g == f)).map(|(_, ns)| *ns);
     if let Some(ns) = own(Filter::Tollgate) {
         println!(
             "  tollgate's program takes {ns:.0} of its {:.0} ns: a listed source is dropped after its headers \
-             and the allowlist and blocklist lookups (LPM tries, cold for sources that vary), before any SIP \
-             is read (README, \"What is dropped\")",
+             and the allowlist and blocklist lookups (one hash lookup per prefix length of its family, cold for \
+             sources that vary), before any SIP is read (README, \"What is dropped\")",
             t.ns
         );
     }

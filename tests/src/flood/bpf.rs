@@ -44,6 +44,27 @@ impl Program {
         Self::load(&[insn(0xb7, 0, 0, 0, action), EXIT], "flood_action")
     }
 
+    /// `XDP_DROP` once the frame's IPv4 source (or the IPv6 source's
+    /// middle) is read: what any filter that looks at a packet pays at
+    /// least, the first touch of a frame another core wrote. Frames too
+    /// short for it, or read as zero, pass.
+    pub fn read_and_drop() -> io::Result<Self> {
+        let prog = [
+            insn(0x61, 2, 1, 0, 0),        // 0: r2 = ctx->data
+            insn(0x61, 3, 1, 4, 0),        // 1: r3 = ctx->data_end
+            insn(0xbf, 4, 2, 0, 0),        // 2: r4 = r2
+            insn(0x07, 4, 0, 0, 38),       // 3: r4 += 38
+            insn(0x2d, 4, 3, 4, 0),        // 4: if r4 > r3 goto 9
+            insn(0x61, 5, 2, 26, 0),       // 5: r5 = the 4 bytes at 26
+            insn(0x15, 5, 0, 2, 0),        // 6: if r5 == 0 goto 9
+            insn(0xb7, 0, 0, 0, XDP_DROP), // 7: return XDP_DROP
+            EXIT,                          // 8
+            insn(0xb7, 0, 0, 0, XDP_PASS), // 9: return XDP_PASS
+            EXIT,                          // 10
+        ];
+        Self::load(&prog, "flood_read_drop")
+    }
+
     /// The live-frames generator: gives each frame a random source from the
     /// flood's list, then `XDP_TX` (in live mode: out of the interface the
     /// frame "arrived" on, the generator's veth, to its peer).
@@ -191,7 +212,15 @@ pub struct BareDrop {
 
 impl BareDrop {
     pub fn attach(ifname: &str) -> io::Result<Self> {
-        let prog = Program::action(XDP_DROP)?;
+        Self::attach_program(ifname, Program::action(XDP_DROP)?)
+    }
+
+    /// [`Program::read_and_drop`] instead.
+    pub fn attach_reading(ifname: &str) -> io::Result<Self> {
+        Self::attach_program(ifname, Program::read_and_drop()?)
+    }
+
+    fn attach_program(ifname: &str, prog: Program) -> io::Result<Self> {
         Ok(Self { _link: prog.attach(ifname)?, prog })
     }
 }
