@@ -127,6 +127,8 @@ pub async fn run(args: RunArgs, notifier: Notifier) -> anyhow::Result<()> {
                 max_sources: args.detect.max_sources,
                 blocklist_capacity: args.blocklist_capacity,
             },
+            metrics::SourcesCount::start(Maps::open_pinned(pin_dir)?)
+                .context("starting the sources count")?,
         )))
         .expect("collector registers once");
     let (ctl_tx, ctl_rx) = mpsc::channel::<control::Pending>(16);

@@ -21,6 +21,7 @@ use prometheus::{
 pub use self::{
     decisions::DecisionCounts,
     http::{bind, render, serve},
+    learning::SourcesCount,
 };
 use crate::{
     clock::monotonic_now_ns, countries::Countries, events::EventCounts, kernel::loader::MapSizes, maps::Maps,
@@ -55,7 +56,7 @@ const LATENCY: Family = Family {
     kind: MetricType::HISTOGRAM,
 };
 
-const FAMILIES: [&Family; 36] = [
+const FAMILIES: [&Family; 37] = [
     &enforcement::INTERFACE_PACKETS,
     &BUILD_INFO,
     &SCRAPE_DURATION,
@@ -92,6 +93,7 @@ const FAMILIES: [&Family; 36] = [
     &decisions::DETECTIONS,
     &learning::SOURCES,
     &learning::SOURCES_CAP,
+    &learning::SOURCES_AGE,
 ];
 
 fn counter(f: &Family, labels: &[(&str, &str)], v: u64) -> MetricFamily {
@@ -142,6 +144,8 @@ pub struct KernelCollector {
     events: EventCounts,
     decisions: DecisionCounts,
     sizes: MapSizes,
+    /// The per-source map's size, counted off the scrape path.
+    sources: SourcesCount,
     descs: Vec<Desc>,
     read_errors: std::sync::atomic::AtomicU64,
     /// The running kernel's release (`uname -r`).
@@ -156,6 +160,7 @@ impl KernelCollector {
         events: EventCounts,
         decisions: DecisionCounts,
         sizes: MapSizes,
+        sources: SourcesCount,
     ) -> Self {
         let descs = FAMILIES
             .iter()
@@ -169,6 +174,7 @@ impl KernelCollector {
             events,
             decisions,
             sizes,
+            sources,
             descs,
             read_errors: Default::default(),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -199,9 +205,9 @@ impl Collector for KernelCollector {
         out.push(decisions::restrictions_active(&maps, &entries, now));
         out.extend(self.decisions.families());
         self.read(&mut out, learning::levels(&maps, &self.countries));
-        let tracked = maps.sources_tracked();
+        let tracked = self.sources.read();
         out.extend(learning::sources(tracked, self.sizes.max_sources));
-        out.extend(enforcement::map_pressure(&maps, entries.len(), tracked, self.sizes));
+        out.extend(enforcement::map_pressure(&maps, entries.len(), tracked.map(|t| t.0), self.sizes));
         out.push(family(
             &SCRAPE_ERRORS,
             vec![sample(&[], self.read_errors.load(Relaxed) as f64, MetricType::COUNTER)],
