@@ -296,6 +296,12 @@ fn measure(bin: &std::path::Path, size: u32, o: &Options, train: &Arc<Vec<Vec<u8
         f.scrape_ms = ttb::ms(took[took.len() / 2]);
     }
     times.sort();
+    eprintln!(
+        "agent bench: {} at {size}: tracked {}, time to block (ms, sorted) {:?}",
+        bin.display(),
+        f.tracked,
+        times.iter().map(|d| (ttb::ms(*d) * 100.0).round() / 100.0).collect::<Vec<_>>()
+    );
     if !times.is_empty() {
         f.p50_ms = Some(ttb::ms(ttb::percentile(&times, 0.5)));
         f.p99_ms = Some(ttb::ms(ttb::percentile(&times, 0.99)));
