@@ -142,10 +142,10 @@ mod tests {
     fn no_count_yet_is_no_sample() {
         let families = sources(None, 1024);
         assert_eq!(families.len(), 1);
-        assert_eq!(families[0].get_name(), "tollgate_sources_capacity");
+        assert_eq!(families[0].name(), "tollgate_sources_capacity");
         let names: Vec<String> = sources(Some((5, Duration::from_secs(2))), 1024)
             .iter()
-            .map(|f| f.get_name().to_owned())
+            .map(|f| f.name().to_owned())
             .collect();
         assert_eq!(
             names,
