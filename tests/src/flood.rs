@@ -406,7 +406,7 @@ fn nft_counted(topo: &Topology, family: &str) -> u64 {
     words.windows(2).filter(|w| w[0] == "packets").filter_map(|w| w[1].parse::<u64>().ok()).sum()
 }
 
-fn mac(ns: &crate::netns::NetNs, ifname: &str) -> [u8; 6] {
+pub(crate) fn mac(ns: &crate::netns::NetNs, ifname: &str) -> [u8; 6] {
     let out = ns.exec(&["cat", &format!("/sys/class/net/{ifname}/address")]);
     let text = String::from_utf8_lossy(&out.stdout);
     let bytes: Vec<u8> = text.trim().split(':').map(|h| u8::from_str_radix(h, 16).expect("MAC")).collect();

@@ -6,6 +6,7 @@
 //! documentation address ranges, and is removed on drop, including when a
 //! test panics. Debris left by a killed earlier run is swept on first use.
 
+pub mod bench_agent;
 pub mod bench_maps;
 pub mod dashboard;
 pub mod etcd;

@@ -31,14 +31,14 @@ use crate::{
 };
 
 /// International INVITEs (calls) per window that restrict a source.
-const THRESHOLD: usize = 20;
+pub(crate) const THRESHOLD: usize = 20;
 /// One INVITE every GAP: the resolution of a measurement.
-const GAP: Duration = Duration::from_micros(200);
+pub(crate) const GAP: Duration = Duration::from_micros(200);
 /// INVITEs per trial: the slowest pipeline must block within the train.
-const PACKETS: usize = 1500;
+pub(crate) const PACKETS: usize = 1500;
 
 /// One pipeline under test.
-trait Pipeline {
+pub(crate) trait Pipeline {
     fn name(&self) -> String;
     fn topo(&self) -> &Topology;
     /// Where its counters stand before a trial.
@@ -49,7 +49,7 @@ trait Pipeline {
 
 /// Each trial's INVITEs: a call of its own each (the kernel counts calls,
 /// not packets).
-fn train() -> Arc<Vec<Vec<u8>>> {
+pub(crate) fn train() -> Arc<Vec<Vec<u8>>> {
     let invite = fixture("invite-intl-plus-232.sip");
     Arc::new((0..PACKETS).map(|i| crate::nth_call(invite, 5_000_000 + i)).collect())
 }
@@ -121,9 +121,26 @@ impl Tollgate {
 
     /// (passed, dropped) INVITEs so far.
     fn counted(&self) -> (u64, u64) {
-        let v = self.agent.verdicts();
-        (v[verdict::PASS_SIP as usize].packets, v[verdict::DROP_INTL_SUSPENDED as usize].packets)
+        counted(&self.agent)
     }
+}
+
+/// (passed, dropped) SIP packets of `agent` so far.
+pub(crate) fn counted(agent: &Agent) -> (u64, u64) {
+    let v = agent.verdicts();
+    (v[verdict::PASS_SIP as usize].packets, v[verdict::DROP_INTL_SUSPENDED as usize].packets)
+}
+
+/// How many of the `sent` INVITEs of a trial got through `agent` (the
+/// only SIP it sees meanwhile), from its verdicts' growth since `mark`.
+pub(crate) fn passed_through(agent: &Agent, sent: usize, (pass, drop): (u64, u64)) -> Option<usize> {
+    // The trials are one at a time: the verdicts' growth is this
+    // source's. The kernel handles one veth's packets in order, so the
+    // first `passed` went through and the rest were dropped.
+    wait_for(Duration::from_secs(5), || {
+        let (p, d) = counted(agent);
+        (p - pass + d - drop >= sent as u64).then_some((p - pass) as usize)
+    })
 }
 
 impl Drop for Tollgate {
@@ -149,15 +166,9 @@ impl Pipeline for Tollgate {
         self.counted()
     }
 
-    fn passed(&self, _src: IpAddr, sent: usize, (pass, drop): (u64, u64)) -> usize {
-        // The trials are one at a time: the verdicts' growth is this
-        // source's. The kernel handles one veth's packets in order, so the
-        // first `passed` went through and the rest were dropped.
-        let all = wait_for(Duration::from_secs(5), || {
-            let (p, d) = self.counted();
-            (p - pass + d - drop >= sent as u64).then_some(p - pass)
-        });
-        all.unwrap_or_else(|| panic!("{}: not every INVITE was counted", self.name)) as usize
+    fn passed(&self, _src: IpAddr, sent: usize, mark: (u64, u64)) -> usize {
+        passed_through(&self.agent, sent, mark)
+            .unwrap_or_else(|| panic!("{}: not every INVITE was counted", self.name))
     }
 }
 
@@ -330,19 +341,19 @@ impl Pipeline for LogTail {
 
 /// What one trial measured: the time from the crossing INVITE (the
 /// THRESHOLD-th) to the first dropped one; None if none was dropped.
-fn trial(p: &dyn Pipeline, src: IpAddr, train: &Arc<Vec<Vec<u8>>>) -> Option<Duration> {
+pub(crate) fn trial(p: &dyn Pipeline, src: IpAddr, train: &Arc<Vec<Vec<u8>>>) -> Option<Duration> {
     let mark = p.mark();
     let sent_at = send(p.topo(), src, train);
     let passed = p.passed(src, PACKETS, mark);
     (passed < PACKETS).then(|| sent_at[passed] - sent_at[THRESHOLD - 1])
 }
 
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], q: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 

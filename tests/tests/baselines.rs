@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use tollgate_common::{
     Baseline, CALL_COPIES, Config, EVENT_CALL, EVENT_COUNTRY_INVITES, EVENT_FLAG_IDENTIFIED,
-    EVENT_INTL_INVITES, ThresholdEvent, corpus::fixture, frames::FrameBuilder,
+    EVENT_INTL_INVITES, EVENT_SEEN, ThresholdEvent, corpus::fixture, frames::FrameBuilder,
 };
 use tollgate_tests::{
     nth_call, privileged,
@@ -170,7 +170,7 @@ fn a_call_attempt_is_counted_once_whatever_its_copies_and_retry() {
         assert_eq!(l.run(&first).0, XDP_PASS);
     }
     assert_eq!(intl(&l), 1, "three copies are one attempt");
-    let events = l.call_events();
+    let events = of_kind(&l.call_events(), EVENT_CALL);
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!((events[0].kind, events[0].cc, events[0].tag, events[0].flags), (EVENT_CALL, 232, 0, 0));
     // The retry after a 407: CSeq + 1 with credentials, the same Call-ID.
@@ -186,7 +186,7 @@ fn a_call_attempt_is_counted_once_whatever_its_copies_and_retry() {
         l.run(&retry);
     }
     assert_eq!(intl(&l), 1, "the authentication retry and its copy are the same attempt");
-    let events = l.call_events();
+    let events = of_kind(&l.call_events(), EVENT_CALL);
     assert_eq!(events.len(), 1, "the retry reveals the identity: {events:?}");
     assert!(events[0].tag != 0 && events[0].flags == EVENT_FLAG_IDENTIFIED, "{events:?}");
     // A second retry is another attempt (not a way to place calls free).
@@ -201,4 +201,49 @@ fn a_call_attempt_is_counted_once_whatever_its_copies_and_retry() {
     }
     assert_eq!(intl(&l), 2 + 3, "{} copies of one are three attempts", 3 * CALL_COPIES);
     assert_eq!(l.call_events().len(), 1 + 3);
+}
+
+/// Issue 17: a customer's source (it sent an INVITE) is reported on the
+/// call events once per window, with its first sighting in the kernel, so
+/// the agent learns histories without reading every source; a source that
+/// only probes (OPTIONS, REGISTER without credentials) is never reported.
+#[test]
+fn a_customers_source_is_reported_once_a_window_and_a_probing_one_never() {
+    if !privileged("a_customers_source_is_reported_once_a_window_and_a_probing_one_never") {
+        return;
+    }
+    let window_ns = 200_000_000;
+    let mut l = Loaded::new();
+    l.maps.set_config(Config { window_ns, ..Config::default() }).expect("config");
+    let msg = |src: IpAddr, name: &str| {
+        FrameBuilder::udp(src, edge_for(src), 40000, 5060).payload(fixture(name)).build()
+    };
+    let (customer, scanner) = (CUSTOMER_V4, ATTACKER_V6);
+    for _ in 0..3 {
+        assert_eq!(l.run(&msg(scanner, "svmap-options.sip")).0, XDP_PASS);
+        assert_eq!(l.run(&msg(scanner, "register-noauth.sip")).0, XDP_PASS);
+    }
+    assert_eq!(l.run(&msg(customer, "options-keepalive.sip")).0, XDP_PASS);
+    assert!(of_kind(&l.call_events(), EVENT_SEEN).is_empty(), "not a customer's yet");
+    let first_seen = l.maps.source(customer).expect("tracked").first_seen_ns;
+    // The first INVITE (domestic: no call event of its own) makes it a
+    // customer's source: reported at once, with its first sighting.
+    assert_eq!(l.run(&msg(customer, "invite-domestic-trunk.sip")).0, XDP_PASS);
+    for _ in 0..3 {
+        l.run(&msg(customer, "options-keepalive.sip"));
+        l.run(&msg(customer, "invite-domestic-trunk.sip"));
+    }
+    let seen = of_kind(&l.call_events(), EVENT_SEEN);
+    assert_eq!(seen.len(), 1, "once in the window: {seen:?}");
+    assert_eq!(tollgate::maps::key_addr(&seen[0].addr), customer);
+    assert_eq!(seen[0].window_start_ns, first_seen, "its first sighting, before the INVITE");
+    assert!(seen[0].at_ns > first_seen, "{seen:?}");
+    // The next window: reported again by whatever it sends first.
+    std::thread::sleep(std::time::Duration::from_nanos(window_ns + 50_000_000));
+    l.run(&msg(customer, "options-keepalive.sip"));
+    l.run(&msg(scanner, "svmap-options.sip"));
+    let seen = of_kind(&l.call_events(), EVENT_SEEN);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!((tollgate::maps::key_addr(&seen[0].addr), seen[0].window_start_ns), (customer, first_seen));
+    assert!(l.maps.source(scanner).is_some(), "the scanner is tracked, never reported");
 }

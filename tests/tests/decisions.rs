@@ -650,3 +650,58 @@ fn restrictions_and_learned_levels_survive_a_reboot() {
         "the operator's threshold audited"
     );
 }
+
+/// The lines (histories) the agent's state database holds.
+fn stored_lines(agent: &Agent) -> Vec<tollgate::store::StoredLine> {
+    tollgate::store::Store::open(&agent.state_dir).and_then(|s| s.lines()).unwrap_or_default()
+}
+
+/// Issue 17: the agent learns sources' histories from the kernel's
+/// once-a-window report of each customer's source, not by reading every
+/// tracked source. A customer's source reaches the detector with the
+/// history the kernel has of it (first seen at its first OPTIONS, not at
+/// the INVITE that made it a customer's; a domestic INVITE raises no call
+/// event of its own), and sources that only probed (OPTIONS, REGISTER
+/// without credentials: a scanner, a spoofed flood) leave no line however
+/// many windows pass.
+#[test]
+fn a_customers_history_reaches_the_detector_and_a_spoofed_flood_leaves_no_line() {
+    if !privileged("a_customers_history_reaches_the_detector_and_a_spoofed_flood_leaves_no_line") {
+        return;
+    }
+    let topo = Topology::new();
+    let scanners = topo.more_sources(20);
+    let audit = AuditFile::new();
+    let agent = start(&topo, &audit, &["--window", "1s"]);
+    let first = tollgate::store::now_ms();
+    send(&topo, CUSTOMER_V4, "options-keepalive.sip");
+    for s in scanners.iter().chain([&ATTACKER_V4]) {
+        send(&topo, *s, "svmap-options.sip");
+        send(&topo, *s, "register-noauth.sip");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let invited = tollgate::store::now_ms();
+    send(&topo, CUSTOMER_V4, "invite-domestic-trunk.sip");
+    for s in &scanners {
+        send(&topo, *s, "svmap-options.sip");
+    }
+    let key = format!("{CUSTOMER_V4}");
+    let line = wait_for(Duration::from_secs(10), || {
+        stored_lines(&agent).into_iter().find(|l| l.line.ends_with(&key))
+    })
+    .unwrap_or_else(|| panic!("the customer's line was not learned: {:?}", stored_lines(&agent)));
+    assert!(line.customer, "{line:?}");
+    assert!(line.last_intl_ms.is_none(), "{line:?}");
+    assert!(
+        line.first_seen_ms >= first - 100 && line.first_seen_ms < invited - 1000,
+        "first seen at the OPTIONS ({first}), not at the INVITE ({invited}): {line:?}"
+    );
+    // Two more windows: the scanners' entries are in the kernel, not in
+    // the detector.
+    std::thread::sleep(Duration::from_millis(2500));
+    for s in scanners.iter().chain([&ATTACKER_V4]) {
+        assert!(agent.source(*s).is_some(), "{s} tracked by the kernel");
+    }
+    let lines = stored_lines(&agent);
+    assert_eq!(lines.len(), 1, "only the customer's line: {lines:?}");
+}

@@ -153,7 +153,10 @@ enum Task {
     /// blocklist: ns per packet, kernel memory, write time), `bench flood
     /// [--quick] [--generator live|packet] [--prefixes N]` (XDP vs
     /// nftables on a veth), `bench time-to-block [--runs N] [--sources N]`
-    /// (next to a log-tail + nftables pipeline), and `bench all [--quick]`,
+    /// (next to a log-tail + nftables pipeline), `bench agent [--quick]
+    /// [--sizes 10000,100000,1000000]` (the agent's CPU, RSS, scrape time
+    /// and time to block against the sources tracked; TOLLGATE_BIN_BEFORE
+    /// measures another build next to it), and `bench all [--quick]`,
     /// every one in one report (`cargo xtask bench help` lists them). The
     /// arguments go to the bench binary, which defines them once.
     Bench {

@@ -1,6 +1,7 @@
 //! Detection in the daemon: the kernel's threshold events (short scale)
 //! and call events (every new international call attempt, every new
-//! authentication) go through the [`Detector`]; once per short window its
+//! authentication, a customer's source seen in a new window) go through
+//! the [`Detector`]; once per short window its
 //! levels learn, the short-scale thresholds it learned are written to the
 //! kernel, calm countries are released and the lines the kernel saw are
 //! noted in their history.
@@ -12,7 +13,9 @@ use std::{
 };
 
 use log::warn;
-use tollgate_common::{Baseline, EVENT_AUTH_OK, EVENT_CALL, EVENT_FLAG_IDENTIFIED, ThresholdEvent};
+use tollgate_common::{
+    Baseline, EVENT_AUTH_OK, EVENT_CALL, EVENT_FLAG_IDENTIFIED, EVENT_SEEN, ThresholdEvent,
+};
 
 use crate::{
     cli::DetectArgs,
@@ -29,26 +32,38 @@ pub(super) fn wall_ms(mono_ns: u64) -> i64 {
     super::persist::wall_of(mono_ns, now_ms(), monotonic_now_ns())
 }
 
-/// The sources the kernel tracks at the end of a window: when each was
-/// first (its history begins then) and last seen there, and whether it
-/// looks like a customer's (sent INVITEs, or an identity authenticated
-/// there).
+/// What is read from the kernel at the end of a window: its per-country
+/// counters (a fixed-size read) and, once at start-up only, the customers'
+/// sources a previous agent's pinned map holds. After that, sources'
+/// histories come from the kernel's `EVENT_SEEN` call events (at most one
+/// per customer's source and window), so a window costs the same however
+/// many sources the kernel tracks.
 pub(super) struct Snapshot {
-    sources: Vec<(IpAddr, i64, i64, bool)>,
+    /// (address, first seen, last seen) of each customer's source: sent
+    /// INVITEs, or an identity authenticated there.
+    sources: Vec<(IpAddr, i64, i64)>,
     /// The kernel's per-country counters (None: they could not be read).
     pub(super) countries: Option<super::reporting::Counters>,
 }
 
+/// The kernel's test of a customer's source (the kernel's `seen` makes the
+/// same one before it reports a source).
+fn customer(s: &tollgate_common::SourceStats) -> bool {
+    s.invites > 0 || s.ok_tag[0] != 0
+}
+
 impl Snapshot {
-    pub(super) fn read(maps: &Maps) -> Self {
-        let sources = maps
-            .sources()
-            .into_iter()
-            .map(|(a, s)| {
-                let customer = s.invites > 0 || s.ok_tag[0] != 0;
-                (a, wall_ms(s.first_seen_ns), wall_ms(s.last_seen_ns), customer)
-            })
-            .collect();
+    /// The window's read; `adopt` (once, at start-up) adds the customers'
+    /// sources already in the per-source map (one pass over it).
+    pub(super) fn read(maps: &Maps, adopt: bool) -> Self {
+        let sources = if adopt {
+            maps.sources_where(customer)
+                .into_iter()
+                .map(|(a, s)| (a, wall_ms(s.first_seen_ns), wall_ms(s.last_seen_ns)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let countries = super::reporting::counters(maps).map_err(|e| warn!("{e}")).ok();
         Self { sources, countries }
     }
@@ -169,6 +184,10 @@ impl Learned {
                 self.detector.auth_ok(e.tag, addr, ms);
                 Vec::new()
             }
+            EVENT_SEEN => {
+                self.detector.source_seen(addr, wall_ms(e.window_start_ns), wall_ms(e.at_ns), true);
+                Vec::new()
+            }
             other => {
                 warn!("unknown call event kind {other} from the kernel");
                 Vec::new()
@@ -221,8 +240,8 @@ impl Learned {
         foreign: &HashSet<u16>,
     ) -> Vec<Decision> {
         let ms = now_ms();
-        for (addr, first, last, customer) in snapshot.sources {
-            self.detector.source_seen(addr, first, last, customer);
+        for (addr, first, last) in snapshot.sources {
+            self.detector.source_seen(addr, first, last, true);
         }
         let active = engine.active();
         for a in active {

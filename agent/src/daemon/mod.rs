@@ -78,9 +78,9 @@ pub async fn run(args: RunArgs, notifier: Notifier) -> anyhow::Result<()> {
         args.blocklist_capacity,
     );
     let maps = Arc::new(Mutex::new(maps));
-    // A second, read-only handle on the same pinned maps for the whole-map
-    // reads (metrics scrapes, the learning pass: ~60 ms for 65,536 sources),
-    // so they never hold up a decision.
+    // A second, read-only handle on the same pinned maps for the reads of
+    // metrics scrapes and learning passes, so they never hold up a
+    // decision.
     let reader = Arc::new(Mutex::new(Maps::open_pinned(pin_dir)?));
     let (tx, rx) = mpsc::unbounded_channel();
     events::spawn(&mut ebpf, event_counts.clone(), tx)?;
@@ -117,6 +117,8 @@ pub async fn run(args: RunArgs, notifier: Notifier) -> anyhow::Result<()> {
                     max_sources: args.detect.max_sources,
                     blocklist_capacity: args.blocklist_capacity,
                 },
+                metrics::SourcesCount::start(Maps::open_pinned(pin_dir)?)
+                    .context("starting the sources count")?,
             )
             .with_writer(Arc::clone(&maps)),
         ))
@@ -152,6 +154,7 @@ pub async fn run(args: RunArgs, notifier: Notifier) -> anyhow::Result<()> {
         enforcing,
         feeds,
         sharing,
+        adopted: false,
     };
     let (signame, notifier) = daemon.run(rx, call_rx, ctl_rx, feed_rx, remote_rx).await?;
     notifier.stopping(signame);
@@ -203,6 +206,9 @@ struct Daemon {
     feeds: feeds::Feeds,
     /// (clustering) The counts summed across the cluster.
     sharing: Option<cluster::Sharing>,
+    /// Whether the per-source map's customers were read once (at the first
+    /// window), to adopt what a previous agent's pinned map holds.
+    adopted: bool,
 }
 
 /// Whether a decision removes a blocklist entry.
@@ -337,10 +343,14 @@ impl Daemon {
 
     /// Reads the window's counts off the main loop; the snapshot comes back
     /// through `tx`.
-    fn read_snapshot(&self, tx: &mpsc::Sender<Snapshot>) {
+    /// The first one also adopts the customers' sources the pinned map
+    /// already holds (a previous agent's); later ones read only fixed-size
+    /// maps (see [`Snapshot`]).
+    fn read_snapshot(&mut self, tx: &mpsc::Sender<Snapshot>) {
         let (reader, tx) = (Arc::clone(&self.reader), tx.clone());
+        let adopt = !std::mem::replace(&mut self.adopted, true);
         tokio::task::spawn_blocking(move || {
-            let snapshot = Snapshot::read(&lock(&reader));
+            let snapshot = Snapshot::read(&lock(&reader), adopt);
             let _ = tx.blocking_send(snapshot);
         });
     }

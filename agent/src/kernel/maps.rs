@@ -250,6 +250,17 @@ impl Maps {
         self.sources.iter().filter_map(|r| r.ok()).map(|(k, v)| (key_addr(&k), v)).collect()
     }
 
+    /// The tracked sources `keep` accepts, with their counters: one pass
+    /// over the map, the others not kept.
+    pub fn sources_where(&self, keep: impl Fn(&SourceStats) -> bool) -> Vec<(IpAddr, SourceStats)> {
+        self.sources
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, v)| keep(v))
+            .map(|(k, v)| (key_addr(&k), v))
+            .collect()
+    }
+
     /// One source's counters, if tracked.
     pub fn source(&self, addr: IpAddr) -> Option<SourceStats> {
         self.sources.get(&addr_key(addr), 0).ok()

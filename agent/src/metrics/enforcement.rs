@@ -92,21 +92,22 @@ pub(super) const MAP_CAPACITY: Family = Family {
     kind: MetricType::GAUGE,
 };
 
-/// Fill and size of every bounded map; `sizes` are the ones set by flags.
+/// Fill and size of every bounded map; `sizes` are the ones set by flags;
+/// the sources as last counted (none before the first count).
 pub(super) fn map_pressure(
     maps: &Maps,
     blocklist: usize,
-    sources: usize,
+    sources: Option<usize>,
     sizes: MapSizes,
 ) -> Vec<MetricFamily> {
-    let maps = [
-        ("sources", sources, sizes.max_sources),
+    let sources = sources.map(|n| ("sources", n, sizes.max_sources));
+    let maps = sources.into_iter().chain([
         ("blocklist", blocklist, sizes.blocklist_capacity),
         ("allowlist", maps.allowlist.prefixes().len(), ALLOWLIST_CAPACITY),
         ("restrictions", maps.restrictions.entries().len(), RESTRICTIONS_CAPACITY),
         ("identity_restrictions", maps.identities.entries().len(), RESTRICTIONS_CAPACITY),
         ("intl_baselines", maps.intl_baselines().len(), INTL_BASELINE_CAPACITY),
-    ];
+    ]);
     let (mut entries, mut capacity) = (Vec::new(), Vec::new());
     for (name, n, cap) in maps {
         entries.push(sample(&[("map", name)], n as f64, MetricType::GAUGE));

@@ -21,6 +21,7 @@ use prometheus::{
 pub use self::{
     decisions::DecisionCounts,
     http::{bind, render, serve},
+    learning::SourcesCount,
 };
 use crate::{
     clock::monotonic_now_ns,
@@ -59,7 +60,7 @@ const LATENCY: Family = Family {
     kind: MetricType::HISTOGRAM,
 };
 
-const FAMILIES: [&Family; 36] = [
+const FAMILIES: [&Family; 37] = [
     &enforcement::INTERFACE_PACKETS,
     &BUILD_INFO,
     &SCRAPE_DURATION,
@@ -96,6 +97,7 @@ const FAMILIES: [&Family; 36] = [
     &decisions::DETECTIONS,
     &learning::SOURCES,
     &learning::SOURCES_CAP,
+    &learning::SOURCES_AGE,
 ];
 
 fn counter(f: &Family, labels: &[(&str, &str)], v: u64) -> MetricFamily {
@@ -146,6 +148,8 @@ pub struct KernelCollector {
     events: EventCounts,
     decisions: DecisionCounts,
     sizes: MapSizes,
+    /// The per-source map's size, counted off the scrape path.
+    sources: SourcesCount,
     descs: Vec<Desc>,
     read_errors: std::sync::atomic::AtomicU64,
     /// The maps' writer, for its copy of the blocklist ([`Self::with_writer`]).
@@ -169,6 +173,7 @@ impl KernelCollector {
         events: EventCounts,
         decisions: DecisionCounts,
         sizes: MapSizes,
+        sources: SourcesCount,
     ) -> Self {
         let descs = FAMILIES
             .iter()
@@ -182,6 +187,7 @@ impl KernelCollector {
             events,
             decisions,
             sizes,
+            sources,
             descs,
             writer: None,
             read_errors: Default::default(),
@@ -218,9 +224,9 @@ impl Collector for KernelCollector {
         out.push(decisions::restrictions_active(&maps, blocks, now));
         out.extend(self.decisions.families());
         self.read(&mut out, learning::levels(&maps, &self.countries));
-        let tracked = maps.sources_tracked();
+        let tracked = self.sources.read();
         out.extend(learning::sources(tracked, self.sizes.max_sources));
-        out.extend(enforcement::map_pressure(&maps, blocks.entries, tracked, self.sizes));
+        out.extend(enforcement::map_pressure(&maps, blocks.entries, tracked.map(|t| t.0), self.sizes));
         out.push(family(
             &SCRAPE_ERRORS,
             vec![sample(&[], self.read_errors.load(Relaxed) as f64, MetricType::COUNTER)],

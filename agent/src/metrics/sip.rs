@@ -69,7 +69,7 @@ pub(super) const INTL_BLOCKED_BY_COUNTRY: Family = Family {
 };
 pub(super) const RING_EVENTS: Family = Family {
     name: "tollgate_ring_buffer_events_total",
-    help: "Events from the kernel, by ring buffer (events: threshold crossings; call_events: call attempts and authentications) and outcome (read by the agent, lost to a full buffer).",
+    help: "Events from the kernel, by ring buffer (events: threshold crossings; call_events: call attempts, authentications and customers' sources seen in a window) and outcome (read by the agent, lost to a full buffer).",
     kind: MetricType::COUNTER,
 };
 pub(super) const EVENTS_LOST: Family = Family {
@@ -90,7 +90,7 @@ pub(super) const INTL_REPEATS: Family = Family {
 };
 pub(super) const CALL_EVENTS_LOST: Family = Family {
     name: "tollgate_call_events_lost_total",
-    help: "Call events the kernel could not deliver (ring buffer full): the agent's longer scales undercount by this.",
+    help: "Call events the kernel could not deliver (ring buffer full): the agent's longer scales undercount by this (a lost sighting of a source only delays its last-seen time by a window).",
     kind: MetricType::COUNTER,
 };
 

@@ -75,6 +75,12 @@ pub const EVENT_CALL: u32 = 1 << 3;
 /// (call events) An identity (`tag`) authenticated successfully at an
 /// address where it was not one of the last two that did.
 pub const EVENT_AUTH_OK: u32 = 1 << 4;
+/// (call events) A customer's source (it sent an INVITE, or an identity
+/// authenticated there) was seen in a new window: at most once per
+/// source and window, with its first sighting in the kernel in
+/// `window_start_ns` and this one in `at_ns`. The agent learns the
+/// sources' histories from these, not by reading every tracked source.
+pub const EVENT_SEEN: u32 = 1 << 5;
 
 /// Indices into [`MAP_SIP_STATS`].
 pub mod sip_stat {

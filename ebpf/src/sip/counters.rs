@@ -9,8 +9,8 @@ use aya_ebpf::bindings::BPF_NOEXIST;
 use tollgate_common::{
     AddrKey, CALL_BLOCKED, CALL_COPIES, CALL_LIFETIME_NS, CALL_RETRIED, CallKey, CallSeen, Config,
     EVENT_AUTH_FAILURES, EVENT_AUTH_OK, EVENT_CALL, EVENT_COUNTRY_INVITES, EVENT_FLAG_IDENTIFIED,
-    EVENT_FLAG_OTHER_OK, EVENT_INTL_INVITES, IPPROTO_TCP, NonceKey, SipContext, SourceStats, TXN_BOUND,
-    TXN_LIFETIME_NS, ThresholdEvent, Txn, TxnKey,
+    EVENT_FLAG_OTHER_OK, EVENT_INTL_INVITES, EVENT_SEEN, IPPROTO_TCP, NonceKey, SipContext, SourceStats,
+    TXN_BOUND, TXN_LIFETIME_NS, ThresholdEvent, Txn, TxnKey,
     hash::identity_tag_window,
     number::class,
     sip::{SipSummary, method},
@@ -38,7 +38,7 @@ pub(super) fn request(sc: &SipContext, s: &SipSummary, tag: u64, class: u8, cc: 
         // fields are naturally aligned (repr(C)).
         unsafe { add64(&raw mut (*e).attempts) };
     }
-    match s.method {
+    let counted = match s.method {
         method::REGISTER => {
             if s.has_auth {
                 stat(sip_stat::REGISTER_WITH_AUTH);
@@ -48,6 +48,7 @@ pub(super) fn request(sc: &SipContext, s: &SipSummary, tag: u64, class: u8, cc: 
                 // SAFETY: as above.
                 unsafe { add64(&raw mut (*e).register_noauth) };
             }
+            true
         }
         method::INVITE => {
             stat(sip_stat::INVITE_CLASS_BASE + class as u32);
@@ -68,12 +69,42 @@ pub(super) fn request(sc: &SipContext, s: &SipSummary, tag: u64, class: u8, cc: 
                 // SAFETY: as above.
                 unsafe { add64(&raw mut (*e).emergency_invites) };
             }
+            true
         }
-        _ => return,
-    }
+        _ => false,
+    };
     // SAFETY: e points into a live map value (from `source`); no other
     // reference to it is held here.
-    check_thresholds(unsafe { &mut *e }, src, cfg, now, None);
+    let st = unsafe { &mut *e };
+    // After the counts: a source's first INVITE makes it a customer's.
+    seen(st, src, now);
+    if counted {
+        check_thresholds(st, src, cfg, now, None);
+    }
+}
+
+/// Reports a customer's source (one that sent an INVITE, or where an
+/// identity authenticated: the agent's own test) on [`CALL_EVENTS`] once
+/// per window, with its first sighting here, so the agent learns sources'
+/// histories from what changed rather than by reading every tracked
+/// source. Other sources (a spoofed flood's) cost the agent nothing. Plain
+/// stores, as in `source`: at worst two CPUs both report.
+#[inline(always)]
+fn seen(st: &mut SourceStats, addr: &AddrKey, now: u64) {
+    if st.win_events & EVENT_SEEN != 0 || (st.invites == 0 && st.ok_tag[0] == 0) {
+        return;
+    }
+    st.win_events |= EVENT_SEEN;
+    let event = ThresholdEvent {
+        addr: *addr,
+        kind: EVENT_SEEN,
+        window_start_ns: st.first_seen_ns,
+        at_ns: now,
+        ..ThresholdEvent::default()
+    };
+    if CALL_EVENTS.output::<ThresholdEvent>(&event, 0).is_err() {
+        stat(sip_stat::CALL_EVENTS_LOST);
+    }
 }
 
 /// An international INVITE to `cc` was dropped: its call counts once in
@@ -331,6 +362,7 @@ pub(super) fn response(dst: &AddrKey, s: &SipSummary, cfg: &Config, now: u64) {
                 st.ok_tag[0] = tag;
             }
             st.ok_ns[0] = now;
+            seen(st, dst, now);
         }
         _ => {}
     }

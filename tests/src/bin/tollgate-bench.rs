@@ -5,7 +5,9 @@
 //! `xdp-filter`-style static drop. Prints medians and ratios; asserts
 //! nothing. `bench maps` (tollgate_tests::bench_maps) does the same with a
 //! carrier-scale blocklist; `bench time-to-block` runs the agent end to
-//! end; `bench all [--quick]` runs every one of them in one report.
+//! end; `bench agent` (tollgate_tests::bench_agent) measures the agent's
+//! own cost with 10k to 1M tracked sources; `bench all [--quick]` runs
+//! every one of them in one report.
 
 use std::{net::IpAddr, time::Duration};
 
@@ -15,7 +17,7 @@ use tollgate_common::{
     frames::FrameBuilder, packet::ETH_P_8021Q,
 };
 use tollgate_tests::{
-    bench_maps,
+    bench_agent, bench_maps,
     testrun::{Loaded, XDP_DROP, XDP_PASS},
     topology::*,
 };
@@ -82,8 +84,23 @@ enum Which {
         #[arg(long)]
         quick: bool,
     },
-    /// Every benchmark in one report (verdict, maps, flood, time-to-block), with
-    /// the machine it ran on.
+    /// The agent's own cost against the sources the kernel tracks (10k,
+    /// 100k, 1M spoofed sources sending): CPU per second, RSS, /metrics
+    /// scrape time, time to block p50/p99, and the ratios 1M/10k. With
+    /// TOLLGATE_BIN_BEFORE=PATH another build is measured next to this one.
+    Agent {
+        /// Distinct spoofed sources per measurement (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = [10_000, 100_000, 1_000_000])]
+        sizes: Vec<u32>,
+        /// Time-to-block trials per size (at most 150) [default: 50; --quick 10].
+        #[arg(long)]
+        trials: Option<usize>,
+        /// Shorter measurements (3 s of CPU, 10 trials; the same sizes).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Every benchmark in one report (verdict, maps, flood, time-to-block,
+    /// agent), with the machine it ran on.
     All {
         /// A short version: fewer and shorter rounds, fewer runs (the 1M
         /// blocklist fill is still measured).
@@ -110,6 +127,9 @@ const SECTIONS: &[Section] = &[
     }),
     ("time-to-block: tollgate vs a log-tail + nftables pipeline", |quick| {
         tollgate_tests::ttb::run(if quick { 10 } else { 50 }, 60_000)
+    }),
+    ("agent: its cost against the number of tracked sources", |quick| {
+        bench_agent::run(&if quick { bench_agent::Options::quick() } else { bench_agent::Options::full() })
     }),
 ];
 
@@ -161,6 +181,12 @@ fn main() {
                 capacity: capacity.next_power_of_two(),
                 fills,
             })
+        }
+        Which::Agent { mut sizes, trials, quick } => {
+            sizes.sort_unstable();
+            sizes.dedup();
+            let base = if quick { bench_agent::Options::quick() } else { bench_agent::Options::full() };
+            bench_agent::run(&bench_agent::Options { sizes, trials: trials.unwrap_or(base.trials), ..base })
         }
         Which::All { quick } => all(quick),
     }

@@ -93,18 +93,8 @@ pub fn open(ifname: &str) -> io::Result<OwnedFd> {
 /// batches of [`BATCH`] (the number of frames must be a multiple of it).
 pub fn flood(fd: &OwnedFd, frames: &[Vec<u8>], duration: Duration) -> Sent {
     assert!(!frames.is_empty() && frames.len().is_multiple_of(BATCH), "whole batches of frames");
-    let mut iov: Vec<libc::iovec> =
-        frames.iter().map(|f| libc::iovec { iov_base: f.as_ptr() as *mut _, iov_len: f.len() }).collect();
-    let mut msgs: Vec<libc::mmsghdr> = iov
-        .iter_mut()
-        .map(|v| {
-            // SAFETY: msghdr is plain data; all-zero is an empty message.
-            let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-            hdr.msg_iov = v;
-            hdr.msg_iovlen = 1;
-            libc::mmsghdr { msg_hdr: hdr, msg_len: 0 }
-        })
-        .collect();
+    let mut iov = iovecs(frames);
+    let mut msgs = messages(&mut iov);
     let cpu0 = thread_cpu();
     let start = Instant::now();
     let (mut sent, mut full, mut at) = (0u64, 0u64, 0usize);
@@ -131,6 +121,24 @@ pub fn flood(fd: &OwnedFd, frames: &[Vec<u8>], duration: Duration) -> Sent {
         }
     }
     Sent { sent, full, elapsed: start.elapsed(), cpu: thread_cpu() - cpu0 }
+}
+
+/// One `iovec` per frame (valid while `frames` is).
+pub fn iovecs(frames: &[Vec<u8>]) -> Vec<libc::iovec> {
+    frames.iter().map(|f| libc::iovec { iov_base: f.as_ptr() as *mut _, iov_len: f.len() }).collect()
+}
+
+/// One `sendmmsg` message per `iovec` (valid while `iov` is).
+pub fn messages(iov: &mut [libc::iovec]) -> Vec<libc::mmsghdr> {
+    iov.iter_mut()
+        .map(|v| {
+            // SAFETY: msghdr is plain data; all-zero is an empty message.
+            let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+            hdr.msg_iov = v;
+            hdr.msg_iovlen = 1;
+            libc::mmsghdr { msg_hdr: hdr, msg_len: 0 }
+        })
+        .collect()
 }
 
 /// A frame for [`crate::flood::bpf::Program::live_generator`]: UDP from
