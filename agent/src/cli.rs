@@ -378,9 +378,10 @@ pub struct RunArgs {
 
     /// Most prefixes the kernel blocklist holds (--block, feeds, operator
     /// and automatic blocks together; feeds leave 4,096 of them free for
-    /// the others). The kernel takes memory for the entries present, not
-    /// for the capacity; a carrier-scale feed of a million prefixes needs
-    /// 1048576 or more (README, Performance).
+    /// the others). The kernel takes about 240 bytes per entry present,
+    /// and 16 per entry of capacity up front (the lookup hash's buckets);
+    /// a carrier-scale feed of a million prefixes needs 1048576 or more
+    /// (README, Performance).
     #[arg(long, value_name = "N", default_value_t = tollgate_common::BLOCKLIST_CAPACITY,
           value_parser = clap::value_parser!(u32).range(8192..=16_777_216))]
     pub blocklist_capacity: u32,
