@@ -34,6 +34,11 @@ pub(crate) static BLOCK_EXACT: HashMap<BlockKey, BlockEntry> =
 #[map]
 pub(crate) static BLOCK_LENGTHS: Array<BlockLengths> = Array::with_max_entries(3, 0);
 
+/// The state of the walk over BLOCK_LENGTHS (enforce.rs), per CPU. Not
+/// pinned: it holds nothing between packets.
+#[map]
+pub(crate) static BLOCK_SCAN: PerCpuArray<crate::enforce::BlockScan> = PerCpuArray::with_max_entries(1, 0);
+
 #[map]
 pub(crate) static ALLOWLIST: LpmTrie<AddrKey, AllowEntry> =
     LpmTrie::with_max_entries(ALLOWLIST_CAPACITY, BPF_F_NO_PREALLOC);
