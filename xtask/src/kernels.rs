@@ -79,8 +79,11 @@ const GUEST_TESTS: &[(&str, &[&str])] = &[
 
 /// What the guest prints on the console.
 const MARK: &str = "@@tollgate";
-/// A guest that runs longer than this is stopped and fails.
-const GUEST_TIMEOUT: Duration = Duration::from_secs(900);
+/// A guest that runs longer than this is stopped and fails. Debian 12's
+/// 6.1 guest takes 850 to 950 s for the suite under software emulation on
+/// a 2-vCPU host (every agent start verifies the programs, which 6.1's
+/// verifier does slowest), so 900 s left it no margin.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(1500);
 
 pub struct Options {
     /// Only kernels whose label or package contains this.
