@@ -676,16 +676,14 @@ impl Blocklist {
     pub fn remove(&mut self, net: &IpNet) -> Result<()> {
         let net = &net.trunc();
         let index = self.indexed()?;
-        let counted = index.entries.contains_key(net);
-        if counted && index.lengths.last(net) {
+        if index.entries.contains_key(net) {
+            let last = index.lengths.last(net);
             index.lengths.sub(net);
-            if let Err(e) = self.publish() {
+            if last && let Err(e) = self.publish() {
                 // Still listed, and still counted.
                 self.index.as_mut().expect("indexed").lengths.add(net);
                 return Err(e);
             }
-        } else if counted {
-            index.lengths.sub(net);
         }
         let removed = self.trie.remove(&prefix_key(net)).map_err(Error::map(format!("unblocking {net}")));
         let index = self.index.as_mut().expect("indexed");
@@ -753,14 +751,6 @@ impl Blocklist {
             expired: expired.len(),
             operator_active: i.operator - operator_expired,
         })
-    }
-
-    /// How many entries there are.
-    pub fn len(&self) -> usize {
-        match &self.index {
-            Some(i) => i.entries.len(),
-            None => self.trie.keys().filter(|k| k.is_ok()).count(),
-        }
     }
 
     /// Whether `net` has an entry.
